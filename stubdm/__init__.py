@@ -1,0 +1,1 @@
+"""stubdm: a device model for Xen HVM guests, in Python that runs on MicroPython."""
