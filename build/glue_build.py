@@ -1,0 +1,122 @@
+"""Build the device model's C glue as a cffi module (CPython side).
+
+The glue is Xen's user-library API (xendevicemodel, xenforeignmemory,
+xenevtchn), declared from Debian's libxen-dev headers, plus the mapcache core.
+It is linked with one of two implementations of that API:
+  sim: host_sim's (host_sim/libsim), for tests and development on Linux;
+  xen: Xen's own libraries, for a device model in dom0 under real Xen.
+Run by SConstruct; usable alone: python3 build/glue_build.py [sim|xen]
+"""
+import os
+import sys
+
+import cffi
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODULE = "stubdm._xenglue"
+
+CDEF = """
+typedef int... domid_t;
+typedef int... ioservid_t;
+typedef int... evtchn_port_t;
+typedef unsigned long... xen_pfn_t;
+typedef int xenevtchn_port_or_error_t;
+typedef struct xendevicemodel_handle xendevicemodel_handle;
+typedef struct xenforeignmemory_handle xenforeignmemory_handle;
+typedef struct xenevtchn_handle xenevtchn_handle;
+struct xentoollog_logger;
+
+xendevicemodel_handle *xendevicemodel_open(struct xentoollog_logger *logger,
+                                           unsigned int open_flags);
+int xendevicemodel_close(xendevicemodel_handle *dmod);
+int xendevicemodel_create_ioreq_server(xendevicemodel_handle *dmod, domid_t domid,
+                                       int handle_bufioreq, ioservid_t *id);
+int xendevicemodel_get_ioreq_server_info(xendevicemodel_handle *dmod, domid_t domid,
+    ioservid_t id, xen_pfn_t *ioreq_gfn, xen_pfn_t *bufioreq_gfn, evtchn_port_t *bufioreq_port);
+int xendevicemodel_map_io_range_to_ioreq_server(xendevicemodel_handle *dmod, domid_t domid,
+    ioservid_t id, int is_mmio, uint64_t start, uint64_t end);
+int xendevicemodel_unmap_io_range_from_ioreq_server(xendevicemodel_handle *dmod,
+    domid_t domid, ioservid_t id, int is_mmio, uint64_t start, uint64_t end);
+int xendevicemodel_map_pcidev_to_ioreq_server(xendevicemodel_handle *dmod, domid_t domid,
+    ioservid_t id, uint16_t segment, uint8_t bus, uint8_t device, uint8_t function);
+int xendevicemodel_unmap_pcidev_from_ioreq_server(xendevicemodel_handle *dmod, domid_t domid,
+    ioservid_t id, uint16_t segment, uint8_t bus, uint8_t device, uint8_t function);
+int xendevicemodel_destroy_ioreq_server(xendevicemodel_handle *dmod, domid_t domid,
+    ioservid_t id);
+int xendevicemodel_set_ioreq_server_state(xendevicemodel_handle *dmod, domid_t domid,
+    ioservid_t id, int enabled);
+int xendevicemodel_set_pci_intx_level(xendevicemodel_handle *dmod, domid_t domid,
+    uint16_t segment, uint8_t bus, uint8_t device, uint8_t intx, unsigned int level);
+int xendevicemodel_set_isa_irq_level(xendevicemodel_handle *dmod, domid_t domid, uint8_t irq,
+    unsigned int level);
+int xendevicemodel_set_pci_link_route(xendevicemodel_handle *dmod, domid_t domid,
+    uint8_t link, uint8_t irq);
+int xendevicemodel_inject_msi(xendevicemodel_handle *dmod, domid_t domid, uint64_t msi_addr,
+    uint32_t msi_data);
+int xendevicemodel_modified_memory(xendevicemodel_handle *dmod, domid_t domid,
+    uint64_t first_pfn, uint32_t nr);
+int xendevicemodel_shutdown(xendevicemodel_handle *dmod, domid_t domid, unsigned int reason);
+
+xenforeignmemory_handle *xenforeignmemory_open(struct xentoollog_logger *logger,
+                                               unsigned int open_flags);
+int xenforeignmemory_close(xenforeignmemory_handle *fmem);
+void *xenforeignmemory_map(xenforeignmemory_handle *fmem, uint32_t dom, int prot,
+                           size_t pages, const xen_pfn_t arr[], int err[]);
+int xenforeignmemory_unmap(xenforeignmemory_handle *fmem, void *addr, size_t pages);
+
+xenevtchn_handle *xenevtchn_open(struct xentoollog_logger *logger, unsigned int open_flags);
+int xenevtchn_close(xenevtchn_handle *xce);
+int xenevtchn_fd(xenevtchn_handle *xce);
+int xenevtchn_notify(xenevtchn_handle *xce, evtchn_port_t port);
+xenevtchn_port_or_error_t xenevtchn_bind_interdomain(xenevtchn_handle *xce, uint32_t domid,
+                                                     evtchn_port_t remote_port);
+int xenevtchn_unbind(xenevtchn_handle *xce, evtchn_port_t port);
+xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle *xce);
+int xenevtchn_unmask(xenevtchn_handle *xce, evtchn_port_t port);
+
+#define PROT_READ ...
+#define PROT_WRITE ...
+void stubdm_barrier(void);
+void stubdm_atomic_add32(void *p, uint32_t v);
+"""
+
+SOURCE = """
+#include <sys/mman.h>
+#include <xendevicemodel.h>
+#include <xenforeignmemory.h>
+#include <xenevtchn.h>
+// A full fence: the ioreq handshake's read and write barriers (DESIGN.md 5).
+static void stubdm_barrier(void) { __sync_synchronize(); }
+// Xen renormalises the buffered ring's pointers with a 64-bit cmpxchg, so
+// the consumer must advance read_pointer atomically, never store it.
+static void stubdm_atomic_add32(void *p, uint32_t v) { __atomic_fetch_add((uint32_t *)p, v, __ATOMIC_SEQ_CST); }
+"""
+
+
+def make_ffi(variant):
+    ffi = cffi.FFI()
+    ffi.cdef(CDEF)
+    kwargs = {"extra_compile_args": ["-O2", "-Wall"]}
+    if variant == "sim":
+        kwargs["sources"] = [os.path.join(ROOT, "host_sim", "libsim", "hostsim_libs.c")]
+        kwargs["include_dirs"] = [os.path.join(ROOT, "host_sim", "libsim")]
+    elif variant == "xen":
+        kwargs["libraries"] = ["xendevicemodel", "xenforeignmemory", "xenevtchn"]
+    else:
+        raise SystemExit("variant must be sim or xen, not " + repr(variant))
+    ffi.set_source(MODULE, SOURCE, **kwargs)
+    return ffi
+
+
+def build(variant="sim", tmpdir=None):
+    tmpdir = tmpdir or os.path.join(ROOT, "build", "out", "glue-" + variant)
+    os.makedirs(tmpdir, exist_ok=True)
+    ffi = make_ffi(variant)
+    so = ffi.compile(tmpdir=tmpdir, verbose=False)
+    dest = os.path.join(ROOT, "stubdm", os.path.basename(so))
+    os.replace(so, dest)
+    return dest
+
+
+if __name__ == "__main__":
+    print(build(sys.argv[1] if len(sys.argv) > 1 else "sim"))

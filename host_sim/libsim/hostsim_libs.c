@@ -1,0 +1,647 @@
+// host_sim's implementation of the part of Xen's user libraries
+// (xendevicemodel, xenforeignmemory, xenevtchn) that a device model uses.
+// Compiled against Debian's libxen-dev headers, so the compiler checks every
+// signature against Xen's; the device model's glue links with this library
+// under host_sim and with Xen's own libraries under a real hypervisor.
+//
+// Every call becomes a request on one stream socket to the host_sim
+// hypervisor process (path in $HOST_SIM_SOCKET); hostsim_proto.h has the
+// wire format. Guest memory arrives as memfds and is mapped with mmap, so a
+// foreign mapping here is as zero-copy as privcmd's.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <xendevicemodel.h>
+#include <xenevtchn.h>
+#include <xenforeignmemory.h>
+
+#include "hostsim_proto.h"
+
+#define HS_PAGE_SHIFT 12
+#define HS_PAGE_SIZE (1UL << HS_PAGE_SHIFT)
+#define HS_MAX_FDS 16
+#define HS_MAX_REGIONS 64
+#define HS_MAX_PAYLOAD 4096
+
+struct xendevicemodel_handle {
+    int unused;
+};
+
+struct xenforeignmemory_handle {
+    int unused;
+};
+
+struct xenevtchn_handle {
+    uint32_t id;
+    int fd;
+};
+
+typedef struct {
+    uint64_t gfn;
+    uint64_t npages;
+    uint64_t fd_offset;
+    int fd;
+    int prot;
+} hs_region_t;
+
+static int hs_sock = -1;
+static hs_region_t hs_regions[HS_MAX_REGIONS];
+static unsigned hs_nregions;
+
+static int hs_connect(void) {
+    if (hs_sock >= 0) {
+        return 0;
+    }
+    const char *path = getenv(HOSTSIM_SOCKET_ENV);
+    if (path == NULL || strlen(path) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
+        errno = ENOENT;
+        return -1;
+    }
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0) {
+        return -1;
+    }
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sun_family = AF_UNIX;
+    strcpy(sa.sun_path, path);
+    if (connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        int e = errno;
+        close(s);
+        errno = e;
+        return -1;
+    }
+    hs_sock = s;
+    return 0;
+}
+
+static int hs_write_all(const void *buf, size_t len) {
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t n = send(hs_sock, p, len, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -1;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+// Read exactly len bytes; the first recvmsg may carry descriptors.
+static int hs_read_all(void *buf, size_t len, int *fds, int *nfds) {
+    char *p = buf;
+    int first = 1;
+    while (len > 0) {
+        struct iovec iov = {p, len};
+        union {
+            struct cmsghdr align;
+            char buf[CMSG_SPACE(sizeof(int) * HS_MAX_FDS)];
+        } ctl;
+        struct msghdr msg;
+        memset(&msg, 0, sizeof(msg));
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        if (first && fds != NULL) {
+            msg.msg_control = ctl.buf;
+            msg.msg_controllen = sizeof(ctl.buf);
+        }
+        ssize_t n = recvmsg(hs_sock, &msg, MSG_CMSG_CLOEXEC);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -1;
+        }
+        if (n == 0) {
+            errno = ECONNRESET;
+            return -1;
+        }
+        if (first && fds != NULL) {
+            for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+                if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+                    int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+                    for (int i = 0; i < k && *nfds < HS_MAX_FDS; i++) {
+                        memcpy(&fds[(*nfds)++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+                    }
+                }
+            }
+        }
+        first = 0;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+// One request; with reply != NULL waits for the response. Returns the
+// (non-negative) result or -1 with errno set.
+static int hs_call(uint32_t op, const void *req, uint32_t req_len, void *reply,
+                   uint32_t reply_cap, uint32_t *reply_len, int *fds, int *nfds, int one_way) {
+    if (hs_connect() < 0) {
+        return -1;
+    }
+    uint8_t buf[8 + HS_MAX_PAYLOAD];
+    if (req_len > HS_MAX_PAYLOAD) {
+        errno = EINVAL;
+        return -1;
+    }
+    memcpy(buf, &op, 4);
+    memcpy(buf + 4, &req_len, 4);
+    if (req_len) {
+        memcpy(buf + 8, req, req_len);
+    }
+    if (hs_write_all(buf, 8 + req_len) < 0) {
+        return -1;
+    }
+    if (one_way) {
+        return 0;
+    }
+    int32_t hdr[2];
+    if (nfds != NULL) {
+        *nfds = 0;
+    }
+    if (hs_read_all(hdr, sizeof(hdr), fds, nfds) < 0) {
+        return -1;
+    }
+    uint32_t len = (uint32_t)hdr[1];
+    if (len > HS_MAX_PAYLOAD) {
+        errno = EPROTO;
+        return -1;
+    }
+    uint8_t payload[HS_MAX_PAYLOAD];
+    if (len && hs_read_all(payload, len, NULL, NULL) < 0) {
+        return -1;
+    }
+    if (reply != NULL) {
+        memcpy(reply, payload, len < reply_cap ? len : reply_cap);
+    }
+    if (reply_len != NULL) {
+        *reply_len = len;
+    }
+    if (hdr[0] < 0) {
+        errno = -hdr[0];
+        return -1;
+    }
+    return hdr[0];
+}
+
+// A little packer for request payloads.
+typedef struct {
+    uint8_t b[256];
+    uint32_t n;
+} hs_msg_t;
+
+static void put(hs_msg_t *m, const void *v, uint32_t k) {
+    memcpy(m->b + m->n, v, k);
+    m->n += k;
+}
+static void put8(hs_msg_t *m, uint8_t v) {
+    put(m, &v, 1);
+}
+static void put16(hs_msg_t *m, uint16_t v) {
+    put(m, &v, 2);
+}
+static void put32(hs_msg_t *m, uint32_t v) {
+    put(m, &v, 4);
+}
+static void put64(hs_msg_t *m, uint64_t v) {
+    put(m, &v, 8);
+}
+
+static int simple(uint32_t op, hs_msg_t *m) {
+    int r = hs_call(op, m->b, m->n, NULL, 0, NULL, NULL, NULL, 0);
+    return r < 0 ? -1 : 0;
+}
+
+// ---- xendevicemodel ----
+
+xendevicemodel_handle *xendevicemodel_open(struct xentoollog_logger *logger,
+                                           unsigned int open_flags) {
+    (void)logger;
+    (void)open_flags;
+    if (hs_connect() < 0) {
+        return NULL;
+    }
+    return calloc(1, sizeof(xendevicemodel_handle));
+}
+
+int xendevicemodel_close(xendevicemodel_handle *dmod) {
+    free(dmod);
+    return 0;
+}
+
+int xendevicemodel_create_ioreq_server(xendevicemodel_handle *dmod, domid_t domid,
+                                       int handle_bufioreq, ioservid_t *id) {
+    (void)dmod;
+    hs_msg_t m = {.n = 0};
+    put16(&m, domid);
+    put32(&m, (uint32_t)handle_bufioreq);
+    int r = hs_call(HS_OP_CREATE_IOREQ_SERVER, m.b, m.n, NULL, 0, NULL, NULL, NULL, 0);
+    if (r < 0) {
+        return -1;
+    }
+    *id = (ioservid_t)r;
+    return 0;
+}
+
+int xendevicemodel_get_ioreq_server_info(xendevicemodel_handle *dmod, domid_t domid,
+                                         ioservid_t id, xen_pfn_t *ioreq_gfn,
+                                         xen_pfn_t *bufioreq_gfn, evtchn_port_t *bufioreq_port) {
+    (void)dmod;
+    hs_msg_t m = {.n = 0};
+    put16(&m, domid);
+    put16(&m, id);
+    uint8_t reply[20];
+    uint32_t len = 0;
+    if (hs_call(HS_OP_GET_IOREQ_SERVER_INFO, m.b, m.n, reply, sizeof(reply), &len, NULL, NULL,
+                0) < 0) {
+        return -1;
+    }
+    if (len != sizeof(reply)) {
+        errno = EPROTO;
+        return -1;
+    }
+    uint64_t g, b;
+    uint32_t p;
+    memcpy(&g, reply, 8);
+    memcpy(&b, reply + 8, 8);
+    memcpy(&p, reply + 16, 4);
+    if (ioreq_gfn != NULL) {
+        *ioreq_gfn = g;
+    }
+    if (bufioreq_gfn != NULL) {
+        *bufioreq_gfn = b;
+    }
+    if (bufioreq_port != NULL) {
+        *bufioreq_port = p;
+    }
+    return 0;
+}
+
+static int io_range(uint32_t op, domid_t domid, ioservid_t id, int is_mmio, uint64_t start,
+                    uint64_t end) {
+    hs_msg_t m = {.n = 0};
+    put16(&m, domid);
+    put16(&m, id);
+    put32(&m, (uint32_t)is_mmio);
+    put64(&m, start);
+    put64(&m, end);
+    return simple(op, &m);
+}
+
+int xendevicemodel_map_io_range_to_ioreq_server(xendevicemodel_handle *dmod, domid_t domid,
+                                                ioservid_t id, int is_mmio, uint64_t start,
+                                                uint64_t end) {
+    (void)dmod;
+    return io_range(HS_OP_MAP_IO_RANGE, domid, id, is_mmio, start, end);
+}
+
+int xendevicemodel_unmap_io_range_from_ioreq_server(xendevicemodel_handle *dmod, domid_t domid,
+                                                    ioservid_t id, int is_mmio, uint64_t start,
+                                                    uint64_t end) {
+    (void)dmod;
+    return io_range(HS_OP_UNMAP_IO_RANGE, domid, id, is_mmio, start, end);
+}
+
+static int pcidev(uint32_t op, domid_t domid, ioservid_t id, uint16_t seg, uint8_t bus,
+                  uint8_t dev, uint8_t fn) {
+    hs_msg_t m = {.n = 0};
+    put16(&m, domid);
+    put16(&m, id);
+    put16(&m, seg);
+    put8(&m, bus);
+    put8(&m, dev);
+    put8(&m, fn);
+    return simple(op, &m);
+}
+
+int xendevicemodel_map_pcidev_to_ioreq_server(xendevicemodel_handle *dmod, domid_t domid,
+                                              ioservid_t id, uint16_t segment, uint8_t bus,
+                                              uint8_t device, uint8_t function) {
+    (void)dmod;
+    return pcidev(HS_OP_MAP_PCIDEV, domid, id, segment, bus, device, function);
+}
+
+int xendevicemodel_unmap_pcidev_from_ioreq_server(xendevicemodel_handle *dmod, domid_t domid,
+                                                  ioservid_t id, uint16_t segment, uint8_t bus,
+                                                  uint8_t device, uint8_t function) {
+    (void)dmod;
+    return pcidev(HS_OP_UNMAP_PCIDEV, domid, id, segment, bus, device, function);
+}
+
+int xendevicemodel_destroy_ioreq_server(xendevicemodel_handle *dmod, domid_t domid,
+                                        ioservid_t id) {
+    (void)dmod;
+    hs_msg_t m = {.n = 0};
+    put16(&m, domid);
+    put16(&m, id);
+    return simple(HS_OP_DESTROY_IOREQ_SERVER, &m);
+}
+
+int xendevicemodel_set_ioreq_server_state(xendevicemodel_handle *dmod, domid_t domid,
+                                          ioservid_t id, int enabled) {
+    (void)dmod;
+    hs_msg_t m = {.n = 0};
+    put16(&m, domid);
+    put16(&m, id);
+    put32(&m, (uint32_t)enabled);
+    return simple(HS_OP_SET_IOREQ_SERVER_STATE, &m);
+}
+
+int xendevicemodel_set_pci_intx_level(xendevicemodel_handle *dmod, domid_t domid,
+                                      uint16_t segment, uint8_t bus, uint8_t device,
+                                      uint8_t intx, unsigned int level) {
+    (void)dmod;
+    hs_msg_t m = {.n = 0};
+    put16(&m, domid);
+    put16(&m, segment);
+    put8(&m, bus);
+    put8(&m, device);
+    put8(&m, intx);
+    put32(&m, level);
+    return simple(HS_OP_SET_PCI_INTX_LEVEL, &m);
+}
+
+int xendevicemodel_set_isa_irq_level(xendevicemodel_handle *dmod, domid_t domid, uint8_t irq,
+                                     unsigned int level) {
+    (void)dmod;
+    hs_msg_t m = {.n = 0};
+    put16(&m, domid);
+    put8(&m, irq);
+    put32(&m, level);
+    return simple(HS_OP_SET_ISA_IRQ_LEVEL, &m);
+}
+
+int xendevicemodel_set_pci_link_route(xendevicemodel_handle *dmod, domid_t domid, uint8_t link,
+                                      uint8_t irq) {
+    (void)dmod;
+    hs_msg_t m = {.n = 0};
+    put16(&m, domid);
+    put8(&m, link);
+    put8(&m, irq);
+    return simple(HS_OP_SET_PCI_LINK_ROUTE, &m);
+}
+
+int xendevicemodel_inject_msi(xendevicemodel_handle *dmod, domid_t domid, uint64_t msi_addr,
+                              uint32_t msi_data) {
+    (void)dmod;
+    hs_msg_t m = {.n = 0};
+    put16(&m, domid);
+    put64(&m, msi_addr);
+    put32(&m, msi_data);
+    return simple(HS_OP_INJECT_MSI, &m);
+}
+
+int xendevicemodel_modified_memory(xendevicemodel_handle *dmod, domid_t domid,
+                                   uint64_t first_pfn, uint32_t nr) {
+    (void)dmod;
+    hs_msg_t m = {.n = 0};
+    put16(&m, domid);
+    put64(&m, first_pfn);
+    put32(&m, nr);
+    return simple(HS_OP_MODIFIED_MEMORY, &m);
+}
+
+int xendevicemodel_shutdown(xendevicemodel_handle *dmod, domid_t domid, unsigned int reason) {
+    (void)dmod;
+    hs_msg_t m = {.n = 0};
+    put16(&m, domid);
+    put32(&m, reason);
+    return simple(HS_OP_SHUTDOWN, &m);
+}
+
+// ---- xenforeignmemory ----
+
+xenforeignmemory_handle *xenforeignmemory_open(struct xentoollog_logger *logger,
+                                               unsigned int open_flags) {
+    (void)logger;
+    (void)open_flags;
+    if (hs_connect() < 0) {
+        return NULL;
+    }
+    return calloc(1, sizeof(xenforeignmemory_handle));
+}
+
+int xenforeignmemory_close(xenforeignmemory_handle *fmem) {
+    free(fmem);
+    return 0;
+}
+
+// Fetch the guest's memory layout afresh (regions appear as the guest's
+// RAM is set up, e.g. when QEMU hands its RAM over).
+static int hs_refresh_regions(uint32_t dom) {
+    hs_msg_t m = {.n = 0};
+    put16(&m, (uint16_t)dom);
+    uint8_t reply[HS_MAX_PAYLOAD];
+    uint32_t len = 0;
+    int fds[HS_MAX_FDS];
+    int nfds = 0;
+    if (hs_call(HS_OP_MEMORY_MAP, m.b, m.n, reply, sizeof(reply), &len, fds, &nfds, 0) < 0) {
+        return -1;
+    }
+    for (unsigned i = 0; i < hs_nregions; i++) {
+        close(hs_regions[i].fd);
+    }
+    hs_nregions = 0;
+    uint32_t n = 0;
+    if (len >= 4) {
+        memcpy(&n, reply, 4);
+    }
+    if (n > HS_MAX_REGIONS || len < 4 + n * 32) {
+        n = 0;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *r = reply + 4 + i * 32;
+        hs_region_t *g = &hs_regions[hs_nregions];
+        uint32_t idx, prot;
+        memcpy(&g->gfn, r, 8);
+        memcpy(&g->npages, r + 8, 8);
+        memcpy(&g->fd_offset, r + 16, 8);
+        memcpy(&idx, r + 24, 4);
+        memcpy(&prot, r + 28, 4);
+        if ((int)idx >= nfds) {
+            continue;
+        }
+        g->fd = dup(fds[idx]);
+        g->prot = (int)prot;
+        if (g->fd >= 0) {
+            hs_nregions++;
+        }
+    }
+    for (int i = 0; i < nfds; i++) {
+        close(fds[i]);
+    }
+    return 0;
+}
+
+static const hs_region_t *hs_find(uint64_t gfn) {
+    for (unsigned i = 0; i < hs_nregions; i++) {
+        const hs_region_t *g = &hs_regions[i];
+        if (gfn >= g->gfn && gfn - g->gfn < g->npages) {
+            return g;
+        }
+    }
+    return NULL;
+}
+
+void *xenforeignmemory_map(xenforeignmemory_handle *fmem, uint32_t dom, int prot, size_t pages,
+                           const xen_pfn_t arr[], int err[]) {
+    (void)fmem;
+    if (pages == 0 || pages > (SIZE_MAX >> HS_PAGE_SHIFT)) {
+        errno = EINVAL;
+        return NULL;
+    }
+    int refreshed = 0;
+    for (size_t i = 0; i < pages; i++) {
+        if (hs_find(arr[i]) == NULL && !refreshed) {
+            if (hs_refresh_regions(dom) < 0) {
+                return NULL;
+            }
+            refreshed = 1;
+        }
+    }
+    // Reserve the whole window first, then map each page over it; a page
+    // that is not guest memory stays inaccessible, as with privcmd.
+    uint8_t *base = mmap(NULL, pages << HS_PAGE_SHIFT, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS,
+                         -1, 0);
+    if (base == MAP_FAILED) {
+        return NULL;
+    }
+    int failed = 0;
+    for (size_t i = 0; i < pages; i++) {
+        const hs_region_t *g = hs_find(arr[i]);
+        int e = 0;
+        if (g == NULL) {
+            e = -EFAULT;
+        } else {
+            off_t off = (off_t)(g->fd_offset + ((arr[i] - g->gfn) << HS_PAGE_SHIFT));
+            void *p = mmap(base + (i << HS_PAGE_SHIFT), HS_PAGE_SIZE, prot,
+                           MAP_SHARED | MAP_FIXED, g->fd, off);
+            if (p == MAP_FAILED) {
+                e = -errno;
+            }
+        }
+        if (err != NULL) {
+            err[i] = e;
+        }
+        failed |= e != 0;
+    }
+    if (failed && err == NULL) {
+        munmap(base, pages << HS_PAGE_SHIFT);
+        errno = EFAULT;
+        return NULL;
+    }
+    return base;
+}
+
+int xenforeignmemory_unmap(xenforeignmemory_handle *fmem, void *addr, size_t pages) {
+    (void)fmem;
+    return munmap(addr, pages << HS_PAGE_SHIFT);
+}
+
+// ---- xenevtchn ----
+
+xenevtchn_handle *xenevtchn_open(struct xentoollog_logger *logger, unsigned int open_flags) {
+    (void)logger;
+    (void)open_flags;
+    int fds[HS_MAX_FDS];
+    int nfds = 0;
+    int r = hs_call(HS_OP_EVTCHN_OPEN, NULL, 0, NULL, 0, NULL, fds, &nfds, 0);
+    if (r < 0) {
+        return NULL;
+    }
+    if (nfds < 1) {
+        errno = EPROTO;
+        return NULL;
+    }
+    for (int i = 1; i < nfds; i++) {
+        close(fds[i]);
+    }
+    xenevtchn_handle *h = calloc(1, sizeof(*h));
+    if (h == NULL) {
+        close(fds[0]);
+        return NULL;
+    }
+    h->id = (uint32_t)r;
+    h->fd = fds[0];
+    return h;
+}
+
+int xenevtchn_close(xenevtchn_handle *xce) {
+    if (xce == NULL) {
+        return 0;
+    }
+    hs_msg_t m = {.n = 0};
+    put32(&m, xce->id);
+    simple(HS_OP_EVTCHN_CLOSE, &m);
+    close(xce->fd);
+    free(xce);
+    return 0;
+}
+
+int xenevtchn_fd(xenevtchn_handle *xce) {
+    return xce->fd;
+}
+
+int xenevtchn_notify(xenevtchn_handle *xce, evtchn_port_t port) {
+    hs_msg_t m = {.n = 0};
+    put32(&m, xce->id);
+    put32(&m, port);
+    return hs_call(HS_OP_EVTCHN_NOTIFY, m.b, m.n, NULL, 0, NULL, NULL, NULL, 1);
+}
+
+xenevtchn_port_or_error_t xenevtchn_bind_interdomain(xenevtchn_handle *xce, uint32_t domid,
+                                                     evtchn_port_t remote_port) {
+    hs_msg_t m = {.n = 0};
+    put32(&m, xce->id);
+    put32(&m, domid);
+    put32(&m, remote_port);
+    return hs_call(HS_OP_EVTCHN_BIND_INTERDOMAIN, m.b, m.n, NULL, 0, NULL, NULL, NULL, 0);
+}
+
+int xenevtchn_unbind(xenevtchn_handle *xce, evtchn_port_t port) {
+    hs_msg_t m = {.n = 0};
+    put32(&m, xce->id);
+    put32(&m, port);
+    return simple(HS_OP_EVTCHN_UNBIND, &m);
+}
+
+// Like the evtchn device: blocks until a port fires, returns it.
+xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle *xce) {
+    uint32_t port;
+    size_t got = 0;
+    while (got < sizeof(port)) {
+        ssize_t n = read(xce->fd, (char *)&port + got, sizeof(port) - got);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            if (n == 0) {
+                errno = ECONNRESET;
+            }
+            return -1;
+        }
+        got += (size_t)n;
+    }
+    return (xenevtchn_port_or_error_t)port;
+}
+
+// host_sim never masks a port: delivery is a message per notification.
+int xenevtchn_unmask(xenevtchn_handle *xce, evtchn_port_t port) {
+    (void)xce;
+    (void)port;
+    return 0;
+}

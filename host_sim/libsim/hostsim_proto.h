@@ -1,0 +1,38 @@
+// The wire protocol between host_sim's implementation of Xen's user
+// libraries (hostsim_libs.c, loaded into the device model's process) and the
+// host_sim hypervisor process (host_sim/hypervisor.py). host_sim/proto.py
+// holds the same numbers for the Python side.
+//
+// Request:  u32 op, u32 payload length, payload.
+// Response: i32 result (>= 0, or -errno), u32 payload length, payload; file
+//           descriptors ride along as SCM_RIGHTS. One-way ops get no response.
+// All integers little-endian, payloads packed without padding.
+#ifndef HOSTSIM_PROTO_H
+#define HOSTSIM_PROTO_H
+
+#define HOSTSIM_SOCKET_ENV "HOST_SIM_SOCKET"
+
+enum {
+    HS_OP_CREATE_IOREQ_SERVER = 1,  // u16 domid, i32 handle_bufioreq -> u16 id
+    HS_OP_GET_IOREQ_SERVER_INFO = 2,  // u16 domid, u16 id -> u64 ioreq_gfn, u64 buf_gfn, u32 buf_port
+    HS_OP_MAP_IO_RANGE = 3,  // u16 domid, u16 id, u32 is_mmio, u64 start, u64 end
+    HS_OP_UNMAP_IO_RANGE = 4,  // same
+    HS_OP_MAP_PCIDEV = 5,  // u16 domid, u16 id, u16 seg, u8 bus, u8 dev, u8 fn
+    HS_OP_UNMAP_PCIDEV = 6,  // same
+    HS_OP_SET_IOREQ_SERVER_STATE = 7,  // u16 domid, u16 id, u32 enabled
+    HS_OP_DESTROY_IOREQ_SERVER = 8,  // u16 domid, u16 id
+    HS_OP_SET_ISA_IRQ_LEVEL = 9,  // u16 domid, u8 irq, u32 level
+    HS_OP_SET_PCI_INTX_LEVEL = 10,  // u16 domid, u16 seg, u8 bus, u8 dev, u8 intx, u32 level
+    HS_OP_SET_PCI_LINK_ROUTE = 11,  // u16 domid, u8 link, u8 irq
+    HS_OP_SHUTDOWN = 12,  // u16 domid, u32 reason
+    HS_OP_MEMORY_MAP = 13,  // u16 domid -> u32 n, n * {u64 gfn, u64 npages, u64 fd_offset, u32 fd_index, u32 prot}
+    HS_OP_EVTCHN_OPEN = 14,  // -> u32 handle; one fd: the stream the handle's pending ports arrive on
+    HS_OP_EVTCHN_BIND_INTERDOMAIN = 15,  // u32 handle, u32 domid, u32 remote_port -> local port
+    HS_OP_EVTCHN_NOTIFY = 16,  // u32 handle, u32 local_port (one-way)
+    HS_OP_EVTCHN_UNBIND = 17,  // u32 handle, u32 local_port
+    HS_OP_EVTCHN_CLOSE = 18,  // u32 handle
+    HS_OP_INJECT_MSI = 19,  // u16 domid, u64 addr, u32 data
+    HS_OP_MODIFIED_MEMORY = 20,  // u16 domid, u64 first_pfn, u32 nr
+};
+
+#endif

@@ -1,0 +1,65 @@
+# Address decoding for port I/O and MMIO: ranges of the guest's port and
+# physical address spaces, each owned by a device core (read/write at an
+# offset). The ioreq loop dispatches into these; unclaimed reads are all ones.
+from stubdm import log
+
+
+class IoRange:
+    def __init__(self, start, length, dev, name):
+        self.start = start
+        self.end = start + length  # exclusive
+        self.dev = dev
+        self.name = name
+
+
+class IoBus:
+    """One address space (ports or memory). Ranges never overlap."""
+
+    def __init__(self, name):
+        self.name = name
+        self.ranges = []
+        self._last = None
+
+    def add(self, start, length, dev, name=""):
+        if length <= 0:
+            raise ValueError("empty range")
+        for r in self.ranges:
+            if start < r.end and r.start < start + length:
+                raise ValueError(
+                    "%s range %#x+%#x of %s overlaps %s" % (self.name, start, length, name, r.name)
+                )
+        r = IoRange(start, length, dev, name)
+        self.ranges.append(r)
+        return r
+
+    def remove(self, r):
+        if r in self.ranges:
+            self.ranges.remove(r)
+        if self._last is r:
+            self._last = None
+
+    def find(self, addr):
+        r = self._last
+        if r is not None and r.start <= addr < r.end:
+            return r
+        for r in self.ranges:
+            if r.start <= addr < r.end:
+                self._last = r
+                return r
+        return None
+
+    def read(self, addr, size):
+        r = self.find(addr)
+        if r is None or addr + size > r.end:
+            log.guest_error(self.name, "read of %d bytes at %#x: nothing there" % (size, addr))
+            return (1 << (8 * size)) - 1
+        return r.dev.read(addr - r.start, size)
+
+    def write(self, addr, size, value):
+        r = self.find(addr)
+        if r is None or addr + size > r.end:
+            log.guest_error(
+                self.name, "write of %d bytes at %#x: nothing there (%#x)" % (size, addr, value)
+            )
+            return
+        r.dev.write(addr - r.start, size, value)

@@ -1,0 +1,268 @@
+"""The ioreq loop with hand-built requests in plain pages, hostile ones included.
+
+The pages here are bytearrays laid out exactly as Xen's (stubdm.abi, itself
+checked against Xen's header in test_abi.py); the end-to-end path through
+host_sim is in test_scripted_guest.py.
+"""
+import struct
+
+import pytest
+
+from stubdm import abi, log
+from stubdm.bus import IoBus
+from stubdm.ioreq import Dispatcher, IoreqLoop
+
+RAM = 1 << 20
+
+
+class Hyp:
+    def __init__(self):
+        self.notified = []
+        self.barriers = 0
+
+    def barrier(self):
+        self.barriers += 1
+
+    def notify(self, port):
+        self.notified.append(port)
+
+    def bufioreq_consume(self, page, n):
+        rp = struct.unpack_from("<I", page, 0)[0]
+        struct.pack_into("<I", page, 0, (rp + n) & 0xFFFFFFFF)
+
+
+class Ram:
+    def __init__(self):
+        self.b = bytearray(RAM)
+        self.invalidations = 0
+
+    def read(self, gpa, n):
+        if gpa + n > RAM:
+            return None
+        return bytes(self.b[gpa : gpa + n])
+
+    def write(self, gpa, data):
+        if gpa + len(data) > RAM:
+            return False
+        self.b[gpa : gpa + len(data)] = data
+        return True
+
+    def invalidate(self):
+        self.invalidations += 1
+
+
+class Regs:
+    """A device with 16 byte-wide registers that records every access."""
+
+    def __init__(self):
+        self.regs = bytearray(16)
+        self.log = []
+
+    def read(self, off, size):
+        self.log.append(("r", off, size))
+        return int.from_bytes(self.regs[off : off + size], "little")
+
+    def write(self, off, size, value):
+        self.log.append(("w", off, size, value))
+        self.regs[off : off + size] = value.to_bytes(size, "little")
+
+
+class Pci:
+    def __init__(self):
+        self.space = bytearray(256)
+
+    def config_read(self, devfn, reg, size):
+        if devfn != 0x18:
+            return None
+        return int.from_bytes(self.space[reg : reg + size], "little")
+
+    def config_write(self, devfn, reg, size, value):
+        if devfn != 0x18:
+            return None
+        self.space[reg : reg + size] = value.to_bytes(size, "little")
+        return True
+
+
+@pytest.fixture
+def rig():
+    pio, mmio = IoBus("pio"), IoBus("mmio")
+    dev, mdev = Regs(), Regs()
+    pio.add(0x3F8, 8, dev, "uart")
+    mmio.add(0xFEB00000, 16, mdev, "regs")
+    ram, hyp = Ram(), Hyp()
+    d = Dispatcher(pio, mmio, Pci(), ram)
+    page, buf = bytearray(4096), bytearray(4096)
+    loop = IoreqLoop(hyp, d, page, [5, 6], buf, 9)
+    log.reset_counts()
+    return loop, dev, mdev, ram, hyp
+
+
+def put(loop, vcpu, type_, addr, data=0, size=1, count=1, read=0, ptr=0, df=0, state=1):
+    loop.page[vcpu * 32 : vcpu * 32 + 32] = abi.pack_ioreq(
+        addr, data, count, size, 0, state, ptr, read, df, type_
+    )
+
+
+def get(loop, vcpu):
+    return struct.unpack_from(abi.IOREQ_FMT, loop.page, vcpu * 32)
+
+
+def state(loop, vcpu):
+    return loop.page[vcpu * 32 + abi.IOREQ_OFF_FLAGS] & abi.STATE_MASK
+
+
+def test_pio_write_then_read_round_trip(rig):
+    loop, dev, _, _, hyp = rig
+    put(loop, 0, abi.IOREQ_TYPE_PIO, 0x3FF, 0x1A5, size=1)  # high bits masked
+    loop.on_port(5)
+    assert dev.log == [("w", 7, 1, 0xA5)]
+    assert state(loop, 0) == abi.STATE_IORESP_READY and hyp.notified == [5]
+    put(loop, 1, abi.IOREQ_TYPE_PIO, 0x3FF, 0xDEAD, size=1, read=1)
+    loop.on_port(6)
+    assert get(loop, 1)[1] == 0xA5 and hyp.notified == [5, 6]
+    # The flags other than state are kept: dir still says read.
+    assert get(loop, 1)[6] & abi.FLAG_DIR_READ
+    assert hyp.barriers >= 4
+
+
+def test_unclaimed_read_is_all_ones(rig):
+    loop = rig[0]
+    put(loop, 0, abi.IOREQ_TYPE_PIO, 0x80, size=2, read=1)
+    loop.on_port(5)
+    assert get(loop, 0)[1] == 0xFFFF
+    assert log.count("guest_error") == 1
+
+
+def test_mmio_qword(rig):
+    loop, _, mdev, _, _ = rig
+    put(loop, 0, abi.IOREQ_TYPE_COPY, 0xFEB00008, 0x1122334455667788, size=8)
+    loop.on_port(5)
+    put(loop, 0, abi.IOREQ_TYPE_COPY, 0xFEB00008, size=8, read=1)
+    loop.on_port(5)
+    assert get(loop, 0)[1] == 0x1122334455667788
+
+
+def test_rep_outsb_from_guest_memory(rig):
+    loop, dev, _, ram, _ = rig
+    ram.write(0x1000, b"hello")
+    put(loop, 0, abi.IOREQ_TYPE_PIO, 0x3F8, 0x1000, size=1, count=5, ptr=1)
+    loop.on_port(5)
+    assert [e[3] for e in dev.log] == list(b"hello")
+    assert all(e[1] == 0 for e in dev.log)  # the port does not step
+
+
+def test_rep_insw_backwards(rig):
+    loop, dev, _, ram, _ = rig
+    dev.regs[0:2] = b"\x34\x12"
+    put(loop, 0, abi.IOREQ_TYPE_PIO, 0x3F8, 0x2004, size=2, count=3, read=1, ptr=1, df=1)
+    loop.on_port(5)
+    assert ram.read(0x2000, 6) == b"\x34\x12" * 3
+
+
+def test_rep_mmio_steps_both_sides(rig):
+    loop, _, mdev, ram, _ = rig
+    ram.write(0x3000, bytes(range(16)))
+    put(loop, 0, abi.IOREQ_TYPE_COPY, 0xFEB00000, 0x3000, size=4, count=4, ptr=1)
+    loop.on_port(5)
+    assert bytes(mdev.regs) == bytes(range(16))
+
+
+def test_pci_config(rig):
+    loop = rig[0]
+    sbdf = abi.pci_sbdf(0, 0, 3, 0)
+    put(loop, 0, abi.IOREQ_TYPE_PCI_CONFIG, (sbdf << 32) | 0x3C, 0x0B, size=1)
+    loop.on_port(5)
+    put(loop, 0, abi.IOREQ_TYPE_PCI_CONFIG, (sbdf << 32) | 0x3C, size=4, read=1)
+    loop.on_port(5)
+    assert get(loop, 0)[1] == 0x0B
+    # Nobody registered 00:04.0: all ones and a guest error.
+    other = abi.pci_sbdf(0, 0, 4, 0)
+    put(loop, 0, abi.IOREQ_TYPE_PCI_CONFIG, other << 32, size=4, read=1)
+    loop.on_port(5)
+    assert get(loop, 0)[1] == 0xFFFFFFFF and log.count("guest_error") == 1
+
+
+def test_invalidate_and_timeoffset(rig):
+    loop, _, _, ram, _ = rig
+    put(loop, 0, abi.IOREQ_TYPE_INVALIDATE, 0)
+    loop.on_port(5)
+    assert ram.invalidations == 1
+    put(loop, 0, abi.IOREQ_TYPE_TIMEOFFSET, 0, data=(-3600) & 0xFFFFFFFFFFFFFFFF, size=8)
+    loop.on_port(5)
+    assert loop.d.time_offset == -3600
+
+
+def test_buffered_ring_drained_before_the_sync_request(rig):
+    loop, dev, mdev, _, _ = rig
+    # Two buffered writes to the MMIO range and one 8-byte item (two slots);
+    # buffered addresses are 20 bits, so put a device low.
+    low = Regs()
+    loop.d.mmio.add(0xA0000, 16, low, "vga")
+    items = [
+        abi.pack_buf_ioreq(abi.IOREQ_TYPE_COPY, 0, 1, 0xA0000, 0x11),
+        abi.pack_buf_ioreq(abi.IOREQ_TYPE_COPY, 0, 2, 0xA0002, 0x2233),
+        abi.pack_buf_ioreq(abi.IOREQ_TYPE_COPY, 0, 8, 0xA0008, 0x44556677),
+        struct.pack("<II", 0, 0x8899AABB),
+    ]
+    # Start near the end of the ring so the 8-byte item wraps.
+    start = 509
+    for i, it in enumerate(items):
+        slot = (start + i) % 511
+        loop.buf[8 + slot * 8 : 16 + slot * 8] = it
+    struct.pack_into("<II", loop.buf, 0, start, start + 4)
+    put(loop, 0, abi.IOREQ_TYPE_PIO, 0x3F8, size=1, read=1)
+    loop.on_port(5)
+    assert [e for e in low.log] == [
+        ("w", 0, 1, 0x11),
+        ("w", 2, 2, 0x2233),
+        ("w", 8, 8, 0x8899AABB44556677),
+    ]
+    assert struct.unpack_from("<II", loop.buf, 0) == (start + 4, start + 4)
+    assert dev.log == [("r", 0, 1)]
+
+
+@pytest.mark.parametrize(
+    "type_,size,count,ptr,data",
+    [
+        (42, 4, 1, 0, 0),  # unknown type
+        (abi.IOREQ_TYPE_PIO, 0, 1, 0, 0),
+        (abi.IOREQ_TYPE_PIO, 3, 1, 0, 0),
+        (abi.IOREQ_TYPE_PIO, 16, 1, 0, 0),
+        (abi.IOREQ_TYPE_COPY, 16, 1, 0, 0),
+        (abi.IOREQ_TYPE_PIO, 1, 0, 0, 0),
+        (abi.IOREQ_TYPE_PIO, 1, 10**9, 1, 0x1000),
+        (abi.IOREQ_TYPE_PIO, 4, 2, 1, 1 << 40),  # pointer outside guest RAM
+        (abi.IOREQ_TYPE_PIO, 4, 2, 1, 0xFFFFFFFFFFFFFFFC),  # wraps
+    ],
+)
+@pytest.mark.parametrize("read", [0, 1])
+def test_hostile_requests_are_survived(rig, type_, size, count, ptr, data, read):
+    loop, dev, _, _, hyp = rig
+    put(loop, 0, type_, 0x3F8, data, size=size, count=count, ptr=ptr, read=read)
+    loop.on_port(5)
+    assert state(loop, 0) == abi.STATE_IORESP_READY
+    assert hyp.notified == [5]
+    assert log.count("guest_error") >= 1
+    if read and not ptr:
+        assert get(loop, 0)[1] == 0xFFFFFFFFFFFFFFFF
+
+
+@pytest.mark.parametrize("st", [0, 2, 3, 9, 15])
+def test_slot_not_ready_is_left_alone(rig, st):
+    loop, dev, _, _, hyp = rig
+    put(loop, 0, abi.IOREQ_TYPE_PIO, 0x3F8, 0x41, state=st)
+    before = bytes(loop.page[:32])
+    loop.on_port(5)
+    assert bytes(loop.page[:32]) == before  # never moved, never backwards
+    assert dev.log == [] and hyp.notified == []
+
+
+def test_corrupt_buffered_pointers(rig):
+    loop, dev, _, _, _ = rig
+    struct.pack_into("<II", loop.buf, 0, 0, 100000)
+    put(loop, 0, abi.IOREQ_TYPE_PIO, 0x3F8, size=1, read=1)
+    loop.on_port(5)
+    assert log.count("guest_error") == 1
+    rp, wp = struct.unpack_from("<II", loop.buf, 0)
+    assert rp == wp
+    assert state(loop, 0) == abi.STATE_IORESP_READY
