@@ -19,9 +19,8 @@ def _mask(size):
 class Dispatcher:
     """Carries out one request against the machine's buses.
 
-    pio, mmio: stubdm.bus.IoBus; pci: object with config_read(devfn, reg,
-    size) / config_write(devfn, reg, size, value) returning None for an
-    absent function; mem: guest memory with read(gpa, n) -> bytes or None,
+    pio, mmio: stubdm.bus.IoBus; pci: stubdm.pci.PciBus (find(devfn) gives
+    the function or None); mem: guest memory with read(gpa, n) -> bytes or None,
     write(gpa, data) -> bool, invalidate().
     """
 
@@ -103,14 +102,16 @@ class Dispatcher:
                 % (sbdf >> 16, (sbdf >> 8) & 0xFF, devfn >> 3, devfn & 7, reg, size)
             )
             return _ALL_ONES if is_read else data
+        f = self.pci.find(devfn)
+        if f is None:
+            log.guest_error(
+                "pci", "config %s of absent %02x.%d" % ("read" if is_read else "write",
+                                                       devfn >> 3, devfn & 7)
+            )
+            return _mask(size) if is_read else data
         if is_read:
-            v = self.pci.config_read(devfn, reg, size)
-            if v is None:
-                log.guest_error("pci", "config read of absent %02x.%d" % (devfn >> 3, devfn & 7))
-                return _mask(size)
-            return v & _mask(size)
-        if self.pci.config_write(devfn, reg, size, data & _mask(size)) is None:
-            log.guest_error("pci", "config write to absent %02x.%d" % (devfn >> 3, devfn & 7))
+            return f.config_read(reg, size) & _mask(size)
+        f.config_write(reg, size, data & _mask(size))
         return data
 
 

@@ -67,20 +67,25 @@ class Regs:
         self.regs[off : off + size] = value.to_bytes(size, "little")
 
 
-class Pci:
+class Function:
     def __init__(self):
         self.space = bytearray(256)
 
-    def config_read(self, devfn, reg, size):
-        if devfn != 0x18:
-            return None
+    def config_read(self, reg, size):
         return int.from_bytes(self.space[reg : reg + size], "little")
 
-    def config_write(self, devfn, reg, size, value):
-        if devfn != 0x18:
-            return None
+    def config_write(self, reg, size, value):
         self.space[reg : reg + size] = value.to_bytes(size, "little")
-        return True
+
+
+class Pci:
+    """Only 00:03.0 is present."""
+
+    def __init__(self):
+        self.f = Function()
+
+    def find(self, devfn):
+        return self.f if devfn == 0x18 else None
 
 
 @pytest.fixture

@@ -1,0 +1,461 @@
+"""host_sim's hypervisor: Xen's side of the device model interface, on Linux.
+
+What Xen keeps for one HVM domain and shows a device model: ioreq servers
+(with their shared and buffered ioreq pages and the ranges they claim),
+event channels, the guest's RAM for foreign mapping, IRQ lines and domain
+shutdown. The device model reaches it through host_sim's implementation of
+Xen's user libraries (libsim), over a unix socket; it runs in its own
+process. Single-threaded: pump() serves the device model, and a vCPU that
+waits for an ioreq pumps until the answer comes.
+"""
+import mmap
+import os
+import select
+import socket
+import struct
+import time
+
+from host_sim import proto
+from stubdm import abi
+
+PAGE = 4096
+# Where Xen's HVM special pages live (ioreq pages among them), below the
+# BIOS at 4 GiB - 64 KiB.
+SPECIAL_GFN = 0xFEFF0
+SPECIAL_PAGES = 16
+PROT_RW = 3
+_ENOENT, _EINVAL, _EEXIST, _ENOSPC, _EPROTO = 2, 22, 17, 28, 71
+
+
+class SimError(Exception):
+    pass
+
+
+class DeviceModelGone(SimError):
+    pass
+
+
+class DeviceModelHung(SimError):
+    pass
+
+
+class IoreqServer:
+    def __init__(self, sid, ioreq_gfn, buf_gfn, vcpu_ports, buf_port):
+        self.id = sid
+        self.ioreq_gfn = ioreq_gfn
+        self.buf_gfn = buf_gfn
+        self.vcpu_ports = vcpu_ports
+        self.buf_port = buf_port
+        self.enabled = False
+        self.ranges = {abi.XEN_DMOP_IO_RANGE_PORT: [], abi.XEN_DMOP_IO_RANGE_MEMORY: []}
+        self.pcidevs = set()
+
+    def claims(self, kind, addr):
+        for start, end in self.ranges[kind]:
+            if start <= addr <= end:
+                return True
+        return False
+
+
+class EvtchnHandle:
+    def __init__(self, hid, sock):
+        self.id = hid
+        self.sock = sock  # our end; the device model reads pending ports from the other
+        self.ports = set()
+
+
+class Conn:
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+
+
+class Region:
+    def __init__(self, gfn, npages, fd, offset):
+        self.gfn = gfn
+        self.npages = npages
+        self.fd = fd
+        self.offset = offset
+
+
+class SimHypervisor:
+    def __init__(self, sock_path, ram_mib=64, domid=1, vcpus=1, log=None):
+        self.domid = domid
+        self.vcpus = vcpus
+        self.log = log or (lambda msg: None)
+        self.ram_size = ram_mib << 20
+        self.ram_fd = os.memfd_create("host_sim-guest-ram", 0)
+        os.ftruncate(self.ram_fd, self.ram_size)
+        self.ram = mmap.mmap(self.ram_fd, self.ram_size)
+        self.special_fd = os.memfd_create("host_sim-special-pages", 0)
+        os.ftruncate(self.special_fd, SPECIAL_PAGES * PAGE)
+        self.special = mmap.mmap(self.special_fd, SPECIAL_PAGES * PAGE)
+        self.special_used = 0
+        self.regions = [
+            Region(0, self.ram_size // PAGE, self.ram_fd, 0),
+            Region(SPECIAL_GFN, SPECIAL_PAGES, self.special_fd, 0),
+        ]
+        self.servers = {}
+        self.next_server = 0
+        self.next_port = 1
+        self.handles = {}
+        self.next_handle = 1
+        self.local_to_remote = {}
+        self.remote_to_local = {}
+        self.local_owner = {}
+        self.notified = set()  # remote ports the device model notified
+        self.isa_irq = [0] * 16
+        self.intx = {}
+        self.link_route = [0] * 4
+        self.irq_log = []
+        self.shutdown_reason = None
+        self.alive = lambda: True
+        self.timeout = 10.0
+        self.stats = {"requests": 0, "ioreqs": 0}
+        self.sock_path = sock_path
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(sock_path)
+        self.listener.listen(4)
+        self.conns = []
+        self._poll = select.poll()
+        self._poll.register(self.listener.fileno(), select.POLLIN)
+        self._fdmap = {self.listener.fileno(): self.listener}
+
+    def close(self):
+        for c in self.conns:
+            c.sock.close()
+        for h in self.handles.values():
+            h.sock.close()
+        self.listener.close()
+        try:
+            os.unlink(self.sock_path)
+        except OSError:
+            pass
+        self.ram.close()
+        self.special.close()
+        os.close(self.ram_fd)
+        os.close(self.special_fd)
+
+    # ---- the event loop ----
+    def pump(self, timeout=0.0):
+        """Serve whatever the device model sent; wait up to timeout seconds."""
+        events = self._poll.poll(int(timeout * 1000))
+        for fd, _ in events:
+            obj = self._fdmap.get(fd)
+            if obj is self.listener:
+                s, _ = self.listener.accept()
+                c = Conn(s)
+                self.conns.append(c)
+                self._fdmap[s.fileno()] = c
+                self._poll.register(s.fileno(), select.POLLIN)
+            elif isinstance(obj, Conn):
+                self._serve(obj)
+        return bool(events)
+
+    def pump_until(self, cond, what="the device model", timeout=None):
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while not cond():
+            if not self.alive():
+                raise DeviceModelGone(what + ": the device model exited")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeviceModelHung(what + ": no answer in %.1f s" % self.timeout)
+            self.pump(min(left, 0.2))
+
+    def _drop(self, c):
+        self._poll.unregister(c.sock.fileno())
+        del self._fdmap[c.sock.fileno()]
+        self.conns.remove(c)
+        c.sock.close()
+
+    def _serve(self, c):
+        try:
+            data = c.sock.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(c)
+            return
+        c.buf += data
+        while len(c.buf) >= 8:
+            op, n = struct.unpack_from("<II", c.buf, 0)
+            if n > 4096:
+                self.log("libsim peer sent a %d-byte payload; closing it" % n)
+                self._drop(c)
+                return
+            if len(c.buf) < 8 + n:
+                break
+            payload = c.buf[8 : 8 + n]
+            c.buf = c.buf[8 + n :]
+            self.stats["requests"] += 1
+            fds = []
+            try:
+                ret, reply, fds = self._op(op, payload)
+            except (struct.error, KeyError, ValueError) as e:
+                self.log("bad request op %d: %s" % (op, e))
+                ret, reply, fds = -_EINVAL, b"", []
+            if op in proto.ONE_WAY:
+                continue
+            msg = struct.pack("<iI", ret, len(reply)) + reply
+            if fds:
+                socket.send_fds(c.sock, [msg], fds)
+            else:
+                c.sock.sendall(msg)
+
+    # ---- operations ----
+    def _op(self, op, p):
+        fmt = proto.REQUEST_FORMATS[op]
+        args = struct.unpack_from(fmt, p, 0) if fmt != "<" else ()
+        if op == proto.MEMORY_MAP:
+            return self._memory_map()
+        if op == proto.EVTCHN_OPEN:
+            return self._evtchn_open()
+        if op == proto.EVTCHN_BIND_INTERDOMAIN:
+            hid, _domid, remote = args
+            return self._bind(hid, remote), b"", []
+        if op == proto.EVTCHN_NOTIFY:
+            hid, local = args
+            remote = self.local_to_remote.get(local)
+            if remote is not None:
+                self.notified.add(remote)
+            return 0, b"", []
+        if op == proto.EVTCHN_UNBIND:
+            hid, local = args
+            return self._unbind(local), b"", []
+        if op == proto.EVTCHN_CLOSE:
+            h = self.handles.pop(args[0], None)
+            if h is None:
+                return -_ENOENT, b"", []
+            for local in list(h.ports):
+                self._unbind(local)
+            h.sock.close()
+            return 0, b"", []
+        domid = args[0]
+        if domid != self.domid:
+            return -_ENOENT, b"", []
+        if op == proto.CREATE_IOREQ_SERVER:
+            return self._create_server(args[1]), b"", []
+        if op == proto.SET_ISA_IRQ_LEVEL:
+            _, irq, level = args
+            if irq >= 16:
+                return -_EINVAL, b"", []
+            self.isa_irq[irq] = 1 if level else 0
+            self.irq_log.append(("isa", irq, self.isa_irq[irq]))
+            return 0, b"", []
+        if op == proto.SET_PCI_INTX_LEVEL:
+            _, seg, bus, dev, intx, level = args
+            if seg or bus or dev > 31 or intx > 3:
+                return -_EINVAL, b"", []
+            self.intx[(dev, intx)] = 1 if level else 0
+            self.irq_log.append(("intx", dev, intx, self.intx[(dev, intx)]))
+            return 0, b"", []
+        if op == proto.SET_PCI_LINK_ROUTE:
+            _, link, irq = args
+            if link > 3 or irq > 15:
+                return -_EINVAL, b"", []
+            self.link_route[link] = irq
+            self.irq_log.append(("route", link, irq))
+            return 0, b"", []
+        if op == proto.SHUTDOWN:
+            self.shutdown_reason = args[1]
+            self.log("device model asked for shutdown, reason %d" % args[1])
+            return 0, b"", []
+        if op in (proto.INJECT_MSI, proto.MODIFIED_MEMORY):
+            return 0, b"", []
+        s = self.servers.get(args[1])
+        if s is None:
+            return -_ENOENT, b"", []
+        if op == proto.GET_IOREQ_SERVER_INFO:
+            return 0, struct.pack("<QQI", s.ioreq_gfn, s.buf_gfn, s.buf_port), []
+        if op in (proto.MAP_IO_RANGE, proto.UNMAP_IO_RANGE):
+            _, _, kind, start, end = args
+            if kind not in s.ranges or end < start:
+                return -_EINVAL, b"", []
+            if op == proto.MAP_IO_RANGE:
+                if (start, end) in s.ranges[kind]:
+                    return -_EEXIST, b"", []
+                s.ranges[kind].append((start, end))
+                return 0, b"", []
+            if (start, end) not in s.ranges[kind]:
+                return -_ENOENT, b"", []
+            s.ranges[kind].remove((start, end))
+            return 0, b"", []
+        if op in (proto.MAP_PCIDEV, proto.UNMAP_PCIDEV):
+            _, _, seg, bus, dev, fn = args
+            key = (seg, bus, dev, fn)
+            if op == proto.MAP_PCIDEV:
+                s.pcidevs.add(key)
+            else:
+                s.pcidevs.discard(key)
+            return 0, b"", []
+        if op == proto.SET_IOREQ_SERVER_STATE:
+            s.enabled = bool(args[2])
+            return 0, b"", []
+        if op == proto.DESTROY_IOREQ_SERVER:
+            del self.servers[s.id]
+            return 0, b"", []
+        return -_EINVAL, b"", []
+
+    def _alloc_special(self):
+        if self.special_used >= SPECIAL_PAGES:
+            return None
+        gfn = SPECIAL_GFN + self.special_used
+        self.special_used += 1
+        return gfn
+
+    def _alloc_port(self):
+        p = self.next_port
+        self.next_port += 1
+        return p
+
+    def _create_server(self, bufioreq):
+        ioreq_gfn = self._alloc_special()
+        buf_gfn = self._alloc_special() if bufioreq else 0
+        if ioreq_gfn is None or buf_gfn is None:
+            return -_ENOSPC
+        sid = self.next_server
+        self.next_server += 1
+        ports = [self._alloc_port() for _ in range(self.vcpus)]
+        buf_port = self._alloc_port() if bufioreq else 0
+        s = IoreqServer(sid, ioreq_gfn, buf_gfn, ports, buf_port)
+        page = self.page_of(ioreq_gfn)
+        for i in range(self.vcpus):
+            struct.pack_into("<I", page, i * abi.IOREQ_SIZE + abi.IOREQ_OFF_VP_EPORT, ports[i])
+        self.servers[sid] = s
+        return sid
+
+    def page_of(self, gfn):
+        off = (gfn - SPECIAL_GFN) * PAGE
+        return memoryview(self.special)[off : off + PAGE]
+
+    def _memory_map(self):
+        fds, body = [], b""
+        for r in self.regions:
+            if r.fd not in fds:
+                fds.append(r.fd)
+            body += struct.pack(proto.REGION_FORMAT, r.gfn, r.npages, r.offset, fds.index(r.fd),
+                                PROT_RW)
+        return 0, struct.pack("<I", len(self.regions)) + body, fds
+
+    def _evtchn_open(self):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        hid = self.next_handle
+        self.next_handle += 1
+        self.handles[hid] = EvtchnHandle(hid, ours)
+        # The descriptor is duplicated into the message; ours to close now.
+        fd = theirs.detach()
+        self._closing_fd = fd
+        return hid, b"", [fd]
+
+    def _bind(self, hid, remote):
+        h = self.handles.get(hid)
+        if h is None:
+            return -_ENOENT
+        if remote in self.remote_to_local:
+            return -_EEXIST
+        known = False
+        for s in self.servers.values():
+            if remote in s.vcpu_ports or remote == s.buf_port:
+                known = True
+        if not known:
+            return -_EINVAL
+        local = self._alloc_port()
+        self.local_to_remote[local] = remote
+        self.remote_to_local[remote] = local
+        self.local_owner[local] = h
+        h.ports.add(local)
+        return local
+
+    def _unbind(self, local):
+        remote = self.local_to_remote.pop(local, None)
+        if remote is None:
+            return -_ENOENT
+        del self.remote_to_local[remote]
+        h = self.local_owner.pop(local)
+        h.ports.discard(local)
+        return 0
+
+    # ---- what the guest's side does ----
+    def signal(self, remote):
+        """Xen raising an event towards the device model on a remote port."""
+        local = self.remote_to_local.get(remote)
+        if local is None:
+            return False
+        try:
+            self.local_owner[local].sock.sendall(struct.pack("<I", local))
+        except OSError:
+            return False
+        return True
+
+    def server_for(self, kind, addr):
+        for s in self.servers.values():
+            if s.enabled and s.claims(kind, addr):
+                return s
+        return None
+
+    def server_for_pci(self, bus, dev, fn):
+        for s in self.servers.values():
+            if s.enabled and (0, bus, dev, fn) in s.pcidevs:
+                return s
+        return None
+
+    def send_ioreq(self, s, vcpu, type_, addr, data, size, count=1, is_read=0, ptr=0, df=0):
+        """Put a request in vCPU's slot, wake the device model, wait for the answer."""
+        page = self.page_of(s.ioreq_gfn)
+        off = vcpu * abi.IOREQ_SIZE
+        port = s.vcpu_ports[vcpu]
+        req = abi.pack_ioreq(addr, data, count, size, port, abi.STATE_IOREQ_NONE, ptr,
+                             is_read, df, type_)
+        page[off : off + abi.IOREQ_SIZE] = req
+        # Publish the state last: the device model reads the rest after READY.
+        page[off + abi.IOREQ_OFF_FLAGS] = req[abi.IOREQ_OFF_FLAGS] | abi.STATE_IOREQ_READY
+        self.notified.discard(port)
+        if not self.signal(port):
+            raise DeviceModelGone("vcpu %d: no device model bound to port %d" % (vcpu, port))
+
+        def answered():
+            return port in self.notified and (
+                page[off + abi.IOREQ_OFF_FLAGS] & abi.STATE_MASK == abi.STATE_IORESP_READY
+            )
+
+        self.pump_until(answered, "ioreq type %d at %#x" % (type_, addr))
+        data = struct.unpack_from("<Q", page, off + abi.IOREQ_OFF_DATA)[0]
+        page[off + abi.IOREQ_OFF_FLAGS] = req[abi.IOREQ_OFF_FLAGS]  # back to NONE
+        self.notified.discard(port)
+        self.stats["ioreqs"] += 1
+        return data
+
+    def send_buffered(self, s, type_, addr, size, value):
+        """Queue a write in the buffered page, as Xen does for VGA memory."""
+        page = self.page_of(s.buf_gfn)
+        slots = [abi.pack_buf_ioreq(type_, 0, size, addr, value & 0xFFFFFFFF)]
+        if size == 8:
+            slots.append(struct.pack("<II", 0, (value >> 32) & 0xFFFFFFFF))
+
+        def room():
+            rp, wp = struct.unpack_from("<II", page, 0)
+            return abi.IOREQ_BUFFER_SLOT_NUM - ((wp - rp) & 0xFFFFFFFF) >= len(slots)
+
+        if not room():
+            self.signal(s.buf_port)
+            self.pump_until(room, "buffered ioreq ring")
+        wp = struct.unpack_from("<I", page, 4)[0]
+        for i, item in enumerate(slots):
+            slot = (wp + i) % abi.IOREQ_BUFFER_SLOT_NUM
+            o = abi.BUFIOREQ_OFF_SLOTS + slot * abi.BUF_IOREQ_SIZE
+            page[o : o + abi.BUF_IOREQ_SIZE] = item
+        struct.pack_into("<I", page, 4, (wp + len(slots)) & 0xFFFFFFFF)
+        self.signal(s.buf_port)
+
+    # ---- interrupts as the guest's interrupt controllers see them ----
+    def gsi_level(self, irq):
+        """ISA IRQ level, wired-OR with the PCI links routed to it (Xen's vpic input)."""
+        level = self.isa_irq[irq] if irq < 16 else 0
+        for (dev, intx), lv in self.intx.items():
+            link = (dev + intx) & 3
+            if lv and self.link_route[link] == irq and irq:
+                level = 1
+        return level
+
+    def intx_level(self, dev, intx=0):
+        return self.intx.get((dev, intx), 0)

@@ -1,0 +1,56 @@
+"""The wire protocol spoken with host_sim/libsim/hostsim_libs.c.
+
+The numbers and layouts are those of host_sim/libsim/hostsim_proto.h;
+tests/test_host_sim.py checks the two agree.
+"""
+
+SOCKET_ENV = "HOST_SIM_SOCKET"
+
+CREATE_IOREQ_SERVER = 1
+GET_IOREQ_SERVER_INFO = 2
+MAP_IO_RANGE = 3
+UNMAP_IO_RANGE = 4
+MAP_PCIDEV = 5
+UNMAP_PCIDEV = 6
+SET_IOREQ_SERVER_STATE = 7
+DESTROY_IOREQ_SERVER = 8
+SET_ISA_IRQ_LEVEL = 9
+SET_PCI_INTX_LEVEL = 10
+SET_PCI_LINK_ROUTE = 11
+SHUTDOWN = 12
+MEMORY_MAP = 13
+EVTCHN_OPEN = 14
+EVTCHN_BIND_INTERDOMAIN = 15
+EVTCHN_NOTIFY = 16
+EVTCHN_UNBIND = 17
+EVTCHN_CLOSE = 18
+INJECT_MSI = 19
+MODIFIED_MEMORY = 20
+
+# Request payload layouts (struct formats, little-endian, packed).
+REQUEST_FORMATS = {
+    CREATE_IOREQ_SERVER: "<Hi",
+    GET_IOREQ_SERVER_INFO: "<HH",
+    MAP_IO_RANGE: "<HHIQQ",
+    UNMAP_IO_RANGE: "<HHIQQ",
+    MAP_PCIDEV: "<HHHBBB",
+    UNMAP_PCIDEV: "<HHHBBB",
+    SET_IOREQ_SERVER_STATE: "<HHI",
+    DESTROY_IOREQ_SERVER: "<HH",
+    SET_ISA_IRQ_LEVEL: "<HBI",
+    SET_PCI_INTX_LEVEL: "<HHBBBI",
+    SET_PCI_LINK_ROUTE: "<HBB",
+    SHUTDOWN: "<HI",
+    MEMORY_MAP: "<H",
+    EVTCHN_OPEN: "<",
+    EVTCHN_BIND_INTERDOMAIN: "<III",
+    EVTCHN_NOTIFY: "<II",
+    EVTCHN_UNBIND: "<II",
+    EVTCHN_CLOSE: "<I",
+    INJECT_MSI: "<HQI",
+    MODIFIED_MEMORY: "<HQI",
+}
+
+ONE_WAY = frozenset([EVTCHN_NOTIFY])
+
+REGION_FORMAT = "<QQQII"  # gfn, npages, fd_offset, fd_index, prot

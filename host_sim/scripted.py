@@ -1,0 +1,226 @@
+"""A scripted guest: port, MMIO and PCI-config accesses as a vCPU makes them.
+
+Each access becomes what Xen would make of it: an ioreq to the server that
+claimed the port or address (through the real ioreq page and event channel,
+to the device model in its own process), a direct access to guest RAM, or
+all ones for what nobody claimed. Port 0xcf8 is emulated here, as Xen does.
+The vocabulary is QEMU's qtest protocol's, so one script can drive stubdm
+and QEMU's own models (host_sim.qtest_qemu) and the results compared.
+"""
+import os
+import subprocess
+import sys
+import tempfile
+
+from host_sim.hypervisor import SimHypervisor
+from host_sim import proto
+from stubdm import abi
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PORT = abi.XEN_DMOP_IO_RANGE_PORT
+MMIO = abi.XEN_DMOP_IO_RANGE_MEMORY
+
+
+class ScriptedGuest:
+    def __init__(self, hv, vcpu=0):
+        self.hv = hv
+        self.vcpu = vcpu
+        self.cf8 = 0
+
+    # ---- port I/O ----
+    def _pio(self, port, size, value=None):
+        is_read = value is None
+        if 0xCF8 <= port <= 0xCFB and size == 4 and port == 0xCF8:
+            if is_read:
+                return self.cf8
+            self.cf8 = value & 0xFFFFFFFF
+            return None
+        if 0xCFC <= port <= 0xCFF and self.cf8 & 0x80000000:
+            return self._config(port, size, value)
+        s = self.hv.server_for(PORT, port)
+        if s is None:
+            return (1 << (8 * size)) - 1 if is_read else None
+        data = self.hv.send_ioreq(s, self.vcpu, abi.IOREQ_TYPE_PIO, port,
+                                  0 if is_read else value, size, is_read=1 if is_read else 0)
+        return data & ((1 << (8 * size)) - 1) if is_read else None
+
+    def _config(self, port, size, value):
+        bus = (self.cf8 >> 16) & 0xFF
+        dev = (self.cf8 >> 11) & 0x1F
+        fn = (self.cf8 >> 8) & 7
+        reg = (self.cf8 & 0xFC) | (port & 3)
+        is_read = value is None
+        s = self.hv.server_for_pci(bus, dev, fn)
+        if s is None:
+            return (1 << (8 * size)) - 1 if is_read else None
+        addr = (abi.pci_sbdf(0, bus, dev, fn) << abi.PCI_SBDF_SHIFT) | reg
+        data = self.hv.send_ioreq(s, self.vcpu, abi.IOREQ_TYPE_PCI_CONFIG, addr,
+                                  0 if is_read else value, size, is_read=1 if is_read else 0)
+        return data & ((1 << (8 * size)) - 1) if is_read else None
+
+    def outb(self, port, v):
+        self._pio(port, 1, v & 0xFF)
+
+    def outw(self, port, v):
+        self._pio(port, 2, v & 0xFFFF)
+
+    def outl(self, port, v):
+        self._pio(port, 4, v & 0xFFFFFFFF)
+
+    def inb(self, port):
+        return self._pio(port, 1)
+
+    def inw(self, port):
+        return self._pio(port, 2)
+
+    def inl(self, port):
+        return self._pio(port, 4)
+
+    def rep_outs(self, port, gpa, size, count, df=0):
+        """rep outs: count items of size bytes from guest RAM at gpa to a port."""
+        s = self.hv.server_for(PORT, port)
+        if s is not None:
+            self.hv.send_ioreq(s, self.vcpu, abi.IOREQ_TYPE_PIO, port, gpa, size, count,
+                               is_read=0, ptr=1, df=df)
+
+    def rep_ins(self, port, gpa, size, count, df=0):
+        s = self.hv.server_for(PORT, port)
+        if s is not None:
+            self.hv.send_ioreq(s, self.vcpu, abi.IOREQ_TYPE_PIO, port, gpa, size, count,
+                               is_read=1, ptr=1, df=df)
+
+    # ---- memory ----
+    def _in_ram(self, addr, n):
+        return addr + n <= self.hv.ram_size
+
+    def _mem_read(self, addr, size):
+        if self._in_ram(addr, size):
+            return int.from_bytes(self.hv.ram[addr : addr + size], "little")
+        s = self.hv.server_for(MMIO, addr)
+        if s is None:
+            return (1 << (8 * size)) - 1
+        return self.hv.send_ioreq(s, self.vcpu, abi.IOREQ_TYPE_COPY, addr, 0, size, is_read=1)
+
+    def _mem_write(self, addr, size, value):
+        if self._in_ram(addr, size):
+            self.hv.ram[addr : addr + size] = value.to_bytes(size, "little")
+            return
+        s = self.hv.server_for(MMIO, addr)
+        if s is not None:
+            self.hv.send_ioreq(s, self.vcpu, abi.IOREQ_TYPE_COPY, addr, value, size)
+
+    def readb(self, a):
+        return self._mem_read(a, 1)
+
+    def readw(self, a):
+        return self._mem_read(a, 2)
+
+    def readl(self, a):
+        return self._mem_read(a, 4)
+
+    def readq(self, a):
+        return self._mem_read(a, 8)
+
+    def writeb(self, a, v):
+        self._mem_write(a, 1, v & 0xFF)
+
+    def writew(self, a, v):
+        self._mem_write(a, 2, v & 0xFFFF)
+
+    def writel(self, a, v):
+        self._mem_write(a, 4, v & 0xFFFFFFFF)
+
+    def writeq(self, a, v):
+        self._mem_write(a, 8, v & 0xFFFFFFFFFFFFFFFF)
+
+    def memread(self, addr, n):
+        if not self._in_ram(addr, n):
+            raise ValueError("memread outside guest RAM")
+        return bytes(self.hv.ram[addr : addr + n])
+
+    def memwrite(self, addr, data):
+        if not self._in_ram(addr, len(data)):
+            raise ValueError("memwrite outside guest RAM")
+        self.hv.ram[addr : addr + len(data)] = data
+
+    # ---- interrupts ----
+    def get_irq(self, n):
+        self.hv.pump(0)
+        return bool(self.hv.gsi_level(n))
+
+    # ---- PCI helpers (configuration mechanism #1, as firmware uses it) ----
+    def pci_read(self, dev, fn, reg, size=4, bus=0):
+        self.outl(0xCF8, 0x80000000 | (bus << 16) | (dev << 11) | (fn << 8) | (reg & 0xFC))
+        port = 0xCFC + (reg & 3)
+        return {1: self.inb, 2: self.inw, 4: self.inl}[size](port)
+
+    def pci_write(self, dev, fn, reg, value, size=4, bus=0):
+        self.outl(0xCF8, 0x80000000 | (bus << 16) | (dev << 11) | (fn << 8) | (reg & 0xFC))
+        port = 0xCFC + (reg & 3)
+        {1: self.outb, 2: self.outw, 4: self.outl}[size](port, value)
+
+
+def dm_command(runtime="cpython"):
+    """How to start the device model on the given runtime."""
+    if runtime == "cpython":
+        return [sys.executable, "-m", "stubdm"]
+    raise ValueError("unknown device model runtime: " + runtime)
+
+
+class Session:
+    """host_sim's hypervisor, a device model process serving it, and a scripted guest.
+
+    Use as a context manager; the device model never outlives it.
+    """
+
+    def __init__(self, dm_args=(), ram_mib=64, runtime="cpython", serial_log=None,
+                 stderr=None, timeout=10.0):
+        self.dir = tempfile.mkdtemp(prefix="stubdm-sim-")
+        self.sock = os.path.join(self.dir, "hv.sock")
+        self.hv = SimHypervisor(self.sock, ram_mib=ram_mib)
+        self.hv.timeout = timeout
+        self.serial_log = serial_log or os.path.join(self.dir, "com1.log")
+        env = dict(os.environ)
+        env[proto.SOCKET_ENV] = self.sock
+        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        args = dm_command(runtime) + ["-xen-domid", str(self.hv.domid), "-m", str(ram_mib)]
+        if "-serial" not in dm_args:
+            args += ["-serial", "file:" + self.serial_log]
+        args += list(dm_args)
+        self.proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stderr=stderr)
+        self.hv.alive = lambda: self.proc.poll() is None
+        try:
+            self.hv.pump_until(self._ready, "device model start-up", timeout=30)
+        except Exception:
+            self.close()
+            raise
+        self.guest = ScriptedGuest(self.hv)
+
+    def _ready(self):
+        for s in self.hv.servers.values():
+            if s.enabled:
+                return True
+        return False
+
+    def serial_output(self):
+        try:
+            with open(self.serial_log, "rb") as f:
+                return f.read()
+        except OSError:
+            return b""
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.hv.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

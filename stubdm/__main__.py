@@ -1,0 +1,5 @@
+import sys
+
+from stubdm.main import main
+
+sys.exit(main())

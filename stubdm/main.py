@@ -1,0 +1,221 @@
+# The device model's entry point: parse the QEMU-style arguments libxl
+# gives a device model, set up the ioreq server, and run the event loop.
+import sys
+
+from stubdm import abi, log
+
+USAGE = """usage: stubdm -xen-domid N [options]
+
+Options (QEMU's spelling, as libxl passes them in dm-argv):
+  -xen-domid N        guest domain to serve (required)
+  -m MiB              guest RAM size (default 128)
+  -smp N              number of vCPUs (default 1)
+  -serial DEV         back end of the next serial port: stdio, null, file:PATH
+                      (default: COM1 on stdio)
+  -device pci-serial[,addr=SLOT]
+                      a 16550 behind PCI function 1b36:0002
+  -nodefaults         no ISA devices (COM1, i8042, platform ports, 0xcf9)
+  -d LEVEL            log verbosity: 0 quiet, 1 guest errors (default), 2 debug
+  -h, --help          this text
+
+Exit status: 0 when the guest shut down or rebooted, 1 on a hypervisor
+error, 2 on bad arguments.
+"""
+
+
+class ArgError(Exception):
+    pass
+
+
+def parse_args(argv):
+    opts = {"domid": None, "ram_mib": 128, "vcpus": 1, "serial": [], "pci_serial": [],
+            "isa": True, "verbose": 1}
+    i = 0
+
+    def value():
+        if i + 1 >= len(argv):
+            raise ArgError(argv[i] + " needs a value")
+        return argv[i + 1]
+
+    def number(v, lo, hi, what):
+        try:
+            n = int(v, 0)
+        except ValueError:
+            raise ArgError(what + ": not a number: " + v)
+        if n < lo or n > hi:
+            raise ArgError("%s must be %d..%d" % (what, lo, hi))
+        return n
+
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-h", "--help", "-help"):
+            raise ArgError("")
+        if a == "-xen-domid":
+            opts["domid"] = number(value(), 1, 0x7FEF, "-xen-domid")
+            i += 2
+        elif a == "-m":
+            v = value()
+            if v.endswith("M"):
+                v = v[:-1]
+            opts["ram_mib"] = number(v, 1, 1 << 20, "-m")
+            i += 2
+        elif a == "-smp":
+            opts["vcpus"] = number(value().split(",")[0], 1, 128, "-smp")
+            i += 2
+        elif a == "-serial":
+            v = value()
+            if v not in ("stdio", "null") and not v.startswith("file:"):
+                raise ArgError("-serial: unknown back end " + v)
+            opts["serial"].append(v)
+            i += 2
+        elif a == "-device":
+            parts = value().split(",")
+            if parts[0] != "pci-serial":
+                raise ArgError("-device: unknown device " + parts[0])
+            slot = 0
+            for p in parts[1:]:
+                if p.startswith("addr="):
+                    slot = number(p[5:], 1, 31, "pci-serial addr")
+                else:
+                    raise ArgError("-device pci-serial: unknown property " + p)
+            opts["pci_serial"].append(slot)
+            i += 2
+        elif a == "-nodefaults":
+            opts["isa"] = False
+            i += 1
+        elif a == "-d":
+            opts["verbose"] = number(value(), 0, 2, "-d")
+            i += 2
+        else:
+            raise ArgError("unknown option " + a)
+    if opts["domid"] is None:
+        raise ArgError("-xen-domid is required")
+    return opts
+
+
+class FdChardev:
+    """A serial back end writing to a file descriptor."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data):
+        try:
+            self.f.write(data)
+            self.f.flush()
+        except OSError:
+            pass
+
+
+def make_chardev(spec):
+    if spec == "null":
+        return None
+    if spec == "stdio":
+        return FdChardev(sys.stdout.buffer if hasattr(sys.stdout, "buffer") else sys.stdout)
+    return FdChardev(open(spec[5:], "ab"))
+
+
+class Platform:
+    """The machine's view of the hypervisor: one ioreq server of one domain."""
+
+    def __init__(self, hyp, sid):
+        self.hyp = hyp
+        self.sid = sid
+
+    def set_isa_irq_level(self, irq, level):
+        self.hyp.set_isa_irq_level(irq, level)
+
+    def set_pci_intx_level(self, dev, pin, level):
+        self.hyp.set_pci_intx_level(0, 0, dev, pin, level)
+
+    def set_pci_link_route(self, link, irq):
+        self.hyp.set_pci_link_route(link, irq)
+
+    def map_range(self, kind, start, end):
+        self.hyp.map_io_range(self.sid, kind, start, end)
+
+    def unmap_range(self, kind, start, end):
+        self.hyp.unmap_io_range(self.sid, kind, start, end)
+
+    def map_pcidev(self, devfn):
+        self.hyp.map_pcidev(self.sid, 0, 0, devfn >> 3, devfn & 7)
+
+    def shutdown(self, reason):
+        self.hyp.shutdown(reason)
+
+
+class DeviceModel:
+    def __init__(self, opts):
+        from stubdm.hypervisor import Hypervisor
+        from stubdm.ioreq import Dispatcher, IoreqLoop
+        from stubdm.machine import Machine
+        from stubdm.memory import GuestMemory
+
+        hyp = Hypervisor(opts["domid"])
+        self.hyp = hyp
+        ram = opts["ram_mib"] << 20
+        self.mem = GuestMemory(hyp, ram)
+        sid = hyp.create_ioreq_server(abi.HVM_IOREQSRV_BUFIOREQ_ATOMIC)
+        self.sid = sid
+        ioreq_gfn, buf_gfn, buf_port = hyp.ioreq_server_info(sid)
+        page = hyp.map_page(ioreq_gfn)
+        buf = hyp.map_page(buf_gfn) if buf_gfn else None
+        ports = []
+        for v in range(opts["vcpus"]):
+            remote = int.from_bytes(
+                page[v * abi.IOREQ_SIZE + abi.IOREQ_OFF_VP_EPORT :
+                     v * abi.IOREQ_SIZE + abi.IOREQ_OFF_VP_EPORT + 4], "little")
+            ports.append(hyp.bind_interdomain(remote))
+        local_buf = hyp.bind_interdomain(buf_port) if buf is not None else None
+        serials = opts["serial"] or ["stdio"]
+        chardevs = [make_chardev(s) for s in serials]
+        self.machine = Machine(Platform(hyp, sid), chardevs, ram, opts["isa"],
+                               opts["pci_serial"])
+        m = self.machine
+        self.dispatcher = Dispatcher(m.pio, m.mmio, m.pci, self.mem)
+        self.loop = IoreqLoop(hyp, self.dispatcher, page, ports, buf, local_buf)
+        hyp.set_ioreq_server_state(sid, 1)
+
+    def run(self):
+        import select
+
+        hyp = self.hyp
+        fd = hyp.evtchn_fd()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        while not self.machine.reset_requested:
+            for _obj, ev in poller.poll(1000):
+                if ev & (select.POLLHUP | select.POLLERR):
+                    log.info("stubdm", "event channel closed: the hypervisor is gone")
+                    return 0
+                port = hyp.pending()
+                hyp.unmask(port)
+                self.loop.on_port(port)
+        log.info("stubdm", "guest reset: reboot requested")
+        return 0
+
+
+def main(argv=None):
+    if argv is None:
+        argv = sys.argv[1:]
+    try:
+        opts = parse_args(argv)
+    except ArgError as e:
+        msg = str(e)
+        if msg:
+            sys.stderr.write("stubdm: " + msg + "\n")
+        sys.stderr.write(USAGE)
+        return 0 if not msg else 2
+    log.verbose = opts["verbose"]
+    from stubdm.hypervisor import HypervisorError
+
+    try:
+        dm = DeviceModel(opts)
+        return dm.run()
+    except HypervisorError as e:
+        sys.stderr.write("stubdm: " + str(e) + "\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
