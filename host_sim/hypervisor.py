@@ -79,22 +79,27 @@ class Region:
 
 
 class SimHypervisor:
-    def __init__(self, sock_path, ram_mib=64, domid=1, vcpus=1, log=None):
+    def __init__(self, sock_path, ram_mib=64, domid=1, vcpus=1, log=None, own_ram=True):
+        """own_ram: guest RAM is a memfd of ours at gfn 0 (the scripted guest);
+        otherwise it arrives later through add_ram() (QEMU's DMA maps)."""
         self.domid = domid
         self.vcpus = vcpus
         self.log = log or (lambda msg: None)
         self.ram_size = ram_mib << 20
-        self.ram_fd = os.memfd_create("host_sim-guest-ram", 0)
-        os.ftruncate(self.ram_fd, self.ram_size)
-        self.ram = mmap.mmap(self.ram_fd, self.ram_size)
+        self.regions = []
+        self.ram_fd = -1
+        self.ram = None
+        if own_ram:
+            self.ram_fd = os.memfd_create("host_sim-guest-ram", 0)
+            os.ftruncate(self.ram_fd, self.ram_size)
+            self.ram = mmap.mmap(self.ram_fd, self.ram_size)
+            self.regions.append(Region(0, self.ram_size // PAGE, self.ram_fd, 0))
         self.special_fd = os.memfd_create("host_sim-special-pages", 0)
         os.ftruncate(self.special_fd, SPECIAL_PAGES * PAGE)
         self.special = mmap.mmap(self.special_fd, SPECIAL_PAGES * PAGE)
         self.special_used = 0
-        self.regions = [
-            Region(0, self.ram_size // PAGE, self.ram_fd, 0),
-            Region(SPECIAL_GFN, SPECIAL_PAGES, self.special_fd, 0),
-        ]
+        self.regions.append(Region(SPECIAL_GFN, SPECIAL_PAGES, self.special_fd, 0))
+        self.on_intx = None  # (dev, intx, level) -> None: where PCI INTx goes
         self.servers = {}
         self.next_server = 0
         self.next_port = 1
@@ -131,10 +136,14 @@ class SimHypervisor:
             os.unlink(self.sock_path)
         except OSError:
             pass
-        self.ram.close()
+        if self.ram is not None:
+            self.ram.close()
         self.special.close()
-        os.close(self.ram_fd)
-        os.close(self.special_fd)
+        for r in self.regions:
+            try:
+                os.close(r.fd)
+            except OSError:
+                pass
 
     # ---- the event loop ----
     def pump(self, timeout=0.0):
@@ -248,6 +257,8 @@ class SimHypervisor:
                 return -_EINVAL, b"", []
             self.intx[(dev, intx)] = 1 if level else 0
             self.irq_log.append(("intx", dev, intx, self.intx[(dev, intx)]))
+            if self.on_intx is not None:
+                self.on_intx(dev, intx, self.intx[(dev, intx)])
             return 0, b"", []
         if op == proto.SET_PCI_LINK_ROUTE:
             _, link, irq = args
@@ -324,17 +335,41 @@ class SimHypervisor:
         self.servers[sid] = s
         return sid
 
+    def add_ram(self, gpa, size, fd, offset):
+        """Guest RAM from elsewhere (QEMU's DMA_MAP): ours to close."""
+        if gpa % PAGE or size % PAGE or offset % PAGE or size <= 0:
+            os.close(fd)
+            raise ValueError("unaligned guest RAM region %#x+%#x" % (gpa, size))
+        for r in self.regions:
+            if gpa // PAGE < r.gfn + r.npages and r.gfn < (gpa + size) // PAGE:
+                os.close(fd)
+                raise ValueError("guest RAM region %#x+%#x overlaps" % (gpa, size))
+        self.regions.append(Region(gpa // PAGE, size // PAGE, fd, offset))
+
+    def remove_ram(self, gpa, size):
+        for r in list(self.regions):
+            if r.gfn == gpa // PAGE and r.npages == size // PAGE and r.fd != self.special_fd:
+                self.regions.remove(r)
+                os.close(r.fd)
+                return True
+        return False
+
     def page_of(self, gfn):
         off = (gfn - SPECIAL_GFN) * PAGE
         return memoryview(self.special)[off : off + PAGE]
 
     def _memory_map(self):
-        fds, body = [], b""
+        # One descriptor per backing file: QEMU sends a fresh fd of the same
+        # memfd with every DMA map, and libsim takes at most 16.
+        fds, files, body = [], [], b""
         for r in self.regions:
-            if r.fd not in fds:
+            st = os.fstat(r.fd)
+            key = (st.st_dev, st.st_ino)
+            if key not in files:
+                files.append(key)
                 fds.append(r.fd)
-            body += struct.pack(proto.REGION_FORMAT, r.gfn, r.npages, r.offset, fds.index(r.fd),
-                                PROT_RW)
+            body += struct.pack(proto.REGION_FORMAT, r.gfn, r.npages, r.offset,
+                                files.index(key), PROT_RW)
         return 0, struct.pack("<I", len(self.regions)) + body, fds
 
     def _evtchn_open(self):

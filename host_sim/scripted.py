@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 
-from host_sim.hypervisor import SimHypervisor
+from host_sim.hypervisor import SimError, SimHypervisor  # noqa: F401
 from host_sim import proto
 from stubdm import abi
 
@@ -187,7 +187,12 @@ class Session:
         if "-serial" not in dm_args:
             args += ["-serial", "file:" + self.serial_log]
         args += list(dm_args)
+        self.dm_log = os.path.join(self.dir, "dm.log")
+        if stderr is None:
+            stderr = open(self.dm_log, "wb")
         self.proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stderr=stderr)
+        if stderr is not subprocess.PIPE and hasattr(stderr, "close") and stderr.name == self.dm_log:
+            stderr.close()
         self.hv.alive = lambda: self.proc.poll() is None
         try:
             self.hv.pump_until(self._ready, "device model start-up", timeout=30)
@@ -209,15 +214,33 @@ class Session:
         except OSError:
             return b""
 
+    def dm_messages(self):
+        """What the device model wrote on stderr so far."""
+        try:
+            with open(self.dm_log, "r", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def dm_stats(self):
+        """The figures the device model reports when it exits (after close())."""
+        for line in self.dm_messages().splitlines():
+            if line.startswith("stubdm-stats:"):
+                return dict((k, int(v)) for k, v in
+                            (kv.split("=") for kv in line.split()[1:]))
+        return None
+
     def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        """End the domain: the device model sees its event channel close and exits."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         self.hv.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
     def __enter__(self):
         return self

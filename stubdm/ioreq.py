@@ -6,7 +6,7 @@
 import struct
 
 from stubdm import abi, log
-from stubdm.compat import const
+from stubdm.compat import const, ticks_diff, ticks_us
 
 _ALL_ONES = const(0xFFFFFFFFFFFFFFFF)
 _MAX_REP_BYTES = const(4096)  # Xen keeps one rep request within a page
@@ -134,6 +134,7 @@ class IoreqLoop:
             self.vcpu_of_port[ports[i]] = i
         self.handled = 0
         self.buffered = 0
+        self.busy_us = 0  # READY seen to IORESP_READY set, summed
 
     def on_port(self, port):
         """An event channel fired: finish buffered writes, then the vCPU's request."""
@@ -153,6 +154,7 @@ class IoreqLoop:
             if state > abi.STATE_IORESP_READY:
                 log.guest_error("ioreq", "vcpu %d slot in unknown state %d" % (vcpu, state))
             return
+        t0 = ticks_us()
         self.hyp.barrier()  # read the request only after seeing READY
         addr, data, count, size, _port, _pad, flags, type_ = struct.unpack_from(
             abi.IOREQ_FMT, page, off
@@ -172,6 +174,7 @@ class IoreqLoop:
         struct.pack_into("<Q", page, off + abi.IOREQ_OFF_DATA, data & _ALL_ONES)
         self.hyp.barrier()  # the data must be visible before IORESP_READY
         page[off + abi.IOREQ_OFF_FLAGS] = keep | abi.STATE_IORESP_READY
+        self.busy_us += ticks_diff(ticks_us(), t0)
         self.handled += 1
         self.hyp.notify(self.ports[vcpu])
 

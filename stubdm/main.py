@@ -187,12 +187,25 @@ class DeviceModel:
             for _obj, ev in poller.poll(1000):
                 if ev & (select.POLLHUP | select.POLLERR):
                     log.info("stubdm", "event channel closed: the hypervisor is gone")
+                    self.report()
                     return 0
                 port = hyp.pending()
                 hyp.unmask(port)
                 self.loop.on_port(port)
         log.info("stubdm", "guest reset: reboot requested")
+        self.report()
         return 0
+
+    def report(self):
+        """One line of figures on stderr, for benches (host_sim parses it)."""
+        lp = self.loop
+        st = self.mem.stats()
+        sys.stderr.write(
+            "stubdm-stats: ioreqs=%d buffered=%d busy_us=%d mapcache_hits=%d "
+            "mapcache_misses=%d mapcache_buckets=%d mapcache_footprint=%d\n"
+            % (lp.handled, lp.buffered, lp.busy_us, st["hits"], st["misses"],
+               st["buckets_mapped"], st["footprint"])
+        )
 
 
 def main(argv=None):
@@ -215,6 +228,10 @@ def main(argv=None):
     except HypervisorError as e:
         sys.stderr.write("stubdm: " + str(e) + "\n")
         return 1
+
+
+def cli():
+    sys.exit(main())
 
 
 if __name__ == "__main__":
