@@ -136,9 +136,14 @@ class SimHypervisor:
             os.unlink(self.sock_path)
         except OSError:
             pass
-        if self.ram is not None:
-            self.ram.close()
-        self.special.close()
+        # A memoryview of a page may still be alive (a traceback holds one):
+        # then the mapping goes when the last view does.
+        for m in (self.ram, self.special):
+            if m is not None:
+                try:
+                    m.close()
+                except BufferError:
+                    pass
         for r in self.regions:
             try:
                 os.close(r.fd)

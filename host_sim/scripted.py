@@ -14,6 +14,7 @@ import tempfile
 
 from host_sim.hypervisor import SimError, SimHypervisor  # noqa: F401
 from host_sim import proto
+from host_sim.qtest_qemu import die_with_parent
 from stubdm import abi
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -190,7 +191,8 @@ class Session:
         self.dm_log = os.path.join(self.dir, "dm.log")
         if stderr is None:
             stderr = open(self.dm_log, "wb")
-        self.proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stderr=stderr)
+        self.proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stderr=stderr,
+                                     preexec_fn=die_with_parent)
         if stderr is not subprocess.PIPE and hasattr(stderr, "close") and stderr.name == self.dm_log:
             stderr.close()
         self.hv.alive = lambda: self.proc.poll() is None
@@ -235,12 +237,14 @@ class Session:
         if getattr(self, "_closed", False):
             return
         self._closed = True
-        self.hv.close()
         try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            self.hv.close()
+        finally:
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
     def __enter__(self):
         return self

