@@ -3,6 +3,11 @@
 import sys
 
 from stubdm import abi, log
+from stubdm.compat import ticks_diff, ticks_us
+
+# Four character times at 9600 baud, about what a 16550 waits before it
+# raises the RX character timeout.
+RX_TIMEOUT_MS = 4
 
 USAGE = """usage: stubdm -xen-domid N [options]
 
@@ -183,8 +188,13 @@ class DeviceModel:
         fd = hyp.evtchn_fd()
         poller = select.poll()
         poller.register(fd, select.POLLIN)
+        uarts = self.machine.uarts
+        armed = {}  # uart index -> when its RX character timeout was first seen armed
         while not self.machine.reset_requested:
-            for _obj, ev in poller.poll(1000):
+            timeout = 1000
+            if armed or any(u.rx_timer_armed for u in uarts):
+                timeout = RX_TIMEOUT_MS
+            for _obj, ev in poller.poll(timeout):
                 if ev & (select.POLLHUP | select.POLLERR):
                     log.info("stubdm", "event channel closed: the hypervisor is gone")
                     self.report()
@@ -192,9 +202,23 @@ class DeviceModel:
                 port = hyp.pending()
                 hyp.unmask(port)
                 self.loop.on_port(port)
+            self._rx_timeouts(uarts, armed)
         log.info("stubdm", "guest reset: reboot requested")
         self.report()
         return 0
+
+    def _rx_timeouts(self, uarts, armed):
+        """The 16550's character timeout: data below the trigger level idled too long."""
+        now = ticks_us()
+        for i in range(len(uarts)):
+            u = uarts[i]
+            if not u.rx_timer_armed:
+                armed.pop(i, None)
+            elif i not in armed:
+                armed[i] = now
+            elif ticks_diff(now, armed[i]) >= RX_TIMEOUT_MS * 1000:
+                del armed[i]
+                u.rx_timeout()
 
     def report(self):
         """One line of figures on stderr, for benches (host_sim parses it)."""
