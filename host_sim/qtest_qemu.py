@@ -219,7 +219,7 @@ def _kill_process(proc):
             pass
 
 
-def _die_with_parent():
+def die_with_parent():
     # preexec_fn: QEMU gets SIGKILL if this process dies (even by SIGKILL),
     # so no QEMU outlives its test.  Linux only; harmless elsewhere.
     try:
@@ -285,7 +285,7 @@ class QemuQtest:
             self.proc = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL,
                 stdout=self._errfile, stderr=self._errfile,
-                start_new_session=True, preexec_fn=_die_with_parent)
+                start_new_session=True, preexec_fn=die_with_parent)
         except BaseException:
             listener.close()
             self._errfile.close()

@@ -1,0 +1,817 @@
+"""vfio-user server for one PCI function per socket (host_sim; CPython only).
+
+QEMU (>= 10.1, `vfio-user-pci`) is the client; this module is the server
+side that puts one of stubdm's PCI functions in front of a real guest
+(DESIGN.md section 10). It is written for a single-threaded event loop:
+
+    srv = VfioUserServer(path, backend)
+    while ...:
+        ready = poll(srv.filenos())         # listener, connection, unmask fd
+        for fd in ready:
+            srv.handle_readable(fd)
+
+`handle_readable` does one non-blocking read and handles every whole message
+it then holds (the poll is level-triggered: what is left is read on the next
+round). It never raises: a broken peer gets an error reply or the connection
+is closed, and the server listens for the next client. One client at a time;
+a second connection is accepted and closed at once.
+
+Backend (duck-typed; the server calls nothing else):
+    config_read(offset, size) -> int        size 1, 2 or 4, within a dword
+    config_write(offset, size, value)
+    bar_regions() -> [(index, size, is_io)] BARs 0-5 (called once, here)
+    region_read(index, offset, size) -> int
+    region_write(index, offset, size, value)
+    dma_map(iova, size, fd, fd_offset, prot)  fd: int or None (no fd sent);
+        the backend owns fd from the call on (keeps it or closes it, also
+        when it raises); prot: 1 read, 2 write.
+    dma_unmap(iova, size)                   exactly the pairs dma_map saw;
+        also called for every mapping left when a client goes away.
+    reset()                                 optional: if present, GET_INFO
+        advertises VFIO_DEVICE_FLAGS_RESET and DEVICE_RESET calls it.
+INTx goes the other way: the owner calls `srv.set_intx(level)` whenever the
+function's INTx output changes (after the INTx-disable gate, which the
+backend's configuration space owns).
+
+Protocol (QEMU 11.1 hw/vfio-user/*.c, docs/interop/vfio-user.rst,
+linux/vfio.h; the facts checked with QEMU are in DESIGN.md section 10):
+- Header `<HHIII`: msg_id, command, size (header included), flags, error.
+  flags bits 0-3 type (0 request, 1 reply), 0x10 NO_REPLY, 0x20 ERROR.
+  A reply echoes msg_id and command; an error reply is the header alone,
+  flags 0x21, error = errno. A message with NO_REPLY never gets a reply,
+  not even an error (QEMU does not wait for one and would mis-frame it).
+- VERSION first (anything before it: EINVAL); reply `<HH` major 0, minor 0
+  and NUL-terminated JSON, never longer than the request (QEMU reads the
+  reply into the request's buffer); `{}` if ours would not fit.
+- Regions: 0-5 BARs (sizes from the backend), 6 ROM (size 0), 7 config
+  space (256 bytes: QEMU treats a 256-byte config region as conventional
+  PCI and drops its PCIe capability), 8 VGA (size 0). QEMU reads the whole
+  config region in one REGION_READ of 256 bytes at realize.
+- Posted writes: QEMU sets NO_REPLY on writes to memory BARs only
+  (hw/vfio/pci.c: "IO regions are sync, memory can be async"; none at all
+  once a region is offered with MMAP). Writes to I/O BARs and to config
+  space wait for a reply, so every guest `out` to an I/O BAR is a full
+  round trip.
+- Every BAR access after an INTx was signalled is followed by a SET_IRQS
+  UNMASK round trip from QEMU (its EOI), before the vCPU continues.
+- Region accesses: config space is split into accesses of 1, 2 or 4 bytes
+  that stay within a dword; a BAR access of 1, 2, 4 or 8 bytes is one
+  backend access, any other count is split into byte accesses. Any part
+  outside the region: EINVAL. Count 0: EINVAL.
+- INTx (index 0) as Linux's vfio-pci: flags EVENTFD|MASKABLE|AUTOMASKED.
+  The line going high with the trigger eventfd set and not masked signals
+  the eventfd and masks. UNMASK (QEMU sends it after the guest's next BAR
+  access, its end-of-interrupt) re-signals if the line is still high.
+  MASK/UNMASK take DATA_NONE or DATA_BOOL; UNMASK also DATA_EVENTFD (an
+  eventfd that unmasks when signalled; polled here). TRIGGER takes an
+  eventfd (no fd sent: disable), DATA_NONE/BOOL (a software trigger) and
+  DATA_NONE with count 0 (disable INTx). MSI (1) and MSI-X (2) have no
+  vectors: only the disable form succeeds.
+"""
+
+import errno
+import json
+import os
+import select
+import socket
+import stat
+import struct
+
+__all__ = ["VfioUserServer"]
+
+# Commands (hw/vfio-user/protocol.h).
+VERSION = 1
+DMA_MAP = 2
+DMA_UNMAP = 3
+DEVICE_GET_INFO = 4
+DEVICE_GET_REGION_INFO = 5
+DEVICE_GET_REGION_IO_FDS = 6
+DEVICE_GET_IRQ_INFO = 7
+DEVICE_SET_IRQS = 8
+REGION_READ = 9
+REGION_WRITE = 10
+DMA_READ = 11
+DMA_WRITE = 12
+DEVICE_RESET = 13
+DIRTY_PAGES = 14
+
+# Header flags.
+TYPE_REQUEST = 0x0
+TYPE_REPLY = 0x1
+TYPE_MASK = 0xF
+NO_REPLY = 0x10
+ERROR = 0x20
+
+# linux/vfio.h
+DEVICE_FLAGS_RESET = 1 << 0
+DEVICE_FLAGS_PCI = 1 << 1
+REGION_INFO_FLAG_READ = 1 << 0
+REGION_INFO_FLAG_WRITE = 1 << 1
+IRQ_INFO_EVENTFD = 1 << 0
+IRQ_INFO_MASKABLE = 1 << 1
+IRQ_INFO_AUTOMASKED = 1 << 2
+IRQ_SET_DATA_NONE = 1 << 0
+IRQ_SET_DATA_BOOL = 1 << 1
+IRQ_SET_DATA_EVENTFD = 1 << 2
+IRQ_SET_ACTION_MASK = 1 << 3
+IRQ_SET_ACTION_UNMASK = 1 << 4
+IRQ_SET_ACTION_TRIGGER = 1 << 5
+IRQ_SET_DATA_TYPE_MASK = 0x7
+IRQ_SET_ACTION_TYPE_MASK = 0x38
+DMA_MAP_FLAG_READ = 1 << 0
+DMA_MAP_FLAG_WRITE = 1 << 1
+DMA_UNMAP_FLAG_ALL = 1 << 1
+
+PCI_INTX_IRQ_INDEX = 0
+PCI_MSI_IRQ_INDEX = 1
+PCI_MSIX_IRQ_INDEX = 2
+NUM_IRQS = 3  # INTx, MSI, MSI-X (QEMU needs >= 3; ERR/REQ absent = silent)
+PCI_ROM_REGION_INDEX = 6
+PCI_CONFIG_REGION_INDEX = 7
+NUM_REGIONS = 9  # BAR0-5, ROM, config, VGA
+CONFIG_SIZE = 256
+
+HDR = struct.Struct("<HHIII")
+HDR_SIZE = HDR.size  # 16
+RW = struct.Struct("<QII")  # offset, region, count
+HDR_RW = struct.Struct("<HHIIIQII")  # header + RW, for the hot path
+VERSION_S = struct.Struct("<HH")
+INFO_S = struct.Struct("<IIII")  # device info, irq info
+REGION_INFO_S = struct.Struct("<IIIIQQ")
+SET_IRQS_S = struct.Struct("<IIIII")
+DMA_MAP_S = struct.Struct("<IIQQQ")
+DMA_UNMAP_S = struct.Struct("<IIQQ")
+EVENTFD_ONE = (1).to_bytes(8, "little")
+
+MAX_DATA_XFER = 1 << 20  # advertised max_data_xfer_size (QEMU's default)
+MAX_MSG = MAX_DATA_XFER + 4096  # larger messages: the connection is closed
+MAX_MSG_FDS = 8  # advertised; QEMU sends at most one fd per message here
+MAX_DMA_MAPS = 65535
+RECV_SIZE = 65536
+CMSG_LEN = socket.CMSG_SPACE(64 * 4)  # room to notice (and close) floods
+SEND_TIMEOUT = 5.0
+# Plain ints: socket.MSG_* are IntFlag members, whose operators cost
+# microseconds on every message.
+RECV_FLAGS = int(socket.MSG_CMSG_CLOEXEC) | int(socket.MSG_DONTWAIT)
+MSG_CTRUNC = int(socket.MSG_CTRUNC)
+SOL_SOCKET = int(socket.SOL_SOCKET)
+SCM_RIGHTS = int(socket.SCM_RIGHTS)
+U64 = 1 << 64
+
+_CAPS = {"capabilities": {"max_msg_fds": MAX_MSG_FDS,
+                          "max_data_xfer_size": MAX_DATA_XFER,
+                          "pgsizes": 4096,
+                          "max_dma_maps": MAX_DMA_MAPS}}
+
+
+class _Reject(Exception):
+    """Answer the current request with an error reply (errno in args[0])."""
+
+
+def _close_fds(fds):
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    del fds[:]
+
+
+class VfioUserServer:
+    def __init__(self, path, backend, log=print):
+        self.path = path
+        self.backend = backend
+        self.log = log
+        sizes = [0] * NUM_REGIONS
+        for index, size, _is_io in backend.bar_regions():
+            if not 0 <= index <= 5 or size < 0 or (size & (size - 1)):
+                raise ValueError("bad BAR region (%r, %r)" % (index, size))
+            sizes[index] = size
+        sizes[PCI_CONFIG_REGION_INDEX] = CONFIG_SIZE
+        self._region_size = sizes
+        self._has_reset = callable(getattr(backend, "reset", None))
+        # Replace a stale socket file, never anything else.
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._listener.bind(path)
+            self._listener.listen(2)
+            self._listener.setblocking(False)
+        except OSError:
+            self._listener.close()
+            raise
+        self._listen_fd = self._listener.fileno()
+        self._conn = None
+        self._conn_fd = -1
+        self._intx_level = 0
+        self._intx_trigger = None  # eventfd to signal (ours to close)
+        self._intx_unmask = None  # eventfd that unmasks when signalled
+        self._intx_masked = False
+        self._dma = []  # [(iova, size)] mapped by the current client
+        self._reset_connection_state()
+        self.stats = {"reads": 0, "writes": 0, "posted": 0, "irqs": 0}
+        self._handlers = {
+            VERSION: self._h_version,
+            DMA_MAP: self._h_dma_map,
+            DMA_UNMAP: self._h_dma_unmap,
+            DEVICE_GET_INFO: self._h_get_info,
+            DEVICE_GET_REGION_INFO: self._h_region_info,
+            DEVICE_GET_IRQ_INFO: self._h_irq_info,
+            DEVICE_SET_IRQS: self._h_set_irqs,
+            DEVICE_RESET: self._h_reset,
+        }
+
+    # --- event-loop interface ----------------------------------------------
+
+    def filenos(self):
+        """The fds to poll for reading: listener, connection, INTx unmask eventfd."""
+        out = [self._listen_fd]
+        if self._conn is not None:
+            out.append(self._conn_fd)
+        if self._intx_unmask is not None:
+            out.append(self._intx_unmask)
+        return out
+
+    def fileno(self):
+        """The listening socket (see filenos() for all of them)."""
+        return self._listen_fd
+
+    @property
+    def connected(self):
+        return self._conn is not None
+
+    def handle_readable(self, fd):
+        try:
+            if fd == self._conn_fd and self._conn is not None:
+                self._read_connection()
+            elif fd == self._listen_fd:
+                self._accept()
+            elif fd == self._intx_unmask and fd is not None:
+                try:
+                    got = os.read(fd, 8)
+                except (BlockingIOError, InterruptedError):
+                    return
+                if not got:  # not an eventfd: EOF would spin the loop
+                    self._intx_set_unmask(None)
+                    return
+                self._intx_do_unmask()
+        except Exception as e:  # never let the peer crash the event loop
+            self.log("vfio-user: internal error %s: %s; closing the connection"
+                     % (type(e).__name__, e))
+            self.disconnect()
+
+    def serve_forever(self, stop=lambda: False, interval=0.05):
+        """Poll and handle until stop() is true (checked every `interval` s)."""
+        ms = int(interval * 1000)
+        while not stop():
+            p = select.poll()
+            for fd in self.filenos():
+                p.register(fd, select.POLLIN)
+            for fd, _ev in p.poll(ms):
+                self.handle_readable(fd)
+
+    def set_intx(self, level):
+        """The function's INTx output (gated by its INTx-disable bit) is `level`."""
+        level = 1 if level else 0
+        self._intx_level = level
+        if level and not self._intx_masked and self._intx_trigger is not None:
+            self._intx_fire()
+
+    def close(self):
+        self.disconnect()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            self._listen_fd = -1
+            try:
+                if stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                    os.unlink(self.path)
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- connection ---------------------------------------------------------
+
+    def _reset_connection_state(self):
+        self._buf = bytearray()
+        self._base = 0  # stream position of self._buf[0]
+        self._pending_fds = []  # [(stream position, fd)]
+        self._versioned = False
+
+    def _accept(self):
+        try:
+            conn, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self.log("vfio-user: accept failed: %s" % e)
+            return
+        if self._conn is not None:
+            self.log("vfio-user: refused a second client")
+            conn.close()
+            return
+        conn.setblocking(False)
+        self._conn = conn
+        self._conn_fd = conn.fileno()
+        self._reset_connection_state()
+
+    def disconnect(self):
+        """Drop the client and everything it set up (fds, DMA mappings)."""
+        conn = self._conn
+        if conn is None:
+            return
+        self._conn = None
+        self._conn_fd = -1
+        try:
+            conn.close()
+        except OSError:
+            pass
+        fds = [fd for _, fd in self._pending_fds]
+        _close_fds(fds)
+        self._reset_connection_state()
+        self._intx_set_trigger(None)
+        self._intx_set_unmask(None)
+        self._intx_masked = False
+        maps, self._dma = self._dma, []
+        for iova, size in maps:
+            try:
+                self.backend.dma_unmap(iova, size)
+            except Exception as e:
+                self.log("vfio-user: backend dma_unmap(0x%x, 0x%x): %s" % (iova, size, e))
+
+    def _protocol_error(self, why):
+        self.log("vfio-user: protocol error: %s; closing the connection" % why)
+        self.disconnect()
+
+    def _read_connection(self):
+        conn = self._conn
+        try:
+            data, anc, mflags, _ = conn.recvmsg(RECV_SIZE, CMSG_LEN, RECV_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self.log("vfio-user: receive failed: %s" % e)
+            self.disconnect()
+            return
+        fds = []
+        for level, kind, cdata in anc:
+            if level == SOL_SOCKET and kind == SCM_RIGHTS:
+                n = len(cdata) // 4
+                fds.extend(struct.unpack_from("<%di" % n, cdata))
+        if mflags & MSG_CTRUNC:
+            _close_fds(fds)
+            self._protocol_error("too many file descriptors in one message")
+            return
+        if not data:
+            _close_fds(fds)
+            self.disconnect()  # the client closed
+            return
+        if fds:
+            # The kernel ends a read after the segment that carries fds, so
+            # they belong to the message holding the last byte read.
+            pos = self._base + len(self._buf) + len(data) - 1
+            for fd in fds:
+                self._pending_fds.append((pos, fd))
+        if self._buf:
+            self._buf += data
+            buf = self._buf
+        else:
+            buf = data  # the usual case: whole messages, no copy
+        end = len(buf)
+        off = 0
+        unpack_hdr = HDR.unpack_from
+        while end - off >= HDR_SIZE:
+            msg_id, cmd, size, flags, _err = unpack_hdr(buf, off)
+            if size < HDR_SIZE or size > MAX_MSG:
+                self._protocol_error("message size %d" % size)
+                return
+            if end - off < size:
+                break
+            if self._pending_fds:
+                msg_fds = self._take_fds(self._base + off + size)
+            else:
+                msg_fds = []
+            self._dispatch(buf, off, size, msg_id, cmd, flags, msg_fds)
+            if self._conn is not conn:
+                return  # closed while handling
+            off += size
+        self._base += off
+        if off == end:
+            self._buf = bytearray()
+        elif buf is self._buf:
+            del buf[:off]
+        else:
+            self._buf = bytearray(memoryview(buf)[off:])
+        if len(self._pending_fds) > MAX_MSG_FDS * 4:
+            self._protocol_error("file descriptors without messages")
+
+    def _take_fds(self, limit):
+        mine = [fd for pos, fd in self._pending_fds if pos < limit]
+        self._pending_fds = [(pos, fd) for pos, fd in self._pending_fds if pos >= limit]
+        return mine
+
+    def _send(self, data):
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            n = conn.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as e:
+            self.log("vfio-user: send failed: %s" % e)
+            self.disconnect()
+            return
+        if n == len(data):
+            return
+        # Slow path: the client is not reading; wait a bounded time.
+        view = memoryview(data)[n:]
+        p = select.poll()
+        p.register(self._conn_fd, select.POLLOUT)
+        while view:
+            if not p.poll(SEND_TIMEOUT * 1000):
+                self.log("vfio-user: client does not read its replies")
+                self.disconnect()
+                return
+            try:
+                view = view[conn.send(view):]
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError as e:
+                self.log("vfio-user: send failed: %s" % e)
+                self.disconnect()
+                return
+
+    def _reply(self, msg_id, cmd, payload=b""):
+        self._send(HDR.pack(msg_id, cmd, HDR_SIZE + len(payload), TYPE_REPLY, 0) + payload)
+
+    def _error(self, msg_id, cmd, err):
+        self._send(HDR.pack(msg_id, cmd, HDR_SIZE, TYPE_REPLY | ERROR, err))
+
+    # --- dispatch -------------------------------------------------------------
+
+    def _dispatch(self, buf, off, size, msg_id, cmd, flags, fds):
+        no_reply = flags & NO_REPLY
+        try:
+            mtype = flags & TYPE_MASK
+            if mtype != TYPE_REQUEST:
+                # We never send requests, so no reply can be expected.
+                self.log("vfio-user: dropped message %d type %d (command %d)"
+                         % (msg_id, mtype, cmd))
+                return
+            if cmd == REGION_WRITE and self._versioned and not fds:
+                self._region_write(buf, off, size, msg_id, no_reply)
+                return
+            if cmd == REGION_READ and self._versioned and not fds:
+                self._region_read(buf, off, size, msg_id, no_reply)
+                return
+            handler = self._handlers.get(cmd)
+            if handler is None:
+                if cmd in (REGION_READ, REGION_WRITE):
+                    raise _Reject(errno.EINVAL)  # before VERSION, or with fds
+                self.log("vfio-user: unsupported command %d" % cmd)
+                raise _Reject(errno.ENOSYS)
+            if not self._versioned and cmd != VERSION:
+                self.log("vfio-user: command %d before VERSION" % cmd)
+                raise _Reject(errno.EINVAL)
+            payload = handler(buf, off + HDR_SIZE, size - HDR_SIZE, fds)
+            if not no_reply:
+                self._reply(msg_id, cmd, payload)
+        except _Reject as e:
+            if not no_reply and self._conn is not None:
+                self._error(msg_id, cmd, e.args[0])
+            elif no_reply:
+                self.log("vfio-user: posted command %d failed: %s"
+                         % (cmd, os.strerror(e.args[0])))
+        except Exception as e:  # a backend fault: report it, keep serving
+            self.log("vfio-user: command %d: %s: %s" % (cmd, type(e).__name__, e))
+            if not no_reply and self._conn is not None:
+                self._error(msg_id, cmd, errno.EIO)
+        finally:
+            if fds:
+                _close_fds(fds)
+
+    # --- region access (the guest's hot path) -------------------------------
+
+    def _check_rw(self, buf, off, size):
+        if size < HDR_SIZE + RW.size:
+            raise _Reject(errno.EINVAL)
+        offset, region, count = RW.unpack_from(buf, off + HDR_SIZE)
+        if region >= NUM_REGIONS or count == 0 or count > MAX_DATA_XFER:
+            raise _Reject(errno.EINVAL)
+        if offset + count > self._region_size[region]:
+            raise _Reject(errno.EINVAL)
+        return offset, region, count
+
+    def _region_read(self, buf, off, size, msg_id, no_reply):
+        try:
+            offset, region, count = self._check_rw(buf, off, size)
+            if size != HDR_SIZE + RW.size:
+                raise _Reject(errno.EINVAL)
+            if region == PCI_CONFIG_REGION_INDEX:
+                data = self._config_read(offset, count)
+            elif count in (1, 2, 4, 8):
+                v = self.backend.region_read(region, offset, count)
+                data = (v & ((1 << (8 * count)) - 1)).to_bytes(count, "little")
+            else:
+                rd = self.backend.region_read
+                data = bytes(rd(region, offset + i, 1) & 0xFF for i in range(count))
+        except _Reject as e:
+            if not no_reply:
+                self._error(msg_id, REGION_READ, e.args[0])
+            return
+        except Exception as e:
+            self.log("vfio-user: region read: %s: %s" % (type(e).__name__, e))
+            if not no_reply:
+                self._error(msg_id, REGION_READ, errno.EIO)
+            return
+        self.stats["reads"] += 1
+        if not no_reply:
+            self._send(HDR_RW.pack(msg_id, REGION_READ, HDR_SIZE + RW.size + count,
+                                   TYPE_REPLY, 0, offset, region, count) + data)
+
+    def _region_write(self, buf, off, size, msg_id, no_reply):
+        try:
+            offset, region, count = self._check_rw(buf, off, size)
+            if size != HDR_SIZE + RW.size + count:
+                raise _Reject(errno.EINVAL)
+            p = off + HDR_SIZE + RW.size
+            if region == PCI_CONFIG_REGION_INDEX:
+                self._config_write(offset, buf[p:p + count])
+            elif count in (1, 2, 4, 8):
+                self.backend.region_write(region, offset, count,
+                                          int.from_bytes(buf[p:p + count], "little"))
+            else:
+                wr = self.backend.region_write
+                for i in range(count):
+                    wr(region, offset + i, 1, buf[p + i])
+        except _Reject as e:
+            if no_reply:
+                self.log("vfio-user: posted write refused: %s" % os.strerror(e.args[0]))
+            else:
+                self._error(msg_id, REGION_WRITE, e.args[0])
+            return
+        except Exception as e:
+            self.log("vfio-user: region write: %s: %s" % (type(e).__name__, e))
+            if not no_reply:
+                self._error(msg_id, REGION_WRITE, errno.EIO)
+            return
+        if no_reply:
+            self.stats["posted"] += 1
+            return
+        self.stats["writes"] += 1
+        self._send(HDR_RW.pack(msg_id, REGION_WRITE, HDR_SIZE + RW.size,
+                               TYPE_REPLY, 0, offset, region, count))
+
+    @staticmethod
+    def _config_chunks(offset, count):
+        # Pieces of 4, 2 or 1 bytes that never cross a dword (a config cycle).
+        end = offset + count
+        while offset < end:
+            rem = end - offset
+            for n in (4, 2, 1):
+                if n <= rem and (offset & 3) + n <= 4:
+                    break
+            yield offset, n
+            offset += n
+
+    def _config_read(self, offset, count):
+        rd = self.backend.config_read
+        if count in (1, 2, 4) and (offset & 3) + count <= 4:
+            v = rd(offset, count) & ((1 << (8 * count)) - 1)
+            return v.to_bytes(count, "little")
+        out = bytearray()
+        for o, n in self._config_chunks(offset, count):
+            out += (rd(o, n) & ((1 << (8 * n)) - 1)).to_bytes(n, "little")
+        return bytes(out)
+
+    def _config_write(self, offset, data):
+        wr = self.backend.config_write
+        start = offset
+        for o, n in self._config_chunks(offset, len(data)):
+            wr(o, n, int.from_bytes(data[o - start:o - start + n], "little"))
+
+    # --- other requests -------------------------------------------------------
+    # Each takes (buf, payload offset, payload length, fds), returns the reply
+    # payload, raises _Reject(errno). fds left in the list are closed.
+
+    def _h_version(self, buf, p, n, fds):
+        if self._versioned or fds or n < VERSION_S.size:
+            raise _Reject(errno.EINVAL)
+        major, _minor = VERSION_S.unpack_from(buf, p)
+        raw = bytes(buf[p + VERSION_S.size:p + n])
+        if raw.endswith(b"\0"):
+            raw = raw[:-1]
+        if raw:
+            try:
+                caps = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                raise _Reject(errno.EINVAL)
+            if not isinstance(caps, dict) or not isinstance(
+                    caps.get("capabilities", {}), dict):
+                raise _Reject(errno.EINVAL)
+        if major != 0:
+            raise _Reject(errno.ENOTSUP)
+        text = json.dumps(_CAPS, separators=(",", ":")).encode() + b"\0"
+        if VERSION_S.size + len(text) > n:
+            text = b"{}\0"
+            if VERSION_S.size + len(text) > n:
+                raise _Reject(errno.EINVAL)
+        self._versioned = True
+        return VERSION_S.pack(0, 0) + text
+
+    def _h_get_info(self, buf, p, n, fds):
+        if fds or n < 4:
+            raise _Reject(errno.EINVAL)
+        (argsz,) = struct.unpack_from("<I", buf, p)
+        if argsz < INFO_S.size:
+            raise _Reject(errno.EINVAL)
+        flags = DEVICE_FLAGS_PCI | (DEVICE_FLAGS_RESET if self._has_reset else 0)
+        return INFO_S.pack(INFO_S.size, flags, NUM_REGIONS, NUM_IRQS)
+
+    def _h_region_info(self, buf, p, n, fds):
+        if fds or n < 12:
+            raise _Reject(errno.EINVAL)
+        argsz, _flags, index = struct.unpack_from("<III", buf, p)
+        if argsz < REGION_INFO_S.size or index >= NUM_REGIONS:
+            raise _Reject(errno.EINVAL)
+        size = self._region_size[index]
+        flags = (REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE) if size else 0
+        return REGION_INFO_S.pack(REGION_INFO_S.size, flags, index, 0, size, 0)
+
+    def _h_irq_info(self, buf, p, n, fds):
+        if fds or n < INFO_S.size:
+            raise _Reject(errno.EINVAL)
+        argsz, _flags, index, _count = INFO_S.unpack_from(buf, p)
+        if argsz < INFO_S.size or index >= NUM_IRQS:
+            raise _Reject(errno.EINVAL)
+        if index == PCI_INTX_IRQ_INDEX:
+            flags = IRQ_INFO_EVENTFD | IRQ_INFO_MASKABLE | IRQ_INFO_AUTOMASKED
+            count = 1 if self._intx_pin() else 0
+        else:
+            flags, count = IRQ_INFO_EVENTFD, 0
+        return INFO_S.pack(INFO_S.size, flags, index, count)
+
+    def _intx_pin(self):
+        try:
+            return self.backend.config_read(0x3D, 1) & 0xFF
+        except Exception:
+            return 0
+
+    def _h_set_irqs(self, buf, p, n, fds):
+        if n < SET_IRQS_S.size:
+            raise _Reject(errno.EINVAL)
+        argsz, flags, index, start, count = SET_IRQS_S.unpack_from(buf, p)
+        data_type = flags & IRQ_SET_DATA_TYPE_MASK
+        action = flags & IRQ_SET_ACTION_TYPE_MASK
+        if (argsz < SET_IRQS_S.size or flags & ~0x3F or index >= NUM_IRQS
+                or data_type not in (1, 2, 4) or action not in (8, 16, 32)):
+            raise _Reject(errno.EINVAL)
+        if data_type == IRQ_SET_DATA_BOOL:
+            if count > n - SET_IRQS_S.size:
+                raise _Reject(errno.EINVAL)
+            bools = buf[p + SET_IRQS_S.size:p + SET_IRQS_S.size + count]
+        else:
+            bools = None
+        if data_type == IRQ_SET_DATA_EVENTFD:
+            if len(fds) not in (0, count):
+                raise _Reject(errno.EINVAL)
+        elif fds:
+            raise _Reject(errno.EINVAL)
+        disable = (action == IRQ_SET_ACTION_TRIGGER and data_type == IRQ_SET_DATA_NONE
+                   and count == 0)
+        if index != PCI_INTX_IRQ_INDEX or not self._intx_pin():
+            # No vectors here: only "disable" is meaningful.
+            if disable:
+                return b""
+            raise _Reject(errno.EINVAL)
+        if disable:
+            self._intx_set_trigger(None)
+            self._intx_set_unmask(None)
+            self._intx_masked = False
+            return b""
+        if start != 0 or count != 1:
+            raise _Reject(errno.EINVAL)
+        if action == IRQ_SET_ACTION_MASK:
+            if data_type == IRQ_SET_DATA_EVENTFD:
+                raise _Reject(errno.EINVAL)
+            if bools is None or bools[0] & 1:
+                self._intx_masked = True
+        elif action == IRQ_SET_ACTION_UNMASK:
+            if data_type == IRQ_SET_DATA_EVENTFD:
+                self._intx_set_unmask(fds.pop() if fds else None)
+            elif bools is None or bools[0] & 1:
+                self._intx_do_unmask()
+        else:  # TRIGGER
+            if data_type == IRQ_SET_DATA_EVENTFD:
+                was_enabled = self._intx_trigger is not None
+                self._intx_set_trigger(fds.pop() if fds else None)
+                if self._intx_trigger is None:
+                    self._intx_masked = False
+                else:
+                    if not was_enabled:
+                        self._intx_masked = False
+                    self.set_intx(self._intx_level)
+            elif bools is None or bools[0] & 1:
+                if self._intx_trigger is not None:
+                    self._intx_signal()
+        return b""
+
+    def _h_dma_map(self, buf, p, n, fds):
+        if n < DMA_MAP_S.size or len(fds) > 1:
+            raise _Reject(errno.EINVAL)
+        argsz, flags, fd_offset, iova, size = DMA_MAP_S.unpack_from(buf, p)
+        if (argsz < DMA_MAP_S.size or flags & ~(DMA_MAP_FLAG_READ | DMA_MAP_FLAG_WRITE)
+                or size == 0 or iova + size > U64 or fd_offset + size > U64):
+            raise _Reject(errno.EINVAL)
+        end = iova + size
+        for m_iova, m_size in self._dma:
+            if iova < m_iova + m_size and m_iova < end:
+                raise _Reject(errno.EEXIST)
+        if len(self._dma) >= MAX_DMA_MAPS:
+            raise _Reject(errno.ENOSPC)
+        fd = fds.pop() if fds else None
+        self._dma.append((iova, size))  # before the call: the backend may keep it
+        try:
+            self.backend.dma_map(iova, size, fd, fd_offset, flags)
+        except Exception:
+            self._dma.pop()
+            raise
+        return b""
+
+    def _h_dma_unmap(self, buf, p, n, fds):
+        if fds or n < DMA_UNMAP_S.size:
+            raise _Reject(errno.EINVAL)
+        argsz, flags, iova, size = DMA_UNMAP_S.unpack_from(buf, p)
+        if argsz < DMA_UNMAP_S.size or flags & ~DMA_UNMAP_FLAG_ALL:
+            raise _Reject(errno.EINVAL)
+        if flags & DMA_UNMAP_FLAG_ALL:
+            if iova or size:
+                raise _Reject(errno.EINVAL)
+            victims = list(self._dma)
+        else:
+            end = iova + size
+            if size == 0 or end > U64:
+                raise _Reject(errno.EINVAL)
+            victims = []
+            for m_iova, m_size in self._dma:
+                if m_iova < end and iova < m_iova + m_size:
+                    if m_iova < iova or m_iova + m_size > end:
+                        raise _Reject(errno.EINVAL)  # would split a mapping
+                    victims.append((m_iova, m_size))
+        for v in victims:
+            self._dma.remove(v)
+            self.backend.dma_unmap(v[0], v[1])
+        return b""
+
+    def _h_reset(self, buf, p, n, fds):
+        if fds:
+            raise _Reject(errno.EINVAL)
+        if not self._has_reset:
+            raise _Reject(errno.ENOTTY)
+        self.backend.reset()
+        return b""
+
+    # --- INTx -----------------------------------------------------------------
+
+    def _intx_signal(self):
+        try:
+            os.write(self._intx_trigger, EVENTFD_ONE)
+            self.stats["irqs"] += 1
+        except OSError as e:
+            self.log("vfio-user: INTx eventfd write failed: %s" % e)
+
+    def _intx_fire(self):
+        # AUTOMASKED: each signal masks until the client unmasks.
+        self._intx_masked = True
+        self._intx_signal()
+
+    def _intx_do_unmask(self):
+        self._intx_masked = False
+        if self._intx_level and self._intx_trigger is not None:
+            self._intx_fire()
+
+    def _intx_set_trigger(self, fd):
+        old, self._intx_trigger = self._intx_trigger, fd
+        if old is not None and old != fd:
+            _close_fds([old])
+        if fd is not None:
+            # A full pipe posing as an eventfd must not block the loop.
+            # (QEMU's eventfds are non-blocking already.)
+            os.set_blocking(fd, False)
+
+    def _intx_set_unmask(self, fd):
+        old, self._intx_unmask = self._intx_unmask, fd
+        if old is not None and old != fd:
+            _close_fds([old])
+        if fd is not None:
+            os.set_blocking(fd, False)
