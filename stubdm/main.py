@@ -20,6 +20,8 @@ Options (QEMU's spelling, as libxl passes them in dm-argv):
   -device pci-serial[,addr=SLOT]
                       a 16550 behind PCI function 1b36:0002
   -nodefaults         no ISA devices (COM1, i8042, platform ports, 0xcf9)
+  -no-timers          device timers never fire (lock-step comparisons with
+                      QEMU's qtest, whose virtual clock stands still)
   -d LEVEL            log verbosity: 0 quiet, 1 guest errors (default), 2 debug
   -h, --help          this text
 
@@ -34,7 +36,7 @@ class ArgError(Exception):
 
 def parse_args(argv):
     opts = {"domid": None, "ram_mib": 128, "vcpus": 1, "serial": [], "pci_serial": [],
-            "isa": True, "verbose": 1}
+            "isa": True, "verbose": 1, "timers": True}
     i = 0
 
     def value():
@@ -87,6 +89,9 @@ def parse_args(argv):
             i += 2
         elif a == "-nodefaults":
             opts["isa"] = False
+            i += 1
+        elif a == "-no-timers":
+            opts["timers"] = False
             i += 1
         elif a == "-d":
             opts["verbose"] = number(value(), 0, 2, "-d")
@@ -174,6 +179,7 @@ class DeviceModel:
         local_buf = hyp.bind_interdomain(buf_port) if buf is not None else None
         serials = opts["serial"] or ["stdio"]
         chardevs = [make_chardev(s) for s in serials]
+        self.timers = opts["timers"]
         self.machine = Machine(Platform(hyp, sid), chardevs, ram, opts["isa"],
                                opts["pci_serial"])
         m = self.machine
@@ -188,7 +194,7 @@ class DeviceModel:
         fd = hyp.evtchn_fd()
         poller = select.poll()
         poller.register(fd, select.POLLIN)
-        uarts = self.machine.uarts
+        uarts = self.machine.uarts if self.timers else []
         armed = {}  # uart index -> when its RX character timeout was first seen armed
         while not self.machine.reset_requested:
             timeout = 1000

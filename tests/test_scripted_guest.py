@@ -14,6 +14,7 @@ Xen's docs/misc/hvm-emulated-unplug.pandoc.
 """
 import random
 import struct
+import time
 
 import pytest
 
@@ -814,3 +815,24 @@ def test_fuzz_raw_ioreqs(fresh):
     _restore_known_state(s)
     assert_healthy(s)
     assert enumerate_pci(s.guest) == [(0, 0), (1, 0), (3, 0)]
+
+
+def test_uart_rx_character_timeout(fresh):
+    # PC16550D section 8.6.3: with FIFOs on and fewer bytes than the trigger
+    # level waiting, IIR reports a character timeout (0xcc) once the line has
+    # been idle for about four character times; Linux relies on it.
+    g = fresh.guest
+    g.outb(0x3FA, 0x81)  # FIFO on, trigger level 8
+    g.outb(0x3FC, 0x10)  # loopback
+    g.outb(0x3F9, 0x01)  # RX data interrupt
+    g.outb(0x3F8, 0x41)
+    # One byte, below the trigger: no RX-data interrupt (the timeout may
+    # already have fired if this host stalled for 4 ms).
+    assert g.inb(0x3FA) in (0xC1, 0xCC)
+    deadline = time.monotonic() + 2
+    while g.inb(0x3FA) != 0xCC and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert g.inb(0x3FA) == 0xCC
+    assert g.get_irq(4)
+    assert g.inb(0x3F8) == 0x41
+    assert g.inb(0x3FA) == 0xC1 and not g.get_irq(4)
