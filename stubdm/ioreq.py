@@ -72,24 +72,41 @@ class Dispatcher:
             bus.write(addr, size, data & _mask(size))
             return data
         # Rep string I/O: item i of guest memory is at data +/- i*size; for
-        # MMIO the device address steps too, a port stays put.
+        # MMIO the device address steps too, a port stays put. Guest memory
+        # is copied as one block (Xen keeps it within a page) when it can be.
         step = -size if df else size
         dev_step = 0 if type_ == abi.IOREQ_TYPE_PIO else step
         mem = self.mem
-        for i in range(count):
-            gpa = (data + i * step) & _ALL_ONES
-            dev = (addr + i * dev_step) & _ALL_ONES
-            if is_read:
-                v = bus.read(dev, size) & _mask(size)
-                if not mem.write(gpa, v.to_bytes(size, "little")):
+        total = count * size
+        lo = data - (count - 1) * size if df else data
+        whole = 0 <= lo and lo + total <= _ALL_ONES
+        if is_read:
+            buf = bytearray(total)
+            for i in range(count):
+                v = bus.read((addr + i * dev_step) & _ALL_ONES, size) & _mask(size)
+                o = (count - 1 - i) * size if df else i * size
+                buf[o : o + size] = v.to_bytes(size, "little")
+            if whole and mem.write(lo, buf):
+                return data
+            for i in range(count):  # some of it is not RAM: as far as it goes
+                gpa = (data + i * step) & _ALL_ONES
+                o = (count - 1 - i) * size if df else i * size
+                if not mem.write(gpa, buf[o : o + size]):
                     log.guest_error(bus.name, "rep read into %#x: not guest RAM" % gpa)
                     break
+            return data
+        block = mem.read(lo, total) if whole else None
+        for i in range(count):
+            if block is not None:
+                o = (count - 1 - i) * size if df else i * size
+                b = block[o : o + size]
             else:
+                gpa = (data + i * step) & _ALL_ONES
                 b = mem.read(gpa, size)
                 if b is None:
                     log.guest_error(bus.name, "rep write from %#x: not guest RAM" % gpa)
                     break
-                bus.write(dev, size, int.from_bytes(b, "little"))
+            bus.write((addr + i * dev_step) & _ALL_ONES, size, int.from_bytes(b, "little"))
         return data
 
     def _pci(self, addr, data, size, is_read):
