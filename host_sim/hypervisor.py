@@ -170,6 +170,13 @@ class SimHypervisor:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while not cond():
             if not self.alive():
+                # What it sent before it exited (an answer, then exit on a
+                # reset) may still be unread: serve that first.
+                for _ in range(64):
+                    if not self.pump(0) or cond():
+                        break
+                if cond():
+                    return
                 raise DeviceModelGone(what + ": the device model exited")
             left = deadline - time.monotonic()
             if left <= 0:

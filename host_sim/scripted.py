@@ -8,6 +8,7 @@ The vocabulary is QEMU's qtest protocol's, so one script can drive stubdm
 and QEMU's own models (host_sim.qtest_qemu) and the results compared.
 """
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -161,11 +162,49 @@ class ScriptedGuest:
         {1: self.outb, 2: self.outw, 4: self.outl}[size](port, value)
 
 
+# The device model's runtimes (stubdm-sim --dm-runtime, tests' dm_runtime).
+RUNTIMES = ("cpython", "micropython", "port")
+MICROPYTHON = os.path.join(ROOT, "build", "out", "micropython")
+# MicroPython's GC heap for the device model. Measured: at most about
+# 110 KB live while a guest boots and drives the devices or the device tests
+# run (the exit stats line's heap_peak=); start-up (compiling stubdm from
+# source) needs 160-192 KB of heap. 1 MiB leaves room and fits a 28-32 MiB
+# stub domain many times over.
+MICROPYTHON_HEAP = "1M"
+PORT_BINARY = os.path.join(ROOT, "build", "out", "stubdm-port")
+
+
+class RuntimeMissing(SimError):
+    pass
+
+
 def dm_command(runtime="cpython"):
-    """How to start the device model on the given runtime."""
+    """How to start the device model on the given runtime (run it with dm_env's env)."""
     if runtime == "cpython":
         return [sys.executable, "-m", "stubdm"]
+    if runtime == "micropython":
+        if not os.access(MICROPYTHON, os.X_OK):
+            raise RuntimeMissing("no MicroPython device model runtime at %s: run scons"
+                                 % os.path.relpath(MICROPYTHON, ROOT))
+        return [MICROPYTHON, "-X", "heapsize=" + MICROPYTHON_HEAP, "-m", "stubdm"]
+    if runtime == "port":
+        # The stub domain's own MicroPython port (stubdm/port_minios) built for
+        # Linux: the device model frozen in, arguments passed straight to it.
+        if not os.access(PORT_BINARY, os.X_OK):
+            raise RuntimeMissing("no port device model runtime at %s: run scons (port-host)"
+                                 % os.path.relpath(PORT_BINARY))
+        return [PORT_BINARY]
     raise ValueError("unknown device model runtime: " + runtime)
+
+
+def dm_env(sock, base=None):
+    """The device model's environment: host_sim's socket, stubdm importable on both runtimes."""
+    env = dict(os.environ if base is None else base)
+    env[proto.SOCKET_ENV] = sock
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    # MicroPython's path: frozen modules first (as its default path), then the tree.
+    env["MICROPYPATH"] = ".frozen" + os.pathsep + ROOT
+    return env
 
 
 class Session:
@@ -176,23 +215,22 @@ class Session:
 
     def __init__(self, dm_args=(), ram_mib=64, runtime="cpython", serial_log=None,
                  stderr=None, timeout=10.0):
+        cmd = dm_command(runtime)  # first: a missing runtime leaves nothing behind
+        self.runtime = runtime
         self.dir = tempfile.mkdtemp(prefix="stubdm-sim-")
         self.sock = os.path.join(self.dir, "hv.sock")
         self.hv = SimHypervisor(self.sock, ram_mib=ram_mib)
         self.hv.timeout = timeout
         self.serial_log = serial_log or os.path.join(self.dir, "com1.log")
-        env = dict(os.environ)
-        env[proto.SOCKET_ENV] = self.sock
-        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-        args = dm_command(runtime) + ["-xen-domid", str(self.hv.domid), "-m", str(ram_mib)]
+        args = cmd + ["-xen-domid", str(self.hv.domid), "-m", str(ram_mib)]
         if "-serial" not in dm_args:
             args += ["-serial", "file:" + self.serial_log]
         args += list(dm_args)
         self.dm_log = os.path.join(self.dir, "dm.log")
         if stderr is None:
             stderr = open(self.dm_log, "wb")
-        self.proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stderr=stderr,
-                                     preexec_fn=die_with_parent)
+        self.proc = subprocess.Popen(args, env=dm_env(self.sock), stdin=subprocess.DEVNULL,
+                                     stderr=stderr, preexec_fn=die_with_parent)
         if stderr is not subprocess.PIPE and hasattr(stderr, "close") and stderr.name == self.dm_log:
             stderr.close()
         self.hv.alive = lambda: self.proc.poll() is None
@@ -210,6 +248,8 @@ class Session:
         return False
 
     def serial_output(self):
+        if getattr(self, "_final", None) is not None:
+            return self._final[1]
         try:
             with open(self.serial_log, "rb") as f:
                 return f.read()
@@ -218,6 +258,8 @@ class Session:
 
     def dm_messages(self):
         """What the device model wrote on stderr so far."""
+        if getattr(self, "_final", None) is not None:
+            return self._final[0]
         try:
             with open(self.dm_log, "r", errors="replace") as f:
                 return f.read()
@@ -245,6 +287,9 @@ class Session:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+            # Keep what the device model said, then leave nothing behind.
+            self._final = (self.dm_messages(), self.serial_output())
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self):
         return self

@@ -2,15 +2,22 @@
 # (xendevicemodel, xenforeignmemory, xenevtchn) through the C glue. The same
 # glue runs against Xen's libraries (dom0), MiniOS's (stub domain) and
 # host_sim's (tests); this module does not know which.
+#
+# The glue has one API on both runtimes (stubdm/port_common/modstubdm_hyp.c
+# documents it): on MicroPython it is the user C module _xenglue, on CPython
+# stubdm/glue_cffi.py over the cffi module stubdm._xenglue. Only the import
+# below differs.
 import errno as _errno
 
 from stubdm import abi
 
 try:
-    from stubdm._xenglue import ffi, lib
-except ImportError:  # MicroPython: the same names come from the user C module
-    ffi = None
-    lib = None
+    import _xenglue as glue  # MicroPython: the user C module
+except ImportError:
+    try:
+        from stubdm import glue_cffi as glue  # CPython: cffi
+    except ImportError:
+        glue = None
 
 
 class HypervisorError(Exception):
@@ -19,145 +26,103 @@ class HypervisorError(Exception):
         self.errno = err
 
 
-def _check(what, r):
-    if r < 0:
-        raise HypervisorError(what, ffi.errno if ffi is not None else 0)
-    return r
+def _err(e):
+    return e.errno if e.errno is not None else (e.args[0] if e.args else 0)
 
 
 class Hypervisor:
     """Handles on the hypervisor for one guest domain."""
 
     def __init__(self, domid):
-        if lib is None:
-            raise HypervisorError("glue module stubdm._xenglue not built (run scons)", 0)
+        if glue is None:
+            raise HypervisorError("the C glue is not built (run scons)", 0)
         self.domid = domid
-        self.dmod = lib.xendevicemodel_open(ffi.NULL, 0)
-        if self.dmod == ffi.NULL:
-            raise HypervisorError("xendevicemodel_open", ffi.errno)
-        self.fmem = lib.xenforeignmemory_open(ffi.NULL, 0)
-        if self.fmem == ffi.NULL:
-            raise HypervisorError("xenforeignmemory_open", ffi.errno)
-        self.xce = lib.xenevtchn_open(ffi.NULL, 0)
-        if self.xce == ffi.NULL:
-            raise HypervisorError("xenevtchn_open", ffi.errno)
-        self._idbuf = ffi.new("ioservid_t *")
-        self._pages = []
+        try:
+            self.xen = glue.Xen(domid)
+        except OSError as e:
+            raise HypervisorError("opening the hypervisor's handles", _err(e))
+        # The ioreq loop's hot calls, straight to the glue (they cannot fail
+        # in a way the loop could handle).
+        self.barrier = glue.barrier
+        self.bufioreq_consume = glue.atomic_add32
+
+    def _call(self, what, f, *args):
+        try:
+            return f(*args)
+        except OSError as e:
+            raise HypervisorError(what, _err(e))
 
     # ---- ioreq server ----
     def create_ioreq_server(self, bufioreq=abi.HVM_IOREQSRV_BUFIOREQ_ATOMIC):
-        _check(
-            "create_ioreq_server",
-            lib.xendevicemodel_create_ioreq_server(self.dmod, self.domid, bufioreq, self._idbuf),
-        )
-        return self._idbuf[0]
+        return self._call("create_ioreq_server", self.xen.create_ioreq_server, bufioreq)
 
     def ioreq_server_info(self, sid):
-        g = ffi.new("xen_pfn_t[2]")
-        port = ffi.new("evtchn_port_t *")
-        _check(
-            "get_ioreq_server_info",
-            lib.xendevicemodel_get_ioreq_server_info(self.dmod, self.domid, sid, g, g + 1, port),
-        )
-        return g[0], g[1], port[0]
+        """(ioreq gfn, buffered ioreq gfn, buffered ioreq event channel port)."""
+        return self._call("get_ioreq_server_info", self.xen.get_ioreq_server_info, sid)
 
     def map_io_range(self, sid, is_mmio, start, end):
-        _check(
-            "map_io_range",
-            lib.xendevicemodel_map_io_range_to_ioreq_server(
-                self.dmod, self.domid, sid, is_mmio, start, end
-            ),
-        )
+        self._call("map_io_range", self.xen.map_io_range, sid, is_mmio, start, end)
 
     def unmap_io_range(self, sid, is_mmio, start, end):
-        _check(
-            "unmap_io_range",
-            lib.xendevicemodel_unmap_io_range_from_ioreq_server(
-                self.dmod, self.domid, sid, is_mmio, start, end
-            ),
-        )
+        self._call("unmap_io_range", self.xen.unmap_io_range, sid, is_mmio, start, end)
 
     def map_pcidev(self, sid, seg, bus, dev, fn):
-        _check(
-            "map_pcidev",
-            lib.xendevicemodel_map_pcidev_to_ioreq_server(
-                self.dmod, self.domid, sid, seg, bus, dev, fn
-            ),
-        )
+        self._call("map_pcidev", self.xen.map_pcidev, sid, seg, bus, dev, fn)
 
     def set_ioreq_server_state(self, sid, enabled):
-        _check(
-            "set_ioreq_server_state",
-            lib.xendevicemodel_set_ioreq_server_state(self.dmod, self.domid, sid, enabled),
-        )
+        self._call("set_ioreq_server_state", self.xen.set_ioreq_server_state, sid, enabled)
 
     def destroy_ioreq_server(self, sid):
-        _check(
-            "destroy_ioreq_server",
-            lib.xendevicemodel_destroy_ioreq_server(self.dmod, self.domid, sid),
-        )
+        self._call("destroy_ioreq_server", self.xen.destroy_ioreq_server, sid)
 
     # ---- interrupts and the domain ----
     def set_isa_irq_level(self, irq, level):
-        _check(
-            "set_isa_irq_level",
-            lib.xendevicemodel_set_isa_irq_level(self.dmod, self.domid, irq, level),
-        )
+        try:
+            self.xen.set_isa_irq_level(irq, level)
+        except OSError as e:
+            raise HypervisorError("set_isa_irq_level", _err(e))
 
     def set_pci_intx_level(self, seg, bus, dev, intx, level):
-        _check(
-            "set_pci_intx_level",
-            lib.xendevicemodel_set_pci_intx_level(
-                self.dmod, self.domid, seg, bus, dev, intx, level
-            ),
-        )
+        self._call("set_pci_intx_level", self.xen.set_pci_intx_level, seg, bus, dev, intx, level)
 
     def set_pci_link_route(self, link, irq):
-        _check(
-            "set_pci_link_route",
-            lib.xendevicemodel_set_pci_link_route(self.dmod, self.domid, link, irq),
-        )
+        self._call("set_pci_link_route", self.xen.set_pci_link_route, link, irq)
 
     def shutdown(self, reason):
-        _check("shutdown", lib.xendevicemodel_shutdown(self.dmod, self.domid, reason))
+        self._call("shutdown", self.xen.shutdown, reason)
 
     # ---- foreign memory ----
     def map_page(self, gfn):
         """Map one guest frame for the life of the device model (the ioreq pages)."""
-        arr = ffi.new("xen_pfn_t[1]", [gfn])
-        err = ffi.new("int[1]")
-        p = lib.xenforeignmemory_map(
-            self.fmem, self.domid, lib.PROT_READ | lib.PROT_WRITE, 1, arr, err
-        )
-        if p == ffi.NULL:
-            raise HypervisorError("map gfn %#x" % gfn, ffi.errno)
-        if err[0]:
-            lib.xenforeignmemory_unmap(self.fmem, p, 1)
-            raise HypervisorError("map gfn %#x" % gfn, -err[0])
-        self._pages.append(p)
-        return memoryview(ffi.buffer(p, abi.PAGE_SIZE))
+        try:
+            return self.xen.map_page(gfn)
+        except OSError as e:
+            raise HypervisorError("map gfn %#x" % gfn, _err(e))
 
     # ---- event channels ----
     def evtchn_fd(self):
-        return lib.xenevtchn_fd(self.xce)
+        return self._call("evtchn fd", self.xen.evtchn_fd)
 
     def bind_interdomain(self, remote_port):
-        return _check(
-            "bind_interdomain", lib.xenevtchn_bind_interdomain(self.xce, self.domid, remote_port)
-        )
+        return self._call("bind_interdomain", self.xen.bind_interdomain, remote_port)
 
     def pending(self):
-        return _check("evtchn pending", lib.xenevtchn_pending(self.xce))
+        try:
+            return self.xen.pending()
+        except OSError as e:
+            raise HypervisorError("evtchn pending", _err(e))
 
     def unmask(self, port):
-        lib.xenevtchn_unmask(self.xce, port)
+        try:
+            self.xen.unmask(port)
+        except OSError:
+            pass  # as before: a failed unmask shows up as a missing event
 
     def notify(self, port):
-        _check("evtchn notify", lib.xenevtchn_notify(self.xce, port))
+        try:
+            self.xen.notify(port)
+        except OSError as e:
+            raise HypervisorError("evtchn notify", _err(e))
 
-    def barrier(self):
-        lib.stubdm_barrier()
-
-    def bufioreq_consume(self, page, n):
-        """Advance the buffered page's read_pointer by n, atomically."""
-        lib.stubdm_atomic_add32(ffi.from_buffer(page), n)
+    # barrier() and bufioreq_consume(page, n) (advance the buffered page's
+    # read_pointer by n, atomically) are the glue's own, bound in __init__.

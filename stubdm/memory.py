@@ -1,7 +1,8 @@
 # Guest memory as the device model sees it: through the mapcache only
 # (DESIGN.md section 6). Copies are slice assignments between memoryviews of
-# mapped buckets and Python buffers, never per-byte loops.
-from stubdm.hypervisor import ffi, lib
+# mapped buckets and Python buffers, never per-byte loops. The mapcache is
+# the C glue's (stubdm/hypervisor.py: the same API on both runtimes).
+from stubdm.hypervisor import glue
 
 # HVM guests have RAM below the MMIO hole and the rest above 4 GiB; this is
 # where hvmloader's default hole starts.
@@ -18,14 +19,16 @@ def ram_ranges(ram_bytes):
 
 class GuestMemory:
     def __init__(self, hyp, ram_bytes, bucket_shift=20, max_buckets=64):
-        self.mc = lib.mapcache_new(hyp.fmem, hyp.domid, bucket_shift, max_buckets)
-        if self.mc == ffi.NULL:
+        try:
+            self.mc = glue.Mapcache(hyp.xen, bucket_shift, max_buckets)
+        except OSError:
             raise MemoryError("mapcache_new failed")
         self.ranges = ram_ranges(ram_bytes)
         for start, end in self.ranges:
-            if lib.mapcache_add_ram(self.mc, start, end) < 0:
+            try:
+                self.mc.add_ram(start, end)
+            except OSError:
                 raise ValueError("bad guest RAM range %#x-%#x" % (start, end))
-        self._stats = ffi.new("mapcache_stats_t *")
 
     def _piece(self, gpa, want):
         """A memoryview of up to `want` bytes at gpa, ending at its bucket's end.
@@ -33,11 +36,8 @@ class GuestMemory:
         The mapping is unlocked: it is only valid until the next map, so each
         piece is copied before the next is asked for. None if not guest RAM.
         """
-        k = min(lib.mapcache_bucket_room(self.mc, gpa), want)
-        p = lib.mapcache_map(self.mc, gpa, k, 0) if k else ffi.NULL
-        if p == ffi.NULL:
-            return None
-        return memoryview(ffi.buffer(p, k))
+        mc = self.mc
+        return mc.map(gpa, min(mc.bucket_room(gpa), want))
 
     def read(self, gpa, n):
         out = bytearray(n)
@@ -63,21 +63,20 @@ class GuestMemory:
         return True
 
     def invalidate(self):
-        lib.mapcache_invalidate(self.mc)
+        self.mc.invalidate()
 
     def stats(self):
-        s = self._stats
-        lib.mapcache_get_stats(self.mc, s)
-        hits, misses = s.hits, s.misses
+        (hits, misses, maps, _unmaps, evictions, _invalidations, refused, buckets_mapped,
+         _locked, max_buckets, bucket_pages) = self.mc.stats()
         return {
             "hits": hits,
             "misses": misses,
             "hit_rate": hits / (hits + misses) if hits + misses else 0.0,
-            "maps": s.maps,
-            "evictions": s.evictions,
-            "refused": s.refused,
-            "buckets_mapped": s.buckets_mapped,
-            "max_buckets": s.max_buckets,
-            "bucket_bytes": s.bucket_pages * 4096,
-            "footprint": lib.mapcache_footprint(self.mc),
+            "maps": maps,
+            "evictions": evictions,
+            "refused": refused,
+            "buckets_mapped": buckets_mapped,
+            "max_buckets": max_buckets,
+            "bucket_bytes": bucket_pages * 4096,
+            "footprint": self.mc.footprint(),
         }

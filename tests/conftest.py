@@ -4,3 +4,23 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+import pytest  # noqa: E402
+
+# The interpreters the device model runs on in end-to-end tests
+# (host_sim.scripted.RUNTIMES). MicroPython's is build/out/micropython.
+DM_RUNTIMES = ("cpython", "micropython")
+MICROPYTHON = os.path.join(ROOT, "build", "out", "micropython")
+MICROPYTHON_MISSING = "build/out/micropython is not built: run scons"
+
+
+def skip_unless_runtime(runtime):
+    if runtime == "micropython" and not os.access(MICROPYTHON, os.X_OK):
+        pytest.skip(MICROPYTHON_MISSING)
+
+
+@pytest.fixture(scope="module", params=DM_RUNTIMES)
+def dm_runtime(request):
+    """Each runtime in turn (module scope: a module's shared sessions follow it)."""
+    skip_unless_runtime(request.param)
+    return request.param

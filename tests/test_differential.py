@@ -14,6 +14,9 @@ QEMU runs with ``-m 64``, the RAM size of the stubdm session, because
 i440FX register 0x57 reports RAM size (QEMU's extension; stubdm copies it).
 
 The tests skip only when no suitable QEMU is found (qemu_missing_reason()).
+Each runs with the device model on CPython and on MicroPython (the
+`dm_runtime` fixture of tests/conftest.py; skipped when build/out/micropython
+is not built).
 
 Deliberate differences (each encoded where it applies, with its reason):
 
@@ -138,9 +141,9 @@ class Both:
 
 
 @pytest.fixture
-def both():
+def both(dm_runtime):
     # qtest's virtual clock stands still; -no-timers holds stubdm's still too.
-    with Session(dm_args=["-no-timers"], ram_mib=RAM_MIB) as s:
+    with Session(dm_args=["-no-timers"], ram_mib=RAM_MIB, runtime=dm_runtime) as s:
         with QemuQtest(["-serial", "null", "-m", str(RAM_MIB)], qemu=QEMU) as q:
             q.irq_intercept_in("ioapic")
             yield Both(s, q)

@@ -11,6 +11,9 @@ module-scoped `shared` fixture); tests that reset the machine, move BARs or
 scramble device state get a fresh one (`fresh`). Facts checked come from
 DESIGN.md sections 4 and 5 (ioreq protocol) and, for the platform device,
 Xen's docs/misc/hvm-emulated-unplug.pandoc.
+
+Every test runs on both device model runtimes (the `dm_runtime` fixture of
+tests/conftest.py: CPython, and MicroPython's build/out/micropython).
 """
 import random
 import struct
@@ -59,20 +62,20 @@ class Logged(Session):
 
 
 @pytest.fixture(scope="module")
-def shared():
-    with Logged() as s:
+def shared(dm_runtime):
+    with Logged(runtime=dm_runtime) as s:
         yield s
 
 
 @pytest.fixture
-def fresh():
-    with Logged() as s:
+def fresh(dm_runtime):
+    with Logged(runtime=dm_runtime) as s:
         yield s
 
 
 @pytest.fixture
-def serial_pci():
-    with Logged(dm_args=["-device", "pci-serial"]) as s:
+def serial_pci(dm_runtime):
+    with Logged(dm_args=["-device", "pci-serial"], runtime=dm_runtime) as s:
         yield s
 
 

@@ -4,19 +4,40 @@
 # USER_C_MODULES=<repo>/stubdm (absolute) and this file is found as
 # stubdm/port_common/micropython.mk.
 #
-# _stubdm_mapcache: MicroPython face of the mapcache C core
-# (stubdm/mapcache/mapcache.c, also compiled into the cffi glue on CPython).
+# _xenglue (modstubdm_hyp.c): the device model's C glue, Xen's user-library
+# API (xendevicemodel, xenforeignmemory, xenevtchn) and the mapcache core
+# (stubdm/mapcache/mapcache.c); on CPython the same API comes from the cffi
+# module through stubdm/glue_cffi.py.
+#
+# STUBDM_XEN_LIBS says which implementation of Xen's API is linked in:
+#   sim   host_sim's (host_sim/libsim/hostsim_libs.c, over a unix socket and
+#         memfds): the unix port for tests and development (default)
+#   xen   Xen's own libraries (-lxendevicemodel -lxenforeignmemory
+#         -lxenevtchn): a unix-port device model in dom0
+#   none  nothing: the port provides them (MiniOS links its own)
 
 STUBDM_PORT_COMMON_DIR := $(USERMOD_DIR)
 STUBDM_MAPCACHE_DIR := $(abspath $(USERMOD_DIR)/../mapcache)
+STUBDM_LIBSIM_DIR := $(abspath $(USERMOD_DIR)/../../host_sim/libsim)
 
-# Where xenforeignmemory.h is: Debian's libxen-dev puts it in /usr/include;
-# a MiniOS build passes the Xen tree's tools/include instead.
+STUBDM_XEN_LIBS ?= sim
+
+# Where Xen's headers (xendevicemodel.h, ...) are: Debian's libxen-dev puts
+# them in /usr/include, which the compiler searches anyway (GCC ignores a -I
+# of a system directory, so no system header changes place); a MiniOS build
+# passes the Xen tree's tools/include instead.
 STUBDM_XEN_INCLUDE ?= /usr/include
 
 # Scanned for qstrs (it defines the module).
-SRC_USERMOD_C += $(STUBDM_PORT_COMMON_DIR)/modstubdm_mapcache.c
+SRC_USERMOD_C += $(STUBDM_PORT_COMMON_DIR)/modstubdm_hyp.c
 # Plain C library code, not scanned for qstrs.
 SRC_USERMOD_LIB_C += $(STUBDM_MAPCACHE_DIR)/mapcache.c
 
 CFLAGS_USERMOD += -I$(STUBDM_MAPCACHE_DIR) -I$(STUBDM_XEN_INCLUDE)
+
+ifeq ($(STUBDM_XEN_LIBS),sim)
+SRC_USERMOD_LIB_C += $(STUBDM_LIBSIM_DIR)/hostsim_libs.c
+CFLAGS_USERMOD += -I$(STUBDM_LIBSIM_DIR)
+else ifeq ($(STUBDM_XEN_LIBS),xen)
+LDFLAGS_USERMOD += -lxendevicemodel -lxenforeignmemory -lxenevtchn
+endif

@@ -1,0 +1,174 @@
+# CPython's face of the C glue: the API of MicroPython's user C module
+# _xenglue (stubdm/port_common/modstubdm_hyp.c, whose header comment is the
+# reference), built on the cffi module stubdm._xenglue (build/glue_build.py).
+# stubdm/hypervisor.py and stubdm/memory.py use only this API, so they are
+# one source on both runtimes. CPython only; keep it a thin shim.
+import os
+
+from stubdm._xenglue import ffi, lib
+
+PAGE_SHIFT = 12
+_PAGE_SIZE = 1 << PAGE_SHIFT
+
+
+def _raise():
+    e = ffi.errno or 5  # EIO if the library left errno unset
+    raise OSError(e, os.strerror(e))
+
+
+def _check(r):
+    if r < 0:
+        _raise()
+    return r
+
+
+class Xen:
+    """The three handles (xendevicemodel, xenforeignmemory, xenevtchn) of one domain."""
+
+    def __init__(self, domid):
+        if not 0 <= domid <= 0xFFFF:
+            raise ValueError("domid")
+        self.domid = domid
+        self.dmod = lib.xendevicemodel_open(ffi.NULL, 0)
+        if self.dmod == ffi.NULL:
+            _raise()
+        self.fmem = lib.xenforeignmemory_open(ffi.NULL, 0)
+        if self.fmem == ffi.NULL:
+            _raise()
+        self.xce = lib.xenevtchn_open(ffi.NULL, 0)
+        if self.xce == ffi.NULL:
+            _raise()
+        self._id = ffi.new("ioservid_t *")
+        self._gfns = ffi.new("xen_pfn_t[2]")
+        self._port = ffi.new("evtchn_port_t *")
+        self._pages = []  # the mapped frames, for the life of the process
+
+    def create_ioreq_server(self, bufioreq):
+        _check(lib.xendevicemodel_create_ioreq_server(self.dmod, self.domid, bufioreq, self._id))
+        return self._id[0]
+
+    def get_ioreq_server_info(self, sid):
+        g = self._gfns
+        _check(lib.xendevicemodel_get_ioreq_server_info(self.dmod, self.domid, sid, g, g + 1,
+                                                         self._port))
+        return g[0], g[1], self._port[0]
+
+    def map_io_range(self, sid, is_mmio, start, end):
+        return _check(lib.xendevicemodel_map_io_range_to_ioreq_server(
+            self.dmod, self.domid, sid, is_mmio, start, end))
+
+    def unmap_io_range(self, sid, is_mmio, start, end):
+        return _check(lib.xendevicemodel_unmap_io_range_from_ioreq_server(
+            self.dmod, self.domid, sid, is_mmio, start, end))
+
+    def map_pcidev(self, sid, seg, bus, dev, fn):
+        return _check(lib.xendevicemodel_map_pcidev_to_ioreq_server(
+            self.dmod, self.domid, sid, seg, bus, dev, fn))
+
+    def set_ioreq_server_state(self, sid, enabled):
+        return _check(lib.xendevicemodel_set_ioreq_server_state(self.dmod, self.domid, sid,
+                                                                 enabled))
+
+    def destroy_ioreq_server(self, sid):
+        return _check(lib.xendevicemodel_destroy_ioreq_server(self.dmod, self.domid, sid))
+
+    def set_isa_irq_level(self, irq, level):
+        return _check(lib.xendevicemodel_set_isa_irq_level(self.dmod, self.domid, irq, level))
+
+    def set_pci_intx_level(self, seg, bus, dev, intx, level):
+        return _check(lib.xendevicemodel_set_pci_intx_level(self.dmod, self.domid, seg, bus,
+                                                             dev, intx, level))
+
+    def set_pci_link_route(self, link, irq):
+        return _check(lib.xendevicemodel_set_pci_link_route(self.dmod, self.domid, link, irq))
+
+    def shutdown(self, reason):
+        return _check(lib.xendevicemodel_shutdown(self.dmod, self.domid, reason))
+
+    def map_page(self, gfn):
+        arr = ffi.new("xen_pfn_t[1]", [gfn])
+        err = ffi.new("int[1]")
+        p = lib.xenforeignmemory_map(self.fmem, self.domid, lib.PROT_READ | lib.PROT_WRITE, 1,
+                                     arr, err)
+        if p == ffi.NULL:
+            _raise()
+        if err[0]:
+            lib.xenforeignmemory_unmap(self.fmem, p, 1)
+            e = abs(err[0])
+            raise OSError(e, os.strerror(e))
+        self._pages.append(p)
+        return memoryview(ffi.buffer(p, _PAGE_SIZE))
+
+    def evtchn_fd(self):
+        return _check(lib.xenevtchn_fd(self.xce))
+
+    def bind_interdomain(self, remote_port):
+        return _check(lib.xenevtchn_bind_interdomain(self.xce, self.domid, remote_port))
+
+    def pending(self):
+        return _check(lib.xenevtchn_pending(self.xce))
+
+    def unmask(self, port):
+        return _check(lib.xenevtchn_unmask(self.xce, port))
+
+    def notify(self, port):
+        return _check(lib.xenevtchn_notify(self.xce, port))
+
+
+class Mapcache:
+    """The mapcache core over a Xen's foreign-memory handle."""
+
+    def __init__(self, xen, bucket_shift, max_buckets):
+        if not isinstance(xen, Xen):
+            raise TypeError("Mapcache needs a Xen")
+        if bucket_shift < 0 or max_buckets < 0:
+            raise OSError(22, os.strerror(22))
+        self.xen = xen
+        self.mc = lib.mapcache_new(xen.fmem, xen.domid, bucket_shift, max_buckets)
+        if self.mc == ffi.NULL:
+            _raise()
+        self._stats = ffi.new("mapcache_stats_t *")
+
+    def add_ram(self, start, end):
+        return _check(lib.mapcache_add_ram(self.mc, start, end))
+
+    def map(self, gpa, length):
+        if length <= 0:
+            return None
+        p = lib.mapcache_map(self.mc, gpa, length, 0)
+        if p == ffi.NULL:
+            return None
+        return memoryview(ffi.buffer(p, length))
+
+    def bucket_room(self, gpa):
+        return lib.mapcache_bucket_room(self.mc, gpa)
+
+    def invalidate(self):
+        lib.mapcache_invalidate(self.mc)
+
+    def stats(self):
+        s = self._stats
+        lib.mapcache_get_stats(self.mc, s)
+        return (s.hits, s.misses, s.maps, s.unmaps, s.evictions, s.invalidations, s.refused,
+                s.buckets_mapped, s.buckets_locked, s.max_buckets, s.bucket_pages)
+
+    def footprint(self):
+        return lib.mapcache_footprint(self.mc)
+
+
+def barrier():
+    lib.stubdm_barrier()
+
+
+def atomic_add32(buf, n):
+    lib.stubdm_atomic_add32(ffi.from_buffer(buf), n & 0xFFFFFFFF)
+
+
+def footprint(bucket_shift, max_buckets):
+    mc = lib.mapcache_new(ffi.NULL, 0, bucket_shift, max_buckets)
+    if mc == ffi.NULL:
+        _raise()
+    try:
+        return lib.mapcache_footprint(mc)
+    finally:
+        lib.mapcache_free(mc)

@@ -1,0 +1,476 @@
+// _xenglue: the device model's C glue inside MicroPython (DESIGN.md 3, 6, 9).
+//
+// The same boundary as the cffi module stubdm._xenglue on CPython: Xen's
+// user-library API (xendevicemodel, xenforeignmemory, xenevtchn), compiled
+// against Xen's real headers, plus the mapcache core. Which implementation
+// of that API is linked in is the port's business (host_sim's libsim in the
+// unix port, Xen's libraries in dom0, MiniOS's in a stub domain).
+//
+// stubdm/glue_cffi.py gives CPython exactly this API over cffi, so that
+// stubdm/hypervisor.py and stubdm/memory.py are one source for both:
+//
+//   Xen(domid)                     the three handles, opened for one domain
+//     .create_ioreq_server(bufioreq) -> id
+//     .get_ioreq_server_info(id)   -> (ioreq_gfn, bufioreq_gfn, bufioreq_port)
+//     .map_io_range(id, is_mmio, start, end)      (end inclusive)
+//     .unmap_io_range(id, is_mmio, start, end)
+//     .map_pcidev(id, seg, bus, dev, fn)
+//     .set_ioreq_server_state(id, enabled)
+//     .destroy_ioreq_server(id)
+//     .set_isa_irq_level(irq, level)
+//     .set_pci_intx_level(seg, bus, dev, intx, level)
+//     .set_pci_link_route(link, irq)
+//     .shutdown(reason)
+//     .map_page(gfn)               -> writable memoryview of the 4 KiB frame
+//                                     (mapped for the life of the process)
+//     .evtchn_fd() -> fd, .bind_interdomain(remote_port) -> local port,
+//     .pending() -> port, .unmask(port), .notify(port)
+//   Mapcache(xen, bucket_shift, max_buckets)
+//     .add_ram(start, end_exclusive)
+//     .map(gpa, length)            -> writable memoryview, or None (not RAM);
+//                                     valid until the next map/invalidate
+//     .bucket_room(gpa) -> bytes to the end of gpa's bucket
+//     .invalidate()
+//     .stats() -> (hits, misses, maps, unmaps, evictions, invalidations,
+//                  refused, buckets_mapped, buckets_locked, max_buckets,
+//                  bucket_pages)
+//     .footprint() -> heap bytes of the cache itself
+//   barrier()                      full memory fence (ioreq handshake)
+//   atomic_add32(buf, n)           atomic add to the u32 at buf[0:4]
+//                                  (the buffered page's read_pointer)
+//   footprint(bucket_shift, max_buckets) -> heap bytes of such a cache
+//   PAGE_SHIFT, MIN_BUCKET_SHIFT, MAX_BUCKET_SHIFT, MAX_RAM_RANGES, and the
+//   errno values ENOSYS EINVAL EFAULT ENOMEM (MicroPython's errno module
+//   lacks ENOSYS, PORTABLE_PYTHON.md 12)
+// Failures raise OSError(errno) (the library call's errno).
+//
+// Memory: the handles and the mapcache live on the C heap (malloc, by the
+// libraries); the Python objects here only point at them. The one Python
+// object referenced from C (a Mapcache's Xen) sits in the Mapcache object
+// itself, which the GC scans, so no root pointer is needed: no C static
+// holds a Python object. Guest pages are outside the GC heap, and the GC
+// ignores pointers there.
+//
+// 64-bit values (gfns, guest addresses, ioreq data) need a 64-bit mp_uint_t:
+// the unix port on x86_64/arm64 and MiniOS on x86_64 (PV) have it.
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+
+#include <xendevicemodel.h>
+#include <xenevtchn.h>
+#include <xenforeignmemory.h>
+
+#include "py/obj.h"
+#include "py/objarray.h"
+#include "py/runtime.h"
+#include "py/mperrno.h"
+
+#include "mapcache.h"
+
+_Static_assert(sizeof(mp_uint_t) >= sizeof(uint64_t), "_xenglue needs a 64-bit mp_uint_t");
+
+#define XENGLUE_PAGE_SIZE ((size_t)1 << MAPCACHE_PAGE_SHIFT)
+#define RW_BYTES ('B' | MP_OBJ_ARRAY_TYPECODE_FLAG_RW)
+
+static uint64_t get_u64(mp_obj_t o) {
+    return (uint64_t)mp_obj_int_get_uint_checked(o);
+}
+
+static mp_int_t get_int(mp_obj_t o) {
+    return mp_obj_get_int(o);
+}
+
+static NORETURN void raise_errno(void) {
+    mp_raise_OSError(errno ? errno : MP_EIO);
+}
+
+// A library call's int result: negative means failure with errno set.
+static mp_obj_t check(int r) {
+    if (r < 0) {
+        raise_errno();
+    }
+    return MP_OBJ_NEW_SMALL_INT(r);
+}
+
+// ---- Xen: the three handles of one domain ----------------------------------
+
+typedef struct {
+    mp_obj_base_t base;
+    xendevicemodel_handle *dmod;
+    xenforeignmemory_handle *fmem;
+    xenevtchn_handle *xce;
+    domid_t domid;
+} xenglue_xen_t;
+
+static const mp_obj_type_t xenglue_xen_type;
+
+static mp_obj_t xen_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw,
+    const mp_obj_t *args) {
+    mp_arg_check_num(n_args, n_kw, 1, 1, false);
+    mp_int_t domid = get_int(args[0]);
+    if (domid < 0 || domid > 0xFFFF) {
+        mp_raise_ValueError(MP_ERROR_TEXT("domid"));
+    }
+    xenglue_xen_t *self = mp_obj_malloc(xenglue_xen_t, type);
+    self->domid = (domid_t)domid;
+    self->dmod = NULL;
+    self->fmem = NULL;
+    self->xce = NULL;
+    errno = 0;
+    self->dmod = xendevicemodel_open(NULL, 0);
+    if (self->dmod == NULL) {
+        raise_errno();
+    }
+    self->fmem = xenforeignmemory_open(NULL, 0);
+    if (self->fmem == NULL) {
+        int e = errno;
+        xendevicemodel_close(self->dmod);
+        errno = e;
+        raise_errno();
+    }
+    self->xce = xenevtchn_open(NULL, 0);
+    if (self->xce == NULL) {
+        int e = errno;
+        xenforeignmemory_close(self->fmem);
+        xendevicemodel_close(self->dmod);
+        errno = e;
+        raise_errno();
+    }
+    return MP_OBJ_FROM_PTR(self);
+}
+
+#define XEN(o) ((xenglue_xen_t *)MP_OBJ_TO_PTR(o))
+
+static mp_obj_t xen_create_ioreq_server(mp_obj_t self_in, mp_obj_t bufioreq) {
+    xenglue_xen_t *self = XEN(self_in);
+    ioservid_t id;
+    check(xendevicemodel_create_ioreq_server(self->dmod, self->domid, get_int(bufioreq), &id));
+    return MP_OBJ_NEW_SMALL_INT(id);
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(xen_create_ioreq_server_obj, xen_create_ioreq_server);
+
+static mp_obj_t xen_get_ioreq_server_info(mp_obj_t self_in, mp_obj_t id) {
+    xenglue_xen_t *self = XEN(self_in);
+    xen_pfn_t ioreq_gfn = 0, buf_gfn = 0;
+    evtchn_port_t port = 0;
+    check(xendevicemodel_get_ioreq_server_info(self->dmod, self->domid,
+        (ioservid_t)get_int(id), &ioreq_gfn, &buf_gfn, &port));
+    mp_obj_t t[3] = {
+        mp_obj_new_int_from_ull(ioreq_gfn),
+        mp_obj_new_int_from_ull(buf_gfn),
+        mp_obj_new_int_from_uint(port),
+    };
+    return mp_obj_new_tuple(3, t);
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(xen_get_ioreq_server_info_obj, xen_get_ioreq_server_info);
+
+static mp_obj_t xen_map_io_range(size_t n_args, const mp_obj_t *args) {
+    xenglue_xen_t *self = XEN(args[0]);
+    return check(xendevicemodel_map_io_range_to_ioreq_server(self->dmod, self->domid,
+        (ioservid_t)get_int(args[1]), get_int(args[2]), get_u64(args[3]), get_u64(args[4])));
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(xen_map_io_range_obj, 5, 5, xen_map_io_range);
+
+static mp_obj_t xen_unmap_io_range(size_t n_args, const mp_obj_t *args) {
+    xenglue_xen_t *self = XEN(args[0]);
+    return check(xendevicemodel_unmap_io_range_from_ioreq_server(self->dmod, self->domid,
+        (ioservid_t)get_int(args[1]), get_int(args[2]), get_u64(args[3]), get_u64(args[4])));
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(xen_unmap_io_range_obj, 5, 5, xen_unmap_io_range);
+
+static mp_obj_t xen_map_pcidev(size_t n_args, const mp_obj_t *args) {
+    xenglue_xen_t *self = XEN(args[0]);
+    return check(xendevicemodel_map_pcidev_to_ioreq_server(self->dmod, self->domid,
+        (ioservid_t)get_int(args[1]), (uint16_t)get_int(args[2]), (uint8_t)get_int(args[3]),
+        (uint8_t)get_int(args[4]), (uint8_t)get_int(args[5])));
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(xen_map_pcidev_obj, 6, 6, xen_map_pcidev);
+
+static mp_obj_t xen_set_ioreq_server_state(mp_obj_t self_in, mp_obj_t id, mp_obj_t enabled) {
+    xenglue_xen_t *self = XEN(self_in);
+    return check(xendevicemodel_set_ioreq_server_state(self->dmod, self->domid,
+        (ioservid_t)get_int(id), get_int(enabled)));
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(xen_set_ioreq_server_state_obj, xen_set_ioreq_server_state);
+
+static mp_obj_t xen_destroy_ioreq_server(mp_obj_t self_in, mp_obj_t id) {
+    xenglue_xen_t *self = XEN(self_in);
+    return check(xendevicemodel_destroy_ioreq_server(self->dmod, self->domid,
+        (ioservid_t)get_int(id)));
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(xen_destroy_ioreq_server_obj, xen_destroy_ioreq_server);
+
+static mp_obj_t xen_set_isa_irq_level(mp_obj_t self_in, mp_obj_t irq, mp_obj_t level) {
+    xenglue_xen_t *self = XEN(self_in);
+    return check(xendevicemodel_set_isa_irq_level(self->dmod, self->domid,
+        (uint8_t)get_int(irq), (unsigned int)get_int(level)));
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(xen_set_isa_irq_level_obj, xen_set_isa_irq_level);
+
+static mp_obj_t xen_set_pci_intx_level(size_t n_args, const mp_obj_t *args) {
+    xenglue_xen_t *self = XEN(args[0]);
+    return check(xendevicemodel_set_pci_intx_level(self->dmod, self->domid,
+        (uint16_t)get_int(args[1]), (uint8_t)get_int(args[2]), (uint8_t)get_int(args[3]),
+        (uint8_t)get_int(args[4]), (unsigned int)get_int(args[5])));
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(xen_set_pci_intx_level_obj, 6, 6, xen_set_pci_intx_level);
+
+static mp_obj_t xen_set_pci_link_route(mp_obj_t self_in, mp_obj_t link, mp_obj_t irq) {
+    xenglue_xen_t *self = XEN(self_in);
+    return check(xendevicemodel_set_pci_link_route(self->dmod, self->domid,
+        (uint8_t)get_int(link), (uint8_t)get_int(irq)));
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(xen_set_pci_link_route_obj, xen_set_pci_link_route);
+
+static mp_obj_t xen_shutdown(mp_obj_t self_in, mp_obj_t reason) {
+    xenglue_xen_t *self = XEN(self_in);
+    return check(xendevicemodel_shutdown(self->dmod, self->domid,
+        (unsigned int)get_int(reason)));
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(xen_shutdown_obj, xen_shutdown);
+
+static mp_obj_t xen_map_page(mp_obj_t self_in, mp_obj_t gfn_in) {
+    xenglue_xen_t *self = XEN(self_in);
+    xen_pfn_t gfn = (xen_pfn_t)get_u64(gfn_in);
+    int err = 0;
+    errno = 0;
+    void *p = xenforeignmemory_map(self->fmem, self->domid, PROT_READ | PROT_WRITE, 1, &gfn, &err);
+    if (p == NULL) {
+        raise_errno();
+    }
+    if (err) {
+        xenforeignmemory_unmap(self->fmem, p, 1);
+        mp_raise_OSError(err < 0 ? -err : err);
+    }
+    return mp_obj_new_memoryview(RW_BYTES, XENGLUE_PAGE_SIZE, p);
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(xen_map_page_obj, xen_map_page);
+
+static mp_obj_t xen_evtchn_fd(mp_obj_t self_in) {
+    return check(xenevtchn_fd(XEN(self_in)->xce));
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(xen_evtchn_fd_obj, xen_evtchn_fd);
+
+static mp_obj_t xen_bind_interdomain(mp_obj_t self_in, mp_obj_t remote) {
+    xenglue_xen_t *self = XEN(self_in);
+    return check(xenevtchn_bind_interdomain(self->xce, self->domid,
+        (evtchn_port_t)get_int(remote)));
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(xen_bind_interdomain_obj, xen_bind_interdomain);
+
+static mp_obj_t xen_pending(mp_obj_t self_in) {
+    return check(xenevtchn_pending(XEN(self_in)->xce));
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(xen_pending_obj, xen_pending);
+
+static mp_obj_t xen_unmask(mp_obj_t self_in, mp_obj_t port) {
+    return check(xenevtchn_unmask(XEN(self_in)->xce, (evtchn_port_t)get_int(port)));
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(xen_unmask_obj, xen_unmask);
+
+static mp_obj_t xen_notify(mp_obj_t self_in, mp_obj_t port) {
+    return check(xenevtchn_notify(XEN(self_in)->xce, (evtchn_port_t)get_int(port)));
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(xen_notify_obj, xen_notify);
+
+static const mp_rom_map_elem_t xen_locals_table[] = {
+    { MP_ROM_QSTR(MP_QSTR_create_ioreq_server), MP_ROM_PTR(&xen_create_ioreq_server_obj) },
+    { MP_ROM_QSTR(MP_QSTR_get_ioreq_server_info), MP_ROM_PTR(&xen_get_ioreq_server_info_obj) },
+    { MP_ROM_QSTR(MP_QSTR_map_io_range), MP_ROM_PTR(&xen_map_io_range_obj) },
+    { MP_ROM_QSTR(MP_QSTR_unmap_io_range), MP_ROM_PTR(&xen_unmap_io_range_obj) },
+    { MP_ROM_QSTR(MP_QSTR_map_pcidev), MP_ROM_PTR(&xen_map_pcidev_obj) },
+    { MP_ROM_QSTR(MP_QSTR_set_ioreq_server_state), MP_ROM_PTR(&xen_set_ioreq_server_state_obj) },
+    { MP_ROM_QSTR(MP_QSTR_destroy_ioreq_server), MP_ROM_PTR(&xen_destroy_ioreq_server_obj) },
+    { MP_ROM_QSTR(MP_QSTR_set_isa_irq_level), MP_ROM_PTR(&xen_set_isa_irq_level_obj) },
+    { MP_ROM_QSTR(MP_QSTR_set_pci_intx_level), MP_ROM_PTR(&xen_set_pci_intx_level_obj) },
+    { MP_ROM_QSTR(MP_QSTR_set_pci_link_route), MP_ROM_PTR(&xen_set_pci_link_route_obj) },
+    { MP_ROM_QSTR(MP_QSTR_shutdown), MP_ROM_PTR(&xen_shutdown_obj) },
+    { MP_ROM_QSTR(MP_QSTR_map_page), MP_ROM_PTR(&xen_map_page_obj) },
+    { MP_ROM_QSTR(MP_QSTR_evtchn_fd), MP_ROM_PTR(&xen_evtchn_fd_obj) },
+    { MP_ROM_QSTR(MP_QSTR_bind_interdomain), MP_ROM_PTR(&xen_bind_interdomain_obj) },
+    { MP_ROM_QSTR(MP_QSTR_pending), MP_ROM_PTR(&xen_pending_obj) },
+    { MP_ROM_QSTR(MP_QSTR_unmask), MP_ROM_PTR(&xen_unmask_obj) },
+    { MP_ROM_QSTR(MP_QSTR_notify), MP_ROM_PTR(&xen_notify_obj) },
+};
+static MP_DEFINE_CONST_DICT(xen_locals, xen_locals_table);
+
+static MP_DEFINE_CONST_OBJ_TYPE(
+    xenglue_xen_type,
+    MP_QSTR_Xen,
+    MP_TYPE_FLAG_NONE,
+    make_new, xen_make_new,
+    locals_dict, &xen_locals
+    );
+
+// ---- Mapcache ------------------------------------------------------------------
+
+typedef struct {
+    mp_obj_base_t base;
+    mapcache_t *mc;
+    mp_obj_t xen;  // keeps the foreign-memory handle's owner alive
+} xenglue_mapcache_t;
+
+static const mp_obj_type_t xenglue_mapcache_type;
+
+static mp_obj_t mapcache_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw,
+    const mp_obj_t *args) {
+    mp_arg_check_num(n_args, n_kw, 3, 3, false);
+    if (!mp_obj_is_type(args[0], &xenglue_xen_type)) {
+        mp_raise_TypeError(MP_ERROR_TEXT("Mapcache needs a Xen"));
+    }
+    xenglue_xen_t *xen = XEN(args[0]);
+    mp_int_t shift = get_int(args[1]);
+    mp_int_t max_buckets = get_int(args[2]);
+    if (shift < 0 || max_buckets < 0) {
+        mp_raise_OSError(MP_EINVAL);
+    }
+    xenglue_mapcache_t *self = mp_obj_malloc(xenglue_mapcache_t, type);
+    self->xen = args[0];
+    errno = 0;
+    self->mc = mapcache_new(xen->fmem, xen->domid, (unsigned)shift, (unsigned)max_buckets);
+    if (self->mc == NULL) {
+        raise_errno();
+    }
+    return MP_OBJ_FROM_PTR(self);
+}
+
+#define MC(o) (((xenglue_mapcache_t *)MP_OBJ_TO_PTR(o))->mc)
+
+static mp_obj_t mapcache_add_ram_m(mp_obj_t self_in, mp_obj_t start, mp_obj_t end) {
+    return check(mapcache_add_ram(MC(self_in), get_u64(start), get_u64(end)));
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(mapcache_add_ram_obj, mapcache_add_ram_m);
+
+static mp_obj_t mapcache_map_m(mp_obj_t self_in, mp_obj_t gpa, mp_obj_t len_in) {
+    mp_int_t len = get_int(len_in);
+    if (len <= 0) {
+        return mp_const_none;
+    }
+    void *p = mapcache_map(MC(self_in), get_u64(gpa), (size_t)len, 0);
+    if (p == NULL) {
+        return mp_const_none;
+    }
+    return mp_obj_new_memoryview(RW_BYTES, (size_t)len, p);
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(mapcache_map_obj, mapcache_map_m);
+
+static mp_obj_t mapcache_bucket_room_m(mp_obj_t self_in, mp_obj_t gpa) {
+    return mp_obj_new_int_from_uint(mapcache_bucket_room(MC(self_in), get_u64(gpa)));
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(mapcache_bucket_room_obj, mapcache_bucket_room_m);
+
+static mp_obj_t mapcache_invalidate_m(mp_obj_t self_in) {
+    mapcache_invalidate(MC(self_in));
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(mapcache_invalidate_obj, mapcache_invalidate_m);
+
+static mp_obj_t mapcache_stats_m(mp_obj_t self_in) {
+    mapcache_stats_t s;
+    mapcache_get_stats(MC(self_in), &s);
+    mp_obj_t t[11] = {
+        mp_obj_new_int_from_ull(s.hits),
+        mp_obj_new_int_from_ull(s.misses),
+        mp_obj_new_int_from_ull(s.maps),
+        mp_obj_new_int_from_ull(s.unmaps),
+        mp_obj_new_int_from_ull(s.evictions),
+        mp_obj_new_int_from_ull(s.invalidations),
+        mp_obj_new_int_from_ull(s.refused),
+        mp_obj_new_int_from_uint(s.buckets_mapped),
+        mp_obj_new_int_from_uint(s.buckets_locked),
+        mp_obj_new_int_from_uint(s.max_buckets),
+        mp_obj_new_int_from_uint(s.bucket_pages),
+    };
+    return mp_obj_new_tuple(11, t);
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(mapcache_stats_obj, mapcache_stats_m);
+
+static mp_obj_t mapcache_footprint_m(mp_obj_t self_in) {
+    return mp_obj_new_int_from_uint(mapcache_footprint(MC(self_in)));
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(mapcache_footprint_obj, mapcache_footprint_m);
+
+static const mp_rom_map_elem_t mapcache_locals_table[] = {
+    { MP_ROM_QSTR(MP_QSTR_add_ram), MP_ROM_PTR(&mapcache_add_ram_obj) },
+    { MP_ROM_QSTR(MP_QSTR_map), MP_ROM_PTR(&mapcache_map_obj) },
+    { MP_ROM_QSTR(MP_QSTR_bucket_room), MP_ROM_PTR(&mapcache_bucket_room_obj) },
+    { MP_ROM_QSTR(MP_QSTR_invalidate), MP_ROM_PTR(&mapcache_invalidate_obj) },
+    { MP_ROM_QSTR(MP_QSTR_stats), MP_ROM_PTR(&mapcache_stats_obj) },
+    { MP_ROM_QSTR(MP_QSTR_footprint), MP_ROM_PTR(&mapcache_footprint_obj) },
+};
+static MP_DEFINE_CONST_DICT(mapcache_locals, mapcache_locals_table);
+
+static MP_DEFINE_CONST_OBJ_TYPE(
+    xenglue_mapcache_type,
+    MP_QSTR_Mapcache,
+    MP_TYPE_FLAG_NONE,
+    make_new, mapcache_make_new,
+    locals_dict, &mapcache_locals
+    );
+
+// ---- module functions --------------------------------------------------------------
+
+static mp_obj_t xenglue_barrier(void) {
+    // A full fence: the ioreq handshake's read and write barriers (DESIGN.md 5).
+    __sync_synchronize();
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_0(xenglue_barrier_obj, xenglue_barrier);
+
+static mp_obj_t xenglue_atomic_add32(mp_obj_t buf_in, mp_obj_t n) {
+    // Xen renormalises the buffered ring's pointers with a 64-bit cmpxchg, so
+    // the consumer must advance read_pointer atomically, never store it.
+    mp_buffer_info_t bi;
+    mp_get_buffer_raise(buf_in, &bi, MP_BUFFER_WRITE);
+    if (bi.len < 4 || ((uintptr_t)bi.buf & 3)) {
+        mp_raise_ValueError(MP_ERROR_TEXT("need an aligned u32"));
+    }
+    __atomic_fetch_add((uint32_t *)bi.buf, (uint32_t)mp_obj_int_get_truncated(n), __ATOMIC_SEQ_CST);
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(xenglue_atomic_add32_obj, xenglue_atomic_add32);
+
+static mp_obj_t xenglue_footprint(mp_obj_t shift_in, mp_obj_t max_in) {
+    // Heap bytes of a cache of this geometry (no handle needed).
+    mp_int_t shift = get_int(shift_in);
+    mp_int_t max_buckets = get_int(max_in);
+    if (shift < 0 || max_buckets < 0) {
+        mp_raise_OSError(MP_EINVAL);
+    }
+    errno = 0;
+    mapcache_t *mc = mapcache_new(NULL, 0, (unsigned)shift, (unsigned)max_buckets);
+    if (mc == NULL) {
+        raise_errno();
+    }
+    size_t n = mapcache_footprint(mc);
+    mapcache_free(mc);
+    return mp_obj_new_int_from_uint(n);
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(xenglue_footprint_obj, xenglue_footprint);
+
+static const mp_rom_map_elem_t xenglue_globals_table[] = {
+    { MP_ROM_QSTR(MP_QSTR___name__), MP_ROM_QSTR(MP_QSTR__xenglue) },
+    { MP_ROM_QSTR(MP_QSTR_Xen), MP_ROM_PTR(&xenglue_xen_type) },
+    { MP_ROM_QSTR(MP_QSTR_Mapcache), MP_ROM_PTR(&xenglue_mapcache_type) },
+    { MP_ROM_QSTR(MP_QSTR_barrier), MP_ROM_PTR(&xenglue_barrier_obj) },
+    { MP_ROM_QSTR(MP_QSTR_atomic_add32), MP_ROM_PTR(&xenglue_atomic_add32_obj) },
+    { MP_ROM_QSTR(MP_QSTR_footprint), MP_ROM_PTR(&xenglue_footprint_obj) },
+    { MP_ROM_QSTR(MP_QSTR_ENOSYS), MP_ROM_INT(ENOSYS) },
+    { MP_ROM_QSTR(MP_QSTR_EINVAL), MP_ROM_INT(EINVAL) },
+    { MP_ROM_QSTR(MP_QSTR_EFAULT), MP_ROM_INT(EFAULT) },
+    { MP_ROM_QSTR(MP_QSTR_ENOMEM), MP_ROM_INT(ENOMEM) },
+    { MP_ROM_QSTR(MP_QSTR_PAGE_SHIFT), MP_ROM_INT(MAPCACHE_PAGE_SHIFT) },
+    { MP_ROM_QSTR(MP_QSTR_MIN_BUCKET_SHIFT), MP_ROM_INT(MAPCACHE_MIN_BUCKET_SHIFT) },
+    { MP_ROM_QSTR(MP_QSTR_MAX_BUCKET_SHIFT), MP_ROM_INT(MAPCACHE_MAX_BUCKET_SHIFT) },
+    { MP_ROM_QSTR(MP_QSTR_MAX_RAM_RANGES), MP_ROM_INT(MAPCACHE_MAX_RAM_RANGES) },
+};
+static MP_DEFINE_CONST_DICT(xenglue_globals, xenglue_globals_table);
+
+const mp_obj_module_t xenglue_user_cmodule = {
+    .base = { &mp_type_module },
+    .globals = (mp_obj_dict_t *)&xenglue_globals,
+};
+
+MP_REGISTER_MODULE(MP_QSTR__xenglue, xenglue_user_cmodule);
