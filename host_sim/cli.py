@@ -140,8 +140,11 @@ def main(argv=None):
         epilog="Exit status: 0 success, 1 failure, 2 bad usage, 3 the device model "
         "crashed or hung.",
     )
-    p.add_argument("--dm-runtime", default="cpython", choices=["cpython"],
-                   help="interpreter the device model runs on (default: cpython)")
+    p.add_argument("--dm-runtime", default="cpython", choices=list(scripted.RUNTIMES),
+                   help="interpreter the device model runs on: cpython, or micropython "
+                   "(build/out/micropython, built by scons), or port (the stub domain's "
+                   "MicroPython port built for Linux, build/out/stubdm-port) "
+                   "(default: cpython)")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     sp = sub.add_parser("script", help="a scripted guest session against the device model")
     sp.set_defaults(func=cmd_script)
@@ -168,10 +171,26 @@ def main(argv=None):
     bi = bsub.add_parser("ioreq", help="ioreq round trips on a UART register, vs QEMU")
     bi.add_argument("--count", type=int, default=20000, help="accesses to time")
     bi.set_defaults(func=bench_ioreq)
+    from host_sim import bench
+    bb = bsub.add_parser("boot", help="boot to init and to a command's exit: stubdm, the "
+                         "vfio-user floor and QEMU's pci-serial, same guest")
+    bb.add_argument("--repeat", type=int, default=1, metavar="K",
+                    help="boots per configuration (default 1)")
+    bb.set_defaults(func=bench.cmd_boot)
+    bpi = bsub.add_parser("pio", help="port I/O round trips in the guest on the PCI UART: "
+                          "stubdm, the vfio-user floor and QEMU's pci-serial")
+    bpi.add_argument("--count", type=int, default=20000, metavar="N",
+                     help="inb and outb to time in each configuration (default 20000)")
+    bpi.set_defaults(func=bench.cmd_pio)
     args = p.parse_args(argv)
     if not hasattr(args, "func"):
         (bp if args.cmd == "bench" else p).print_help()
         return EXIT_USAGE
+    try:
+        scripted.dm_command(args.dm_runtime)  # the runtime exists, or one line saying so
+    except scripted.RuntimeMissing as e:
+        print("stubdm-sim: %s" % e, file=sys.stderr)
+        return EXIT_FAIL
     try:
         return args.func(args)
     except scripted.SimError as e:

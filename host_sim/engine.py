@@ -18,10 +18,9 @@ import sys
 import tempfile
 import time
 
-from host_sim import proto
 from host_sim.qtest_qemu import die_with_parent
 from host_sim.hypervisor import DeviceModelGone, DeviceModelHung, SimError, SimHypervisor
-from host_sim.scripted import ROOT, dm_command
+from host_sim.scripted import ROOT, dm_command, dm_env
 from host_sim.vfio_user import VfioUserServer
 from stubdm import abi
 
@@ -203,9 +202,7 @@ class Engine:
         sock = os.path.join(self.dir, "hv.sock")
         self.hv = SimHypervisor(sock, ram_mib=self.memory, own_ram=False, log=self.note)
         self.hv.on_intx = self._intx
-        env = dict(os.environ)
-        env[proto.SOCKET_ENV] = sock
-        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        env = dm_env(sock)
         self.serial_log = os.path.join(self.dir, "pci-serial.log")
         args = dm_command(self.runtime) + [
             "-xen-domid", str(self.hv.domid), "-m", str(self.memory), "-nodefaults",
@@ -304,10 +301,11 @@ class Engine:
                     self._qemu_output(qout)
                 elif fd in by_fd:
                     by_fd[fd].handle_readable(fd)
-            self.hv.pump(0)
+            if self.hv is not None:  # None: no device model (host_sim/bench.py)
+                self.hv.pump(0)
             if self.failure is not None:
                 raise self.failure
-            if self.dm.poll() is not None:
+            if self.dm is not None and self.dm.poll() is not None:
                 raise DeviceModelGone("the device model exited with status %d"
                                       % self.dm.returncode)
             if self.qemu_proc.poll() is not None:
