@@ -1,0 +1,3 @@
+// qstrs specific to stubdm's port (most are found by scanning the sources).
+// *FORMAT-OFF*
+Q(stubdm.main)
