@@ -10,7 +10,7 @@ step() { echo "setup: $*"; }
 SUDO=
 [ "$(id -u)" = 0 ] || SUDO=sudo
 
-PKGS="libxen-dev debootstrap dpkg-dev gcc make pkg-config libffi-dev xz-utils \
+PKGS="libxen-dev debootstrap dpkg-dev gcc libc6-dev make pkg-config libffi-dev xz-utils \
 ca-certificates python3 python3-venv python3-dev"
 missing=
 for p in $PKGS; do
