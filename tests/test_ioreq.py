@@ -11,60 +11,9 @@ import pytest
 from stubdm import abi, log
 from stubdm.bus import IoBus
 from stubdm.ioreq import Dispatcher, IoreqLoop
+from tests.portable.ioreq_fakes import Hyp, Ram, Regs, get, put, state
 
 RAM = 1 << 20
-
-
-class Hyp:
-    def __init__(self):
-        self.notified = []
-        self.barriers = 0
-
-    def barrier(self):
-        self.barriers += 1
-
-    def notify(self, port):
-        self.notified.append(port)
-
-    def bufioreq_consume(self, page, n):
-        rp = struct.unpack_from("<I", page, 0)[0]
-        struct.pack_into("<I", page, 0, (rp + n) & 0xFFFFFFFF)
-
-
-class Ram:
-    def __init__(self):
-        self.b = bytearray(RAM)
-        self.invalidations = 0
-
-    def read(self, gpa, n):
-        if gpa + n > RAM:
-            return None
-        return bytes(self.b[gpa : gpa + n])
-
-    def write(self, gpa, data):
-        if gpa + len(data) > RAM:
-            return False
-        self.b[gpa : gpa + len(data)] = data
-        return True
-
-    def invalidate(self):
-        self.invalidations += 1
-
-
-class Regs:
-    """A device with 16 byte-wide registers that records every access."""
-
-    def __init__(self):
-        self.regs = bytearray(16)
-        self.log = []
-
-    def read(self, off, size):
-        self.log.append(("r", off, size))
-        return int.from_bytes(self.regs[off : off + size], "little")
-
-    def write(self, off, size, value):
-        self.log.append(("w", off, size, value))
-        self.regs[off : off + size] = value.to_bytes(size, "little")
 
 
 class Function:
@@ -94,26 +43,12 @@ def rig():
     dev, mdev = Regs(), Regs()
     pio.add(0x3F8, 8, dev, "uart")
     mmio.add(0xFEB00000, 16, mdev, "regs")
-    ram, hyp = Ram(), Hyp()
+    ram, hyp = Ram(RAM), Hyp()
     d = Dispatcher(pio, mmio, Pci(), ram)
     page, buf = bytearray(4096), bytearray(4096)
     loop = IoreqLoop(hyp, d, page, [5, 6], buf, 9)
     log.reset_counts()
     return loop, dev, mdev, ram, hyp
-
-
-def put(loop, vcpu, type_, addr, data=0, size=1, count=1, read=0, ptr=0, df=0, state=1):
-    loop.page[vcpu * 32 : vcpu * 32 + 32] = abi.pack_ioreq(
-        addr, data, count, size, 0, state, ptr, read, df, type_
-    )
-
-
-def get(loop, vcpu):
-    return struct.unpack_from(abi.IOREQ_FMT, loop.page, vcpu * 32)
-
-
-def state(loop, vcpu):
-    return loop.page[vcpu * 32 + abi.IOREQ_OFF_FLAGS] & abi.STATE_MASK
 
 
 def test_pio_write_then_read_round_trip(rig):
