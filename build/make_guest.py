@@ -86,6 +86,14 @@ while read -r mod; do
 done < /etc/stubdm/modules.load
 [ -z "$missing" ] || echo "stubdm-init: warning: modules not loaded:$missing"
 
+# A PCI 16550 (stubdm's 1b36:0002) is ttyS1. Linux registers a UART's
+# interrupt only while the port is open: keep it open for the session and
+# greet it, so its line shows (and counts) in /proc/interrupts.
+if grep -q '^1: uart:16550A' /proc/tty/driver/serial 2>/dev/null; then
+    exec 9<>/dev/ttyS1
+    echo "stubdm-init: ttyS1 open" >&9
+fi
+
 run=""
 runfile=""
 quiet=""

@@ -91,3 +91,31 @@ def test_device_model_crash_is_reported_quickly():
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_done_when_command_lists_functions_and_counts_their_interrupts():
+    # The issue's own check, verbatim: the guest's init holds ttyS1 (stubdm's
+    # PCI 16550) open, so its interrupt line is registered and counting.
+    r = stubdm_sim("boot", "--run", "ls /sys/bus/pci/devices; cat /proc/interrupts")
+    out = r.stdout.decode(errors="replace")
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    assert "0000:00:03.0" in out and "0000:00:04.0" in out
+    m = re.search(r"^\s*\d+:\s+(\d+)\s+.*ttyS1\s*$", out, re.M)
+    assert m and int(m.group(1)) > 0, out
+
+
+def test_hostile_guest_is_survived():
+    # Random bytes over both functions' whole config spaces (BARs moved over
+    # each other, decoding and INTx toggled) and over a run of I/O ports,
+    # through the real guest kernel; the device model must serve on.
+    run = ("for i in 1 2 3 4 5; do for d in 0000:00:03.0 0000:00:04.0; do "
+           "dd if=/dev/urandom of=/sys/bus/pci/devices/$d/config bs=64 count=4 2>/dev/null; "
+           "done; done; "
+           "dd if=/dev/urandom of=/dev/port bs=1 count=256 seek=$((0xc000)) 2>/dev/null; "
+           "cat /sys/bus/pci/devices/0000:00:04.0/vendor; echo guest-still-here")
+    e = engine.Engine(QEMU, KERNEL, INITRD, run=run, timeout=150, out=open(os.devnull, "wb"))
+    rc = e.boot()
+    out = e.output.decode(errors="replace")
+    assert rc == 0, out
+    assert "0x1b36\nguest-still-here" in out.replace("\r", "")
+    assert e.dm.returncode == 0, e.messages  # it exited when the domain ended, not before
