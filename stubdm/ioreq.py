@@ -136,16 +136,20 @@ class IoreqLoop:
     """The shared and buffered ioreq pages of one ioreq server.
 
     hyp provides barrier(), notify(port), bufioreq_consume(page, n);
-    ports[i] is the local event channel port bound to vCPU i's vp_eport.
+    ports[i] is the local event channel port bound to vCPU i's vp_eport;
+    flush(), if given, runs after each request's work and before its answer
+    (back ends that batch output write it out then).
     """
 
-    def __init__(self, hyp, dispatcher, ioreq_page, ports, buf_page=None, buf_port=None):
+    def __init__(self, hyp, dispatcher, ioreq_page, ports, buf_page=None, buf_port=None,
+                 flush=None):
         self.hyp = hyp
         self.d = dispatcher
         self.page = ioreq_page
         self.buf = buf_page
         self.buf_port = buf_port
         self.ports = ports
+        self.flush = flush
         self.vcpu_of_port = {}
         for i in range(len(ports)):
             self.vcpu_of_port[ports[i]] = i
@@ -188,6 +192,8 @@ class IoreqLoop:
             flags & abi.FLAG_DATA_IS_PTR,
             flags & abi.FLAG_DF,
         )
+        if self.flush is not None:
+            self.flush()
         struct.pack_into("<Q", page, off + abi.IOREQ_OFF_DATA, data & _ALL_ONES)
         self.hyp.barrier()  # the data must be visible before IORESP_READY
         page[off + abi.IOREQ_OFF_FLAGS] = keep | abi.STATE_IORESP_READY
@@ -229,5 +235,7 @@ class IoreqLoop:
                 self.d.dispatch(type_, addr, lo, 1, size, 0, 0, 0)
             done += n
             self.buffered += 1
+        if self.flush is not None:
+            self.flush()
         self.hyp.barrier()
         self.hyp.bufioreq_consume(buf, done)

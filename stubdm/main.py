@@ -118,12 +118,21 @@ def parse_args(argv):
 
 
 class FdChardev:
-    """A serial back end writing to a file descriptor."""
+    """A serial back end writing to a file. A UART hands it one byte at a
+    time; they are written out once per request (flush), not byte by byte."""
 
     def __init__(self, f):
         self.f = f
+        self.pending = []
 
     def write(self, data):
+        self.pending.append(bytes(data))
+
+    def flush(self):
+        if not self.pending:
+            return
+        data = b"".join(self.pending)
+        self.pending = []
         try:
             self.f.write(data)
             self.f.flush()
@@ -198,7 +207,13 @@ class DeviceModel:
                                opts["pci_serial"])
         m = self.machine
         self.dispatcher = Dispatcher(m.pio, m.mmio, m.pci, self.mem)
-        self.loop = IoreqLoop(hyp, self.dispatcher, page, ports, buf, local_buf)
+        outputs = [c for c in chardevs if c is not None]
+
+        def flush():
+            for c in outputs:
+                c.flush()
+
+        self.loop = IoreqLoop(hyp, self.dispatcher, page, ports, buf, local_buf, flush)
         hyp.set_ioreq_server_state(sid, 1)
         self.heap_peak = 0
         if _mem_alloc is not None:
