@@ -145,11 +145,17 @@ def main(argv=None):
                    "(build/out/micropython, built by scons), or port (the stub domain's "
                    "MicroPython port built for Linux, build/out/stubdm-port) "
                    "(default: cpython)")
+    # --dm-runtime is taken after the command too (stubdm-sim boot --dm-runtime ...).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dm-runtime", choices=list(scripted.RUNTIMES),
+                        default=argparse.SUPPRESS, help="as the global option")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
-    sp = sub.add_parser("script", help="a scripted guest session against the device model")
+    sp = sub.add_parser("script", parents=[common],
+                        help="a scripted guest session against the device model")
     sp.set_defaults(func=cmd_script)
     bo = sub.add_parser(
-        "boot", help="boot a Linux guest under QEMU, stubdm serving its PCI functions",
+        "boot", parents=[common],
+        help="boot a Linux guest under QEMU, stubdm serving its PCI functions",
         description="Boot Debian's Linux (build/guest, made by set-up) under QEMU; stubdm "
         "serves the guest's PCI UART (1b36:0002) and Xen platform device (5853:0001) through "
         "host_sim, access by access, as Xen ioreqs. The guest's console is this terminal.",
@@ -168,16 +174,16 @@ def main(argv=None):
     bo.set_defaults(func=cmd_boot)
     bp = sub.add_parser("bench", help="print performance figures")
     bsub = bp.add_subparsers(dest="bench", metavar="BENCH")
-    bi = bsub.add_parser("ioreq", help="ioreq round trips on a UART register, vs QEMU")
+    bi = bsub.add_parser("ioreq", parents=[common], help="ioreq round trips on a UART register, vs QEMU")
     bi.add_argument("--count", type=int, default=20000, help="accesses to time")
     bi.set_defaults(func=bench_ioreq)
     from host_sim import bench
-    bb = bsub.add_parser("boot", help="boot to init and to a command's exit: stubdm, the "
+    bb = bsub.add_parser("boot", parents=[common], help="boot to init and to a command's exit: stubdm, the "
                          "vfio-user floor and QEMU's pci-serial, same guest")
     bb.add_argument("--repeat", type=int, default=1, metavar="K",
                     help="boots per configuration (default 1)")
     bb.set_defaults(func=bench.cmd_boot)
-    bpi = bsub.add_parser("pio", help="port I/O round trips in the guest on the PCI UART: "
+    bpi = bsub.add_parser("pio", parents=[common], help="port I/O round trips in the guest on the PCI UART: "
                           "stubdm, the vfio-user floor and QEMU's pci-serial")
     bpi.add_argument("--count", type=int, default=20000, metavar="N",
                      help="inb and outb to time in each configuration (default 20000)")

@@ -119,3 +119,12 @@ def test_hostile_guest_is_survived():
     assert rc == 0, out
     assert "0x1b36\nguest-still-here" in out.replace("\r", "")
     assert e.dm.returncode == 0, e.messages  # it exited when the domain ended, not before
+
+
+def test_dm_runtime_after_the_command_micropython():
+    # Issue 4's check as written: the option after the subcommand.
+    if not os.access(os.path.join(ROOT, "build", "out", "micropython"), os.X_OK):
+        pytest.skip("build/out/micropython is not built: run scons")
+    r = stubdm_sim("boot", "--dm-runtime", "micropython", "--run", "cat /proc/interrupts")
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    assert re.search(rb"^\s*\d+:\s+[1-9]\d*\s+.*ttyS1\s*$", r.stdout, re.M), r.stdout
