@@ -37,7 +37,7 @@ def cmd_script(args):
         print("IIR read: IRQ4 %s" % ("high" if g.get_irq(4) else "low"))
         print("guest reboots through the i8042 (pulse 0xfe)")
         g.outb(0x64, 0xFE)
-        s.hv.pump_until(lambda: s.hv.shutdown_reason is not None, "reset")
+        s.hv.pump_until(lambda: s.hv.shutdown_reason is not None, "the reset")
         print("hypervisor saw shutdown reason %d (reboot)" % s.hv.shutdown_reason)
         time.sleep(0.05)
         print("COM1 output: %r" % s.serial_output().decode(errors="replace"))

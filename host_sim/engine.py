@@ -218,7 +218,7 @@ class Engine:
         def ready():
             return any(s.enabled for s in self.hv.servers.values())
 
-        self.hv.pump_until(ready, "device model start-up", timeout=30)
+        self.hv.pump_until(ready, "its start-up", timeout=30)
 
     def start_servers(self):
         for devfn in (DEVFN_PLATFORM, DEVFN_PCI_SERIAL):
@@ -363,6 +363,8 @@ class Engine:
         if self.hv is not None:
             self.hv.close()
         if self.dm is not None:
+            if isinstance(self.failure, DeviceModelHung):
+                self.dm.kill()  # it answers nothing: it will not exit by itself
             try:
                 self.dm.wait(5)
             except subprocess.TimeoutExpired:

@@ -166,8 +166,10 @@ class SimHypervisor:
                 self._serve(obj)
         return bool(events)
 
-    def pump_until(self, cond, what="the device model", timeout=None):
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+    def pump_until(self, cond, what="start-up", timeout=None):
+        """Serve the device model until cond() holds; `what` names what we wait for."""
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
         while not cond():
             if not self.alive():
                 # What it sent before it exited (an answer, then exit on a
@@ -177,10 +179,11 @@ class SimHypervisor:
                         break
                 if cond():
                     return
-                raise DeviceModelGone(what + ": the device model exited")
+                raise DeviceModelGone("the device model exited (waiting for %s)" % what)
             left = deadline - time.monotonic()
             if left <= 0:
-                raise DeviceModelHung(what + ": no answer in %.1f s" % self.timeout)
+                raise DeviceModelHung("the device model gave no answer in %.1f s (waiting for %s)"
+                                      % (limit, what))
             self.pump(min(left, 0.2))
 
     def _drop(self, c):
@@ -465,7 +468,7 @@ class SimHypervisor:
                 page[off + abi.IOREQ_OFF_FLAGS] & abi.STATE_MASK == abi.STATE_IORESP_READY
             )
 
-        self.pump_until(answered, "ioreq type %d at %#x" % (type_, addr))
+        self.pump_until(answered, "an ioreq of type %d at %#x" % (type_, addr))
         data = struct.unpack_from("<Q", page, off + abi.IOREQ_OFF_DATA)[0]
         page[off + abi.IOREQ_OFF_FLAGS] = req[abi.IOREQ_OFF_FLAGS]  # back to NONE
         self.notified.discard(port)
@@ -485,7 +488,7 @@ class SimHypervisor:
 
         if not room():
             self.signal(s.buf_port)
-            self.pump_until(room, "buffered ioreq ring")
+            self.pump_until(room, "room in the buffered ioreq ring")
         wp = struct.unpack_from("<I", page, 4)[0]
         for i, item in enumerate(slots):
             slot = (wp + i) % abi.IOREQ_BUFFER_SLOT_NUM

@@ -235,7 +235,7 @@ class Session:
             stderr.close()
         self.hv.alive = lambda: self.proc.poll() is None
         try:
-            self.hv.pump_until(self._ready, "device model start-up", timeout=30)
+            self.hv.pump_until(self._ready, "its start-up", timeout=30)
         except Exception:
             self.close()
             raise
