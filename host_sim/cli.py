@@ -100,7 +100,8 @@ def bench_ioreq(args):
         s.close()
         rst = s.dm_stats() or {}
     busy = st.get("busy_us", 0) / max(st.get("ioreqs", 1), 1)
-    print("stubdm (%s) via host_sim: %d ioreqs on the UART scratch register" % (args.dm_runtime, n))
+    print("stubdm (%s) via host_sim: %d ioreqs on the UART scratch register"
+          % (args.dm_runtime, n))
     print("  round trips: %.0f per second, %.1f us each" % (n / dt, dt / n * 1e6))
     print("  device model time per ioreq (READY to IORESP_READY): %.2f us" % busy)
     print("  host_sim transport and hypervisor side: %.1f us" % (dt / n * 1e6 - busy))
@@ -174,16 +175,19 @@ def main(argv=None):
     bo.set_defaults(func=cmd_boot)
     bp = sub.add_parser("bench", help="print performance figures")
     bsub = bp.add_subparsers(dest="bench", metavar="BENCH")
-    bi = bsub.add_parser("ioreq", parents=[common], help="ioreq round trips on a UART register, vs QEMU")
+    bi = bsub.add_parser("ioreq", parents=[common],
+                         help="ioreq round trips on a UART register, vs QEMU")
     bi.add_argument("--count", type=int, default=20000, help="accesses to time")
     bi.set_defaults(func=bench_ioreq)
     from host_sim import bench
-    bb = bsub.add_parser("boot", parents=[common], help="boot to init and to a command's exit: stubdm, the "
+    bb = bsub.add_parser("boot", parents=[common],
+                         help="boot to init and to a command's exit: stubdm, the "
                          "vfio-user floor and QEMU's pci-serial, same guest")
     bb.add_argument("--repeat", type=int, default=1, metavar="K",
                     help="boots per configuration (default 1)")
     bb.set_defaults(func=bench.cmd_boot)
-    bpi = bsub.add_parser("pio", parents=[common], help="port I/O round trips in the guest on the PCI UART: "
+    bpi = bsub.add_parser("pio", parents=[common],
+                          help="port I/O round trips in the guest on the PCI UART: "
                           "stubdm, the vfio-user floor and QEMU's pci-serial")
     bpi.add_argument("--count", type=int, default=20000, metavar="N",
                      help="inb and outb to time in each configuration (default 20000)")

@@ -231,7 +231,7 @@ class Session:
             stderr = open(self.dm_log, "wb")
         self.proc = subprocess.Popen(args, env=dm_env(self.sock), stdin=subprocess.DEVNULL,
                                      stderr=stderr, preexec_fn=die_with_parent)
-        if stderr is not subprocess.PIPE and hasattr(stderr, "close") and stderr.name == self.dm_log:
+        if getattr(stderr, "name", None) == self.dm_log:
             stderr.close()
         self.hv.alive = lambda: self.proc.poll() is None
         try:

@@ -100,7 +100,8 @@ class Machine:
         self.pci.attach(DEVFN_PLATFORM, XenPlatformPci(self.platform_ports))
 
         if isa:
-            com1 = Uart16550(self._isa_line(COM1_IRQ), "com1", chardevs.pop(0) if chardevs else None)
+            chardev = chardevs.pop(0) if chardevs else None
+            com1 = Uart16550(self._isa_line(COM1_IRQ), "com1", chardev)
             self.uarts.append(com1)
             self._claim_ports(COM1_PORT, 8, com1, "com1")
             self.i8042 = I8042(self._isa_line(KBD_IRQ), self._isa_line(AUX_IRQ), self.reset)

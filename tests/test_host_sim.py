@@ -47,9 +47,10 @@ def test_server_lifecycle_over_the_wire(hv):
     ret, body = _call(hv, s, proto.GET_IOREQ_SERVER_INFO, struct.pack("<HH", hv.domid, sid))
     gfn, buf_gfn, port = struct.unpack("<QQI", body)
     assert ret == 0 and gfn != buf_gfn and port
-    ret, _ = _call(hv, s, proto.MAP_IO_RANGE, struct.pack("<HHIQQ", hv.domid, sid, 0, 0x3F8, 0x3FF))
+    com1_range = struct.pack("<HHIQQ", hv.domid, sid, 0, 0x3F8, 0x3FF)
+    ret, _ = _call(hv, s, proto.MAP_IO_RANGE, com1_range)
     assert ret == 0
-    ret, _ = _call(hv, s, proto.MAP_IO_RANGE, struct.pack("<HHIQQ", hv.domid, sid, 0, 0x3F8, 0x3FF))
+    ret, _ = _call(hv, s, proto.MAP_IO_RANGE, com1_range)
     assert ret < 0  # the same range twice
     ret, _ = _call(hv, s, proto.SET_IOREQ_SERVER_STATE, struct.pack("<HHI", hv.domid, sid, 1))
     assert hv.server_for(0, 0x3FA) is hv.servers[sid]
