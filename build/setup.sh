@@ -11,7 +11,7 @@ SUDO=
 [ "$(id -u)" = 0 ] || SUDO=sudo
 
 PKGS="libxen-dev debootstrap dpkg-dev gcc libc6-dev make pkg-config libffi-dev xz-utils \
-ca-certificates python3 python3-venv python3-dev"
+ca-certificates python3 python3-venv python3-dev procps"
 missing=
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -26,7 +26,7 @@ if [ ! -x .venv/bin/python ]; then
     step "creating .venv"
     python3 -m venv .venv
 fi
-if ! .venv/bin/python -c 'import cffi, pytest, SCons' 2>/dev/null \
+if ! .venv/bin/python -c 'import cffi, setuptools, pytest, SCons' 2>/dev/null \
    || [ pyproject.toml -nt .venv/.installed ]; then
     step "installing the project into .venv (pip)"
     .venv/bin/pip install -q --upgrade pip
@@ -35,7 +35,7 @@ if ! .venv/bin/python -c 'import cffi, pytest, SCons' 2>/dev/null \
 fi
 
 step "QEMU >= 10.1 with vfio-user and qtest"
-bash build/provision_qemu.sh
+$SUDO bash build/provision_qemu.sh
 
 step "default guest (Debian kernel + busybox initramfs)"
 .venv/bin/python build/make_guest.py
