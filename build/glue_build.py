@@ -74,28 +74,29 @@ int xenevtchn_unbind(xenevtchn_handle *xce, evtchn_port_t port);
 xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle *xce);
 int xenevtchn_unmask(xenevtchn_handle *xce, evtchn_port_t port);
 
-typedef struct mapcache mapcache_t;
-typedef struct {
-    uint64_t hits, misses, maps, unmaps, evictions, invalidations, refused;
-    uint32_t buckets_mapped, buckets_locked, max_buckets, bucket_pages;
-} mapcache_stats_t;
-mapcache_t *mapcache_new(xenforeignmemory_handle *fmem, uint32_t domid, unsigned bucket_shift,
-                         unsigned max_buckets);
-void mapcache_free(mapcache_t *mc);
-int mapcache_add_ram(mapcache_t *mc, uint64_t start, uint64_t end_exclusive);
-void *mapcache_map(mapcache_t *mc, uint64_t gpa, size_t len, int lock);
-int mapcache_unlock(mapcache_t *mc, uint64_t gpa);
-int mapcache_unlock_ptr(mapcache_t *mc, const void *ptr);
-void mapcache_invalidate(mapcache_t *mc);
-size_t mapcache_bucket_room(mapcache_t *mc, uint64_t gpa);
-void mapcache_get_stats(mapcache_t *mc, mapcache_stats_t *out);
-size_t mapcache_footprint(mapcache_t *mc);
 
 #define PROT_READ ...
 #define PROT_WRITE ...
 void stubdm_barrier(void);
 void stubdm_atomic_add32(void *p, uint32_t v);
 """
+
+
+
+def mapcache_cdef():
+    """The mapcache's declarations for cffi, read from its own header.
+
+    cffi's cdef takes no preprocessor lines and no comments; mapcache.h keeps
+    its declarations plain so that dropping those is enough.
+    """
+    out = []
+    with open(os.path.join(ROOT, "stubdm", "mapcache", "mapcache.h")) as f:
+        for line in f:
+            line = line.split("//")[0].rstrip()
+            if line and not line.lstrip().startswith("#"):
+                out.append(line)
+    return "\n".join(out) + "\n"
+
 
 SOURCE = """
 #include <sys/mman.h>
@@ -113,7 +114,7 @@ static void stubdm_atomic_add32(void *p, uint32_t v) { __atomic_fetch_add((uint3
 
 def make_ffi(variant):
     ffi = cffi.FFI()
-    ffi.cdef(CDEF)
+    ffi.cdef(CDEF + mapcache_cdef())
     kwargs = {
         "extra_compile_args": ["-O2", "-Wall"],
         "sources": [os.path.join(ROOT, "stubdm", "mapcache", "mapcache.c")],

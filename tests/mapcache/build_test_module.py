@@ -16,25 +16,11 @@ FAKE_C = os.path.join(HERE, "fake_fmem.c")
 XEN_HEADER = "/usr/include/xenforeignmemory.h"
 MODULE = "_mapcache_test"
 
+sys.path.insert(0, os.path.join(ROOT, "build"))
+from glue_build import mapcache_cdef  # noqa: E402  (the declarations, from mapcache.h)
+
 CDEF = """
     typedef struct xenforeignmemory_handle xenforeignmemory_handle;
-    typedef struct mapcache mapcache_t;
-    typedef struct {
-        uint64_t hits, misses, maps, unmaps, evictions, invalidations, refused;
-        uint32_t buckets_mapped, buckets_locked, max_buckets, bucket_pages;
-    } mapcache_stats_t;
-
-    mapcache_t *mapcache_new(xenforeignmemory_handle *fmem, uint32_t domid,
-                             unsigned bucket_shift, unsigned max_buckets);
-    void mapcache_free(mapcache_t *mc);
-    int mapcache_add_ram(mapcache_t *mc, uint64_t start, uint64_t end_exclusive);
-    void *mapcache_map(mapcache_t *mc, uint64_t gpa, size_t len, int lock);
-    int mapcache_unlock(mapcache_t *mc, uint64_t gpa);
-    int mapcache_unlock_ptr(mapcache_t *mc, const void *ptr);
-    void mapcache_invalidate(mapcache_t *mc);
-    size_t mapcache_bucket_room(mapcache_t *mc, uint64_t gpa);
-    void mapcache_get_stats(mapcache_t *mc, mapcache_stats_t *out);
-    size_t mapcache_footprint(mapcache_t *mc);
 
     struct xentoollog_logger;
     xenforeignmemory_handle *xenforeignmemory_open(struct xentoollog_logger *logger,
@@ -67,7 +53,7 @@ def build(outdir, verbose=False, extra_cflags=(), extra_ldflags=()):
     import cffi
 
     ffi = cffi.FFI()
-    ffi.cdef(CDEF)
+    ffi.cdef(CDEF + mapcache_cdef())
     ffi.set_source(
         MODULE,
         SOURCE,
