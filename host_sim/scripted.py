@@ -32,7 +32,7 @@ class ScriptedGuest:
     # ---- port I/O ----
     def _pio(self, port, size, value=None):
         is_read = value is None
-        if 0xCF8 <= port <= 0xCFB and size == 4 and port == 0xCF8:
+        if port == 0xCF8 and size == 4:
             if is_read:
                 return self.cf8
             self.cf8 = value & 0xFFFFFFFF
