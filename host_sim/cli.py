@@ -192,6 +192,9 @@ def main(argv=None):
     bpi.add_argument("--count", type=int, default=20000, metavar="N",
                      help="inb and outb to time in each configuration (default 20000)")
     bpi.set_defaults(func=bench.cmd_pio)
+    from host_sim import fuzz, replay
+    fuzz.add_command(sub, common)
+    replay.add_command(sub, common)
     args = p.parse_args(argv)
     if not hasattr(args, "func"):
         (bp if args.cmd == "bench" else p).print_help()
