@@ -1,10 +1,12 @@
 """Build the device model's C glue as a cffi module (CPython side).
 
 The glue is Xen's user-library API (xendevicemodel, xenforeignmemory,
-xenevtchn), declared from Debian's libxen-dev headers, plus the mapcache core.
-It is linked with one of two implementations of that API:
+xenevtchn, xengntshr), declared from Debian's libxen-dev headers, plus the
+mapcache core. It is linked with one of two implementations of that API:
   sim: host_sim's (host_sim/libsim), for tests and development on Linux;
   xen: Xen's own libraries, for a device model in dom0 under real Xen.
+xenstore is Debian's libxenstore in both (it honours XENSTORED_PATH, which
+host_sim points at the device model's domain's socket).
 Run by SConstruct; usable alone: python3 build/glue_build.py [sim|xen]
 """
 import os
@@ -73,6 +75,39 @@ xenevtchn_port_or_error_t xenevtchn_bind_interdomain(xenevtchn_handle *xce, uint
 int xenevtchn_unbind(xenevtchn_handle *xce, evtchn_port_t port);
 xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle *xce);
 int xenevtchn_unmask(xenevtchn_handle *xce, evtchn_port_t port);
+xenevtchn_port_or_error_t xenevtchn_bind_unbound_port(xenevtchn_handle *xce, uint32_t domid);
+
+typedef struct xengntdev_handle xengntshr_handle;
+xengntshr_handle *xengntshr_open(struct xentoollog_logger *logger, unsigned int open_flags);
+int xengntshr_close(xengntshr_handle *xgs);
+void *xengntshr_share_pages(xengntshr_handle *xgs, uint32_t domid, int count, uint32_t *refs,
+                            int writable);
+int xengntshr_unshare(xengntshr_handle *xgs, void *start_address, uint32_t count);
+
+struct xs_handle;
+typedef uint32_t xs_transaction_t;
+struct xs_permissions { unsigned int id; unsigned int perms; };
+struct xs_handle *xs_open(unsigned long flags);
+void xs_close(struct xs_handle *xsh);
+char **xs_directory(struct xs_handle *h, xs_transaction_t t, const char *path,
+                    unsigned int *num);
+void *xs_read(struct xs_handle *h, xs_transaction_t t, const char *path, unsigned int *len);
+bool xs_write(struct xs_handle *h, xs_transaction_t t, const char *path, const void *data,
+              unsigned int len);
+bool xs_mkdir(struct xs_handle *h, xs_transaction_t t, const char *path);
+bool xs_rm(struct xs_handle *h, xs_transaction_t t, const char *path);
+struct xs_permissions *xs_get_permissions(struct xs_handle *h, xs_transaction_t t,
+                                          const char *path, unsigned int *num);
+bool xs_set_permissions(struct xs_handle *h, xs_transaction_t t, const char *path,
+                        struct xs_permissions *perms, unsigned int num_perms);
+bool xs_watch(struct xs_handle *h, const char *path, const char *token);
+bool xs_unwatch(struct xs_handle *h, const char *path, const char *token);
+int xs_fileno(struct xs_handle *h);
+char **xs_check_watch(struct xs_handle *h);
+xs_transaction_t xs_transaction_start(struct xs_handle *h);
+bool xs_transaction_end(struct xs_handle *h, xs_transaction_t t, bool abort);
+char *xs_get_domain_path(struct xs_handle *h, unsigned int domid);
+void free(void *);
 
 
 #define PROT_READ ...
@@ -103,6 +138,8 @@ SOURCE = """
 #include <xendevicemodel.h>
 #include <xenforeignmemory.h>
 #include <xenevtchn.h>
+#include <xengnttab.h>
+#include <xenstore.h>
 #include "mapcache.h"
 // A full fence: the ioreq handshake's read and write barriers (DESIGN.md 5).
 static void stubdm_barrier(void) { __sync_synchronize(); }
@@ -119,12 +156,13 @@ def make_ffi(variant):
         "extra_compile_args": ["-O2", "-Wall"],
         "sources": [os.path.join(ROOT, "stubdm", "mapcache", "mapcache.c")],
         "include_dirs": [os.path.join(ROOT, "stubdm", "mapcache")],
+        "libraries": ["xenstore"],
     }
     if variant == "sim":
         kwargs["sources"].append(os.path.join(ROOT, "host_sim", "libsim", "hostsim_libs.c"))
         kwargs["include_dirs"].append(os.path.join(ROOT, "host_sim", "libsim"))
     elif variant == "xen":
-        kwargs["libraries"] = ["xendevicemodel", "xenforeignmemory", "xenevtchn"]
+        kwargs["libraries"] += ["xendevicemodel", "xenforeignmemory", "xenevtchn", "xengnttab"]
     else:
         raise SystemExit("variant must be sim or xen, not " + repr(variant))
     ffi.set_source(MODULE, SOURCE, **kwargs)

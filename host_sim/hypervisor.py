@@ -16,6 +16,8 @@ import struct
 import time
 
 from host_sim import proto
+from host_sim.evtchn import EventChannels, EvtchnError, INTERDOMAIN
+from host_sim.grants import GrantError, GrantTables
 from stubdm import abi
 
 PAGE = 4096
@@ -68,6 +70,8 @@ class Conn:
     def __init__(self, sock):
         self.sock = sock
         self.buf = b""
+        self.handles = []  # event channel handles opened over this connection
+        self.grants = set()  # references this connection's domain shared through it
 
 
 class Region:
@@ -79,10 +83,14 @@ class Region:
 
 
 class SimHypervisor:
-    def __init__(self, sock_path, ram_mib=64, domid=1, vcpus=1, log=None, own_ram=True):
+    def __init__(self, sock_path, ram_mib=64, domid=1, vcpus=1, log=None, own_ram=True,
+                 dm_domid=0):
         """own_ram: guest RAM is a memfd of ours at gfn 0 (the scripted guest);
-        otherwise it arrives later through add_ram() (QEMU's DMA maps)."""
+        otherwise it arrives later through add_ram() (QEMU's DMA maps).
+        dm_domid: the domain the device model runs in (0: dom0; else a stub
+        domain): every libsim connection acts as that domain."""
         self.domid = domid
+        self.dm_domid = dm_domid
         self.vcpus = vcpus
         self.log = log or (lambda msg: None)
         self.ram_size = ram_mib << 20
@@ -102,13 +110,14 @@ class SimHypervisor:
         self.on_intx = None  # (dev, intx, level) -> None: where PCI INTx goes
         self.servers = {}
         self.next_server = 0
-        self.next_port = 1
         self.handles = {}
         self.next_handle = 1
-        self.local_to_remote = {}
-        self.remote_to_local = {}
-        self.local_owner = {}
-        self.notified = set()  # remote ports the device model notified
+        self.evtchn = EventChannels(self.log)
+        self.grants = GrantTables(self.log)
+        self.notified = set()  # the guest's ioreq ports the device model notified
+        self._extra_fds = {}  # fd -> callback(): host_sim's own clients (backends)
+        self._deferred = []  # work queued by event callbacks, run at the end of a pump
+        self._closing_fd = None  # a descriptor sent once, ours to close after sending
         self.isa_irq = [0] * 16
         self.intx = {}
         self.link_route = [0] * 4
@@ -132,6 +141,7 @@ class SimHypervisor:
         for h in self.handles.values():
             h.sock.close()
         self.listener.close()
+        self.grants.close()
         try:
             os.unlink(self.sock_path)
         except OSError:
@@ -164,7 +174,34 @@ class SimHypervisor:
                 self._poll.register(s.fileno(), select.POLLIN)
             elif isinstance(obj, Conn):
                 self._serve(obj)
+            elif fd in self._extra_fds:
+                self._extra_fds[fd]()
+        self.run_deferred()
         return bool(events)
+
+    # ---- host_sim's own clients (PV backends) in the same loop ----
+    def add_fd(self, fd, callback):
+        """Poll fd with the device model's sockets; callback() when it is readable."""
+        self._extra_fds[fd] = callback
+        self._fdmap[fd] = None
+        self._poll.register(fd, select.POLLIN)
+
+    def remove_fd(self, fd):
+        if self._extra_fds.pop(fd, None) is not None:
+            self._poll.unregister(fd)
+            self._fdmap.pop(fd, None)
+
+    def defer(self, fn):
+        """Run fn() at the end of this pump (event callbacks must not re-enter the loop)."""
+        self._deferred.append(fn)
+
+    def run_deferred(self):
+        for _ in range(1000):  # deferred work may defer more; never forever
+            if not self._deferred:
+                return
+            work, self._deferred = self._deferred, []
+            for fn in work:
+                fn()
 
     def pump_until(self, cond, what="start-up", timeout=None):
         """Serve the device model until cond() holds; `what` names what we wait for."""
@@ -191,6 +228,15 @@ class SimHypervisor:
         del self._fdmap[c.sock.fileno()]
         self.conns.remove(c)
         c.sock.close()
+        # libsim opens one connection per process: the device model is gone,
+        # and with it its event channels and what it shared (as when a stub
+        # domain dies: grants still mapped stay until their mapper unmaps).
+        for h in c.handles:
+            if self.handles.pop(h.id, None) is not None:
+                self.evtchn.close_handle(h)
+                h.sock.close()
+        for ref in sorted(c.grants):
+            self.grants.unshare(self.dm_domid, ref)
 
     def _serve(self, c):
         try:
@@ -214,7 +260,7 @@ class SimHypervisor:
             self.stats["requests"] += 1
             fds = []
             try:
-                ret, reply, fds = self._op(op, payload)
+                ret, reply, fds = self._op(op, payload, c)
             except (struct.error, KeyError, ValueError) as e:
                 self.log("bad request op %d: %s" % (op, e))
                 ret, reply, fds = -_EINVAL, b"", []
@@ -225,35 +271,22 @@ class SimHypervisor:
                 socket.send_fds(c.sock, [msg], fds)
             else:
                 c.sock.sendall(msg)
+            if self._closing_fd is not None:
+                os.close(self._closing_fd)  # the device model has its copy now
+                self._closing_fd = None
 
     # ---- operations ----
-    def _op(self, op, p):
+    def _op(self, op, p, c=None):
         fmt = proto.REQUEST_FORMATS[op]
         args = struct.unpack_from(fmt, p, 0) if fmt != "<" else ()
         if op == proto.MEMORY_MAP:
             return self._memory_map()
-        if op == proto.EVTCHN_OPEN:
-            return self._evtchn_open()
-        if op == proto.EVTCHN_BIND_INTERDOMAIN:
-            hid, _domid, remote = args
-            return self._bind(hid, remote), b"", []
-        if op == proto.EVTCHN_NOTIFY:
-            hid, local = args
-            remote = self.local_to_remote.get(local)
-            if remote is not None:
-                self.notified.add(remote)
-            return 0, b"", []
-        if op == proto.EVTCHN_UNBIND:
-            hid, local = args
-            return self._unbind(local), b"", []
-        if op == proto.EVTCHN_CLOSE:
-            h = self.handles.pop(args[0], None)
-            if h is None:
-                return -_ENOENT, b"", []
-            for local in list(h.ports):
-                self._unbind(local)
-            h.sock.close()
-            return 0, b"", []
+        if op in proto.EVTCHN_OPS or op in proto.GNTSHR_OPS:
+            try:
+                return self._pv_op(op, args, p, c)
+            except (EvtchnError, GrantError) as e:
+                self.log("domain %d: %s" % (self.dm_domid, e))
+                return -e.errno, b"", []
         domid = args[0]
         if domid != self.domid:
             return -_ENOENT, b"", []
@@ -330,9 +363,8 @@ class SimHypervisor:
         return gfn
 
     def _alloc_port(self):
-        p = self.next_port
-        self.next_port += 1
-        return p
+        """A port of the guest for the device model's domain (Xen's side of an ioreq server)."""
+        return self.evtchn.alloc_unbound(self.domid, self.dm_domid, callback=self.notified.add)
 
     def _create_server(self, bufioreq):
         ioreq_gfn = self._alloc_special()
@@ -387,55 +419,84 @@ class SimHypervisor:
                                 files.index(key), PROT_RW)
         return 0, struct.pack("<I", len(self.regions)) + body, fds
 
-    def _evtchn_open(self):
+    # ---- event channels and grants, as the device model's domain uses them ----
+    def _pv_op(self, op, args, payload, c):
+        dom = self.dm_domid
+        if op == proto.EVTCHN_OPEN:
+            return self._evtchn_open(c)
+        if op == proto.GNTSHR_SHARE:
+            remote, count, writable = args
+            if not 0 < count <= proto.GNTSHR_MAX_PAGES:
+                return -_EINVAL, b"", []
+            shared = self.grants.share(dom, remote, count, bool(writable))
+            if c is not None:
+                c.grants.update(ref for ref, _ in shared)
+            body = b"".join(struct.pack("<IQ", ref, page * PAGE) for ref, page in shared)
+            return 0, body, [self.grants.memory_of(dom).fd]
+        if op == proto.GNTSHR_UNSHARE:
+            (count,) = args
+            if not 0 < count <= proto.GNTSHR_MAX_PAGES or len(payload) < 4 + 4 * count:
+                return -_EINVAL, b"", []
+            refs = struct.unpack_from("<%dI" % count, payload, 4)
+            ret = 0
+            for ref in refs:
+                if c is not None and ref not in c.grants:
+                    ret = -_ENOENT
+                    continue
+                if c is not None:
+                    c.grants.discard(ref)
+                ret = self.grants.unshare(dom, ref) or ret
+            return ret, b"", []
+        h = self.handles.get(args[0])
+        if h is None or (c is not None and h not in c.handles):
+            return -_ENOENT, b"", []
+        if op == proto.EVTCHN_BIND_INTERDOMAIN:
+            _, remote_dom, remote = args
+            return self.evtchn.bind_interdomain(dom, remote_dom, remote, handle=h), b"", []
+        if op == proto.EVTCHN_BIND_UNBOUND:
+            _, remote_dom = args
+            return self.evtchn.alloc_unbound(dom, remote_dom, handle=h), b"", []
+        if op == proto.EVTCHN_NOTIFY:
+            local = args[1]
+            if local in h.ports:
+                self.evtchn.send(dom, local)
+            return 0, b"", []
+        if op == proto.EVTCHN_UNBIND:
+            local = args[1]
+            if local not in h.ports:
+                return -_ENOENT, b"", []
+            self.evtchn.close(dom, local)
+            return 0, b"", []
+        if op == proto.EVTCHN_CLOSE:
+            del self.handles[h.id]
+            if c is not None:
+                c.handles.remove(h)
+            self.evtchn.close_handle(h)
+            h.sock.close()
+            return 0, b"", []
+        return -_EINVAL, b"", []
+
+    def _evtchn_open(self, c):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         hid = self.next_handle
         self.next_handle += 1
-        self.handles[hid] = EvtchnHandle(hid, ours)
+        h = EvtchnHandle(hid, ours)
+        self.handles[hid] = h
+        if c is not None:
+            c.handles.append(h)
         # The descriptor is duplicated into the message; ours to close now.
         fd = theirs.detach()
         self._closing_fd = fd
         return hid, b"", [fd]
 
-    def _bind(self, hid, remote):
-        h = self.handles.get(hid)
-        if h is None:
-            return -_ENOENT
-        if remote in self.remote_to_local:
-            return -_EEXIST
-        known = False
-        for s in self.servers.values():
-            if remote in s.vcpu_ports or remote == s.buf_port:
-                known = True
-        if not known:
-            return -_EINVAL
-        local = self._alloc_port()
-        self.local_to_remote[local] = remote
-        self.remote_to_local[remote] = local
-        self.local_owner[local] = h
-        h.ports.add(local)
-        return local
-
-    def _unbind(self, local):
-        remote = self.local_to_remote.pop(local, None)
-        if remote is None:
-            return -_ENOENT
-        del self.remote_to_local[remote]
-        h = self.local_owner.pop(local)
-        h.ports.discard(local)
-        return 0
-
     # ---- what the guest's side does ----
     def signal(self, remote):
-        """Xen raising an event towards the device model on a remote port."""
-        local = self.remote_to_local.get(remote)
-        if local is None:
+        """Xen raising an event towards the device model on one of the guest's ports."""
+        p = self.evtchn.ports.get((self.domid, remote))
+        if p is None or p.state != INTERDOMAIN:
             return False
-        try:
-            self.local_owner[local].sock.sendall(struct.pack("<I", local))
-        except OSError:
-            return False
-        return True
+        self.evtchn.raise_event(p.peer)
+        return p.peer.handle is not None and p.peer.handle.id in self.handles
 
     def server_for(self, kind, addr):
         for s in self.servers.values():

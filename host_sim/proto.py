@@ -26,6 +26,9 @@ EVTCHN_UNBIND = 17
 EVTCHN_CLOSE = 18
 INJECT_MSI = 19
 MODIFIED_MEMORY = 20
+EVTCHN_BIND_UNBOUND = 21
+GNTSHR_SHARE = 22
+GNTSHR_UNSHARE = 23
 
 # Request payload layouts (struct formats, little-endian, packed).
 REQUEST_FORMATS = {
@@ -49,7 +52,17 @@ REQUEST_FORMATS = {
     EVTCHN_CLOSE: "<I",
     INJECT_MSI: "<HQI",
     MODIFIED_MEMORY: "<HQI",
+    EVTCHN_BIND_UNBOUND: "<II",
+    GNTSHR_SHARE: "<III",
+    GNTSHR_UNSHARE: "<I",
 }
+
+EVTCHN_OPS = frozenset([EVTCHN_OPEN, EVTCHN_BIND_INTERDOMAIN, EVTCHN_NOTIFY, EVTCHN_UNBIND,
+                        EVTCHN_CLOSE, EVTCHN_BIND_UNBOUND])
+GNTSHR_OPS = frozenset([GNTSHR_SHARE, GNTSHR_UNSHARE])
+# Pages per share/unshare message (the reply carries 12 bytes a page within
+# the 4096-byte payload); libsim splits bigger requests.
+GNTSHR_MAX_PAGES = 256
 
 ONE_WAY = frozenset([EVTCHN_NOTIFY])
 

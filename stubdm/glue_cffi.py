@@ -42,6 +42,8 @@ class Xen:
         self._gfns = ffi.new("xen_pfn_t[2]")
         self._port = ffi.new("evtchn_port_t *")
         self._pages = []  # the mapped frames, for the life of the process
+        self.xgs = None  # the grant-share handle, opened on first use
+        self._shares = {}  # address -> pointer of each live share
 
     def create_ioreq_server(self, bufioreq):
         _check(lib.xendevicemodel_create_ioreq_server(self.dmod, self.domid, bufioreq, self._id))
@@ -113,6 +115,149 @@ class Xen:
 
     def notify(self, port):
         return _check(lib.xenevtchn_notify(self.xce, port))
+
+    def bind_unbound_port(self, remote_domid):
+        return _check(lib.xenevtchn_bind_unbound_port(self.xce, remote_domid))
+
+    def unbind(self, port):
+        return _check(lib.xenevtchn_unbind(self.xce, port))
+
+    def share_pages(self, remote_domid, count, writable):
+        if self.xgs is None:
+            self.xgs = lib.xengntshr_open(ffi.NULL, 0)
+            if self.xgs == ffi.NULL:
+                self.xgs = None
+                _raise()
+        if count <= 0:
+            raise OSError(22, os.strerror(22))
+        refs = ffi.new("uint32_t[]", count)
+        p = lib.xengntshr_share_pages(self.xgs, remote_domid, count, refs, 1 if writable else 0)
+        if p == ffi.NULL:
+            _raise()
+        addr = int(ffi.cast("uintptr_t", p))
+        self._shares[addr] = p
+        return addr, tuple(refs), memoryview(ffi.buffer(p, count * _PAGE_SIZE))
+
+    def unshare(self, addr, count):
+        p = self._shares.pop(addr, None)
+        if p is None or self.xgs is None:
+            raise OSError(22, os.strerror(22))
+        return _check(lib.xengntshr_unshare(self.xgs, p, count))
+
+
+class Xs:
+    """A xenstore connection (libxenstore's xs_open(0)): Python's bytes and str."""
+
+    def __init__(self):
+        self.h = lib.xs_open(0)
+        if self.h == ffi.NULL:
+            _raise()
+        self._num = ffi.new("unsigned int *")
+
+    def close(self):
+        if self.h is not None:
+            lib.xs_close(self.h)
+            self.h = None
+
+    def _p(self, path):
+        if not isinstance(path, str):
+            raise TypeError("path")
+        return path.encode()
+
+    def read(self, tx, path):
+        p = lib.xs_read(self.h, tx, self._p(path), self._num)
+        if p == ffi.NULL:
+            _raise()
+        try:
+            return ffi.unpack(ffi.cast("char *", p), self._num[0])
+        finally:
+            lib.free(p)
+
+    def write(self, tx, path, data):
+        if isinstance(data, str):
+            data = data.encode()
+        if not lib.xs_write(self.h, tx, self._p(path), data, len(data)):
+            _raise()
+
+    def mkdir(self, tx, path):
+        if not lib.xs_mkdir(self.h, tx, self._p(path)):
+            _raise()
+
+    def rm(self, tx, path):
+        if not lib.xs_rm(self.h, tx, self._p(path)):
+            _raise()
+
+    def directory(self, tx, path):
+        p = lib.xs_directory(self.h, tx, self._p(path), self._num)
+        if p == ffi.NULL:
+            _raise()
+        try:
+            return [ffi.string(p[i]).decode() for i in range(self._num[0])]
+        finally:
+            lib.free(p)
+
+    def get_perms(self, tx, path):
+        p = lib.xs_get_permissions(self.h, tx, self._p(path), self._num)
+        if p == ffi.NULL:
+            _raise()
+        try:
+            return [(p[i].id, p[i].perms) for i in range(self._num[0])]
+        finally:
+            lib.free(p)
+
+    def set_perms(self, tx, path, perms):
+        arr = ffi.new("struct xs_permissions[]", len(perms))
+        for i, (dom, bits) in enumerate(perms):
+            arr[i].id = dom
+            arr[i].perms = bits
+        if not lib.xs_set_permissions(self.h, tx, self._p(path), arr, len(perms)):
+            _raise()
+
+    def watch(self, path, token):
+        if not lib.xs_watch(self.h, self._p(path), self._p(token)):
+            _raise()
+
+    def unwatch(self, path, token):
+        if not lib.xs_unwatch(self.h, self._p(path), self._p(token)):
+            _raise()
+
+    def fileno(self):
+        return _check(lib.xs_fileno(self.h))
+
+    def check_watch(self):
+        """The next watch event as (path, token), or None when none is queued."""
+        v = lib.xs_check_watch(self.h)
+        if v == ffi.NULL:
+            if ffi.errno == 11:  # EAGAIN: nothing queued
+                return None
+            _raise()
+        try:
+            return ffi.string(v[0]).decode(), ffi.string(v[1]).decode()
+        finally:
+            lib.free(v)
+
+    def transaction_start(self):
+        t = lib.xs_transaction_start(self.h)
+        if t == 0:
+            _raise()
+        return t
+
+    def transaction_end(self, tx, abort):
+        """True when committed (or aborted as asked); False when it must be retried."""
+        if lib.xs_transaction_end(self.h, tx, bool(abort)):
+            return True
+        if ffi.errno == 11:  # EAGAIN: a conflict
+            return False
+        _raise()
+
+    def domain_path(self, domid):
+        p = lib.xs_get_domain_path(self.h, domid)
+        if p == ffi.NULL:
+            _raise()
+        try:
+            return ffi.string(p).decode()
+        finally:
+            lib.free(p)
 
 
 class Mapcache:

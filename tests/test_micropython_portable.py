@@ -118,6 +118,8 @@ def test_glue_api_same_on_both_runtimes():
     pytest.importorskip("stubdm._xenglue", reason="the cffi glue is not built: run scons")
     from stubdm import glue_cffi
 
-    py_names = set(dir(glue_cffi)) | set(dir(glue_cffi.Xen)) | set(dir(glue_cffi.Mapcache))
+    py_names = (set(dir(glue_cffi)) | set(dir(glue_cffi.Xen)) | set(dir(glue_cffi.Mapcache))
+                | set(dir(glue_cffi.Xs)))
     assert c_names - py_names == set()
-    assert {"Xen", "Mapcache", "map_page", "notify", "map", "stats"} <= c_names
+    assert {"Xen", "Mapcache", "Xs", "map_page", "notify", "map", "stats", "share_pages",
+            "bind_unbound_port", "check_watch", "transaction_end"} <= c_names

@@ -1,5 +1,6 @@
 // host_sim's implementation of the part of Xen's user libraries
-// (xendevicemodel, xenforeignmemory, xenevtchn) that a device model uses.
+// (xendevicemodel, xenforeignmemory, xenevtchn, xengntshr) that a device
+// model uses.
 // Compiled against Debian's libxen-dev headers, so the compiler checks every
 // signature against Xen's; the device model's glue links with this library
 // under host_sim and with Xen's own libraries under a real hypervisor.
@@ -23,6 +24,7 @@
 #include <xendevicemodel.h>
 #include <xenevtchn.h>
 #include <xenforeignmemory.h>
+#include <xengnttab.h>
 
 #include "hostsim_proto.h"
 
@@ -644,4 +646,173 @@ int xenevtchn_unmask(xenevtchn_handle *xce, evtchn_port_t port) {
     (void)xce;
     (void)port;
     return 0;
+}
+
+xenevtchn_port_or_error_t xenevtchn_bind_unbound_port(xenevtchn_handle *xce, uint32_t domid) {
+    hs_msg_t m = {.n = 0};
+    put32(&m, xce->id);
+    put32(&m, domid);
+    return hs_call(HS_OP_EVTCHN_BIND_UNBOUND, m.b, m.n, NULL, 0, NULL, NULL, NULL, 0);
+}
+
+// ---- xengntshr: the caller's domain shares its own pages ----
+//
+// host_sim allocates the pages in the domain's memory (a memfd it sends with
+// every reply) and returns a grant reference and file offset per page; the
+// pages are mapped here into one window. Each share is remembered so that
+// unshare knows the references behind an address.
+
+typedef struct hs_share {
+    struct hs_share *next;
+    uint8_t *addr;
+    uint32_t count;
+    uint32_t refs[];
+} hs_share_t;
+
+struct xengntdev_handle {
+    hs_share_t *shares;
+};
+
+xengntshr_handle *xengntshr_open(struct xentoollog_logger *logger, unsigned int open_flags) {
+    (void)logger;
+    (void)open_flags;
+    if (hs_connect() < 0) {
+        return NULL;
+    }
+    return calloc(1, sizeof(xengntshr_handle));
+}
+
+static int hs_unshare_refs(const uint32_t *refs, uint32_t count) {
+    int ret = 0;
+    while (count > 0) {
+        uint32_t k = count < HS_GNTSHR_MAX_PAGES ? count : HS_GNTSHR_MAX_PAGES;
+        uint8_t buf[4 + 4 * HS_GNTSHR_MAX_PAGES];
+        memcpy(buf, &k, 4);
+        memcpy(buf + 4, refs, 4 * k);
+        if (hs_call(HS_OP_GNTSHR_UNSHARE, buf, 4 + 4 * k, NULL, 0, NULL, NULL, NULL, 0) < 0) {
+            ret = -1;
+        }
+        refs += k;
+        count -= k;
+    }
+    return ret;
+}
+
+int xengntshr_close(xengntshr_handle *xgs) {
+    if (xgs == NULL) {
+        return 0;
+    }
+    while (xgs->shares != NULL) {
+        hs_share_t *sh = xgs->shares;
+        xengntshr_unshare(xgs, sh->addr, sh->count);
+    }
+    free(xgs);
+    return 0;
+}
+
+int xengntshr_fd(xengntshr_handle *xgs) {
+    (void)xgs;
+    errno = ENOSYS;
+    return -1;
+}
+
+void *xengntshr_share_pages(xengntshr_handle *xgs, uint32_t domid, int count, uint32_t *refs,
+                            int writable) {
+    if (count <= 0 || count > (1 << 20)) {
+        errno = EINVAL;
+        return NULL;
+    }
+    size_t len = (size_t)count << HS_PAGE_SHIFT;
+    hs_share_t *sh = malloc(sizeof(*sh) + sizeof(uint32_t) * (size_t)count);
+    if (sh == NULL) {
+        return NULL;
+    }
+    uint8_t *base = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) {
+        free(sh);
+        return NULL;
+    }
+    uint32_t done = 0;
+    while (done < (uint32_t)count) {
+        uint32_t k = (uint32_t)count - done;
+        if (k > HS_GNTSHR_MAX_PAGES) {
+            k = HS_GNTSHR_MAX_PAGES;
+        }
+        hs_msg_t m = {.n = 0};
+        put32(&m, domid);
+        put32(&m, k);
+        put32(&m, writable ? 1 : 0);
+        uint8_t reply[12 * HS_GNTSHR_MAX_PAGES];
+        uint32_t rlen = 0;
+        int fds[HS_MAX_FDS];
+        int nfds = 0;
+        if (hs_call(HS_OP_GNTSHR_SHARE, m.b, m.n, reply, sizeof(reply), &rlen, fds, &nfds,
+                    0) < 0) {
+            goto fail;
+        }
+        int ok = nfds >= 1 && rlen == 12 * k;
+        for (uint32_t i = 0; ok && i < k; i++) {
+            uint64_t off;
+            memcpy(&sh->refs[done + i], reply + 12 * i, 4);
+            memcpy(&off, reply + 12 * i + 4, 8);
+            void *p = mmap(base + ((size_t)(done + i) << HS_PAGE_SHIFT), HS_PAGE_SIZE,
+                           PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fds[0], (off_t)off);
+            ok = p != MAP_FAILED;
+        }
+        for (int i = 0; i < nfds; i++) {
+            close(fds[i]);
+        }
+        if (!ok) {
+            hs_unshare_refs(&sh->refs[done], k);
+            errno = EPROTO;
+            goto fail;
+        }
+        done += k;
+    }
+    memcpy(refs, sh->refs, sizeof(uint32_t) * (size_t)count);
+    sh->addr = base;
+    sh->count = (uint32_t)count;
+    sh->next = xgs->shares;
+    xgs->shares = sh;
+    return base;
+fail: {
+    int e = errno;
+    if (done) {
+        hs_unshare_refs(sh->refs, done);
+    }
+    munmap(base, len);
+    free(sh);
+    errno = e;
+    return NULL;
+}
+}
+
+void *xengntshr_share_page_notify(xengntshr_handle *xgs, uint32_t domid, uint32_t *ref,
+                                  int writable, uint32_t notify_offset,
+                                  evtchn_port_t notify_port) {
+    (void)notify_offset;
+    (void)notify_port;
+    // The unmap notification (a byte cleared, an event sent when the sharer
+    // dies) is not simulated: say so rather than pretend.
+    (void)xgs;
+    (void)domid;
+    (void)ref;
+    (void)writable;
+    errno = ENOSYS;
+    return NULL;
+}
+
+int xengntshr_unshare(xengntshr_handle *xgs, void *start_address, uint32_t count) {
+    for (hs_share_t **pp = &xgs->shares; *pp != NULL; pp = &(*pp)->next) {
+        hs_share_t *sh = *pp;
+        if (sh->addr == start_address && sh->count == count) {
+            int r = hs_unshare_refs(sh->refs, sh->count);
+            munmap(sh->addr, (size_t)sh->count << HS_PAGE_SHIFT);
+            *pp = sh->next;
+            free(sh);
+            return r;
+        }
+    }
+    errno = EINVAL;
+    return -1;
 }

@@ -33,6 +33,14 @@ enum {
     HS_OP_EVTCHN_CLOSE = 18,  // u32 handle
     HS_OP_INJECT_MSI = 19,  // u16 domid, u64 addr, u32 data
     HS_OP_MODIFIED_MEMORY = 20,  // u16 domid, u64 first_pfn, u32 nr
+    HS_OP_EVTCHN_BIND_UNBOUND = 21,  // u32 handle, u32 remote_domid -> local port
+    // The caller's domain grants count fresh pages of its own memory to
+    // remote_domid -> count * {u32 ref, u64 offset in the fd}; one fd: the
+    // domain's memory.
+    HS_OP_GNTSHR_SHARE = 22,  // u32 remote_domid, u32 count, u32 writable
+    HS_OP_GNTSHR_UNSHARE = 23,  // u32 count, count * u32 ref
 };
+
+#define HS_GNTSHR_MAX_PAGES 256
 
 #endif

@@ -35,9 +35,13 @@ SRC_USERMOD_LIB_C += $(STUBDM_MAPCACHE_DIR)/mapcache.c
 
 CFLAGS_USERMOD += -I$(STUBDM_MAPCACHE_DIR) -I$(STUBDM_XEN_INCLUDE)
 
+# xenstore is Debian's libxenstore on the host in both cases (under host_sim
+# it follows XENSTORED_PATH to the device model's domain's socket); MiniOS
+# has its own xs_* (lib/xs.c over its xenbus).
 ifeq ($(STUBDM_XEN_LIBS),sim)
 SRC_USERMOD_LIB_C += $(STUBDM_LIBSIM_DIR)/hostsim_libs.c
 CFLAGS_USERMOD += -I$(STUBDM_LIBSIM_DIR)
+LDFLAGS_USERMOD += -lxenstore
 else ifeq ($(STUBDM_XEN_LIBS),xen)
-LDFLAGS_USERMOD += -lxendevicemodel -lxenforeignmemory -lxenevtchn
+LDFLAGS_USERMOD += -lxendevicemodel -lxenforeignmemory -lxenevtchn -lxengnttab -lxenstore
 endif

@@ -25,6 +25,22 @@
 //                                     (mapped for the life of the process)
 //     .evtchn_fd() -> fd, .bind_interdomain(remote_port) -> local port,
 //     .pending() -> port, .unmask(port), .notify(port)
+//     .bind_unbound_port(remote_domid) -> local port, .unbind(port)
+//     .share_pages(remote_domid, count, writable)
+//                                  -> (address, refs tuple, writable memoryview):
+//                                     count fresh pages of our own domain's
+//                                     memory granted to remote_domid
+//     .unshare(address, count)     ends that share (the grantee may still map
+//                                     it: the pages then stay until it unmaps)
+//   Xs()                           a xenstore connection (xs_open(0)); tx 0 is
+//                                  no transaction
+//     .read(tx, path) -> bytes, .write(tx, path, bytes|str), .mkdir(tx, path),
+//     .rm(tx, path), .directory(tx, path) -> [str], .get_perms(tx, path) ->
+//     [(domid, bits)], .set_perms(tx, path, [(domid, bits)]),
+//     .watch(path, token), .unwatch(path, token), .fileno() -> fd,
+//     .check_watch() -> (path, token) or None, .transaction_start() -> tx,
+//     .transaction_end(tx, abort) -> True, or False to retry (EAGAIN),
+//     .domain_path(domid) -> str, .close()
 //   Mapcache(xen, bucket_shift, max_buckets)
 //     .add_ram(start, end_exclusive)
 //     .map(gpa, length)            -> writable memoryview, or None (not RAM);
@@ -56,11 +72,14 @@
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 
 #include <xendevicemodel.h>
 #include <xenevtchn.h>
 #include <xenforeignmemory.h>
+#include <xengnttab.h>
+#include <xenstore.h>
 
 #include "py/obj.h"
 #include "py/objarray.h"
@@ -101,6 +120,7 @@ typedef struct {
     xendevicemodel_handle *dmod;
     xenforeignmemory_handle *fmem;
     xenevtchn_handle *xce;
+    xengntshr_handle *xgs;  // opened on first share
     domid_t domid;
 } xenglue_xen_t;
 
@@ -118,6 +138,7 @@ static mp_obj_t xen_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_
     self->dmod = NULL;
     self->fmem = NULL;
     self->xce = NULL;
+    self->xgs = NULL;
     errno = 0;
     self->dmod = xendevicemodel_open(NULL, 0);
     if (self->dmod == NULL) {
@@ -275,7 +296,70 @@ static mp_obj_t xen_notify(mp_obj_t self_in, mp_obj_t port) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_2(xen_notify_obj, xen_notify);
 
+static mp_obj_t xen_bind_unbound_port(mp_obj_t self_in, mp_obj_t remote_dom) {
+    return check(xenevtchn_bind_unbound_port(XEN(self_in)->xce, (uint32_t)get_int(remote_dom)));
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(xen_bind_unbound_port_obj, xen_bind_unbound_port);
+
+static mp_obj_t xen_unbind(mp_obj_t self_in, mp_obj_t port) {
+    return check(xenevtchn_unbind(XEN(self_in)->xce, (evtchn_port_t)get_int(port)));
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(xen_unbind_obj, xen_unbind);
+
+static mp_obj_t xen_share_pages(size_t n_args, const mp_obj_t *args) {
+    xenglue_xen_t *self = XEN(args[0]);
+    mp_int_t count = get_int(args[2]);
+    if (count <= 0 || count > 65536) {
+        mp_raise_OSError(MP_EINVAL);
+    }
+    errno = 0;
+    if (self->xgs == NULL) {
+        self->xgs = xengntshr_open(NULL, 0);
+        if (self->xgs == NULL) {
+            raise_errno();
+        }
+    }
+    uint32_t *refs = malloc(sizeof(uint32_t) * (size_t)count);
+    if (refs == NULL) {
+        mp_raise_OSError(MP_ENOMEM);
+    }
+    void *p = xengntshr_share_pages(self->xgs, (uint32_t)get_int(args[1]), (int)count, refs,
+        mp_obj_is_true(args[3]));
+    if (p == NULL) {
+        int e = errno;
+        free(refs);
+        mp_raise_OSError(e ? e : MP_EIO);
+    }
+    mp_obj_t t = mp_obj_new_tuple((size_t)count, NULL);
+    mp_obj_tuple_t *tt = MP_OBJ_TO_PTR(t);
+    for (mp_int_t i = 0; i < count; i++) {
+        tt->items[i] = mp_obj_new_int_from_uint(refs[i]);
+    }
+    free(refs);
+    mp_obj_t out[3] = {
+        mp_obj_new_int_from_ull((uintptr_t)p),
+        t,
+        mp_obj_new_memoryview(RW_BYTES, (size_t)count * XENGLUE_PAGE_SIZE, p),
+    };
+    return mp_obj_new_tuple(3, out);
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(xen_share_pages_obj, 4, 4, xen_share_pages);
+
+static mp_obj_t xen_unshare(mp_obj_t self_in, mp_obj_t addr, mp_obj_t count) {
+    xenglue_xen_t *self = XEN(self_in);
+    if (self->xgs == NULL) {
+        mp_raise_OSError(MP_EINVAL);
+    }
+    return check(xengntshr_unshare(self->xgs, (void *)(uintptr_t)get_u64(addr),
+        (uint32_t)get_int(count)));
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(xen_unshare_obj, xen_unshare);
+
 static const mp_rom_map_elem_t xen_locals_table[] = {
+    { MP_ROM_QSTR(MP_QSTR_bind_unbound_port), MP_ROM_PTR(&xen_bind_unbound_port_obj) },
+    { MP_ROM_QSTR(MP_QSTR_unbind), MP_ROM_PTR(&xen_unbind_obj) },
+    { MP_ROM_QSTR(MP_QSTR_share_pages), MP_ROM_PTR(&xen_share_pages_obj) },
+    { MP_ROM_QSTR(MP_QSTR_unshare), MP_ROM_PTR(&xen_unshare_obj) },
     { MP_ROM_QSTR(MP_QSTR_create_ioreq_server), MP_ROM_PTR(&xen_create_ioreq_server_obj) },
     { MP_ROM_QSTR(MP_QSTR_get_ioreq_server_info), MP_ROM_PTR(&xen_get_ioreq_server_info_obj) },
     { MP_ROM_QSTR(MP_QSTR_map_io_range), MP_ROM_PTR(&xen_map_io_range_obj) },
@@ -410,6 +494,255 @@ static MP_DEFINE_CONST_OBJ_TYPE(
     locals_dict, &mapcache_locals
     );
 
+// ---- Xs: a xenstore connection -------------------------------------------------
+
+typedef struct {
+    mp_obj_base_t base;
+    struct xs_handle *h;
+} xenglue_xs_t;
+
+static const mp_obj_type_t xenglue_xs_type;
+
+static mp_obj_t xs_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_kw,
+    const mp_obj_t *args) {
+    mp_arg_check_num(n_args, n_kw, 0, 0, false);
+    errno = 0;
+    struct xs_handle *h = xs_open(0);
+    if (h == NULL) {
+        raise_errno();
+    }
+    xenglue_xs_t *self = mp_obj_malloc(xenglue_xs_t, type);
+    self->h = h;
+    return MP_OBJ_FROM_PTR(self);
+}
+
+static struct xs_handle *xs_of(mp_obj_t o) {
+    xenglue_xs_t *self = MP_OBJ_TO_PTR(o);
+    if (self->h == NULL) {
+        mp_raise_OSError(MP_EBADF);
+    }
+    return self->h;
+}
+
+static xs_transaction_t tx_of(mp_obj_t o) {
+    return (xs_transaction_t)mp_obj_int_get_truncated(o);
+}
+
+static mp_obj_t xs_check_bool(bool ok) {
+    if (!ok) {
+        raise_errno();
+    }
+    return mp_const_none;
+}
+
+static mp_obj_t xs_read_m(mp_obj_t self_in, mp_obj_t tx, mp_obj_t path) {
+    unsigned int len = 0;
+    errno = 0;
+    void *p = xs_read(xs_of(self_in), tx_of(tx), mp_obj_str_get_str(path), &len);
+    if (p == NULL) {
+        raise_errno();
+    }
+    mp_obj_t b = mp_obj_new_bytes(p, len);
+    free(p);
+    return b;
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(xs_read_obj, xs_read_m);
+
+static mp_obj_t xs_write_m(size_t n_args, const mp_obj_t *args) {
+    mp_buffer_info_t bi;
+    mp_get_buffer_raise(args[3], &bi, MP_BUFFER_READ);
+    errno = 0;
+    return xs_check_bool(xs_write(xs_of(args[0]), tx_of(args[1]), mp_obj_str_get_str(args[2]),
+        bi.buf, (unsigned int)bi.len));
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(xs_write_obj, 4, 4, xs_write_m);
+
+static mp_obj_t xs_mkdir_m(mp_obj_t self_in, mp_obj_t tx, mp_obj_t path) {
+    errno = 0;
+    return xs_check_bool(xs_mkdir(xs_of(self_in), tx_of(tx), mp_obj_str_get_str(path)));
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(xs_mkdir_obj, xs_mkdir_m);
+
+static mp_obj_t xs_rm_m(mp_obj_t self_in, mp_obj_t tx, mp_obj_t path) {
+    errno = 0;
+    return xs_check_bool(xs_rm(xs_of(self_in), tx_of(tx), mp_obj_str_get_str(path)));
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(xs_rm_obj, xs_rm_m);
+
+static mp_obj_t xs_directory_m(mp_obj_t self_in, mp_obj_t tx, mp_obj_t path) {
+    unsigned int num = 0;
+    errno = 0;
+    char **v = xs_directory(xs_of(self_in), tx_of(tx), mp_obj_str_get_str(path), &num);
+    if (v == NULL) {
+        raise_errno();
+    }
+    mp_obj_t list = mp_obj_new_list(0, NULL);
+    for (unsigned int i = 0; i < num; i++) {
+        mp_obj_list_append(list, mp_obj_new_str(v[i], strlen(v[i])));
+    }
+    free(v);
+    return list;
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(xs_directory_obj, xs_directory_m);
+
+static mp_obj_t xs_get_perms_m(mp_obj_t self_in, mp_obj_t tx, mp_obj_t path) {
+    unsigned int num = 0;
+    errno = 0;
+    struct xs_permissions *p = xs_get_permissions(xs_of(self_in), tx_of(tx),
+        mp_obj_str_get_str(path), &num);
+    if (p == NULL) {
+        raise_errno();
+    }
+    mp_obj_t list = mp_obj_new_list(0, NULL);
+    for (unsigned int i = 0; i < num; i++) {
+        mp_obj_t t[2] = { mp_obj_new_int_from_uint(p[i].id), mp_obj_new_int_from_uint(p[i].perms) };
+        mp_obj_list_append(list, mp_obj_new_tuple(2, t));
+    }
+    free(p);
+    return list;
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(xs_get_perms_obj, xs_get_perms_m);
+
+static mp_obj_t xs_set_perms_m(size_t n_args, const mp_obj_t *args) {
+    size_t n;
+    mp_obj_t *items;
+    mp_obj_get_array(args[3], &n, &items);
+    if (n == 0 || n > 256) {
+        mp_raise_OSError(MP_EINVAL);
+    }
+    struct xs_permissions *p = malloc(sizeof(*p) * n);
+    if (p == NULL) {
+        mp_raise_OSError(MP_ENOMEM);
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t k;
+        mp_obj_t *pair;
+        mp_obj_get_array(items[i], &k, &pair);
+        if (k != 2) {
+            free(p);
+            mp_raise_ValueError(MP_ERROR_TEXT("perms: (domid, bits) pairs"));
+        }
+        p[i].id = (unsigned int)get_int(pair[0]);
+        p[i].perms = (unsigned int)get_int(pair[1]);
+    }
+    errno = 0;
+    bool ok = xs_set_permissions(xs_of(args[0]), tx_of(args[1]), mp_obj_str_get_str(args[2]),
+        p, (unsigned int)n);
+    int e = errno;
+    free(p);
+    errno = e;
+    return xs_check_bool(ok);
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(xs_set_perms_obj, 4, 4, xs_set_perms_m);
+
+static mp_obj_t xs_watch_m(mp_obj_t self_in, mp_obj_t path, mp_obj_t token) {
+    errno = 0;
+    return xs_check_bool(xs_watch(xs_of(self_in), mp_obj_str_get_str(path),
+        mp_obj_str_get_str(token)));
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(xs_watch_obj, xs_watch_m);
+
+static mp_obj_t xs_unwatch_m(mp_obj_t self_in, mp_obj_t path, mp_obj_t token) {
+    errno = 0;
+    return xs_check_bool(xs_unwatch(xs_of(self_in), mp_obj_str_get_str(path),
+        mp_obj_str_get_str(token)));
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(xs_unwatch_obj, xs_unwatch_m);
+
+static mp_obj_t xs_fileno_m(mp_obj_t self_in) {
+    return check(xs_fileno(xs_of(self_in)));
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(xs_fileno_obj, xs_fileno_m);
+
+static mp_obj_t xs_check_watch_m(mp_obj_t self_in) {
+    errno = 0;
+    char **v = xs_check_watch(xs_of(self_in));
+    if (v == NULL) {
+        if (errno == EAGAIN) {
+            return mp_const_none;
+        }
+        raise_errno();
+    }
+    mp_obj_t t[2] = {
+        mp_obj_new_str(v[XS_WATCH_PATH], strlen(v[XS_WATCH_PATH])),
+        mp_obj_new_str(v[XS_WATCH_TOKEN], strlen(v[XS_WATCH_TOKEN])),
+    };
+    free(v);
+    return mp_obj_new_tuple(2, t);
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(xs_check_watch_obj, xs_check_watch_m);
+
+static mp_obj_t xs_transaction_start_m(mp_obj_t self_in) {
+    errno = 0;
+    xs_transaction_t t = xs_transaction_start(xs_of(self_in));
+    if (t == XBT_NULL) {
+        raise_errno();
+    }
+    return mp_obj_new_int_from_uint(t);
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(xs_transaction_start_obj, xs_transaction_start_m);
+
+static mp_obj_t xs_transaction_end_m(mp_obj_t self_in, mp_obj_t tx, mp_obj_t abort_in) {
+    errno = 0;
+    if (xs_transaction_end(xs_of(self_in), tx_of(tx), mp_obj_is_true(abort_in))) {
+        return mp_const_true;
+    }
+    if (errno == EAGAIN) {
+        return mp_const_false;
+    }
+    raise_errno();
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(xs_transaction_end_obj, xs_transaction_end_m);
+
+static mp_obj_t xs_domain_path_m(mp_obj_t self_in, mp_obj_t domid) {
+    errno = 0;
+    char *p = xs_get_domain_path(xs_of(self_in), (unsigned int)get_int(domid));
+    if (p == NULL) {
+        raise_errno();
+    }
+    mp_obj_t s = mp_obj_new_str(p, strlen(p));
+    free(p);
+    return s;
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(xs_domain_path_obj, xs_domain_path_m);
+
+static mp_obj_t xs_close_m(mp_obj_t self_in) {
+    xenglue_xs_t *self = MP_OBJ_TO_PTR(self_in);
+    if (self->h != NULL) {
+        xs_close(self->h);
+        self->h = NULL;
+    }
+    return mp_const_none;
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(xs_close_obj, xs_close_m);
+
+static const mp_rom_map_elem_t xs_locals_table[] = {
+    { MP_ROM_QSTR(MP_QSTR_read), MP_ROM_PTR(&xs_read_obj) },
+    { MP_ROM_QSTR(MP_QSTR_write), MP_ROM_PTR(&xs_write_obj) },
+    { MP_ROM_QSTR(MP_QSTR_mkdir), MP_ROM_PTR(&xs_mkdir_obj) },
+    { MP_ROM_QSTR(MP_QSTR_rm), MP_ROM_PTR(&xs_rm_obj) },
+    { MP_ROM_QSTR(MP_QSTR_directory), MP_ROM_PTR(&xs_directory_obj) },
+    { MP_ROM_QSTR(MP_QSTR_get_perms), MP_ROM_PTR(&xs_get_perms_obj) },
+    { MP_ROM_QSTR(MP_QSTR_set_perms), MP_ROM_PTR(&xs_set_perms_obj) },
+    { MP_ROM_QSTR(MP_QSTR_watch), MP_ROM_PTR(&xs_watch_obj) },
+    { MP_ROM_QSTR(MP_QSTR_unwatch), MP_ROM_PTR(&xs_unwatch_obj) },
+    { MP_ROM_QSTR(MP_QSTR_fileno), MP_ROM_PTR(&xs_fileno_obj) },
+    { MP_ROM_QSTR(MP_QSTR_check_watch), MP_ROM_PTR(&xs_check_watch_obj) },
+    { MP_ROM_QSTR(MP_QSTR_transaction_start), MP_ROM_PTR(&xs_transaction_start_obj) },
+    { MP_ROM_QSTR(MP_QSTR_transaction_end), MP_ROM_PTR(&xs_transaction_end_obj) },
+    { MP_ROM_QSTR(MP_QSTR_domain_path), MP_ROM_PTR(&xs_domain_path_obj) },
+    { MP_ROM_QSTR(MP_QSTR_close), MP_ROM_PTR(&xs_close_obj) },
+};
+static MP_DEFINE_CONST_DICT(xs_locals, xs_locals_table);
+
+static MP_DEFINE_CONST_OBJ_TYPE(
+    xenglue_xs_type,
+    MP_QSTR_Xs,
+    MP_TYPE_FLAG_NONE,
+    make_new, xs_make_new,
+    locals_dict, &xs_locals
+    );
+
 // ---- module functions --------------------------------------------------------------
 
 static mp_obj_t xenglue_barrier(void) {
@@ -454,6 +787,7 @@ static const mp_rom_map_elem_t xenglue_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR___name__), MP_ROM_QSTR(MP_QSTR__xenglue) },
     { MP_ROM_QSTR(MP_QSTR_Xen), MP_ROM_PTR(&xenglue_xen_type) },
     { MP_ROM_QSTR(MP_QSTR_Mapcache), MP_ROM_PTR(&xenglue_mapcache_type) },
+    { MP_ROM_QSTR(MP_QSTR_Xs), MP_ROM_PTR(&xenglue_xs_type) },
     { MP_ROM_QSTR(MP_QSTR_barrier), MP_ROM_PTR(&xenglue_barrier_obj) },
     { MP_ROM_QSTR(MP_QSTR_atomic_add32), MP_ROM_PTR(&xenglue_atomic_add32_obj) },
     { MP_ROM_QSTR(MP_QSTR_footprint), MP_ROM_PTR(&xenglue_footprint_obj) },
