@@ -195,6 +195,9 @@ def main(argv=None):
     from host_sim import fuzz, replay
     fuzz.add_command(sub, common)
     replay.add_command(sub, common)
+    from host_sim import bench_xenstore, xenstored
+    xenstored.add_command(sub)
+    bench_xenstore.add_command(bsub)
     args = p.parse_args(argv)
     if not hasattr(args, "func"):
         (bp if args.cmd == "bench" else p).print_help()

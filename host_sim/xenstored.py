@@ -1190,6 +1190,20 @@ def add_arguments(p):
     p.add_argument("--quiet", action="store_true", help="do not log bad input")
 
 
+def add_command(sub):
+    """stubdm-sim xenstored: the daemon alone, in the foreground."""
+    x = sub.add_parser(
+        "xenstored", help="run host_sim's xenstored in the foreground",
+        description="host_sim's xenstored: Xen's xs_wire protocol over unix stream sockets, "
+        "as strict as Xen's C xenstored. Every connection on PATH acts as dom0 "
+        "(privileged). INTRODUCE <domid> makes the socket PATH.d/domain/<domid> (directory "
+        "mode 0700), every connection on which acts as that domain; RELEASE removes it. "
+        "Clients: XENSTORED_PATH=PATH xenstore-ls /, pyxs.Client(unix_socket_path=PATH).",
+        epilog="Ends on SIGTERM or ^C. Exit status 0, or 2 for bad usage.")
+    add_arguments(x)
+    x.set_defaults(func=lambda args: run(args))
+
+
 def run(args, ready_fd=None, pdeathsig=False):
     if not args.socket and not args.rundir:
         print("sim-xenstored: give --socket PATH or --rundir DIR", file=sys.stderr)
