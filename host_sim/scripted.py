@@ -214,12 +214,30 @@ class Session:
     """
 
     def __init__(self, dm_args=(), ram_mib=64, runtime="cpython", serial_log=None,
-                 stderr=None, timeout=10.0):
+                 stderr=None, timeout=10.0, xenstore=False, pv_devices=(), stubdom_domid=2):
+        """xenstore: run host_sim's xenstored with libxl's layout for the guest and
+        a stub domain (stubdom_domid) that the device model runs as, reaching
+        xenstore through its domain's socket. pv_devices: PV devices of the stub
+        domain, (type, devid, backend class) each, with their backends started
+        here (host_sim/backends/) as domain 0."""
         cmd = dm_command(runtime)  # first: a missing runtime leaves nothing behind
         self.runtime = runtime
         self.dir = tempfile.mkdtemp(prefix="stubdm-sim-")
         self.sock = os.path.join(self.dir, "hv.sock")
-        self.hv = SimHypervisor(self.sock, ram_mib=ram_mib)
+        self.xenstored = None
+        self.xs = None
+        self.backends = []
+        env_extra = {}
+        dm_domid = 0
+        if xenstore or pv_devices:
+            dm_domid = stubdom_domid
+            try:
+                env_extra = self._start_xenstore(stubdom_domid)
+            except Exception:
+                self._stop_xenstore()
+                shutil.rmtree(self.dir, ignore_errors=True)
+                raise
+        self.hv = SimHypervisor(self.sock, ram_mib=ram_mib, dm_domid=dm_domid)
         self.hv.timeout = timeout
         self.serial_log = serial_log or os.path.join(self.dir, "com1.log")
         args = cmd + ["-xen-domid", str(self.hv.domid), "-m", str(ram_mib)]
@@ -229,7 +247,15 @@ class Session:
         self.dm_log = os.path.join(self.dir, "dm.log")
         if stderr is None:
             stderr = open(self.dm_log, "wb")
-        self.proc = subprocess.Popen(args, env=dm_env(self.sock), stdin=subprocess.DEVNULL,
+        try:
+            for devtype, devid, cls in pv_devices:
+                self.add_pv_device(devtype, devid, cls)
+        except Exception:
+            self.close()
+            raise
+        env = dm_env(self.sock)
+        env.update(env_extra)
+        self.proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL,
                                      stderr=stderr, preexec_fn=die_with_parent)
         if getattr(stderr, "name", None) == self.dm_log:
             stderr.close()
@@ -240,6 +266,42 @@ class Session:
             self.close()
             raise
         self.guest = ScriptedGuest(self.hv)
+
+    # ---- xenstore and PV devices ----
+    def _start_xenstore(self, stub):
+        from host_sim import toolstack, xenstored
+        from host_sim.xs import Xs
+
+        self.stubdom_domid = stub
+        self.xenstored = xenstored.spawn(rundir=os.path.join(self.dir, "xenstore"))
+        self.xs = Xs(self.xenstored.socket_path)
+        self.paths = toolstack.write_hvm_domain(self.xs, 1, "guest",
+                                                "00000000-0000-4000-8000-000000000001", stub)
+        return {"XENSTORED_PATH": self.xenstored.domain_socket_path(stub)}
+
+    def add_pv_device(self, devtype, devid, cls, **kw):
+        """Both halves of a PV device of the stub domain, and its backend, started."""
+        from host_sim import toolstack
+
+        toolstack.add_device(self.xs, 0, self.stubdom_domid, devtype, devid)
+        be = cls(self.hv, self.xenstored.socket_path, self.stubdom_domid, str(devid), **kw)
+        self.backends.append(be)
+        be.start()
+        return be
+
+    def _stop_xenstore(self):
+        for be in self.backends:
+            try:
+                be.destroy()
+            except Exception:
+                pass
+        self.backends = []
+        if self.xs is not None:
+            self.xs.close()
+            self.xs = None
+        if self.xenstored is not None:
+            self.xenstored.stop()
+            self.xenstored = None
 
     def _ready(self):
         for s in self.hv.servers.values():
@@ -280,6 +342,7 @@ class Session:
             return
         self._closed = True
         try:
+            self._stop_xenstore()
             self.hv.close()
         finally:
             try:

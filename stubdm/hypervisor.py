@@ -124,5 +124,43 @@ class Hypervisor:
         except OSError as e:
             raise HypervisorError("evtchn notify", _err(e))
 
+    def bind_unbound_port(self, remote_domid):
+        """A new port of ours that remote_domid (a PV backend) binds to."""
+        return self._call("bind_unbound_port", self.xen.bind_unbound_port, remote_domid)
+
+    def unbind(self, port):
+        try:
+            self.xen.unbind(port)
+        except OSError:
+            pass  # closing what is already closed: nothing left to undo
+
+    # ---- grants: our own pages, shared with another domain ----
+    def share_pages(self, remote_domid, count, writable=True):
+        """Grant count fresh pages of our own memory to remote_domid: a SharedPages."""
+        addr, refs, mem = self._call("share_pages", self.xen.share_pages, remote_domid, count,
+                                     writable)
+        return SharedPages(self, addr, refs, mem)
+
     # barrier() and bufioreq_consume(page, n) (advance the buffered page's
     # read_pointer by n, atomically) are the glue's own, bound in __init__.
+
+
+class SharedPages:
+    """Pages of ours granted to another domain: .refs (one per page), .mem (all of them)."""
+
+    def __init__(self, hyp, addr, refs, mem):
+        self.hyp = hyp
+        self.addr = addr
+        self.refs = refs
+        self.mem = mem
+
+    def unshare(self):
+        """End the grants. A grantee that still maps them keeps the pages until it
+        unmaps; they are never reused before that."""
+        if self.mem is None:
+            return
+        self.mem = None
+        try:
+            self.hyp.xen.unshare(self.addr, len(self.refs))
+        except OSError as e:
+            raise HypervisorError("unshare", _err(e))

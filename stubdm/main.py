@@ -2,7 +2,7 @@
 # gives a device model, set up the ioreq server, and run the event loop.
 import sys
 
-from stubdm import abi, log
+from stubdm import abi, layout, log
 from stubdm.compat import ticks_diff, ticks_us
 
 # Four character times at 9600 baud, about what a 16550 waits before it
@@ -32,8 +32,10 @@ Options (QEMU's spelling, as libxl passes them in dm-argv):
   -serial DEV         back end of the next serial port: stdio, null, file:PATH
                       (default: COM1 on stdio)
   -device pci-serial[,addr=SLOT]
-                      a 16550 behind PCI function 1b36:0002
-  -nodefaults         no ISA devices (COM1, i8042, platform ports, 0xcf9)
+                      a 16550 behind PCI function 1b36:0002 (slots 0-3 are
+                      the xenfv machine's; default: the first free from 4)
+  -nodefaults         no ISA devices (COM1, i8042, platform ports, port 0x92);
+                      the chipset (0xcf8-0xcff, PIIX4 PM) stays
   -no-timers          device timers never fire (lock-step comparisons with
                       QEMU's qtest, whose virtual clock stands still)
   -d LEVEL            log verbosity: 0 quiet, 1 guest errors (default), 2 debug
@@ -96,10 +98,17 @@ def parse_args(argv):
             slot = 0
             for p in parts[1:]:
                 if p.startswith("addr="):
-                    slot = number(p[5:], 1, 31, "pci-serial addr")
+                    slot = number(p[5:].split(".")[0], 0, 31, "pci-serial addr")
+                    if slot == 0:  # addr=0 means slot 0, not "any" (QEMU's addr)
+                        raise ArgError("-device pci-serial,addr=0: PCI slot 0 is taken by "
+                                       + layout.slot_holder(0))
                 else:
                     raise ArgError("-device pci-serial: unknown property " + p)
             opts["pci_serial"].append(slot)
+            try:
+                layout.place([("pci-serial", n) for n in opts["pci_serial"]])
+            except layout.SlotError as e:
+                raise ArgError("-device " + str(e))
             i += 2
         elif a == "-nodefaults":
             opts["isa"] = False
@@ -177,6 +186,39 @@ class Platform:
         self.hyp.shutdown(reason)
 
 
+# Watch events served per turn of the loop: a flood can't starve the ioreqs.
+XS_EVENTS_PER_TURN = 64
+
+
+def pv_drivers():
+    """The PV device types the device model drives as a frontend, and their drivers."""
+    from stubdm import pv_echo
+    from stubdm.frontends.echo import EchoFrontend
+
+    return ((pv_echo.TYPE, EchoFrontend),)
+
+
+def open_pv(hyp):
+    """xenstore and the stub domain's PV frontends, or (None, None) without a xenstore."""
+    from stubdm.hypervisor import HypervisorError
+    from stubdm.xenstore import Xenstore
+
+    try:
+        xs = Xenstore()
+    except HypervisorError as e:
+        log.info("stubdm", "no xenstore (%s): no PV devices" % e)
+        return None, None
+    from stubdm.frontends.xenbus import FrontendBus
+
+    try:
+        bus = FrontendBus(hyp, xs, pv_drivers())
+        bus.start()
+    except HypervisorError as e:
+        log.info("stubdm", "xenstore: %s: no PV devices" % e)
+        return xs, None
+    return xs, bus
+
+
 class DeviceModel:
     def __init__(self, opts):
         from stubdm.hypervisor import Hypervisor
@@ -206,7 +248,7 @@ class DeviceModel:
         self.machine = Machine(Platform(hyp, sid), chardevs, ram, opts["isa"],
                                opts["pci_serial"])
         m = self.machine
-        self.dispatcher = Dispatcher(m.pio, m.mmio, m.pci, self.mem)
+        self.dispatcher = Dispatcher(m.pio, m.mmio, m.pci, self.mem, m.irqs)
         outputs = [c for c in chardevs if c is not None]
 
         def flush():
@@ -215,6 +257,7 @@ class DeviceModel:
 
         self.loop = IoreqLoop(hyp, self.dispatcher, page, ports, buf, local_buf, flush)
         hyp.set_ioreq_server_state(sid, 1)
+        self.xs, self.pv = open_pv(hyp)
         self.heap_peak = 0
         if _mem_alloc is not None:
             self.sample_heap()  # the set-up's own: the machine and its devices
@@ -226,6 +269,12 @@ class DeviceModel:
         fd = hyp.evtchn_fd()
         poller = select.poll()
         poller.register(fd, select.POLLIN)
+        xs_fd = -1
+        if self.xs is not None:
+            xs_fd = self.xs.fileno()
+            poller.register(xs_fd, select.POLLIN)
+        pv = self.pv
+        xs_backlog = False  # watch events left queued (a flood is served in slices)
         uarts = self.machine.uarts if self.timers else []
         armed = {}  # uart index -> when its RX character timeout was first seen armed
         events = 0  # since the last heap sample
@@ -233,17 +282,29 @@ class DeviceModel:
             timeout = 1000
             if armed or any(u.rx_timer_armed for u in uarts):
                 timeout = RX_TIMEOUT_MS
+            if xs_backlog:
+                timeout = 0
             ready = poller.poll(timeout)
             # select.poll gives (fd, event) on CPython and (registered object,
-            # event) on MicroPython: the only object registered is the fd.
-            for _obj, ev in ready:
+            # event) on MicroPython: the objects registered are the fds.
+            for obj, ev in ready:
+                if obj == xs_fd:
+                    if ev & (select.POLLHUP | select.POLLERR):
+                        log.info("stubdm", "xenstore connection lost: PV devices stop")
+                        poller.unregister(xs_fd)
+                        xs_fd = -1
+                        continue
+                    continue  # served below, with any backlog
                 if ev & (select.POLLHUP | select.POLLERR):
                     log.info("stubdm", "event channel closed: the hypervisor is gone")
                     self.report()
                     return 0
                 port = hyp.pending()
                 hyp.unmask(port)
-                self.loop.on_port(port)
+                if pv is None or not pv.on_port(port):
+                    self.loop.on_port(port)
+            if xs_fd >= 0:
+                xs_backlog = self.xs.events() >= XS_EVENTS_PER_TURN
             if _mem_alloc is not None:
                 events += 1
                 if events >= HEAP_SAMPLE_EVENTS or (not ready and timeout == 1000):
