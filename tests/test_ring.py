@@ -232,6 +232,91 @@ def test_copies_are_taken_once():
     assert isinstance(got, bytes) and struct.unpack(P.BLKIF_RSP_FMT, got)[0] == 0x1111
 
 
+class Add32:
+    """The glue's atomic_add32(buf, n), by struct, counting its calls."""
+
+    def __init__(self, apply=True):
+        self.calls = 0
+        self.apply = apply
+
+    def __call__(self, word, n):
+        assert len(word) == 4 and 0 <= n <= 0xFFFFFFFF
+        self.calls += 1
+        if self.apply:
+            old = struct.unpack_from("<I", word, 0)[0]
+            struct.pack_into("<I", word, 0, (old + n) & 0xFFFFFFFF)
+
+
+def test_published_indices_go_through_add32():
+    # req_prod and rsp_event are written by one atomic add each, never by a
+    # plain (possibly byte-wise) store: with an add32 that does nothing, they
+    # do not move at all.
+    for apply in (True, False):
+        page = bytearray(P.PAGE_SIZE)
+        add = Add32(apply)
+        front = FrontRing(page, P.BLKIF_REQ_SIZE, P.BLKIF_RSP_SIZE, nop, start=NEAR_WRAP,
+                          add32=add)
+        for i in range(10):
+            put_blk_request(front, i, i)
+        front.push_requests()
+        assert front.final_check_for_responses() is False
+        assert add.calls == 2
+        want = (NEAR_WRAP + 10) & 0xFFFFFFFF if apply else NEAR_WRAP
+        assert header(page)[0] == want
+        assert header(page)[3] == ((NEAR_WRAP + 1) & 0xFFFFFFFF)  # rsp_cons + 1 either way
+
+
+def test_glue_atomic_add32_drives_the_ring():
+    glue = pytest.importorskip("stubdm.glue_cffi", reason="the cffi glue is not built: run scons")
+    page = bytearray(P.PAGE_SIZE)
+    front = FrontRing(memoryview(page), P.BLKIF_REQ_SIZE, P.BLKIF_RSP_SIZE, glue.barrier,
+                      start=NEAR_WRAP, add32=glue.atomic_add32)
+    back = BackRing(memoryview(page), P.BLKIF_REQ_SIZE, P.BLKIF_RSP_SIZE, log=Logs())
+    for rnd in range(20):
+        for i in range(20):
+            put_blk_request(front, rnd * 100 + i, i)
+        front.push_requests()
+        assert serve_blk(back) == [rnd * 100 + i for i in range(20)]
+        back.push_responses()
+        ids = []
+        while True:
+            r = front.get_response()
+            if r is None:
+                break
+            ids.append(struct.unpack(P.BLKIF_RSP_FMT, r)[0])
+        assert ids == [rnd * 100 + i for i in range(20)]
+        assert front.final_check_for_responses() is False
+        idx = (NEAR_WRAP + 20 * rnd + 20) & 0xFFFFFFFF
+        req_prod, _req_event, rsp_prod, rsp_event = header(page)
+        assert (req_prod, rsp_prod, rsp_event) == (idx, idx, (idx + 1) & 0xFFFFFFFF)
+
+
+def test_torn_rsp_prod_read_is_read_again():
+    # A byte-wise read racing the backend's store of rsp_prod 0x1ff -> 0x200
+    # can see 0x100 (high byte old, low byte new): it looks like rsp_prod went
+    # backwards. The ring reads it again (the store has landed by then).
+    page = bytearray(P.PAGE_SIZE)
+    fixes = []
+
+    def barrier():
+        if fixes:
+            struct.pack_into("<I", page, P.SRING_OFF_RSP_PROD, fixes.pop())
+
+    log.reset_counts()
+    front = FrontRing(page, P.BLKIF_REQ_SIZE, P.BLKIF_RSP_SIZE, barrier, start=0x1F0)
+    for i in range(32):
+        put_blk_request(front, i, i)
+    front.push_requests()
+    _set(page, P.SRING_OFF_RSP_PROD, 0x1FF)
+    assert front.unconsumed_responses() == 15
+    _set(page, P.SRING_OFF_RSP_PROD, 0x100)  # torn
+    fixes.append(0x200)  # what the backend really stored
+    for _ in range(15):
+        assert front.get_response() is not None
+    assert front.unconsumed_responses() == 1
+    assert front.broken is None and log.count("guest_error") == 0
+
+
 # -- a hostile backend -------------------------------------------------------
 
 
@@ -460,7 +545,11 @@ int c_produce(int n) {
     F.req_prod_pvt += n;
     return n;
 }
-int c_push_requests(void) { int notify; RING_PUSH_REQUESTS_AND_CHECK_NOTIFY(&F, notify); return notify; }
+int c_push_requests(void) {
+    int notify;
+    RING_PUSH_REQUESTS_AND_CHECK_NOTIFY(&F, notify);
+    return notify;
+}
 int c_consume_requests(int n) {
     unsigned int avail = RING_HAS_UNCONSUMED_REQUESTS(&B);
     if ((unsigned int)n > avail) n = avail;
@@ -474,7 +563,11 @@ int c_respond(int n) {
     B.rsp_prod_pvt += n;
     return n;
 }
-int c_push_responses(void) { int notify; RING_PUSH_RESPONSES_AND_CHECK_NOTIFY(&B, notify); return notify; }
+int c_push_responses(void) {
+    int notify;
+    RING_PUSH_RESPONSES_AND_CHECK_NOTIFY(&B, notify);
+    return notify;
+}
 int c_consume_responses(int n) {
     unsigned int avail = RING_HAS_UNCONSUMED_RESPONSES(&F);
     if ((unsigned int)n > avail) n = avail;
@@ -509,8 +602,10 @@ def cring(tmp_path_factory):
 class PyPair:
     """The same operations as the C harness, on FrontRing and BackRing."""
 
-    def __init__(self, start, pages):
+    def __init__(self, start, pages, atomic):
         self.page, self.front, self.back, self.logs = pair(start=start, pages=pages)
+        if atomic:
+            self.front.add32 = Add32()
 
     def produce(self, n):
         done = 0
@@ -555,13 +650,14 @@ OPS = ("produce", "push_requests", "consume_requests", "final_check_requests", "
 
 @pytest.mark.parametrize("start", [0, NEAR_WRAP, (1 << 32) - 1])
 @pytest.mark.parametrize("pages", [1, 16])
-def test_same_decisions_as_ring_h(cring, start, pages):
+@pytest.mark.parametrize("atomic", [False, True], ids=["store", "add32"])
+def test_same_decisions_as_ring_h(cring, start, pages, atomic):
     # Both implementations run the same random sequence of operations, each on
     # its own page; every result (how many, notify, work to do) and the shared
     # header after every step must agree.
     c_page = cring.ffi.new("unsigned char[]", P.PAGE_SIZE * pages)
     cring.lib.c_init(c_page, start, P.PAGE_SIZE * pages)
-    py = PyPair(start, pages)
+    py = PyPair(start, pages, atomic)
     rng = random.Random(start + pages)
     notified = {"req": 0, "rsp": 0}
     for step in range(3000):

@@ -13,9 +13,15 @@ contiguous, page-aligned in the grant sense (len(mem) = PAGE_SIZE << order);
 req_size and rsp_size are the sizes of one request and one response
 (pv_abi.BLKIF_REQ_SIZE and BLKIF_RSP_SIZE, NETIF_TX_REQ_SIZE and ...);
 barrier() is a full memory barrier (the glue's `barrier`; any no-op in tests
-where both ends run in one thread). The constructor initialises the shared
-header (SHARED_RING_INIT then FRONT_RING_INIT): do it before granting the
-page. `start` sets the initial index (0, as Linux; tests start near 2**32).
+where both ends run in one thread). add32(buf, n), if given, is the glue's
+atomic_add32 (stubdm.hypervisor's bufioreq_consume): the two indices the
+frontend publishes (req_prod, rsp_event) are then updated by one atomic 32-bit
+add, never torn. Pass it in a stub domain: MicroPython's struct.pack_into
+stores through memcpy, which MiniOS does byte by byte, and a backend reading
+half a req_prod sees it run backwards (Linux's blkback then halts the ring).
+The constructor initialises the shared header (SHARED_RING_INIT then
+FRONT_RING_INIT): do it before granting the page. `start` sets the initial
+index (0, as Linux; tests start near 2**32).
 
 Attributes (read only): size (entries, a power of two), req_prod_pvt,
 rsp_cons, broken (None, or why the ring was refused).
@@ -42,6 +48,11 @@ covers running beyond the ring's size) or moves rsp_prod backwards is logged
 as a guest error and the ring goes broken: get_response() gives None,
 push_requests() and final_check_for_responses() give False, new_request()
 gives None. The owner (the xenbus frontend) should then close the device.
+A value of rsp_prod that fails the check is read twice more before the ring
+is refused: MicroPython's struct reads byte by byte, and a read racing the
+backend's store can mix old and new bytes; a lying backend's value stays.
+The contents of a response (its id, status) are the backend's word: check
+them against what is in flight.
 """
 import struct
 
@@ -54,10 +65,11 @@ _OFF_REQ_EVENT = const(4)
 _OFF_RSP_PROD = const(8)
 _OFF_RSP_EVENT = const(12)
 _OFF_RING = const(64)
+_REREADS = const(2)
 
 
 class FrontRing:
-    def __init__(self, mem, req_size, rsp_size, barrier, name="ring", start=0):
+    def __init__(self, mem, req_size, rsp_size, barrier, name="ring", start=0, add32=None):
         mem = memoryview(mem)
         entry = req_size if req_size > rsp_size else rsp_size
         size = pv_abi.ring_size(entry, len(mem))
@@ -70,6 +82,9 @@ class FrontRing:
         self.entry = entry
         self.size = size
         self.barrier = barrier
+        self.add32 = add32
+        self._req_prod_word = mem[_OFF_REQ_PROD:_OFF_REQ_PROD + 4]
+        self._rsp_event_word = mem[_OFF_RSP_EVENT:_OFF_RSP_EVENT + 4]
         self.broken = None
         start &= _M
         self.req_prod_pvt = start
@@ -105,7 +120,7 @@ class FrontRing:
         if new == old:
             return False
         self.barrier()  # the backend sees the requests before the new req_prod
-        struct.pack_into("<I", self.mem, _OFF_REQ_PROD, new)
+        self._publish(self._req_prod_word, _OFF_REQ_PROD, new)
         self._req_pushed = new
         self.barrier()  # req_prod is visible before we look at req_event
         event = struct.unpack_from("<I", self.mem, _OFF_REQ_EVENT)[0]
@@ -120,18 +135,26 @@ class FrontRing:
         if self.broken is not None:
             return 0
         rp = struct.unpack_from("<I", self.mem, _OFF_RSP_PROD)[0]
-        cons = self.rsp_cons
         if rp != self._rsp_seen:
-            # No more responses than requests pushed, and never fewer than
-            # it already announced.
-            now = (rp - cons) & _M
-            if now > ((self._req_pushed - cons) & _M) or now < ((self._rsp_seen - cons) & _M):
-                self._break("rsp_prod %d outside %d..%d (rsp_cons %d)"
-                            % (rp, self._rsp_seen, self._req_pushed, cons))
-                return 0
+            tries = 0
+            while not self._acceptable(rp):
+                if tries == _REREADS:
+                    self._break("rsp_prod %d outside %d..%d (rsp_cons %d)"
+                                % (rp, self._rsp_seen, self._req_pushed, self.rsp_cons))
+                    return 0
+                tries += 1
+                self.barrier()
+                rp = struct.unpack_from("<I", self.mem, _OFF_RSP_PROD)[0]
             self._rsp_seen = rp
             self.barrier()  # read the responses only after their rsp_prod
-        return (self._rsp_seen - cons) & _M
+        return (self._rsp_seen - self.rsp_cons) & _M
+
+    def _acceptable(self, rp):
+        # No more responses than requests pushed, and never fewer than the
+        # backend already announced.
+        cons = self.rsp_cons
+        now = (rp - cons) & _M
+        return ((self._rsp_seen - cons) & _M) <= now <= ((self._req_pushed - cons) & _M)
 
     def unconsumed_responses(self):
         return self._refresh()
@@ -153,9 +176,17 @@ class FrontRing:
             return True
         if self.broken is not None:
             return False
-        struct.pack_into("<I", self.mem, _OFF_RSP_EVENT, (self.rsp_cons + 1) & _M)
+        self._publish(self._rsp_event_word, _OFF_RSP_EVENT, (self.rsp_cons + 1) & _M)
         self.barrier()  # rsp_event is visible before we look at rsp_prod again
         return self._refresh() != 0
+
+    def _publish(self, word, off, value):
+        if self.add32 is None:
+            struct.pack_into("<I", self.mem, off, value)
+        else:
+            # Only this end writes the word: the add takes it exactly to value.
+            cur = struct.unpack_from("<I", self.mem, off)[0]
+            self.add32(word, (value - cur) & _M)
 
     def _break(self, why):
         self.broken = why

@@ -27,6 +27,17 @@ class Barriers:
         self.n += 1
 
 
+class Add32:
+    """The glue's atomic_add32(buf, n), by struct."""
+
+    def __init__(self):
+        self.n = 0
+
+    def __call__(self, word, n):
+        self.n += 1
+        struct.pack_into("<I", word, 0, (struct.unpack_from("<I", word, 0)[0] + n) & M)
+
+
 class ScriptBackend:
     """ring.h's back-ring macros spelled out over the page, for blkif."""
 
@@ -73,10 +84,11 @@ class ScriptBackend:
         return self.get(P.SRING_OFF_REQ_PROD) != self.req_cons
 
 
-def blk_stream(start, pages, seed):
+def blk_stream(start, pages, seed, add32=None):
     page = bytearray(P.PAGE_SIZE * pages)
     bar = Barriers()
-    ring = FrontRing(memoryview(page), P.BLKIF_REQ_SIZE, P.BLKIF_RSP_SIZE, bar, "vbd", start)
+    ring = FrontRing(memoryview(page), P.BLKIF_REQ_SIZE, P.BLKIF_RSP_SIZE, bar, "vbd", start,
+                     add32)
     back = ScriptBackend(page, ring.size, P.BLKIF_ENTRY_SIZE)
     rng = Lcg(seed)
     print("blk", "pages", pages, "size", ring.size, "start", start)
@@ -119,7 +131,7 @@ def blk_stream(start, pages, seed):
             print(" ", step, made, kick, len(ids), bkick, idle, more, ring.in_flight(),
                   ring.req_prod_pvt, ring.rsp_cons, hexs(page[0:16]))
     print("  notified", notes, "in flight", len(outstanding), "barriers", bar.n,
-          "broken", ring.broken)
+          "broken", ring.broken, "atomic adds", add32.n if add32 else None)
 
 
 def tx_ring():
@@ -151,7 +163,14 @@ def tx_ring():
 def hostile(case):
     log.reset_counts()
     page = bytearray(P.PAGE_SIZE)
-    ring = FrontRing(page, P.BLKIF_REQ_SIZE, P.BLKIF_RSP_SIZE, Barriers(), "vbd-evil", M - 2)
+    fixes = []
+
+    def barrier():
+        # The torn case: the backend's store lands while the ring reads again.
+        if fixes:
+            struct.pack_into("<I", page, P.SRING_OFF_RSP_PROD, fixes.pop())
+
+    ring = FrontRing(page, P.BLKIF_REQ_SIZE, P.BLKIF_RSP_SIZE, barrier, "vbd-evil", M - 2)
     for i in range(4):
         struct.pack_into(P.BLKIF_REQ_HEAD_FMT, ring.new_request(), 0, 0, 1, 0, i, i)
     ring.push_requests()
@@ -168,17 +187,23 @@ def hostile(case):
         ring.get_response()
         ring.get_response()
         struct.pack_into("<I", page, P.SRING_OFF_RSP_PROD, cons + 2 & M)
+    elif case == "torn":
+        struct.pack_into("<I", page, P.SRING_OFF_RSP_PROD, cons + 2 & M)
+        ring.get_response()
+        # 0xffffffff -> 0x00000001 read half old, half new: 0xffff0001.
+        struct.pack_into("<I", page, P.SRING_OFF_RSP_PROD, 0xFFFF0001)
+        fixes.append(cons + 4 & M)
     got = 0
     for _ in range(10):
         if ring.get_response() is not None:
             got += 1
     print("hostile", case, got, ring.broken is not None, ring.final_check_for_responses(),
-          ring.new_request(), ring.free_requests(), ring.push_requests(),
+          ring.new_request() is None, ring.free_requests(), ring.push_requests(),
           log.count("guest_error"))
 
 
 blk_stream(M - 40, 1, 7)
-blk_stream(M - 1000, 16, 11)
+blk_stream(M - 1000, 16, 11, Add32())
 tx_ring()
-for c in ("ahead", "beyond", "behind", "backwards"):
+for c in ("ahead", "beyond", "behind", "backwards", "torn"):
     hostile(c)
