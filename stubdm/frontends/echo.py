@@ -6,6 +6,7 @@
 import struct
 
 from stubdm import log, pv_echo
+from stubdm.compat import ticks_diff, ticks_us
 from stubdm.frontends.ring import FrontRing
 from stubdm.frontends.xenbus import Frontend
 from stubdm.hypervisor import HypervisorError
@@ -41,7 +42,10 @@ class EchoFrontend(Frontend):
         self.next_id = 1
         self.seed = 0
         self.in_round = False
+        self.pings_left = 0
+        self.ping_t0 = 0
         self._go_token = "stubdm-echo-go:" + devid
+        self._ping_token = "stubdm-echo-ping:" + devid
 
     def setup(self):
         t = self.xs.read(self.backend + "/feature-transform")
@@ -65,10 +69,13 @@ class EchoFrontend(Frontend):
     def connected(self):
         self.waiting = {}
         self.xs.watch(self.path + "/echo-go", self._go_token, self._go)
+        self.xs.watch(self.path + "/echo-ping", self._ping_token, self._ping)
 
     def disconnect(self):
         if self.backend is not None and self.ring is not None:
             self.xs.unwatch(self.path + "/echo-go", self._go_token)
+            self.xs.unwatch(self.path + "/echo-ping", self._ping_token)
+        self.pings_left = 0
         if self.port is not None:
             self.hyp.unbind(self.port)
             self.port = None
@@ -88,6 +95,29 @@ class EchoFrontend(Frontend):
         self.xs.rm(self.path + "/echo-go")  # taken: the next write asks again
         self.rounds_left += n
         self._kick()
+
+    def _ping(self, _path):
+        """echo-ping = N: N empty requests one after another (each waits for its
+        reply): the ring and event channel round trip; echo-ping-us = the total."""
+        n = self.xs.read_int(self.path + "/echo-ping", 0, MAX_GO)
+        if not n or self.ring is None or self.waiting or self.in_round:
+            return
+        self.xs.rm(self.path + "/echo-ping")
+        self.pings_left = n
+        self.ping_t0 = ticks_us()
+        self._send_ping()
+
+    def _send_ping(self):
+        slot = self.ring.new_request()
+        if slot is None:
+            self.pings_left = 0
+            return
+        rid = self.next_id
+        self.next_id += 1
+        self.waiting[rid] = None
+        struct.pack_into(pv_echo.REQ_FORMAT, slot, 0, rid, self.data.refs[0], 0, 0)
+        if self.ring.push_requests():
+            self.hyp.notify(self.port)
 
     def _kick(self):
         ring = self.ring
@@ -127,16 +157,29 @@ class EchoFrontend(Frontend):
         if ring.broken:
             self._fail("ring broken: " + ring.broken)
             return
-        if self.in_round and not self.waiting:
+        if self.pings_left and not self.waiting:
+            self.pings_left -= 1
+            if self.pings_left:
+                self._send_ping()
+            else:
+                self.xs.write(self.path + "/echo-ping-us", ticks_diff(ticks_us(), self.ping_t0))
+                self._kick()  # rounds asked for meanwhile
+        elif self.in_round and not self.waiting:
             self.in_round = False
             self._round_done()
 
     def _check(self, rsp):
         rid, status, _pad, length = struct.unpack(pv_echo.RSP_FORMAT, rsp)
-        w = self.waiting.pop(rid, None)
-        if w is None:
+        if rid not in self.waiting:
             log.guest_error("echo", "%s: response to unknown request %d" % (self.name, rid))
             self.bad += 1
+            return
+        w = self.waiting.pop(rid)
+        if w is None:  # a ping: an empty request, an empty reply
+            if status == pv_echo.STATUS_OK and length == 0:
+                self.good += 1
+            else:
+                self.bad += 1
             return
         i, off, want_len = w
         base = self.transform == "xor" and _XBASE or _BASE
