@@ -3,7 +3,9 @@
 Each access becomes what Xen would make of it: an ioreq to the server that
 claimed the port or address (through the real ioreq page and event channel,
 to the device model in its own process), a direct access to guest RAM, or
-all ones for what nobody claimed. Port 0xcf8 is emulated here, as Xen does.
+all ones for what nobody claimed. Xen's own emulation (PIT, PIC, RTC, PM
+timer, IOAPIC, HPET, LAPIC, port 0xe9) answers first and never reaches the
+device model; port 0xcf8 is only watched, as Xen watches it, and forwarded.
 The vocabulary is QEMU's qtest protocol's, so one script can drive stubdm
 and QEMU's own models (host_sim.qtest_qemu) and the results compared.
 """
@@ -12,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 from host_sim.hypervisor import SimError, SimHypervisor  # noqa: F401
 from host_sim import proto
@@ -23,42 +26,198 @@ PORT = abi.XEN_DMOP_IO_RANGE_PORT
 MMIO = abi.XEN_DMOP_IO_RANGE_MEMORY
 
 
+# What Xen emulates itself, before any ioreq server (hvm_io_intercept's
+# handlers, registered in xen/arch/x86: emul-i8254.c, vpic.c, rtc.c, hvm.c,
+# pmtimer.c, vioapic.c, hpet.c, vlapic.c). A handler takes an access only
+# when the access lies wholly inside it; one that does not reaches the ioreq
+# servers like any other port. A device model may claim these ranges (Xen
+# accepts the claim) but never sees an access there.
+XEN_PORTS = (
+    (0x20, 2, "PIC master"),
+    (0x40, 4, "PIT"),
+    (0x61, 1, "PC speaker"),
+    (0x70, 2, "RTC"),
+    (0xA0, 2, "PIC slave"),
+    (0xE9, 1, "debug console"),
+    (0x4D0, 2, "ELCR"),
+)
+# PM1a_EVT and PM_TMR, where HVM_PARAM_ACPI_IOPORTS_LOCATION puts them (Xen's
+# public hvm/ioreq.h): version 0 until hvmloader selects version 1.
+ACPI_PM1A_EVT = (0x1F40, 0xB000)
+ACPI_PM_TMR = (0x1F48, 0xB008)
+XEN_MMIO = (
+    (0xFEC00000, 0x100, "IOAPIC"),  # VIOAPIC_MEM_LENGTH
+    (0xFED00000, 0x400, "HPET"),  # HPET_MMAP_SIZE
+    (0xFEE00000, 0x1000, "LAPIC"),  # the default APIC base, one page
+)
+CF8_ENABLED = 0x80000000
+PM_TIMER_HZ = 3579545
+
+
+class SimEmulated:
+    """host_sim's stand-in for Xen's own emulation of those ranges.
+
+    The debug console (0xe9) and the PM1a event block and PM timer follow
+    Xen (hvm.c hvm_print_line, pmtimer.c); the PIT, PIC, ELCR, RTC, IOAPIC,
+    HPET and LAPIC are not modelled: a read returns what was last written
+    there (0 at first). What matters here is that none of them ever reaches
+    the device model.
+    """
+
+    def __init__(self):
+        self.acpi_location = 0  # HVM_PARAM_ACPI_IOPORTS_LOCATION
+        self.debug_console = bytearray()
+        self.pm1a_sts = 0
+        self.pm1a_en = 0
+        self.regs = {}
+        self.accesses = 0
+        self.t0 = time.monotonic()
+
+    def port_handler(self, port, size):
+        """The name of Xen's handler that takes this access, or None."""
+        last = port + size - 1
+        for start, n, name in XEN_PORTS:
+            if start <= port and last < start + n:
+                return name
+        evt = ACPI_PM1A_EVT[self.acpi_location]
+        if evt <= port and last < evt + 4:
+            return "PM1a_EVT"
+        tmr = ACPI_PM_TMR[self.acpi_location]
+        if tmr <= port and last < tmr + 4:
+            return "PM_TMR"
+        return None
+
+    def mmio_handler(self, addr, size):
+        for start, n, name in XEN_MMIO:
+            if start <= addr < start + n:
+                if addr + size > start + n:
+                    # hvm_mmio_accept: Xen crashes a domain whose access
+                    # starts inside an internal handler and ends outside it.
+                    raise SimError("MMIO access %#x+%d straddles the end of Xen's %s: "
+                                   "Xen crashes the domain" % (addr, size, name))
+                return name
+        return None
+
+    def port_io(self, name, port, size, value):
+        self.accesses += 1
+        mask = (1 << (8 * size)) - 1
+        if name == "debug console":
+            if value is None:
+                return 0xE9  # Bochs' "port e9 hack" answer
+            self.debug_console.append(value & 0xFF)
+            return None
+        if name == "PM1a_EVT":
+            off = port - ACPI_PM1A_EVT[self.acpi_location]
+            if value is None:
+                return ((self.pm1a_sts | (self.pm1a_en << 16)) >> (8 * off)) & mask
+            for i in range(size):
+                b = (value >> (8 * i)) & 0xFF
+                o = off + i
+                if o < 2:
+                    self.pm1a_sts &= ~(b << (8 * o))
+                else:
+                    sh = 8 * (o - 2)
+                    self.pm1a_en = (self.pm1a_en & ~(0xFF << sh)) | (b << sh)
+            return None
+        if name == "PM_TMR":
+            if value is not None or size != 4:
+                return mask if value is None else None  # "HVM_PMT bad access": ~0
+            ticks = int((time.monotonic() - self.t0) * PM_TIMER_HZ)
+            return ticks & 0xFFFFFFFF
+        return self._regfile(("pio", port), size, value)
+
+    def mmio(self, name, addr, size, value):
+        self.accesses += 1
+        return self._regfile(("mmio", addr), size, value)
+
+    def _regfile(self, key, size, value):
+        if value is None:
+            return self.regs.get(key, 0) & ((1 << (8 * size)) - 1)
+        self.regs[key] = value
+        return None
+
+
 class ScriptedGuest:
     def __init__(self, hv, vcpu=0):
         self.hv = hv
         self.vcpu = vcpu
-        self.cf8 = 0
+        self.cf8 = 0  # Xen's d->arch.hvm.pci_cf8: the last dword written to 0xcf8
+        self.amd_cf8_ext = False  # AMD family 10h-16h with NB_CFG's CF8 extension on
+        self.emulated = SimEmulated()
 
-    # ---- port I/O ----
+    # ---- port I/O, routed as Xen routes it ----
+    def _route_pio(self, port, size):
+        """What Xen does with this access: ("xen", name) for its own
+        emulation, ("pci", server, addr) for a PCI_CONFIG ioreq, ("pio",
+        server) for a port ioreq, or ("none",): nobody, reads all ones."""
+        name = self.emulated.port_handler(port, size)
+        if name is not None:
+            return ("xen", name)
+        # arch_ioreq_server_get_type_addr: a CONFIG_DATA access while the
+        # watched dword has bit 31 becomes PCI_CONFIG, for the server that
+        # registered the SBDF; no such server means nobody (no fallback).
+        if port & ~3 == 0xCFC and self.cf8 & CF8_ENABLED:
+            cf8 = self.cf8
+            bus = (cf8 >> 16) & 0xFF
+            devfn = (cf8 >> 8) & 0xFF
+            reg = (cf8 & 0xFC) | (port & 3)
+            if self.amd_cf8_ext:
+                reg |= (cf8 & 0x0F000000) >> 16  # CF8_ADDR_HI: extended registers
+            s = self.hv.server_for_pci(bus, devfn >> 3, devfn & 7)
+            if s is None:
+                return ("none",)
+            addr = (abi.pci_sbdf(0, bus, devfn >> 3, devfn & 7) << abi.PCI_SBDF_SHIFT) | reg
+            return ("pci", s, addr)
+        s = self.hv.server_for_range(PORT, port, port + size - 1)
+        if s is None:
+            return ("none",)
+        return ("pio", s)
+
     def _pio(self, port, size, value=None):
         is_read = value is None
-        if port == 0xCF8 and size == 4:
-            if is_read:
-                return self.cf8
+        mask = (1 << (8 * size)) - 1
+        if not is_read and port == 0xCF8 and size == 4:
+            # hvm_access_cf8 records the dword, then lets the access through.
             self.cf8 = value & 0xFFFFFFFF
-            return None
-        if 0xCFC <= port <= 0xCFF and self.cf8 & 0x80000000:
-            return self._config(port, size, value)
-        s = self.hv.server_for(PORT, port)
-        if s is None:
-            return (1 << (8 * size)) - 1 if is_read else None
-        data = self.hv.send_ioreq(s, self.vcpu, abi.IOREQ_TYPE_PIO, port,
-                                  0 if is_read else value, size, is_read=1 if is_read else 0)
-        return data & ((1 << (8 * size)) - 1) if is_read else None
+        route = self._route_pio(port, size)
+        if route[0] == "xen":
+            return self.emulated.port_io(route[1], port, size, value)
+        if route[0] == "none":
+            return mask if is_read else None
+        if route[0] == "pci":
+            type_, addr = abi.IOREQ_TYPE_PCI_CONFIG, route[2]
+        else:
+            type_, addr = abi.IOREQ_TYPE_PIO, port
+        data = self.hv.send_ioreq(route[1], self.vcpu, type_, addr, 0 if is_read else value,
+                                  size, is_read=1 if is_read else 0)
+        return data & mask if is_read else None
 
-    def _config(self, port, size, value):
-        bus = (self.cf8 >> 16) & 0xFF
-        dev = (self.cf8 >> 11) & 0x1F
-        fn = (self.cf8 >> 8) & 7
-        reg = (self.cf8 & 0xFC) | (port & 3)
-        is_read = value is None
-        s = self.hv.server_for_pci(bus, dev, fn)
-        if s is None:
-            return (1 << (8 * size)) - 1 if is_read else None
-        addr = (abi.pci_sbdf(0, bus, dev, fn) << abi.PCI_SBDF_SHIFT) | reg
-        data = self.hv.send_ioreq(s, self.vcpu, abi.IOREQ_TYPE_PCI_CONFIG, addr,
-                                  0 if is_read else value, size, is_read=1 if is_read else 0)
-        return data & ((1 << (8 * size)) - 1) if is_read else None
+    def _rep(self, port, gpa, size, count, df, is_read):
+        route = self._route_pio(port, size)
+        if route[0] == "xen":
+            # Xen's intercept repeats the handler for each item.
+            step = -size if df else size
+            for i in range(count):
+                a = gpa + i * step
+                if is_read:
+                    v = self.emulated.port_io(route[1], port, size, None)
+                    self.memwrite(a, v.to_bytes(size, "little"))
+                else:
+                    v = int.from_bytes(self.memread(a, size), "little")
+                    self.emulated.port_io(route[1], port, size, v)
+            return
+        if route[0] == "none":
+            if is_read:  # the null handler: all ones into every item
+                step = -size if df else size
+                for i in range(count):
+                    self.memwrite(gpa + i * step, b"\xff" * size)
+            return
+        if route[0] == "pci":
+            type_, addr = abi.IOREQ_TYPE_PCI_CONFIG, route[2]
+        else:
+            type_, addr = abi.IOREQ_TYPE_PIO, port
+        self.hv.send_ioreq(route[1], self.vcpu, type_, addr, gpa, size, count,
+                           is_read=is_read, ptr=1, df=df)
 
     def outb(self, port, v):
         self._pio(port, 1, v & 0xFF)
@@ -80,16 +239,10 @@ class ScriptedGuest:
 
     def rep_outs(self, port, gpa, size, count, df=0):
         """rep outs: count items of size bytes from guest RAM at gpa to a port."""
-        s = self.hv.server_for(PORT, port)
-        if s is not None:
-            self.hv.send_ioreq(s, self.vcpu, abi.IOREQ_TYPE_PIO, port, gpa, size, count,
-                               is_read=0, ptr=1, df=df)
+        self._rep(port, gpa, size, count, df, 0)
 
     def rep_ins(self, port, gpa, size, count, df=0):
-        s = self.hv.server_for(PORT, port)
-        if s is not None:
-            self.hv.send_ioreq(s, self.vcpu, abi.IOREQ_TYPE_PIO, port, gpa, size, count,
-                               is_read=1, ptr=1, df=df)
+        self._rep(port, gpa, size, count, df, 1)
 
     # ---- memory ----
     def _in_ram(self, addr, n):
@@ -98,7 +251,10 @@ class ScriptedGuest:
     def _mem_read(self, addr, size):
         if self._in_ram(addr, size):
             return int.from_bytes(self.hv.ram[addr : addr + size], "little")
-        s = self.hv.server_for(MMIO, addr)
+        name = self.emulated.mmio_handler(addr, size)
+        if name is not None:
+            return self.emulated.mmio(name, addr, size, None)
+        s = self.hv.server_for_range(MMIO, addr, addr + size - 1)
         if s is None:
             return (1 << (8 * size)) - 1
         return self.hv.send_ioreq(s, self.vcpu, abi.IOREQ_TYPE_COPY, addr, 0, size, is_read=1)
@@ -107,7 +263,11 @@ class ScriptedGuest:
         if self._in_ram(addr, size):
             self.hv.ram[addr : addr + size] = value.to_bytes(size, "little")
             return
-        s = self.hv.server_for(MMIO, addr)
+        name = self.emulated.mmio_handler(addr, size)
+        if name is not None:
+            self.emulated.mmio(name, addr, size, value)
+            return
+        s = self.hv.server_for_range(MMIO, addr, addr + size - 1)
         if s is not None:
             self.hv.send_ioreq(s, self.vcpu, abi.IOREQ_TYPE_COPY, addr, value, size)
 
@@ -160,6 +320,37 @@ class ScriptedGuest:
         self.outl(0xCF8, 0x80000000 | (bus << 16) | (dev << 11) | (fn << 8) | (reg & 0xFC))
         port = 0xCFC + (reg & 3)
         {1: self.outb, 2: self.outw, 4: self.outl}[size](port, value)
+
+    # ---- firmware steps (what hvmloader does before the OS runs) ----
+    def hvmloader_acpi(self):
+        """hvmloader's ACPI set-up: PM ports at version 1, the PIIX4 PM
+        function (found by class 0x0680, as hvmloader's pci_setup) at
+        PMBA 0xb000 with interrupt line 9, then ACPI enabled through SMI_CMD
+        (acpi_enable_sci). Returns the function's (dev, fn), or None."""
+        self.emulated.acpi_location = 1  # hvm_param_set(HVM_PARAM_ACPI_IOPORTS_LOCATION, 1)
+        for dev in range(32):
+            for fn in range(8):
+                if self.pci_read(dev, fn, 0x08, 4) >> 16 != 0x0680:
+                    continue
+                self.pci_write(dev, fn, 0x20, 0, 2)
+                self.pci_write(dev, fn, 0xD2, 0, 2)
+                self.pci_write(dev, fn, 0x22, 0, 2)
+                self.pci_write(dev, fn, 0x3C, 9, 2)
+                self.pci_write(dev, fn, 0x3D, 1, 2)
+                self.pci_write(dev, fn, 0x40, 0xB000 | 1, 4)
+                self.pci_write(dev, fn, 0x80, 0x01, 1)
+                if not self.inb(0xB004) & 1:
+                    self.outb(0xB2, 0xF1)
+                return dev, fn
+        return None
+
+    def acpi_sleep(self, slp_typ, pm1a_cnt=0xB004):
+        """The OS's sleep sequence (ACPICA acpi_hw_legacy_sleep): SLP_TYP
+        first, then SLP_TYP with SLP_EN, in 16-bit writes to PM1a_CNT."""
+        cnt = self.inw(pm1a_cnt) & ~((7 << 10) | (1 << 13)) & 0xFFFF
+        cnt |= (slp_typ & 7) << 10
+        self.outw(pm1a_cnt, cnt)
+        self.outw(pm1a_cnt, cnt | (1 << 13))
 
 
 # The device model's runtimes (stubdm-sim --dm-runtime, tests' dm_runtime).

@@ -21,22 +21,37 @@ class Dispatcher:
 
     pio, mmio: stubdm.bus.IoBus; pci: stubdm.pci.PciBus (find(devfn) gives
     the function or None); mem: guest memory with read(gpa, n) -> bytes or None,
-    write(gpa, data) -> bool, invalidate().
+    write(gpa, data) -> bool, invalidate(). irqs, if given, has hold() and
+    release() (stubdm.machine.IrqLatch): IRQ levels the request changes reach
+    the platform once, when it is done, before its answer.
     """
 
-    def __init__(self, pio, mmio, pci, mem):
+    def __init__(self, pio, mmio, pci, mem, irqs=None):
         self.pio = pio
         self.mmio = mmio
         self.pci = pci
         self.mem = mem
+        self.irqs = irqs
         self.time_offset = 0
         self.on_timeoffset = None
 
     def dispatch(self, type_, addr, data, count, size, is_read, is_ptr, df):
         """Returns the new value of the request's data field."""
+        irqs = self.irqs
+        if irqs is None:
+            return self._dispatch(type_, addr, data, count, size, is_read, is_ptr, df)
+        irqs.hold()
+        try:
+            return self._dispatch(type_, addr, data, count, size, is_read, is_ptr, df)
+        finally:
+            irqs.release()
+
+    def _dispatch(self, type_, addr, data, count, size, is_read, is_ptr, df):
         if type_ == abi.IOREQ_TYPE_PIO or type_ == abi.IOREQ_TYPE_COPY:
             return self._io(type_, addr, data, count, size, is_read, is_ptr, df)
         if type_ == abi.IOREQ_TYPE_PCI_CONFIG:
+            if is_ptr:
+                return self._pci_rep(addr, data, count, size, is_read, df)
             return self._pci(addr, data, size, is_read)
         if type_ == abi.IOREQ_TYPE_INVALIDATE:
             self.mem.invalidate()
@@ -107,6 +122,30 @@ class Dispatcher:
                     log.guest_error(bus.name, "rep write from %#x: not guest RAM" % gpa)
                     break
             bus.write((addr + i * dev_step) & _ALL_ONES, size, int.from_bytes(b, "little"))
+        return data
+
+    def _pci_rep(self, addr, data, count, size, is_read, df):
+        # rep ins/outs on 0xcfc-0xcff while CONFIG_ADDRESS is enabled: Xen
+        # sends it as one PCI_CONFIG ioreq with data_is_ptr (qemu-xen aborts
+        # on it). It is the same register accessed count times, as a port.
+        if size not in (1, 2, 4) or count == 0 or count * size > _MAX_REP_BYTES:
+            log.guest_error("pci", "rep config access: count %d of size %d" % (count, size))
+            return data
+        step = -size if df else size
+        mem = self.mem
+        for i in range(count):
+            gpa = (data + i * step) & _ALL_ONES
+            if is_read:
+                v = self._pci(addr, 0, size, 1)
+                if not mem.write(gpa, (v & _mask(size)).to_bytes(size, "little")):
+                    log.guest_error("pci", "rep config read into %#x: not guest RAM" % gpa)
+                    break
+            else:
+                b = mem.read(gpa, size)
+                if b is None:
+                    log.guest_error("pci", "rep config write from %#x: not guest RAM" % gpa)
+                    break
+                self._pci(addr, int.from_bytes(b, "little"), size, 0)
         return data
 
     def _pci(self, addr, data, size, is_read):
@@ -214,6 +253,20 @@ class IoreqLoop:
             log.guest_error("ioreq", "buffered ring pointers %d/%d inconsistent" % (rp, wp))
             self.hyp.bufioreq_consume(buf, pending)
             return
+        irqs = getattr(self.d, "irqs", None)
+        if irqs is not None:
+            irqs.hold()  # the whole batch reports its IRQ changes once
+        try:
+            done = self._drain(buf, rp, pending)
+        finally:
+            if irqs is not None:
+                irqs.release()
+        if self.flush is not None:
+            self.flush()
+        self.hyp.barrier()
+        self.hyp.bufioreq_consume(buf, done)
+
+    def _drain(self, buf, rp, pending):
         done = 0
         while done < pending:
             slot = (rp + done) % abi.IOREQ_BUFFER_SLOT_NUM
@@ -235,7 +288,4 @@ class IoreqLoop:
                 self.d.dispatch(type_, addr, lo, 1, size, 0, 0, 0)
             done += n
             self.buffered += 1
-        if self.flush is not None:
-            self.flush()
-        self.hyp.barrier()
-        self.hyp.bufioreq_consume(buf, done)
+        return done

@@ -1,33 +1,28 @@
 # The PC that stubdm emulates for a Xen HVM guest (DESIGN.md section 4):
-# what sits on which port, PCI slot and IRQ line. The platform (the
-# hypervisor through the ioreq server) is handed in: every range claimed here
-# is registered with it, and re-registered when the guest moves a BAR.
-from stubdm import abi, log
+# what sits on which port, PCI slot and IRQ line (stubdm/layout.py holds the
+# numbers). The platform (the hypervisor through the ioreq server) is handed
+# in: every range claimed here is registered with it, and re-registered when
+# the guest moves a BAR or the PM base.
+from stubdm import abi, layout, log
 from stubdm.bus import IoBus
-from stubdm.devices.i440fx import I440fxHostBridge
+from stubdm.devices.i440fx import I440fxHostBridge, PciHostPorts
 from stubdm.devices.i8042 import I8042
 from stubdm.devices.pci_serial import PciSerial
-from stubdm.devices.piix3 import Piix3Isa
+from stubdm.devices.piix3 import Piix3Isa, ResetControl
+from stubdm.devices.piix4_pm import PM1_CNT_OFFSET, Piix4Pm
 from stubdm.devices.platform_pci import XenPlatformPci, XenPlatformPorts
+from stubdm.devices.port92 import Port92
 from stubdm.devices.uart16550 import Uart16550
 from stubdm.irq import IrqLine
 from stubdm.pci import PciBus
 
-# Fixed ISA resources of the PC (and of Xen's xenfv machine).
-COM1_PORT = 0x3F8
-COM1_IRQ = 4
-I8042_DATA = 0x60
-I8042_CMD = 0x64
-KBD_IRQ = 1
-AUX_IRQ = 12
-PLATFORM_PORTS = 0x10
-RESET_CONTROL = 0xCF9  # PIIX3 reset control register
-
-# PCI slots, as QEMU's xenfv machine places them.
-DEVFN_HOST_BRIDGE = 0x00
-DEVFN_PIIX3 = 0x08
-DEVFN_PLATFORM = 0x18
-DEVFN_FIRST_FREE = 0x20
+# Kept for those who imported them from here.
+COM1_PORT = layout.COM1_PORT
+COM1_IRQ = layout.COM1_IRQ
+DEVFN_HOST_BRIDGE = layout.DEVFN_HOST_BRIDGE
+DEVFN_PIIX3 = layout.DEVFN_PIIX3
+DEVFN_PLATFORM = layout.DEVFN_PLATFORM
+DEVFN_FIRST_FREE = layout.DEVFN_FIRST_FREE
 
 
 class Window:
@@ -56,23 +51,77 @@ class BarWindow:
         self.f.bar_write(self.index, offset, size, value)
 
 
-class ResetControl:
-    """Port 0xcf9: bit 2 set starts a reset (bit 1 says hard or soft; both reboot here)."""
+class IrqLatch:
+    """The machine's interrupt lines as the platform sees them.
 
-    def __init__(self, reset_cb):
-        self.value = 0
-        self.reset_cb = reset_cb
+    Devices drive levels as often as they like (a 16550 fed by one 4 KiB rep
+    outsb toggles its THRE interrupt 8192 times); each line's level is
+    latched here and reported to the platform only when it differs from
+    what the platform last saw, and while a request is being served (between
+    hold() and release(), which the dispatcher calls around each request and
+    the ioreq loop around each buffered batch) only once, when it ends. Out
+    of a request (a timer) a change is reported at once.
+    """
 
-    def read(self, offset, size):
-        return self.value if size == 1 else (1 << (8 * size)) - 1
+    def __init__(self, platform):
+        self.platform = platform
+        self.isa = bytearray(16)
+        self.isa_seen = bytearray(16)
+        self.intx = {}  # (dev, pin) -> level
+        self.intx_seen = {}
+        self.held = 0
+        self.dirty = False
+        self.reports = 0  # calls made to the platform
 
-    def write(self, offset, size, value):
-        if size != 1:
-            log.guest_error("rcr", "%d-byte write to 0xcf9" % size)
-            return
-        self.value = value & 0x0A
-        if value & 0x04:
-            self.reset_cb()
+    def isa_line(self, irq):
+        return IrqLine(lambda level: self.set_isa(irq, level))
+
+    def set_isa(self, irq, level):
+        self.isa[irq] = 1 if level else 0
+        if self.held:
+            self.dirty = True
+        else:
+            self._report_isa(irq)
+
+    def set_intx(self, dev, pin, level):
+        key = (dev, pin)
+        self.intx[key] = 1 if level else 0
+        if self.held:
+            self.dirty = True
+        else:
+            self._report_intx(key)
+
+    def hold(self):
+        self.held += 1
+
+    def release(self):
+        if self.held > 0:
+            self.held -= 1
+        if not self.held and self.dirty:
+            self.flush()
+
+    def flush(self):
+        self.dirty = False
+        for irq in range(16):
+            if self.isa[irq] != self.isa_seen[irq]:
+                self._report_isa(irq)
+        if self.intx:
+            for key in sorted(self.intx):
+                self._report_intx(key)
+
+    def _report_isa(self, irq):
+        level = self.isa[irq]
+        if level != self.isa_seen[irq]:
+            self.isa_seen[irq] = level
+            self.reports += 1
+            self.platform.set_isa_irq_level(irq, level)
+
+    def _report_intx(self, key):
+        level = self.intx[key]
+        if level != self.intx_seen.get(key, 0):
+            self.intx_seen[key] = level
+            self.reports += 1
+            self.platform.set_pci_intx_level(key[0], key[1], level)
 
 
 class Machine:
@@ -80,51 +129,67 @@ class Machine:
 
     platform: set_isa_irq_level(irq, level), set_pci_intx_level(dev, pin,
     level), set_pci_link_route(link, irq), map_range(kind, start, end),
-    unmap_range(kind, start, end), map_pcidev(devfn), shutdown(reason).
+    unmap_range(kind, start, end), map_pcidev(devfn), shutdown(reason), and
+    optionally set_acpi_s_state(state) (S3; qemu-xen does it with
+    xc_set_hvm_param(HVM_PARAM_ACPI_S_STATE)).
     chardevs: back ends for the serial ports, in order (COM1 first).
+    pci_serial_slots: one slot per pci-serial (0: the first free slot).
+    isa: the ISA devices (COM1, i8042, platform ports 0x10, port 0x92).
+    s3: the guest's ACPI tables offer S3 (libxl's acpi_s3, default on).
     """
 
-    def __init__(self, platform, chardevs, ram_bytes, isa=True, pci_serial_slots=()):
+    def __init__(self, platform, chardevs, ram_bytes, isa=True, pci_serial_slots=(), s3=True):
         self.platform = platform
+        self.irqs = IrqLatch(platform)
         self.pio = IoBus("pio")
         self.mmio = IoBus("mmio")
-        self.pci = PciBus(intx_sink=platform.set_pci_intx_level, bar_sink=self._bar_changed)
+        self.pci = PciBus(intx_sink=self.irqs.set_intx, bar_sink=self._bar_changed)
         self.bar_ranges = {}
-        self.reset_requested = False
+        self.pm_range = None
+        self.reset_requested = False  # the guest reset or powered off: stop serving
+        self.shutdown_reason = None
+        self.suspended = False
         self.uarts = []
         chardevs = list(chardevs)
 
-        self.pci.attach(DEVFN_HOST_BRIDGE, I440fxHostBridge(ram_bytes))
-        self.pci.attach(DEVFN_PIIX3, Piix3Isa(platform.set_pci_link_route))
+        self.pci.attach(layout.DEVFN_HOST_BRIDGE, I440fxHostBridge(ram_bytes))
+        self.pci.attach(layout.DEVFN_PIIX3, Piix3Isa(platform.set_pci_link_route))
+        self.pm = Piix4Pm(self.irqs.isa_line(layout.SCI_IRQ), self._pm_moved, self.poweroff,
+                          self.suspend, s3=s3, com1=isa)
+        self.pci.attach(layout.DEVFN_PIIX4_PM, self.pm)
         self.platform_ports = XenPlatformPorts(self._unplug, self._platform_log)
-        self.pci.attach(DEVFN_PLATFORM, XenPlatformPci(self.platform_ports))
+        self.pci.attach(layout.DEVFN_PLATFORM, XenPlatformPci(self.platform_ports))
+
+        # The chipset's own ports, there whatever -nodefaults says.
+        self.reset_control = ResetControl(self.reset)
+        self.host_ports = PciHostPorts(self.pci, self.reset_control)
+        self._claim_ports(layout.PCI_HOST_PORTS, layout.PCI_HOST_PORT_COUNT, self.host_ports,
+                          "pci host")
+        self._claim_ports(layout.APM_CNT, 2, self.pm.apm, "apm")
+        self._claim_ports(layout.ACPI_GPE0_BLK, layout.ACPI_GPE0_LEN, self.pm.gpe, "gpe0")
 
         if isa:
             chardev = chardevs.pop(0) if chardevs else None
-            com1 = Uart16550(self._isa_line(COM1_IRQ), "com1", chardev)
+            com1 = Uart16550(self.irqs.isa_line(layout.COM1_IRQ), "com1", chardev)
             self.uarts.append(com1)
-            self._claim_ports(COM1_PORT, 8, com1, "com1")
-            self.i8042 = I8042(self._isa_line(KBD_IRQ), self._isa_line(AUX_IRQ), self.reset)
-            self._claim_ports(I8042_DATA, 1, Window(self.i8042, 0), "i8042 data")
-            self._claim_ports(I8042_CMD, 1, Window(self.i8042, 4), "i8042 command")
-            self._claim_ports(PLATFORM_PORTS, 16, self.platform_ports, "xen platform")
-            self._claim_ports(RESET_CONTROL, 1, ResetControl(self.reset), "reset control")
+            self._claim_ports(layout.COM1_PORT, 8, com1, "com1")
+            self.i8042 = I8042(self.irqs.isa_line(layout.KBD_IRQ),
+                               self.irqs.isa_line(layout.AUX_IRQ), self.reset)
+            self._claim_ports(layout.I8042_DATA, 1, Window(self.i8042, 0), "i8042 data")
+            self._claim_ports(layout.I8042_CMD, 1, Window(self.i8042, 4), "i8042 command")
+            self._claim_ports(layout.PLATFORM_PORTS, 16, self.platform_ports, "xen platform")
+            self.port92 = Port92(self.reset)
+            self._claim_ports(layout.PORT92, 1, self.port92, "port92")
 
-        devfn = DEVFN_FIRST_FREE
-        for slot in pci_serial_slots:
-            devfn = slot << 3 if slot else devfn
+        requests = [("pci-serial", slot) for slot in pci_serial_slots]
+        for slot in layout.place(requests):
             irq = IrqLine()
             uart = Uart16550(irq, "pci-serial", chardevs.pop(0) if chardevs else None)
             self.uarts.append(uart)
-            self.pci.attach(devfn, PciSerial(uart, irq))
-            devfn += 8
+            self.pci.attach(layout.devfn(slot), PciSerial(uart, irq))
 
         for d in self.pci.devfns():
             platform.map_pcidev(d)
-
-    def _isa_line(self, irq):
-        platform = self.platform
-        return IrqLine(lambda level: platform.set_isa_irq_level(irq, level))
 
     def _claim_ports(self, start, length, dev, name):
         self.pio.add(start, length, dev, name)
@@ -151,12 +216,51 @@ class Machine:
         self.bar_ranges[key] = r
         self.platform.map_range(xkind, new, new + size - 1)
 
+    def _pm_moved(self, base):
+        """PMBA changed: PM1a_CNT (2 bytes at base + 4) moves with it."""
+        r = self.pm_range
+        if r is not None:
+            self.pm_range = None
+            self.pio.remove(r)
+            self.platform.unmap_range(abi.XEN_DMOP_IO_RANGE_PORT, r.start, r.end - 1)
+        if base is None:
+            return
+        start = base + PM1_CNT_OFFSET
+        try:
+            r = self.pio.add(start, 2, self.pm.control, "piix4_pm PM1a_CNT")
+        except ValueError as e:
+            log.guest_error("piix4_pm", str(e))
+            return
+        self.pm_range = r
+        self.platform.map_range(abi.XEN_DMOP_IO_RANGE_PORT, start, start + 1)
+
     def _unplug(self, mask):
-        log.info("platform", "guest unplugged emulated devices, mask %#x" % mask)
+        log.guest("platform", "guest unplugged emulated devices, mask %#x" % mask)
 
     def _platform_log(self, line):
-        log.info("guest", line)
+        log.guest("guest", line)
 
     def reset(self):
+        self._shutdown(abi.SHUTDOWN_reboot)
+
+    def poweroff(self):
+        self._shutdown(abi.SHUTDOWN_poweroff)
+
+    def _shutdown(self, reason):
+        # As qemu-xen's destroy_hvm_domain: the dm_op shutdown, once; the
+        # domain goes away (or is rebuilt) and this device model with it.
+        if self.reset_requested:
+            return
         self.reset_requested = True
-        self.platform.shutdown(abi.SHUTDOWN_reboot)
+        self.shutdown_reason = reason
+        self.platform.shutdown(reason)
+
+    def suspend(self):
+        # qemu-xen's suspend notifier: xc_set_hvm_param(ACPI_S_STATE, 3), and
+        # Xen parks the vCPUs until the toolstack sets the parameter to 0.
+        self.suspended = True
+        set_state = getattr(self.platform, "set_acpi_s_state", None)
+        if set_state is None:
+            log.unimp("piix4_pm", "S3: this platform cannot set HVM_PARAM_ACPI_S_STATE")
+            return
+        set_state(3)

@@ -109,3 +109,30 @@ class Piix3Isa(PciFunction):
     def pirq(self, link):
         """Where link 0..3 is routed now (0: not routed)."""
         return pirq_route(self.config[PIRQRC + link])
+
+
+RCR_SYS_RST = const(0x02)  # system reset type: hard (1) or soft (0); kept
+RCR_RST_CPU = const(0x04)  # a write with this bit set resets
+
+
+class ResetControl:
+    """PIIX3 reset control register at port 0xcf9 (datasheet 2.2.13), as
+    QEMU's rcr_write: a write with bit 2 resets (hard and soft both reboot
+    under Xen); otherwise only bit 1 is kept. One byte; the host bridge's
+    port device (i440fx.PciHostPorts) feeds it every byte it gets at 0xcf9."""
+
+    def __init__(self, reset_cb):
+        self.value = 0
+        self.reset_cb = reset_cb
+
+    def reset(self):
+        self.value = 0
+
+    def read(self, offset, size):
+        return self.value
+
+    def write(self, offset, size, value):
+        if value & RCR_RST_CPU:
+            self.reset_cb()
+            return
+        self.value = value & RCR_SYS_RST

@@ -109,11 +109,11 @@ class XenPlatformPorts:
                 self.unplug(value)
             elif offset == 2:
                 self.product = value
-                log.info(self.name, f"PV driver product {value}")
+                log.guest(self.name, f"PV driver product {value}")
         elif size == 4:
             if offset == 0:
                 self.build = value & 0xFFFFFFFF
-                log.info(self.name, f"PV driver build {self.build}")
+                log.guest(self.name, f"PV driver build {self.build}")
         else:
             log.guest_error(self.name, f"write size {size} at 0x{offset:x}")
 
@@ -131,7 +131,7 @@ class XenPlatformPorts:
         if not mask:
             return
         self.unplugged |= mask
-        log.info(self.name, f"guest unplugs emulated devices, mask 0x{mask:x}")
+        log.guest(self.name, f"guest unplugs emulated devices, mask 0x{mask:x}")
         self.unplug_cb(mask)
 
     def log_byte(self, b):
@@ -149,7 +149,7 @@ class XenPlatformPorts:
         if self.log_cb is not None:
             self.log_cb(line)
         else:
-            log.info(self.name, "guest: " + line)
+            log.guest(self.name, line)
 
     # --- save/restore ---------------------------------------------------------
 
