@@ -58,6 +58,41 @@ class IoreqServer:
                 return True
         return False
 
+    def contains(self, kind, start, end):
+        """Whether the claims cover all of start..end (Xen's
+        rangeset_contains_range: adjacent claims merge into one range)."""
+        at = start
+        progress = True
+        while progress:
+            progress = False
+            for a, b in self.ranges[kind]:
+                if a <= at <= b:
+                    if b >= end:
+                        return True
+                    at = b + 1
+                    progress = True
+        return False
+
+    def overlaps(self, kind, start, end):
+        for a, b in self.ranges[kind]:
+            if a <= end and start <= b:
+                return True
+        return False
+
+    def remove(self, kind, start, end):
+        """Take start..end out of the claims, splitting those it cuts (Xen's
+        rangeset_remove_range)."""
+        out = []
+        for a, b in self.ranges[kind]:
+            if b < start or a > end:
+                out.append((a, b))
+                continue
+            if a < start:
+                out.append((a, start - 1))
+            if b > end:
+                out.append((end + 1, b))
+        self.ranges[kind] = out
+
 
 class EvtchnHandle:
     def __init__(self, hid, sock):
@@ -330,23 +365,11 @@ class SimHypervisor:
             _, _, kind, start, end = args
             if kind not in s.ranges or end < start:
                 return -_EINVAL, b"", []
-            if op == proto.MAP_IO_RANGE:
-                if (start, end) in s.ranges[kind]:
-                    return -_EEXIST, b"", []
-                s.ranges[kind].append((start, end))
-                return 0, b"", []
-            if (start, end) not in s.ranges[kind]:
-                return -_ENOENT, b"", []
-            s.ranges[kind].remove((start, end))
-            return 0, b"", []
+            return self._map_io_range(s, op == proto.MAP_IO_RANGE, kind, start, end), b"", []
         if op in (proto.MAP_PCIDEV, proto.UNMAP_PCIDEV):
             _, _, seg, bus, dev, fn = args
             key = (seg, bus, dev, fn)
-            if op == proto.MAP_PCIDEV:
-                s.pcidevs.add(key)
-            else:
-                s.pcidevs.discard(key)
-            return 0, b"", []
+            return self._map_pcidev(s, op == proto.MAP_PCIDEV, key), b"", []
         if op == proto.SET_IOREQ_SERVER_STATE:
             s.enabled = bool(args[2])
             return 0, b"", []
@@ -507,6 +530,46 @@ class SimHypervisor:
     def server_for_pci(self, bus, dev, fn):
         for s in self.servers.values():
             if s.enabled and (0, bus, dev, fn) in s.pcidevs:
+                return s
+        return None
+
+    # ---- claims, as xen/common/ioreq.c keeps them ----
+    def _map_io_range(self, s, is_map, kind, start, end):
+        # A claim may cover ranges Xen emulates itself (qemu-xen claims the
+        # RTC and the IOAPIC): Xen accepts it, and its own emulation still
+        # answers those accesses first (host_sim.scripted routes them so).
+        if is_map:
+            if s.overlaps(kind, start, end):
+                return -_EEXIST
+            s.ranges[kind].append((start, end))
+            return 0
+        if not s.contains(kind, start, end):
+            return -_ENOENT
+        s.remove(kind, start, end)
+        return 0
+
+    def _map_pcidev(self, s, is_map, key):
+        # libxendevicemodel refuses dev > 31 or fn > 7; Xen's PCI rangeset
+        # holds each SBDF once.
+        _seg, _bus, dev, fn = key
+        if dev > 31 or fn > 7:
+            return -_EINVAL
+        if is_map:
+            if key in s.pcidevs:
+                return -_EEXIST
+            s.pcidevs.add(key)
+            return 0
+        if key not in s.pcidevs:
+            return -_ENOENT
+        s.pcidevs.discard(key)
+        return 0
+
+    def server_for_range(self, kind, start, end):
+        """The first enabled server whose claims cover all of start..end
+        (ioreq_server_select): an access a claim covers only in part goes
+        to nobody."""
+        for s in self.servers.values():
+            if s.enabled and s.contains(kind, start, end):
                 return s
         return None
 
