@@ -306,6 +306,98 @@ static mp_obj_t xen_unbind(mp_obj_t self_in, mp_obj_t port) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_2(xen_unbind_obj, xen_unbind);
 
+#ifdef STUBDM_PLATFORM_MINIOS
+// MiniOS has no gntshr (Xen's libxengnttab builds the no-gntshr variant
+// there): grant our own pages with MiniOS's grant-table calls instead.
+// UNTESTED here (README: the MiniOS target); the same API is tested through
+// xengntshr under host_sim. A page the grantee still maps when we end access
+// is never freed (gnttab_end_access refuses it), so it is never reused.
+#include <mini-os/gnttab.h>
+#include <mini-os/mm.h>
+
+typedef struct minios_share {
+    struct minios_share *next;
+    void *addr;
+    uint32_t count;
+    int order;
+    grant_ref_t refs[];
+} minios_share_t;
+
+static minios_share_t *minios_shares;
+
+static void *glue_share_pages(xenglue_xen_t *self, uint32_t domid, int count, uint32_t *refs,
+    int writable) {
+    (void)self;
+    int order = 0;
+    while ((1 << order) < count) {
+        order++;
+    }
+    minios_share_t *sh = malloc(sizeof(*sh) + sizeof(grant_ref_t) * (size_t)count);
+    if (sh == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    void *p = (void *)alloc_pages(order);
+    if (p == NULL) {
+        free(sh);
+        errno = ENOMEM;
+        return NULL;
+    }
+    memset(p, 0, XENGLUE_PAGE_SIZE << order);
+    for (int i = 0; i < count; i++) {
+        sh->refs[i] = gnttab_grant_access((domid_t)domid,
+            virt_to_mfn((char *)p + (size_t)i * XENGLUE_PAGE_SIZE), !writable);
+        refs[i] = sh->refs[i];
+    }
+    sh->addr = p;
+    sh->count = (uint32_t)count;
+    sh->order = order;
+    sh->next = minios_shares;
+    minios_shares = sh;
+    return p;
+}
+
+static int glue_unshare(xenglue_xen_t *self, void *addr, uint32_t count) {
+    (void)self;
+    for (minios_share_t **pp = &minios_shares; *pp != NULL; pp = &(*pp)->next) {
+        minios_share_t *sh = *pp;
+        if (sh->addr == addr && sh->count == count) {
+            int all = 1;
+            for (uint32_t i = 0; i < count; i++) {
+                all &= gnttab_end_access(sh->refs[i]);
+            }
+            if (all) {
+                free_pages(sh->addr, sh->order);
+            }
+            *pp = sh->next;
+            free(sh);
+            return 0;
+        }
+    }
+    errno = EINVAL;
+    return -1;
+}
+#else
+static void *glue_share_pages(xenglue_xen_t *self, uint32_t domid, int count, uint32_t *refs,
+    int writable) {
+    if (self->xgs == NULL) {
+        self->xgs = xengntshr_open(NULL, 0);
+        if (self->xgs == NULL) {
+            return NULL;
+        }
+    }
+    return xengntshr_share_pages(self->xgs, domid, count, refs, writable);
+}
+
+static int glue_unshare(xenglue_xen_t *self, void *addr, uint32_t count) {
+    if (self->xgs == NULL) {
+        errno = EINVAL;
+        return -1;
+    }
+    return xengntshr_unshare(self->xgs, addr, count);
+}
+#endif
+
 static mp_obj_t xen_share_pages(size_t n_args, const mp_obj_t *args) {
     xenglue_xen_t *self = XEN(args[0]);
     mp_int_t count = get_int(args[2]);
@@ -313,17 +405,11 @@ static mp_obj_t xen_share_pages(size_t n_args, const mp_obj_t *args) {
         mp_raise_OSError(MP_EINVAL);
     }
     errno = 0;
-    if (self->xgs == NULL) {
-        self->xgs = xengntshr_open(NULL, 0);
-        if (self->xgs == NULL) {
-            raise_errno();
-        }
-    }
     uint32_t *refs = malloc(sizeof(uint32_t) * (size_t)count);
     if (refs == NULL) {
         mp_raise_OSError(MP_ENOMEM);
     }
-    void *p = xengntshr_share_pages(self->xgs, (uint32_t)get_int(args[1]), (int)count, refs,
+    void *p = glue_share_pages(self, (uint32_t)get_int(args[1]), (int)count, refs,
         mp_obj_is_true(args[3]));
     if (p == NULL) {
         int e = errno;
@@ -346,11 +432,8 @@ static mp_obj_t xen_share_pages(size_t n_args, const mp_obj_t *args) {
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(xen_share_pages_obj, 4, 4, xen_share_pages);
 
 static mp_obj_t xen_unshare(mp_obj_t self_in, mp_obj_t addr, mp_obj_t count) {
-    xenglue_xen_t *self = XEN(self_in);
-    if (self->xgs == NULL) {
-        mp_raise_OSError(MP_EINVAL);
-    }
-    return check(xengntshr_unshare(self->xgs, (void *)(uintptr_t)get_u64(addr),
+    errno = 0;
+    return check(glue_unshare(XEN(self_in), (void *)(uintptr_t)get_u64(addr),
         (uint32_t)get_int(count)));
 }
 static MP_DEFINE_CONST_FUN_OBJ_3(xen_unshare_obj, xen_unshare);
