@@ -573,6 +573,13 @@ class XenStored:
         d = conn.domain
         return d.outstanding < QUOTA_OUTSTANDING and d.out_bytes < QUOTA_MEMORY
 
+    @staticmethod
+    def _has_message(conn):
+        if len(conn.inbuf) < HDR.size:
+            return False
+        n = HDR.unpack_from(conn.inbuf)[3]
+        return n > XENSTORE_PAYLOAD_MAX or len(conn.inbuf) >= HDR.size + n
+
     def _handle_input(self, conn):
         try:
             data = conn.sock.recv(65536)
@@ -612,6 +619,8 @@ class XenStored:
             ev = (select.POLLIN if self._can_read(c) else 0) | (select.POLLOUT if c.out else 0)
             by_fd[c.fileno()] = c
             p.register(c.fileno(), ev)
+        if any(self._has_message(c) and self._can_read(c) for c in self.conns):
+            timeout = 0  # input already read waits only for its turn, not for poll
         try:
             ready = p.poll(None if timeout is None else int(timeout * 1000))
         except InterruptedError:
