@@ -13,7 +13,9 @@ contiguous (len = PAGE_SIZE << ring-page-order), as the frontend initialised
 it. req_size, rsp_size: one request's and one response's size (stubdm.pv_abi).
 barrier: a full memory barrier; by default a lock's acquire and release (a
 locked instruction: a full fence on x86), since the frontend runs in another
-process. log(msg): where refusals go (default: stderr).
+process. log(msg): where refusals go (default: stderr). Indices are read and
+written with struct's "<I", which CPython on a little-endian host does as one
+4-byte memcpy: one access, never torn.
 
 The ring attaches at the shared rsp_prod, as Linux's blkback does
 (BACK_RING_ATTACH): rsp_prod_pvt = req_cons = rsp_prod. A frontend whose
