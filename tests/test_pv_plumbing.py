@@ -169,13 +169,16 @@ def test_hostile_backend_breaks_only_its_device(runtime):
         wait_connected(s, bad, 0)
         wait_connected(s, good, 1)
         fe = front(s, 0)
-        s.xs.write(fe + "/state-junk", "x")
         s.xs.write(bad.path + "/state", "banana")  # not a xenbus state: ignored
         s.hv.pump(0.1)
         s.xs.write(fe + "/echo-go", "1")
         s.hv.pump_until(lambda: _read(s, fe + "/state") in (str(CLOSING), str(CLOSED)),
                         "the frontend to give up on the lying backend")
         assert "ring" in (_read(s, fe + "/error") or "")
+        # Our side closed it: the backend follows, and both end Closed.
+        s.hv.pump_until(lambda: bad.state == CLOSED and _read(s, fe + "/state") == str(CLOSED),
+                        "both halves Closed")
+        assert bad.ring is None
         assert echo(s, 3, devid=1) == [3, 48, 0]  # the other device is unaffected
         assert s.guest.inb(0x3FD) == 0x60
         assert s.proc.poll() is None
@@ -204,3 +207,13 @@ def test_hostile_frontend_keys_refused(ring_ref, port, why):
         s.hv.pump_until(lambda: be.state == CLOSING, "the backend to refuse (%s)" % why)
         assert be.ring is None and be.ring_map is None and be.port is None
         assert s.hv.grants.grants[(STUB, share[0][0])].maps == 0
+
+
+def test_sequential_round_trips(connected):
+    s = connected
+    fe = front(s)
+    s.xs.write(fe + "/echo-ping", "100")
+    s.hv.pump_until(lambda: _read(s, fe + "/echo-ping-us") is not None, "100 round trips")
+    assert int(_read(s, fe + "/echo-ping-us")) > 0
+    s.xs.rm(fe + "/echo-ping-us")
+    assert echo(s, 1)[2] == 0  # counted as good, none bad
