@@ -841,3 +841,261 @@ def test_uart_rx_character_timeout(fresh):
     assert g.get_irq(4)
     assert g.inb(0x3F8) == 0x41
     assert g.inb(0x3FA) == 0xC1 and not g.get_irq(4)
+
+
+# =====================================================================
+# Xen's routing of 0xcf8-0xcff and of the ranges Xen emulates itself
+# (xen/arch/x86/hvm/ioreq.c hvm_access_cf8 and arch_ioreq_server_get_type_addr,
+# xen/common/ioreq.c ioreq_server_select; DESIGN.md section 4)
+# =====================================================================
+
+ALL_RUNTIMES = ("cpython", "micropython", "port")
+
+
+@pytest.fixture(params=ALL_RUNTIMES)
+def any_runtime(request):
+    from host_sim.scripted import RuntimeMissing, dm_command
+
+    try:
+        dm_command(request.param)
+    except RuntimeMissing as e:
+        pytest.skip(str(e))
+    return request.param
+
+
+def _ioreqs(s):
+    return s.hv.stats["ioreqs"]
+
+
+def pci_check_type1(g):
+    """Linux's arch/x86/pci/direct.c pci_check_type1, access for access."""
+    g.outb(0xCFB, 0x01)
+    tmp = g.inl(0xCF8)
+    g.outl(0xCF8, 0x80000000)
+    ok = g.inl(0xCF8) == 0x80000000
+    g.outl(0xCF8, tmp)
+    return ok
+
+
+def test_linux_finds_pci_through_xens_routing(any_runtime):
+    with Logged(dm_args=["-device", "pci-serial"], runtime=any_runtime) as s:
+        g = s.guest
+        n = _ioreqs(s)
+        assert pci_check_type1(g)
+        # Each of those five accesses reached the device model as a port ioreq.
+        assert _ioreqs(s) == n + 5
+        assert enumerate_pci(g) == [(0, 0), (1, 0), (1, 3), (3, 0), (4, 0)]
+        assert pci_ids(g, 1, 3) == 0x71138086
+
+
+def test_without_a_claimant_0xcf8_reads_all_ones_and_pci_is_gone(tmp_path):
+    # Real Xen with no server on 0xcf8: Linux's probe fails, nothing answers.
+    from host_sim.scripted import ScriptedGuest, SimHypervisor
+
+    hv = SimHypervisor(str(tmp_path / "hv.sock"), ram_mib=1)
+    try:
+        g = ScriptedGuest(hv)
+        assert g.inl(0xCF8) == 0xFFFFFFFF
+        assert not pci_check_type1(g)
+        assert g.cf8 == 0xFFFFFFFF  # Xen still recorded the dwords written
+        assert g.pci_read(0, 0, 0) == 0xFFFFFFFF
+    finally:
+        hv.close()
+
+
+def test_config_data_routing(shared):
+    g = shared.guest
+    hv = shared.hv
+    # Bit 31 clear: a plain port ioreq, which the host bridge answers with ones.
+    g.outl(0xCF8, 0x00000000)
+    n = _ioreqs(shared)
+    assert g.inl(0xCFC) == 0xFFFFFFFF
+    assert _ioreqs(shared) == n + 1
+    # Bit 31 set, an SBDF nobody registered: no ioreq at all, all ones.
+    g.outl(0xCF8, 0x80000000 | (7 << 11))
+    n = _ioreqs(shared)
+    assert g.inl(0xCFC) == 0xFFFFFFFF and g.inw(0xCFE) == 0xFFFF
+    assert _ioreqs(shared) == n
+    # Bus 1 likewise (the device model registered bus 0 only).
+    g.outl(0xCF8, 0x80010000)
+    n = _ioreqs(shared)
+    assert g.inl(0xCFC) == 0xFFFFFFFF and _ioreqs(shared) == n
+    # Xen masks CONFIG_ADDRESS bits 1:0 and takes the register's low bits
+    # from the port; bits 30:24 are ignored on Intel.
+    g.outl(0xCF8, 0x8F000003)
+    assert g.inl(0xCFC) == 0x12378086
+    assert g.inw(0xCFE) == 0x1237
+    g.outl(0xCF8, 0x80000008 | (1 << 11))
+    assert g.inb(0xCFF) == 0x06  # PIIX3 class, base byte: register 0x0b
+    assert hv.server_for_pci(0, 1, 3) is shared.server
+
+
+def test_byte_and_word_accesses_to_config_address(shared):
+    # QEMU's semantics (measured on 11.1), reached through plain port ioreqs.
+    g = shared.guest
+    g.outl(0xCF8, 0x92345678)
+    g.outb(0xCF8, 0x11)
+    g.outw(0xCFA, 0x2222)
+    g.outb(0xCFB, 0x01)
+    assert g.inl(0xCF8) == 0x92345678
+    assert g.inb(0xCF8) == 0x78 and g.inw(0xCF8) == 0x5678
+    assert g.inw(0xCFA) == 0x5678 and g.inb(0xCFB) == 0x78
+    assert g.inl(0xCFA) == 0  # unaligned: QEMU refuses it
+    assert g.inb(0xCF9) == 0x00  # the reset control register
+    g.outl(0xCF8, 0)
+    assert_healthy(shared)
+
+
+def test_xens_own_ranges_never_reach_the_device_model(fresh):
+    g = fresh.guest
+    hv = fresh.hv
+    srv = fresh.server
+    # Claim them the way qemu-xen does: Xen accepts the claim...
+    for kind, start, end in ((PORT, 0x70, 0x71), (PORT, 0x40, 0x43), (PORT, 0xE9, 0xE9),
+                             (MMIO, 0xFEC00000, 0xFEC000FF), (MMIO, 0xFED00000, 0xFED003FF),
+                             (MMIO, 0xFEE00000, 0xFEE00FFF)):
+        assert hv._map_io_range(srv, True, kind, start, end) == 0
+    # ...but its own emulation answers first.
+    n = _ioreqs(fresh)
+    g.outb(0x70, 0x0A)
+    g.inb(0x71)
+    g.outb(0x43, 0x34)
+    g.inb(0x40)
+    for ch in b"hi\n":
+        g.outb(0xE9, ch)
+    assert g.inb(0xE9) == 0xE9
+    g.readl(0xFEC00000)
+    g.writel(0xFEE000B0, 0)
+    g.readl(0xFED000F0)
+    assert _ioreqs(fresh) == n
+    assert bytes(g.emulated.debug_console) == b"hi\n"
+    # An access only partly inside Xen's handler is not Xen's: it goes to
+    # the claims, which cover 0x70-0x71 only: nobody.
+    assert g.inw(0x71) == 0xFFFF and _ioreqs(fresh) == n
+    # PM1a_EVT and PM_TMR are Xen's too, wherever hvmloader put them.
+    assert g.hvmloader_acpi() == (1, 3)
+    n = _ioreqs(fresh)
+    g.outw(0xB002, 0x0100)
+    assert g.inl(0xB000) == 0x01000000
+    t1 = g.inl(0xB008)
+    assert g.inl(0xB008) != t1 or g.inl(0xB008) != t1
+    assert _ioreqs(fresh) == n
+    assert_healthy(fresh)
+
+
+def test_claims_as_xen_keeps_them(fresh):
+    hv = fresh.hv
+    srv = fresh.server
+    # Overlapping an existing claim: EEXIST; unmapping part of one splits it.
+    assert hv._map_io_range(srv, True, PORT, 0x3FC, 0x400) == -17
+    assert hv._map_io_range(srv, True, PORT, 0x500, 0x50F) == 0
+    assert hv._map_io_range(srv, False, PORT, 0x504, 0x507) == 0
+    assert hv.server_for_range(PORT, 0x500, 0x503) is srv
+    assert hv.server_for_range(PORT, 0x503, 0x504) is None
+    assert hv._map_io_range(srv, False, PORT, 0x504, 0x504) == -2
+    # A word at 0x92 is not inside the one-port claim: nobody answers it.
+    g = fresh.guest
+    n = _ioreqs(fresh)
+    assert g.inw(0x92) == 0xFFFF and _ioreqs(fresh) == n
+    # Adjacent claims merge: a dword across 0xb2-0xb3 and beyond is refused,
+    # a word inside is served.
+    assert g.inw(0xB2) == 0x0000
+    assert g.inl(0xB2) == 0xFFFFFFFF
+
+
+# =====================================================================
+# Port 0x92 and PIIX4 power management, end to end
+# =====================================================================
+
+
+def test_port92_fast_reset_reboots(fresh):
+    g = fresh.guest
+    g.outb(0x92, 0x02)
+    assert g.inb(0x92) == 0x02 and fresh.hv.shutdown_reason is None
+    g.outb(0x92, 0x03)
+    _expect_reboot(fresh)
+
+
+def test_guest_poweroff_powers_the_domain_off(any_runtime):
+    with Logged(runtime=any_runtime) as s:
+        g = s.guest
+        assert g.hvmloader_acpi() == (1, 3)
+        assert g.inw(0xB004) & 1  # SCI_EN: ACPI mode
+        assert g.pci_read(1, 3, 0x3C, 1) == 9
+        g.acpi_sleep(5)  # no such sleep type in Xen's tables
+        assert s.hv.shutdown_reason is None and s.alive()
+        assert "sleep type 5" in s.log_text()
+        g.acpi_sleep(0)  # \_S5
+        assert s.proc.wait(timeout=10) == 0
+        assert s.hv.shutdown_reason == abi.SHUTDOWN_poweroff
+
+
+def test_pm_registers_of_the_wrong_size(fresh):
+    g = fresh.guest
+    g.hvmloader_acpi()
+    g.outb(0xB005, (5 << 2) | 0x20)  # byte write to the high byte: type 5 + SLP_EN
+    assert g.inw(0xB004) == (5 << 10) | 1 and fresh.hv.shutdown_reason is None
+    g.outb(0xB004, 0x01)  # the low byte alone clears the high one (QEMU)
+    assert g.inw(0xB004) == 0x0001
+    assert g.inl(0xB004) == 0xFFFFFFFF  # wider than the claim: nobody
+    g.outl(0xB004, 0x2000)
+    assert g.inw(0xB004) == 0x0001
+    assert_healthy(fresh)
+
+
+# =====================================================================
+# Found by fuzzing: IRQ storms, log floods, clashing slots
+# =====================================================================
+
+
+def test_rep_outsb_to_a_uart_makes_at_most_one_irq_call(fresh):
+    g = fresh.guest
+    hv = fresh.hv
+    g.outb(COM1 + IER, 0x02)  # THR-empty interrupts on
+    assert g.get_irq(4)
+    g.memwrite(0x40000, b"z" * 4096)
+    n = len(hv.irq_log)
+    g.rep_outs(COM1 + THR, 0x40000, 1, 4096)
+    isa4 = [e for e in hv.irq_log[n:] if e[:2] == ("isa", 4)]
+    assert len(isa4) <= 1  # was 8192
+    assert g.get_irq(4)
+    g.outb(COM1 + IER, 0x00)
+    assert not g.get_irq(4)
+    assert_healthy(fresh)
+
+
+def test_guest_log_flood_is_rate_limited(fresh):
+    g = fresh.guest
+    g.memwrite(0x40000, b"flood\n" * 682)
+    for _ in range(20):
+        g.rep_outs(PLATFORM + 2, 0x40000, 1, 4092)  # 682 log lines each
+    for i in range(500):
+        g.outw(PLATFORM + 2, i)  # PV product numbers
+    time.sleep(0.5)
+    g.memwrite(0x40000, b"last\n")
+    g.rep_outs(PLATFORM + 2, 0x40000, 1, 5)
+    assert_healthy(fresh)
+    text = fresh.log_text()
+    assert len(text) < 8000, text[-2000:]
+    told = [line for line in text.splitlines() if "similar messages suppressed" in line]
+    # 13640 lines and 500 numbers sent; all but a few dozen were dropped, and said so.
+    assert sum(int(line.split("(")[1].split()[0]) for line in told) > 13000
+    assert "last" in text
+
+
+@pytest.mark.parametrize("args,slot", [
+    (["-device", "pci-serial,addr=1"], 1),
+    (["-device", "pci-serial,addr=3"], 3),
+    (["-device", "pci-serial", "-device", "pci-serial,addr=4"], 4),
+])
+def test_pci_serial_on_a_taken_slot_is_a_usage_error(any_runtime, args, slot):
+    import subprocess
+
+    from host_sim.scripted import dm_command, dm_env
+
+    r = subprocess.run(dm_command(any_runtime) + ["-xen-domid", "1"] + args,
+                       env=dm_env("/nonexistent"), capture_output=True, timeout=30)
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == 2, err
+    assert "PCI slot %d is taken by" % slot in err
+    assert "Traceback" not in err
