@@ -45,7 +45,7 @@ CALL_BOUND = 32
 EPOCH = 50000  # requests per machine before a fresh one (a reboot)
 WARMUP = 0.2  # of an epoch, before memory is first sampled
 SAMPLE_EVERY = 2500
-GROWTH_BLOCKS = 3000  # allocated blocks an epoch may gain after warm-up
+GROWTH_BLOCKS = 1000  # allocated blocks an epoch may gain after warm-up (clean: ~300)
 VCPU_PORT = 5
 BUF_PORT = 9
 ALL64 = (1 << 64) - 1
@@ -1142,7 +1142,9 @@ class Fuzzer:
         else:
             p.count += 1
 
-    def run(self):
+    def run(self, shrink=True):
+        """Runs the requests; returns the findings (shrunk unless shrink is False:
+        then shrink(problem) does one)."""
         old_verbose = log.verbose
         log.verbose = 0
         gc_was = gc.isenabled()
@@ -1162,11 +1164,8 @@ class Fuzzer:
             if gc_was:
                 gc.enable()
             log.verbose = old_verbose
-        log.verbose = 0
-        try:
+        if shrink:
             self._shrink_all()
-        finally:
-            log.verbose = old_verbose
         return sorted(self.problems.values(), key=lambda p: (p.epoch, p.index))
 
     def _epoch(self, epoch, n, t_start, last_report):
@@ -1257,11 +1256,20 @@ class Fuzzer:
         except Exception:  # noqa: BLE001 - a crash is another finding
             return False
 
+    def shrink(self, p):
+        """Finds p's reproducer; False if p did not happen again on a fresh machine."""
+        old_verbose = log.verbose
+        log.verbose = 0
+        try:
+            return self._shrink(p)
+        finally:
+            log.verbose = old_verbose
+
     def _shrink_all(self):
         gc.enable()
         self.unconfirmed = []
         for p in sorted(self.problems.values(), key=lambda p: (p.epoch, p.index)):
-            if not self._shrink(p) and p.kind == "slow":
+            if not self.shrink(p) and p.kind == "slow":
                 # Slow only with the checks inside it, or only once: not a finding.
                 del self.problems[(p.kind, p.key)]
                 self.unconfirmed.append(p)
