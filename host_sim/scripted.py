@@ -193,6 +193,10 @@ class ScriptedGuest:
         return data & mask if is_read else None
 
     def _rep(self, port, gpa, size, count, df, is_read):
+        if not is_read and port == 0xCF8 and size == 4 and count:
+            # Xen's intercept hands hvm_access_cf8 the first item, which it
+            # records before the whole request goes to the ioreq server.
+            self.cf8 = int.from_bytes(self.memread(gpa, 4), "little")
         route = self._route_pio(port, size)
         if route[0] == "xen":
             # Xen's intercept repeats the handler for each item.

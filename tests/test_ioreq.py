@@ -206,3 +206,90 @@ def test_corrupt_buffered_pointers(rig):
     rp, wp = struct.unpack_from("<II", loop.buf, 0)
     assert rp == wp
     assert state(loop, 0) == abi.STATE_IORESP_READY
+
+
+# --- IRQ levels: once per request, before its answer (stubdm.machine.IrqLatch) ---
+
+
+class Toggler:
+    """A register whose every write flips an IRQ line (as a 16550's THRE does)."""
+
+    def __init__(self, line):
+        self.line = line
+
+    def read(self, off, size):
+        return 0
+
+    def write(self, off, size, value):
+        self.line.set_level(0)
+        self.line.set_level(value & 1)
+
+
+class SeenPlatform:
+    def __init__(self, loop=None):
+        self.loop = loop
+        self.calls = []
+
+    def set_isa_irq_level(self, irq, level):
+        # What the vCPU's slot says when the platform hears of the level.
+        st = state(self.loop, 0) if self.loop is not None else None
+        self.calls.append((irq, level, st))
+
+    def set_pci_intx_level(self, dev, pin, level):
+        self.calls.append(("intx", dev, pin, level))
+
+
+def latch_rig(rig):
+    from stubdm.machine import IrqLatch
+
+    loop = rig[0]
+    plat = SeenPlatform(loop)
+    irqs = IrqLatch(plat)
+    loop.d.irqs = irqs
+    low = Toggler(irqs.isa_line(5))
+    loop.d.pio.add(0x200, 1, low, "toggler")
+    return loop, plat, irqs
+
+
+def test_irq_reported_once_per_request_before_the_answer(rig):
+    loop, plat, irqs = latch_rig(rig)
+    ram = rig[3]
+    ram.b[0x1000 : 0x1000 + 4096] = b"\x01" * 4096
+    put(loop, 0, abi.IOREQ_TYPE_PIO, 0x200, data=0x1000, size=1, count=4096, ptr=1)
+    loop.on_port(5)
+    assert plat.calls == [(5, 1, abi.STATE_IOREQ_INPROCESS)]
+    put(loop, 0, abi.IOREQ_TYPE_PIO, 0x200, data=0x1000, size=1, count=4096, ptr=1)
+    loop.on_port(5)
+    assert len(plat.calls) == 1  # the level ended as the platform last saw it
+    assert irqs.reports == 1
+
+
+def test_buffered_batch_reports_irq_changes_once(rig):
+    loop, plat, irqs = latch_rig(rig)
+    items = [abi.pack_buf_ioreq(abi.IOREQ_TYPE_PIO, 0, 1, 0x200, i & 1) for i in range(99)]
+    for i, it in enumerate(items):
+        loop.buf[8 + i * 8 : 16 + i * 8] = it
+    struct.pack_into("<II", loop.buf, 0, 0, len(items))
+    loop.on_port(9)
+    assert plat.calls == []  # 98 flips, and the line ends low, as the platform saw it
+    items = [abi.pack_buf_ioreq(abi.IOREQ_TYPE_PIO, 0, 1, 0x200, 1)] * 3
+    for i, it in enumerate(items):
+        loop.buf[8 + (99 + i) * 8 : 16 + (99 + i) * 8] = it
+    struct.pack_into("<I", loop.buf, 4, 99 + 3)
+    loop.on_port(9)
+    assert [c[:2] for c in plat.calls] == [(5, 1)]
+
+
+def test_rep_pci_config_is_the_same_register_count_times(rig):
+    loop, _, _, ram, _ = rig
+    f = loop.d.pci.f
+    ram.b[0x2000:0x200C] = bytes(range(1, 13))
+    addr = (0x18 << 32) | 0x40
+    put(loop, 0, abi.IOREQ_TYPE_PCI_CONFIG, addr, data=0x2000, size=4, count=3, ptr=1)
+    loop.on_port(5)
+    assert f.space[0x40:0x44] == bytes((9, 10, 11, 12))  # the last item wins
+    put(loop, 0, abi.IOREQ_TYPE_PCI_CONFIG, addr, data=0x3000, size=4, count=2, ptr=1, read=1)
+    loop.on_port(5)
+    assert ram.b[0x3000:0x3008] == bytes((9, 10, 11, 12)) * 2
+    # The pointer is never taken for a value.
+    assert f.space[0x44:0x48] == bytes(4)
