@@ -110,7 +110,7 @@ class PciHostPorts:
                 v |= b << (8 * i)
             return v
         if offset < 4:
-            if offset + size <= 4 and offset % size == 0 or (offset == 3 and size == 1):
+            if offset + size <= 4 and offset % size == 0:
                 return self.config_address & _ones(size)
             log.guest_error(self.name, "unaligned %d-byte read at 0x%x" % (size, 0xCF8 + offset))
             return 0
