@@ -220,8 +220,17 @@ class ScriptedGuest:
             type_, addr = abi.IOREQ_TYPE_PCI_CONFIG, route[2]
         else:
             type_, addr = abi.IOREQ_TYPE_PIO, port
-        self.hv.send_ioreq(route[1], self.vcpu, type_, addr, gpa, size, count,
-                           is_read=is_read, ptr=1, df=df)
+        # Xen's emulator keeps one ioreq's items within a guest page
+        # (hvmemul_linear_to_phys clamps the count) and repeats the
+        # instruction for the rest; an item across a page edge goes alone.
+        while count > 0:
+            off = gpa & 0xFFF
+            n = (off // size + 1) if df else (0x1000 - off) // size
+            n = max(1, min(count, n))
+            self.hv.send_ioreq(route[1], self.vcpu, type_, addr, gpa, size, n,
+                               is_read=is_read, ptr=1, df=df)
+            gpa += -n * size if df else n * size
+            count -= n
 
     def outb(self, port, v):
         self._pio(port, 1, v & 0xFF)

@@ -1099,3 +1099,13 @@ def test_pci_serial_on_a_taken_slot_is_a_usage_error(any_runtime, args, slot):
     assert r.returncode == 2, err
     assert "PCI slot %d is taken by" % slot in err
     assert "Traceback" not in err
+
+
+def test_rep_string_io_is_split_at_page_edges_as_xen_does(shared):
+    g = shared.guest
+    g.memwrite(0x40800, b"x" * 6144 + b"\n")
+    before = len(shared.serial_output())
+    n = _ioreqs(shared)
+    g.rep_outs(COM1 + THR, 0x40800, 1, 6145)  # 0x40800-0x42000: three pages
+    assert _ioreqs(shared) == n + 3
+    assert shared.serial_output()[before:] == b"x" * 6144 + b"\n"
