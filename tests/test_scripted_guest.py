@@ -1101,7 +1101,8 @@ def test_pci_serial_on_a_taken_slot_is_a_usage_error(any_runtime, args, slot):
     assert "Traceback" not in err
 
 
-def test_rep_string_io_is_split_at_page_edges_as_xen_does(shared):
+def test_rep_string_io_is_split_at_page_edges_as_xen_does(fresh):
+    shared = fresh
     g = shared.guest
     g.memwrite(0x40800, b"x" * 6144 + b"\n")
     before = len(shared.serial_output())
