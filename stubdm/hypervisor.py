@@ -45,6 +45,10 @@ class Hypervisor:
         # in a way the loop could handle).
         self.barrier = glue.barrier
         self.bufioreq_consume = glue.atomic_add32
+        # Shared-ring indices are published with one atomic add each: a plain
+        # store may be a byte-by-byte copy (MiniOS's memcpy) that a backend
+        # could read half-written.
+        self.atomic_add32 = glue.atomic_add32
 
     def _call(self, what, f, *args):
         try:

@@ -58,7 +58,7 @@ class EchoFrontend(Frontend):
         self.ring_pages = hyp.share_pages(self.backend_id, 1)
         self.data = hyp.share_pages(self.backend_id, DATA_PAGES)
         self.ring = FrontRing(self.ring_pages.mem, pv_echo.REQ_SIZE, pv_echo.RSP_SIZE,
-                              hyp.barrier, name=self.name)
+                              hyp.barrier, name=self.name, add32=hyp.atomic_add32)
         self.port = hyp.bind_unbound_port(self.backend_id)
         self.listen(self.port)
 
