@@ -16,6 +16,11 @@ def _mask(size):
     return (1 << (8 * size)) - 1
 
 
+def _ones(size):
+    """All ones as wide as the access (a refused read must not answer wider)."""
+    return _mask(size) if 1 <= size <= 8 else _ALL_ONES
+
+
 class Dispatcher:
     """Carries out one request against the machine's buses.
 
@@ -66,20 +71,20 @@ class Dispatcher:
                 self.on_timeoffset(off)
             return data
         log.guest_error("ioreq", "unknown request type %d" % type_)
-        return _ALL_ONES if is_read else data
+        return _ones(size) if is_read else data
 
     def _io(self, type_, addr, data, count, size, is_read, is_ptr, df):
         bus = self.pio if type_ == abi.IOREQ_TYPE_PIO else self.mmio
         ok_sizes = (1, 2, 4) if type_ == abi.IOREQ_TYPE_PIO else (1, 2, 4, 8)
         if size not in ok_sizes:
             log.guest_error(bus.name, "access of size %d at %#x" % (size, addr))
-            return _ALL_ONES if is_read else data
+            return _ones(size) if is_read else data
         if count == 0 or (is_ptr and count * size > _MAX_REP_BYTES):
             log.guest_error(bus.name, "rep count %d of size %d at %#x" % (count, size, addr))
-            return _ALL_ONES if is_read and not is_ptr else data
+            return _ones(size) if is_read and not is_ptr else data
         if type_ == abi.IOREQ_TYPE_PIO and addr > 0xFFFF:
             log.guest_error(bus.name, "port %#x out of range" % addr)
-            return _ALL_ONES if is_read else data
+            return _ones(size) if is_read else data
         if not is_ptr:
             # A non-pointer request is one access whatever count says (as QEMU).
             if is_read:
@@ -157,7 +162,7 @@ class Dispatcher:
                 "pci", "config access %04x:%02x:%02x.%d reg %#x size %d"
                 % (sbdf >> 16, (sbdf >> 8) & 0xFF, devfn >> 3, devfn & 7, reg, size)
             )
-            return _ALL_ONES if is_read else data
+            return _ones(size) if is_read else data
         f = self.pci.find(devfn)
         if f is None:
             log.guest_error(
