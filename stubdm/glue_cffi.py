@@ -285,6 +285,17 @@ class Mapcache:
             return None
         return memoryview(ffi.buffer(p, length))
 
+    def map_locked(self, gpa, length):
+        if length <= 0:
+            return None
+        p = lib.mapcache_map(self.mc, gpa, length, 1)
+        if p == ffi.NULL:
+            return None
+        return memoryview(ffi.buffer(p, length))
+
+    def unlock(self, gpa):
+        return _check(lib.mapcache_unlock(self.mc, gpa))
+
     def bucket_room(self, gpa):
         return lib.mapcache_bucket_room(self.mc, gpa)
 

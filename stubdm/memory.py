@@ -62,6 +62,26 @@ class GuestMemory:
             pos += len(mv)
         return True
 
+    def lock(self, gpa, n):
+        """Pin [gpa, gpa+n) for DMA in flight: a Pinned (its .views cover the range in
+        order, each within one bucket, valid across invalidates until .release()), or
+        None if any of it is not guest RAM (nothing stays locked then)."""
+        views = []
+        starts = []
+        pos = 0
+        mc = self.mc
+        while pos < n:
+            a = gpa + pos
+            mv = mc.map_locked(a, min(mc.bucket_room(a), n - pos))
+            if mv is None:
+                for s in starts:
+                    mc.unlock(s)
+                return None
+            views.append(mv)
+            starts.append(a)
+            pos += len(mv)
+        return Pinned(mc, views, starts)
+
     def invalidate(self):
         self.mc.invalidate()
 
@@ -80,3 +100,21 @@ class GuestMemory:
             "bucket_bytes": bucket_pages * 4096,
             "footprint": self.mc.footprint(),
         }
+
+
+class Pinned:
+    """Guest memory locked in the mapcache while a transfer is in flight."""
+
+    def __init__(self, mc, views, starts):
+        self.mc = mc
+        self.views = views
+        self._starts = starts
+
+    def release(self):
+        for s in self._starts:
+            try:
+                self.mc.unlock(s)
+            except OSError:
+                pass
+        self._starts = []
+        self.views = []

@@ -45,6 +45,9 @@
 //     .add_ram(start, end_exclusive)
 //     .map(gpa, length)            -> writable memoryview, or None (not RAM);
 //                                     valid until the next map/invalidate
+//     .map_locked(gpa, length)     -> the same, but valid until .unlock(gpa)
+//                                     (kept across invalidates: DMA in flight)
+//     .unlock(gpa)                 drops one lock on gpa's bucket
 //     .bucket_room(gpa) -> bytes to the end of gpa's bucket
 //     .invalidate()
 //     .stats() -> (hits, misses, maps, unmaps, evictions, invalidations,
@@ -523,6 +526,27 @@ static mp_obj_t mapcache_map_m(mp_obj_t self_in, mp_obj_t gpa, mp_obj_t len_in) 
 }
 static MP_DEFINE_CONST_FUN_OBJ_3(mapcache_map_obj, mapcache_map_m);
 
+static mp_obj_t mapcache_map_locked_m(mp_obj_t self_in, mp_obj_t gpa, mp_obj_t len_in) {
+    // A mapping that stays valid (across maps and invalidates) until unlock(gpa):
+    // guest memory under DMA in flight.
+    mp_int_t len = get_int(len_in);
+    if (len <= 0) {
+        return mp_const_none;
+    }
+    void *p = mapcache_map(MC(self_in), get_u64(gpa), (size_t)len, 1);
+    if (p == NULL) {
+        return mp_const_none;
+    }
+    return mp_obj_new_memoryview(RW_BYTES, (size_t)len, p);
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(mapcache_map_locked_obj, mapcache_map_locked_m);
+
+static mp_obj_t mapcache_unlock_m(mp_obj_t self_in, mp_obj_t gpa) {
+    errno = 0;
+    return check(mapcache_unlock(MC(self_in), get_u64(gpa)));
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(mapcache_unlock_obj, mapcache_unlock_m);
+
 static mp_obj_t mapcache_bucket_room_m(mp_obj_t self_in, mp_obj_t gpa) {
     return mp_obj_new_int_from_uint(mapcache_bucket_room(MC(self_in), get_u64(gpa)));
 }
@@ -562,6 +586,8 @@ static MP_DEFINE_CONST_FUN_OBJ_1(mapcache_footprint_obj, mapcache_footprint_m);
 static const mp_rom_map_elem_t mapcache_locals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_add_ram), MP_ROM_PTR(&mapcache_add_ram_obj) },
     { MP_ROM_QSTR(MP_QSTR_map), MP_ROM_PTR(&mapcache_map_obj) },
+    { MP_ROM_QSTR(MP_QSTR_map_locked), MP_ROM_PTR(&mapcache_map_locked_obj) },
+    { MP_ROM_QSTR(MP_QSTR_unlock), MP_ROM_PTR(&mapcache_unlock_obj) },
     { MP_ROM_QSTR(MP_QSTR_bucket_room), MP_ROM_PTR(&mapcache_bucket_room_obj) },
     { MP_ROM_QSTR(MP_QSTR_invalidate), MP_ROM_PTR(&mapcache_invalidate_obj) },
     { MP_ROM_QSTR(MP_QSTR_stats), MP_ROM_PTR(&mapcache_stats_obj) },
