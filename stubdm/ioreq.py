@@ -102,8 +102,18 @@ class Dispatcher:
         whole = 0 <= lo and lo + total <= _ALL_ONES
         if is_read:
             buf = bytearray(total)
+            read = None
+            if dev_step == 0:  # every item from the same port: find its device once
+                r = bus.find(addr)
+                if r is not None and addr + size <= r.end:
+                    read = r.dev.read
+                    off = addr - r.start
+            m = _mask(size)
             for i in range(count):
-                v = bus.read((addr + i * dev_step) & _ALL_ONES, size) & _mask(size)
+                if read is not None:
+                    v = read(off, size) & m
+                else:
+                    v = bus.read((addr + i * dev_step) & _ALL_ONES, size) & m
                 o = (count - 1 - i) * size if df else i * size
                 buf[o : o + size] = v.to_bytes(size, "little")
             if whole and mem.write(lo, buf):
@@ -116,6 +126,16 @@ class Dispatcher:
                     break
             return data
         block = mem.read(lo, total) if whole else None
+        if block is not None and dev_step == 0:
+            # Every item to the same port: find its device once.
+            r = bus.find(addr)
+            if r is not None and addr + size <= r.end:
+                write = r.dev.write
+                off = addr - r.start
+                for i in range(count):
+                    o = (count - 1 - i) * size if df else i * size
+                    write(off, size, int.from_bytes(block[o : o + size], "little"))
+                return data
         for i in range(count):
             if block is not None:
                 o = (count - 1 - i) * size if df else i * size

@@ -40,15 +40,19 @@ class Window:
 
 
 class BarWindow:
+    """A decoding BAR on the machine's bus: the bus has checked that the
+    access lies inside the BAR, so it goes straight to the BAR's handler."""
+
     def __init__(self, function, index):
         self.f = function
         self.index = index
+        self.h = function.bar_handler(index)
 
     def read(self, offset, size):
-        return self.f.bar_read(self.index, offset, size)
+        return self.h.read(offset, size) & ((1 << (8 * size)) - 1)
 
     def write(self, offset, size, value):
-        self.f.bar_write(self.index, offset, size, value)
+        self.h.write(offset, size, value & ((1 << (8 * size)) - 1))
 
 
 class IrqLatch:

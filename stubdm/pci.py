@@ -293,6 +293,12 @@ class PciFunction:
                 if self.bus is not None:
                     self.bus.bar_changed(self, bar.index, bar.kind, old, new, bar.size)
 
+    def bar_handler(self, index):
+        """BAR `index`'s handler, for a bus that has already checked an
+        access lies inside the BAR (stubdm.machine's BAR windows)."""
+        bar = self._bars[index] if 0 <= index < NUM_BARS else None
+        return None if bar is None else bar.handler
+
     def bar_read(self, index, offset, size):
         bar = self._bar_for_access(index, offset, size, "read")
         if bar is None:
@@ -381,7 +387,8 @@ class PciFunction:
 
     def _update_intx(self):
         out = self._irq_level
-        if self.irq_pin == 0 or self._get(COMMAND, 2) & CMD_INTX_DISABLE:
+        # INTX_DISABLE is bit 10 of the command register: bit 2 of its high byte.
+        if self.irq_pin == 0 or self.config[COMMAND + 1] & (CMD_INTX_DISABLE >> 8):
             out = 0
         if out != self._intx_out:
             self._intx_out = out

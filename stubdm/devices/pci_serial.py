@@ -29,12 +29,17 @@ class _ByteWide:
         self.core = core
 
     def read(self, offset, size):
+        if size == 1:
+            return self.core.read(offset, 1) & 0xFF
         v = 0
         for i in range(size):
             v |= (self.core.read(offset + i, 1) & 0xFF) << (8 * i)
         return v
 
     def write(self, offset, size, value):
+        if size == 1:
+            self.core.write(offset, 1, value & 0xFF)
+            return
         for i in range(size):
             self.core.write(offset + i, 1, (value >> (8 * i)) & 0xFF)
 
