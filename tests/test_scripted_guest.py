@@ -995,6 +995,10 @@ def test_claims_as_xen_keeps_them(fresh):
     assert hv.server_for_range(PORT, 0x500, 0x503) is srv
     assert hv.server_for_range(PORT, 0x503, 0x504) is None
     assert hv._map_io_range(srv, False, PORT, 0x504, 0x504) == -2
+    # Each SBDF once; libxendevicemodel refuses dev > 31 and fn > 7.
+    assert hv._map_pcidev(srv, True, (0, 0, 3, 0)) == -17
+    assert hv._map_pcidev(srv, False, (0, 0, 9, 0)) == -2
+    assert hv._map_pcidev(srv, True, (0, 0, 32, 0)) == -22
     # A word at 0x92 is not inside the one-port claim: nobody answers it.
     g = fresh.guest
     n = _ioreqs(fresh)
