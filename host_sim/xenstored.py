@@ -27,7 +27,7 @@ import time
  XS_GET_DOMAIN_PATH, XS_WRITE, XS_MKDIR, XS_RM, XS_SET_PERMS, XS_WATCH_EVENT,
  XS_ERROR, XS_IS_DOMAIN_INTRODUCED, XS_RESUME, XS_SET_TARGET) = range(20)
 XS_RESET_WATCHES = XS_SET_TARGET + 2  # XS_RESTRICT (20) was removed
-XS_DIRECTORY_PART = 23
+XS_DIRECTORY_PART = XS_RESET_WATCHES + 1
 HDR = struct.Struct("<IIII")  # struct xsd_sockmsg: type, req_id, tx_id, len
 XENSTORE_PAYLOAD_MAX = 4096
 XENSTORE_ABS_PATH_MAX = 3072  # not enforced by C xenstored either (see below)

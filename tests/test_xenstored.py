@@ -172,6 +172,37 @@ def guest(xsd, dom0, domid, own_home=True):
     return Raw(xsd.domain_socket_path(domid))
 
 
+# -- the protocol's numbers -------------------------------------------------------
+def test_constants_are_xs_wire_hs():
+    """Message types, limits and error names as Debian's xen/io/xs_wire.h has them."""
+    import re
+    h = "/usr/include/xen/io/xs_wire.h"
+    if not os.path.exists(h):
+        pytest.skip("Xen's headers are missing (libxen-dev)")
+    text = re.sub(r"/\*.*?\*/", " ", open(h).read(), flags=re.S)
+    body = re.search(r"enum xsd_sockmsg_type\s*{(.*?)}", text, re.S).group(1)
+    values, n = {}, 0
+    for line in body.splitlines():
+        m = re.match(r"\s*(XS_\w+)\s*(?:=\s*(\w+)\s*(?:\+\s*(\d+))?)?,", line)
+        if not m:
+            continue
+        if m.group(2):
+            base = values.get(m.group(2))
+            n = (base if base is not None else int(m.group(2), 0)) + int(m.group(3) or 0)
+        values[m.group(1)] = n
+        n += 1
+    for name, v in values.items():
+        if hasattr(X, name):
+            assert getattr(X, name) == v, name
+    assert X.XS_DIRECTORY_PART == values["XS_DIRECTORY_PART"] == 22
+    for name in ("XENSTORE_PAYLOAD_MAX", "XENSTORE_ABS_PATH_MAX", "XENSTORE_REL_PATH_MAX"):
+        assert int(re.search(r"#define %s (\d+)" % name, text).group(1)) == getattr(X, name)
+    errors = set(re.findall(r"XSD_ERROR\((E\w+)\)", text))
+    src = open(X.__file__).read()
+    used = set(re.findall(r'"(E[A-Z0-9]+)"', src)) | set(re.findall(r'b"(E[A-Z0-9]+)\\0"', src))
+    assert used and used <= errors, used - errors
+
+
 # -- the basics -----------------------------------------------------------------
 def test_initial_tree_is_xenstoreds(dom0):
     assert dom0.ls("/") == ["tool"]
@@ -231,7 +262,7 @@ def test_bad_paths_are_einval(dom0, payload):
 
 
 def test_unknown_and_reply_only_types_are_enosys(dom0):
-    for typ in (20, X.XS_WATCH_EVENT, X.XS_ERROR, 24, 0xFFFF, 0xDEADBEEF):
+    for typ in (20, X.XS_WATCH_EVENT, X.XS_ERROR, 27, 0xFFFF, 0xDEADBEEF):
         assert dom0.err(typ, "/x") == "ENOSYS", typ
     assert dom0.ls("/") == ["tool"]
 
