@@ -11,7 +11,7 @@ the domain's socket, RELEASE closes its connections and removes it.
 Single-threaded: one poll loop, CPython only.
 """
 import argparse
-import errno as _errno
+import collections
 import os
 import select
 import signal
@@ -223,7 +223,7 @@ class Conn:
         self.domain = domain
         self.domid = domain.domid
         self.inbuf = bytearray()
-        self.out = []        # [bytes, offset, is_reply, is_event]
+        self.out = collections.deque()  # [bytes, offset, is_reply, is_event]
         self.watches = []    # [abs path, token, depth, prefix_len]
         self.txs = {}
         self.next_tid = 0
@@ -521,7 +521,7 @@ class XenStored:
             m[1] += n
             if m[1] < len(m[0]):
                 return
-            conn.out.pop(0)
+            conn.out.popleft()
             conn.domain.out_bytes -= len(m[0])
             if m[2]:
                 conn.domain.outstanding -= 1
@@ -555,7 +555,7 @@ class XenStored:
             conn.domain.out_bytes -= len(m[0])
             if m[2]:
                 conn.domain.outstanding -= 1
-        conn.out = []
+        conn.out.clear()
         try:
             conn.sock.close()
         except OSError:

@@ -143,10 +143,6 @@ def _b(s):
     return s if isinstance(s, bytes) else s.encode()
 
 
-def _ev(path, token):
-    return (path, token)
-
-
 @pytest.fixture
 def xsd():
     d = tempfile.mkdtemp(prefix="xsd")  # short: unix socket paths are at most 107 bytes
