@@ -12,9 +12,18 @@ What Xen enforces (xen/common/grant_table.c, v1 entries) and host_sim with it:
 The pages a domain shares are its own memory (a memfd per domain, page
 allocated, zeroed as gntalloc's are), never another domain's RAM.
 """
+import ctypes
 import errno
 import mmap
 import os
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_MAP_FIXED = 0x10
+_MAP_FAILED = ctypes.c_void_p(-1).value
 
 PAGE = 4096
 # libxl's default max_grant_frames (32) of 512 v1 entries each.
@@ -85,6 +94,30 @@ class Mapping:
         self.mm.close()
         self.mm = None
         self.table._unmapped(self.grant)
+
+
+class MultiMapping:
+    """Several granted pages mapped side by side (GNTTABOP_map_grant_ref of each
+    into one virtual range, as a backend maps a multi-page ring)."""
+
+    def __init__(self, table, grants, addr, writable):
+        self.table = table
+        self.grants = grants
+        self.addr = addr
+        self.writable = writable
+        n = len(grants) * PAGE
+        self.mem = memoryview((ctypes.c_char * n).from_address(addr)).cast("B")
+        if not writable:
+            self.mem = self.mem.toreadonly()
+
+    def unmap(self):
+        if self.addr is None:
+            return
+        self.mem.release()
+        _libc.munmap(self.addr, len(self.grants) * PAGE)
+        self.addr = None
+        for g in self.grants:
+            self.table._unmapped(g)
 
 
 class GrantTables:
@@ -175,6 +208,28 @@ class GrantTables:
         g.maps += 1
         self.stats["maps"] += 1
         return Mapping(self, g, mm, writable)
+
+    def map_many(self, mapper, dom, refs, writable=True):
+        """Map several grants of dom into one contiguous range: a MultiMapping."""
+        if not 0 < len(refs) <= 64:
+            self._refuse(errno.EINVAL, "map of %d grants at once" % len(refs))
+        grants = [self._check(mapper, dom, ref, writable) for ref in refs]
+        n = len(grants) * PAGE
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        base = _libc.mmap(None, n, 0, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+        if base in (None, _MAP_FAILED):
+            raise GrantError(ctypes.get_errno(), "reserving %d bytes" % n)
+        fd = self.memory_of(dom).fd
+        for i, g in enumerate(grants):
+            p = _libc.mmap(base + i * PAGE, PAGE, prot, mmap.MAP_SHARED | _MAP_FIXED, fd,
+                           g.page * PAGE)
+            if p in (None, _MAP_FAILED):
+                _libc.munmap(base, n)
+                raise GrantError(ctypes.get_errno(), "mapping grant %d" % g.ref)
+        for g in grants:
+            g.maps += 1
+        self.stats["maps"] += len(grants)
+        return MultiMapping(self, grants, base, writable)
 
     def _unmapped(self, g):
         g.maps -= 1

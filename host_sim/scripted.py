@@ -382,15 +382,20 @@ class RuntimeMissing(SimError):
     pass
 
 
-def dm_command(runtime="cpython"):
-    """How to start the device model on the given runtime (run it with dm_env's env)."""
+def dm_command(runtime="cpython", script=None):
+    """How to start the device model on the given runtime (run it with dm_env's env).
+    script: a test harness to run in its place (a file that builds stubdm's
+    DeviceModel itself; not on the port, whose code is frozen)."""
+    entry = ["-m", "stubdm"] if script is None else [script]
     if runtime == "cpython":
-        return [sys.executable, "-m", "stubdm"]
+        return [sys.executable] + entry
     if runtime == "micropython":
         if not os.access(MICROPYTHON, os.X_OK):
             raise RuntimeMissing("no MicroPython device model runtime at %s: run scons"
                                  % os.path.relpath(MICROPYTHON, ROOT))
-        return [MICROPYTHON, "-X", "heapsize=" + MICROPYTHON_HEAP, "-m", "stubdm"]
+        return [MICROPYTHON, "-X", "heapsize=" + MICROPYTHON_HEAP] + entry
+    if script is not None:
+        raise ValueError("the port runs only its frozen device model")
     if runtime == "port":
         # The stub domain's own MicroPython port (stubdm/port_minios) built for
         # Linux: the device model frozen in, arguments passed straight to it.
@@ -418,13 +423,14 @@ class Session:
     """
 
     def __init__(self, dm_args=(), ram_mib=64, runtime="cpython", serial_log=None,
-                 stderr=None, timeout=10.0, xenstore=False, pv_devices=(), stubdom_domid=2):
+                 stderr=None, timeout=10.0, xenstore=False, pv_devices=(), stubdom_domid=2,
+                 dm_script=None):
         """xenstore: run host_sim's xenstored with libxl's layout for the guest and
         a stub domain (stubdom_domid) that the device model runs as, reaching
         xenstore through its domain's socket. pv_devices: PV devices of the stub
         domain, (type, devid, backend class) each, with their backends started
         here (host_sim/backends/) as domain 0."""
-        cmd = dm_command(runtime)  # first: a missing runtime leaves nothing behind
+        cmd = dm_command(runtime, dm_script)  # first: a missing runtime leaves nothing behind
         self.runtime = runtime
         self.dir = tempfile.mkdtemp(prefix="stubdm-sim-")
         self.sock = os.path.join(self.dir, "hv.sock")
@@ -452,8 +458,8 @@ class Session:
         if stderr is None:
             stderr = open(self.dm_log, "wb")
         try:
-            for devtype, devid, cls in pv_devices:
-                self.add_pv_device(devtype, devid, cls)
+            for dev in pv_devices:
+                self.add_pv_device(*dev[:3], **(dev[3] if len(dev) > 3 else {}))
         except Exception:
             self.close()
             raise
@@ -483,11 +489,12 @@ class Session:
                                                 "00000000-0000-4000-8000-000000000001", stub)
         return {"XENSTORED_PATH": self.xenstored.domain_socket_path(stub)}
 
-    def add_pv_device(self, devtype, devid, cls, **kw):
+    def add_pv_device(self, devtype, devid, cls, backend_keys=None, frontend_keys=None, **kw):
         """Both halves of a PV device of the stub domain, and its backend, started."""
         from host_sim import toolstack
 
-        toolstack.add_device(self.xs, 0, self.stubdom_domid, devtype, devid)
+        toolstack.add_device(self.xs, 0, self.stubdom_domid, devtype, devid, backend_keys,
+                             frontend_keys)
         be = cls(self.hv, self.xenstored.socket_path, self.stubdom_domid, str(devid), **kw)
         self.backends.append(be)
         be.start()

@@ -193,9 +193,10 @@ XS_EVENTS_PER_TURN = 64
 def pv_drivers():
     """The PV device types the device model drives as a frontend, and their drivers."""
     from stubdm import pv_echo
+    from stubdm.frontends.blkfront import BlkFront
     from stubdm.frontends.echo import EchoFrontend
 
-    return ((pv_echo.TYPE, EchoFrontend),)
+    return (("vbd", BlkFront), (pv_echo.TYPE, EchoFrontend))
 
 
 def open_pv(hyp):

@@ -48,6 +48,9 @@ class Backend:
     TYPE = None
     REQ_SIZE = 0
     RSP_SIZE = 0
+    # Multi-page rings (ring-page-order, ring-ref0..N-1) up to 2**this pages;
+    # 0: one page named by ring-ref.
+    MAX_RING_PAGE_ORDER = 0
 
     def __init__(self, hv, xs_socket, frontend_domid, devid, log=None):
         self.hv = hv
@@ -112,7 +115,10 @@ class Backend:
         if not fe or not fe.startswith("/local/domain/%d/" % self.frontend_domid):
             raise BackendError("%s: no frontend path under %s" % (self.name, self.path))
         self.frontend = fe
-        for k, v in sorted(self.features().items()):
+        feats = dict(self.features())
+        if self.MAX_RING_PAGE_ORDER:
+            feats["max-ring-page-order"] = self.MAX_RING_PAGE_ORDER
+        for k, v in sorted(feats.items()):
             self.xs.write(self.path + "/" + k, str(v))
         self.switch(INITWAIT)
         self.xs.watch(fe + "/state", "be:" + self.name)
@@ -156,12 +162,26 @@ class Backend:
 
     def _connect(self):
         fe = self.frontend
-        ref = self._read_int(fe + "/ring-ref", 0, MAX_REF)
+        order = 0
+        if self.MAX_RING_PAGE_ORDER and self._read(fe + "/ring-page-order") is not None:
+            order = self._read_int(fe + "/ring-page-order", 0, self.MAX_RING_PAGE_ORDER)
+            if order is None:
+                raise BackendError("%s: frontend's ring-page-order is out of 0..%d"
+                                   % (self.name, self.MAX_RING_PAGE_ORDER))
+        if order == 0:
+            refs = [self._read_int(fe + "/ring-ref", 0, MAX_REF)]
+        else:
+            refs = [self._read_int(fe + "/ring-ref%d" % i, 0, MAX_REF) for i in range(1 << order)]
         port = self._read_int(fe + "/event-channel", 1, MAX_PORT)
-        if ref is None or port is None:
+        if None in refs or port is None:
             raise BackendError("%s: frontend wrote no valid ring-ref/event-channel" % self.name)
+        self.ring_page_order = order
         try:
-            self.ring_map = self.hv.grants.map(BACKEND_DOMID, self.frontend_domid, ref)
+            if order == 0:
+                self.ring_map = self.hv.grants.map(BACKEND_DOMID, self.frontend_domid, refs[0])
+            else:
+                self.ring_map = self.hv.grants.map_many(BACKEND_DOMID, self.frontend_domid,
+                                                        refs)
         except GrantError as e:
             raise BackendError("%s: mapping the ring: %s" % (self.name, e))
         try:
