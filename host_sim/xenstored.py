@@ -297,6 +297,8 @@ class XenStored:
         manual("@introduceDomain")
 
     def _listen(self, dom, path):
+        if len(os.fsencode(path)) > 107:  # sockaddr_un.sun_path
+            raise ValueError("socket path longer than 107 bytes: %s" % path)
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -682,6 +684,12 @@ class XenStored:
         except XsError as e:
             body = None
             self._reply(conn, hdr, XS_ERROR, e.args[0].encode() + b"\0")
+        except Exception as e:  # a bug here must not take every domain's store down
+            body = None
+            self.log("internal error on %d from domain %d: %r" % (rtype, conn.domid, e))
+            if conn.tx is not None:
+                conn.tx.fail = True
+            self._reply(conn, hdr, XS_ERROR, b"EIO\0")
         finally:
             conn.tx = None
         if body is not None:

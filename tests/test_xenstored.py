@@ -66,7 +66,7 @@ class Raw:
             m = self.recv(timeout)
             if m is None or m == "EOF" or m[0] != X.XS_WATCH_EVENT:
                 return m
-            self.events.append(tuple(p.decode() for p in m[3].split(b"\0")[:2]))
+            self.events.append(tuple(p.decode("latin-1") for p in m[3].split(b"\0")[:2]))
 
     def req(self, typ, *args, tx=0, raw=None):
         """Send; return ("OK"-style str payload) or raise Err with the error name."""
@@ -112,7 +112,7 @@ class Raw:
         if m is None or m == "EOF":
             return None
         assert m[0] == X.XS_WATCH_EVENT, m
-        return tuple(p.decode() for p in m[3].split(b"\0")[:2])
+        return tuple(p.decode("latin-1") for p in m[3].split(b"\0")[:2])
 
     def no_event(self, timeout=0.3):
         e = self.event(timeout)
@@ -670,3 +670,36 @@ def test_cli_runs_it_in_the_foreground():
         if p.poll() is None:
             p.kill()
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_random_messages_leave_the_daemon_serving(xsd, dom0):
+    """Seeded garbage from dom0 and from a domain: every reply well formed, and the
+    store still answers everyone."""
+    import random
+    rnd = random.Random(8)
+    g = guest(xsd, dom0, 5)
+    words = [b"/", b"/local/domain/5", b"data", b"@introduceDomain", b"@releaseDomain",
+             b"T", b"F", b"5", b"0", b"-1", b"0x10", b"r5", b"n0", b"b99999999999",
+             b"/a/b", b"\xff", b"", b"//", b"99999", b"7"]
+    for c in (dom0, g):
+        for i in range(1500):
+            typ = rnd.choice([rnd.randrange(0, 30), rnd.randrange(0, 1 << 32)])
+            if rnd.random() < 0.5:
+                payload = b"".join(rnd.choice(words) + (b"\0" if rnd.random() < 0.9 else b"")
+                                   for _ in range(rnd.randrange(0, 5)))
+            else:
+                payload = bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 40)))
+            tx = rnd.choice([0, 0, 1, 2, rnd.randrange(1 << 32)])
+            if typ in (X.XS_RELEASE,) and c is dom0:
+                continue  # would close g
+            c.send(typ, payload, tx=tx)
+            m = c.reply()
+            assert m not in (None, "EOF"), (typ, payload)
+            if m[0] == X.XS_ERROR:
+                assert m[3].rstrip(b"\0").decode() in {
+                    "EINVAL", "EACCES", "EEXIST", "EISDIR", "ENOENT", "ENOMEM", "ENOSPC",
+                    "EIO", "ENOTEMPTY", "ENOSYS", "EROFS", "EBUSY", "EAGAIN", "EISCONN",
+                    "E2BIG", "EPERM"}, m
+    assert dom0.read("/tool") == b""
+    assert Raw(xsd.socket_path).ls("/tool") == ["xenstored"]
+    g.req(X.XS_GET_DOMAIN_PATH, "5")
