@@ -188,6 +188,9 @@ class Platform:
 
 # Watch events served per turn of the loop: a flood can't starve the ioreqs.
 XS_EVENTS_PER_TURN = 64
+# How long start-up waits for the PV devices the arguments name (libxl gives a
+# device model 30 s to say it is running).
+PV_SETTLE_MS = 20000
 
 
 def pv_drivers():
@@ -243,6 +246,10 @@ class DeviceModel:
                      v * abi.IOREQ_SIZE + abi.IOREQ_OFF_VP_EPORT + 4], "little")
             ports.append(hyp.bind_interdomain(remote))
         local_buf = hyp.bind_interdomain(buf_port) if buf is not None else None
+        # xenstore and the PV frontends first: the disks the arguments name are
+        # the stub domain's own vbds, which the machine's controllers are given.
+        self.xs, self.pv = open_pv(hyp)
+        self.needed_pv = []  # frontends that must be Connected before the guest runs
         serials = opts["serial"] or ["stdio"]
         chardevs = [make_chardev(s) for s in serials]
         self.timers = opts["timers"]
@@ -257,11 +264,45 @@ class DeviceModel:
                 c.flush()
 
         self.loop = IoreqLoop(hyp, self.dispatcher, page, ports, buf, local_buf, flush)
+        self.settle_pv(PV_SETTLE_MS)
         hyp.set_ioreq_server_state(sid, 1)
-        self.xs, self.pv = open_pv(hyp)
         self.heap_peak = 0
         if _mem_alloc is not None:
             self.sample_heap()  # the set-up's own: the machine and its devices
+
+    def settle_pv(self, timeout_ms):
+        """Serve xenstore and the frontends' events until every PV device the arguments
+        named is Connected (as QEMU opens its drives before the guest runs), or give up
+        after timeout_ms: a disk whose backend never came is then an absent disk."""
+        import select
+
+        if self.pv is None or not self.needed_pv:
+            return
+        hyp = self.hyp
+        poller = select.poll()
+        fd = hyp.evtchn_fd()
+        xs_fd = self.xs.fileno()
+        poller.register(fd, select.POLLIN)
+        poller.register(xs_fd, select.POLLIN)
+        t0 = ticks_us()
+        while True:
+            waiting = [fe for fe in self.needed_pv if fe.state != 4 and fe.failed is None
+                       and fe.state != 6]
+            if not waiting:
+                return
+            left = timeout_ms - ticks_diff(ticks_us(), t0) // 1000
+            if left <= 0:
+                log.info("stubdm", "PV devices not connected after %d ms: %s" % (
+                    timeout_ms, ", ".join(fe.name for fe in waiting)))
+                return
+            for obj, ev in poller.poll(min(left, 100)):
+                if obj == fd:
+                    if ev & (select.POLLHUP | select.POLLERR):
+                        return
+                    port = hyp.pending()
+                    hyp.unmask(port)
+                    self.pv.on_port(port)
+            self.xs.events()
 
     def run(self):
         import select

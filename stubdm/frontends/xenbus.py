@@ -233,6 +233,31 @@ class FrontendBus:
                     self.devices[key] = fe
                     fe.start()
 
+    def device(self, devtype, devid):
+        """The frontend of one of our devices (the device model's arguments name it, as
+        /dev/xvda names vbd 51712), created now if the toolstack's node is there; None
+        if we don't drive that type or the toolstack gave us no such device."""
+        key = (devtype, str(devid))
+        fe = self.devices.get(key)
+        if fe is not None:
+            return fe
+        for t, cls in self.drivers:
+            if t == devtype and self.xs.read("%s/device/%s/%s/backend" % (self.home, t, devid)):
+                fe = cls(self, str(devid))
+                self.devices[key] = fe
+                fe.start()
+                return fe
+        return None
+
+    def pending(self):
+        """Frontends still on their way to Connected (not failed, not closed)."""
+        out = []
+        for key in self.devices:
+            fe = self.devices[key]
+            if fe.state != CONNECTED and fe.failed is None and fe.state != CLOSED:
+                out.append(fe)
+        return out
+
     def on_port(self, port):
         """An event for one of our frontends: True if it was theirs."""
         fe = self.ports.get(port)
