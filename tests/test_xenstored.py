@@ -621,6 +621,24 @@ def test_a_domain_that_reads_no_replies_stalls_alone(xsd, dom0):
     assert g2.recv(5)[0] == X.XS_READ
 
 
+def test_a_domain_that_reads_no_events_loses_them_past_its_memory_quota(xsd, dom0):
+    g = guest(xsd, dom0, 5)
+    token = "t" * 3000
+    g.watch("/flood", token)
+    dom0.write("/flood", "")
+    dom0.chmod("/flood", "n0", "r5")
+    for i in range(2000):  # 6 MB of events, unread
+        dom0.write("/flood/n%d" % i, "")
+    assert dom0.read("/tool") == b""
+    n = 0
+    while g.event(1.0) is not None:
+        n += 1
+    # 2.5 MB queued (domain.c's memory quota), plus what the socket held
+    assert 500 < n < 1200, n
+    dom0.write("/flood/after", "")
+    assert g.event() == ("/flood/after", token)  # drained: events flow again
+
+
 # -- running it ----------------------------------------------------------------------
 def test_stop_and_parent_death(tmp_path):
     d = tempfile.mkdtemp(prefix="xsd")
