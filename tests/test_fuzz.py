@@ -229,3 +229,17 @@ def test_finds_the_irq_storm_of_the_code_before_the_fix(tmp_path):
     rep = r.stdout.split(storm[0])[1].split("FINDING")[0]
     last = [ln for ln in rep.splitlines() if ln.startswith("    ioreq")][-1]
     assert "ptr=1" in last and "dir=write" in last and "addr=0x3f8" in last, rep
+
+
+def test_every_interrupt_line_of_the_machine_is_watched():
+    # The fuzzer finds the lines itself (IrqLines reporting to the platform,
+    # PCI functions' pins); here the layout says which they must be.
+    from stubdm import layout
+
+    rig = fuzz.Rig(fuzz.default_machine, 16 << 20)
+    keys = [k for k, _level in rig.lines]
+    for irq in (layout.COM1_IRQ, layout.KBD_IRQ, layout.AUX_IRQ, layout.SCI_IRQ):
+        assert ("isa", irq) in keys
+    for f in rig.machine.pci:
+        if f.irq_pin:
+            assert ("intx", f.devfn >> 3, f.irq_pin - 1) in keys, f.name
