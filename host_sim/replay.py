@@ -70,12 +70,17 @@ def open_trace(path):
     return open(path, errors="replace")
 
 
-def read_trace(path):
-    """(accesses, lines that were neither accesses nor comments)."""
+def read_trace(path, comments=None):
+    """(accesses, lines that were neither accesses nor comments); the comment
+    lines (build/record_trace.py's header) go to `comments` if given."""
     out, other = [], 0
     with open_trace(path) as f:
         for n, line in enumerate(f, 1):
-            if line.startswith("#") or not line.strip():
+            if line.startswith("#"):
+                if comments is not None:
+                    comments.append(line.rstrip("\n"))
+                continue
+            if not line.strip():
                 continue
             a = parse_line(line, n)
             if a is None:
@@ -274,12 +279,15 @@ class Replayer:
 
 def replay(path, runtime="cpython", ram_mib=128, out=sys.stdout, dm_args=None):
     """Replays the trace at path; returns the Replayer (its report already written)."""
-    accesses, _other = read_trace(path)
+    comments = []
+    accesses, _other = read_trace(path, comments)
     if dm_args is None:
         dm_args = ["-device", "pci-serial", "-serial", "null", "-serial", "null", "-no-timers"]
     with scripted.Session(dm_args=dm_args, ram_mib=ram_mib, runtime=runtime) as s:
         rp = Replayer(s.guest, s.hv)
         rp.run(accesses)
+    for c in comments:
+        out.write(c + "\n")
     rp.report(out, path)
     return rp
 

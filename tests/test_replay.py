@@ -15,7 +15,7 @@ from stubdm import abi
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRACES = sorted(glob.glob(os.path.join(ROOT, "tests", "data", "*.trace.xz")))
-RUNTIMES = ["cpython", "micropython"]
+RUNTIMES = ["cpython", "micropython", "port"]
 
 # What each recording must have compared (reads), at least: the regions the
 # issue names, so a recording that lost them fails here.
