@@ -198,8 +198,9 @@ def pv_drivers():
     from stubdm import pv_echo
     from stubdm.frontends.blkfront import BlkFront
     from stubdm.frontends.echo import EchoFrontend
+    from stubdm.frontends.netfront import NetFront
 
-    return (("vbd", BlkFront), (pv_echo.TYPE, EchoFrontend))
+    return (("vbd", BlkFront), ("vif", NetFront), (pv_echo.TYPE, EchoFrontend))
 
 
 def open_pv(hyp):

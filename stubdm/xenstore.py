@@ -5,6 +5,7 @@
 # every reader checks it.
 import errno as _errno
 
+from stubdm import log
 from stubdm.hypervisor import HypervisorError, glue
 
 # xenstore_lib.h
@@ -149,5 +150,10 @@ class Xenstore:
             n += 1
             cb = self._watches.get(ev[1])
             if cb is not None:
-                cb(ev[0])
+                try:
+                    cb(ev[0])
+                except HypervisorError as e:
+                    # One device's trouble with xenstore (its node removed, say)
+                    # is that device's, not the device model's end.
+                    log.info("xenstore", "watch %s: %s" % (ev[1], e))
         return n

@@ -263,7 +263,10 @@ class FrontendBus:
         fe = self.ports.get(port)
         if fe is None:
             return False
-        fe.on_event(port)
+        try:
+            fe.on_event(port)
+        except HypervisorError as e:
+            log.info("xenbus", "%s: %s" % (fe.name, e))
         return True
 
     def forget_ports(self, fe):

@@ -1,0 +1,345 @@
+# netfront: the stub domain's PV NIC (xen/include/public/io/netif.h), as the
+# network an emulated NIC sees (stubdm/net.py). The guest's NICs reach dom0's
+# netback through it.
+#
+# Two one-page rings (TX 256, RX 256 slots) and one event channel. Pages are
+# granted once at connection and reused: TX_PAGES for frames going out, one
+# page per posted RX slot for frames coming in (rx-copy: the backend copies
+# into them). A frame over several slots needs feature-sg. The RX ring is kept
+# full; when the NIC has no room the frame is held and nothing more is taken
+# from the ring until the NIC calls rx_resume(), so the backend (and the wire
+# behind it) waits instead of us dropping what the guest would have taken. A
+# frame the backend marks csum_blank gets its TCP/UDP checksum filled in
+# before the NIC sees it.
+#
+# The backend is hostile: responses to ids not in flight, offsets and sizes
+# past a page, chains longer than a frame, extra-info slots never negotiated:
+# the frame is dropped, logged, and the NIC goes on.
+import struct
+
+from stubdm import log, pv_abi as A
+from stubdm.frontends.ring import FrontRing
+from stubdm.frontends.xenbus import Frontend
+
+PAGE = 4096
+TX_PAGES = 64
+RX_SLOTS = 128
+MAX_FRAME = A.XEN_NETIF_MAX_TX_SIZE
+MAX_SLOTS = (MAX_FRAME + PAGE - 1) // PAGE
+
+
+def parse_mac(s):
+    """b'\\x00\\x16...' from "00:16:3e:..", or None if it is not a MAC."""
+    if s is None or len(s) != 17:
+        return None
+    out = bytearray(6)
+    for i in range(6):
+        part = s[i * 3:i * 3 + 2]
+        if i < 5 and s[i * 3 + 2] != ":":
+            return None
+        try:
+            out[i] = int(part, 16)
+        except ValueError:
+            return None
+    return bytes(out)
+
+
+def _csum(data, start=0):
+    """The Internet checksum of data (one's complement sum), seeded with start."""
+    n = len(data)
+    total = start
+    if n >= 2:
+        total += sum(struct.unpack(">%dH" % (n // 2), data[:n - n % 2]))
+    if n % 2:
+        total += data[n - 1] << 8
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def fill_checksum(frame):
+    """Fill in the TCP or UDP checksum of an Ethernet frame (a bytearray) whose
+    checksum was left to the receiver (csum_blank). IPv4 and IPv6 without extension
+    headers; anything else is left alone. Returns True if it filled one in."""
+    if len(frame) < 14:
+        return False
+    etype = (frame[12] << 8) | frame[13]
+    l3 = 14
+    if etype == 0x8100 and len(frame) >= 18:  # one VLAN tag
+        etype = (frame[16] << 8) | frame[17]
+        l3 = 18
+    if etype == 0x0800 and len(frame) >= l3 + 20:
+        ihl = (frame[l3] & 0xF) * 4
+        proto = frame[l3 + 9]
+        tot = (frame[l3 + 2] << 8) | frame[l3 + 3]
+        l4 = l3 + ihl
+        end = l3 + tot
+        if ihl < 20 or end > len(frame) or end < l4:
+            return False
+        pseudo = _csum(frame[l3 + 12:l3 + 20]) + proto + (end - l4)
+    elif etype == 0x86DD and len(frame) >= l3 + 40:
+        proto = frame[l3 + 6]
+        plen = (frame[l3 + 4] << 8) | frame[l3 + 5]
+        l4 = l3 + 40
+        end = l4 + plen
+        if end > len(frame):
+            return False
+        pseudo = _csum(frame[l3 + 8:l3 + 40]) + proto + plen
+    else:
+        return False
+    if proto == 6:
+        off = l4 + 16
+    elif proto == 17:
+        off = l4 + 6
+    else:
+        return False
+    if off + 2 > end:
+        return False
+    frame[off] = 0
+    frame[off + 1] = 0
+    c = (~_csum(frame[l4:end], pseudo)) & 0xFFFF
+    if proto == 17 and c == 0:
+        c = 0xFFFF
+    frame[off] = c >> 8
+    frame[off + 1] = c & 0xFF
+    return True
+
+
+class NetFront(Frontend):
+    TYPE = "vif"
+
+    def __init__(self, bus, devid):
+        super().__init__(bus, devid)
+        self.mac = None
+        self.link_up = False
+        self.on_link = None
+        self.on_tx_room = None
+        self.receiver = None
+        self.sg = False
+        self.tx = self.rx = None
+        self.tx_shared = self.rx_shared = self.tx_pool = self.rx_pool = None
+        self.port = None
+        self.tx_free = []
+        self.tx_busy = {}  # id (= pool page) in flight
+        self.tx_blocked = False
+        self.rx_chain = None  # slots of the frame being put together
+        self.rx_len = 0
+        self.rx_bad = False
+        self.rx_csum = False
+        self.held = None  # a frame the NIC had no room for
+        self.rx_paused = False
+        self.repost = []
+        self.stats = {"tx": 0, "rx": 0, "tx_dropped": 0, "rx_dropped": 0, "csum_filled": 0,
+                      "held": 0}
+
+    # ---- the handshake ----
+    def setup(self):
+        be = self.backend
+        if self.xs.read_int(be + "/feature-rx-copy", 0, 1) != 1:
+            self._fail("backend offers no feature-rx-copy")
+            return
+        self.sg = self.xs.read_int(be + "/feature-sg", 0, 1) == 1
+        hyp = self.hyp
+        self.tx_shared = hyp.share_pages(self.backend_id, 1)
+        self.rx_shared = hyp.share_pages(self.backend_id, 1)
+        self.tx = FrontRing(self.tx_shared.mem, A.NETIF_TX_REQ_SIZE, A.NETIF_TX_RSP_SIZE,
+                            hyp.barrier, name=self.name + " tx", add32=hyp.atomic_add32)
+        self.rx = FrontRing(self.rx_shared.mem, A.NETIF_RX_REQ_SIZE, A.NETIF_RX_RSP_SIZE,
+                            hyp.barrier, name=self.name + " rx", add32=hyp.atomic_add32)
+        self.tx_pool = hyp.share_pages(self.backend_id, TX_PAGES, False)
+        self.rx_pool = hyp.share_pages(self.backend_id, RX_SLOTS)
+        self.tx_free = list(range(TX_PAGES))
+        self.tx_busy = {}
+        self.port = hyp.bind_unbound_port(self.backend_id)
+        self.listen(self.port)
+
+    def publish(self, tx):
+        xs, p = self.xs, self.path
+        xs.write(p + "/tx-ring-ref", self.tx_shared.refs[0], tx)
+        xs.write(p + "/rx-ring-ref", self.rx_shared.refs[0], tx)
+        xs.write(p + "/event-channel", self.port, tx)
+        xs.write(p + "/request-rx-copy", 1, tx)
+        xs.write(p + "/feature-rx-notify", 1, tx)
+        xs.write(p + "/feature-sg", 1 if self.sg else 0, tx)
+
+    def connected(self):
+        mac = parse_mac(self.xs.read(self.path + "/mac"))
+        if mac is None:
+            log.info("netfront", "%s: no valid mac in xenstore" % self.name)
+        self.mac = mac
+        self.repost = list(range(RX_SLOTS))
+        self._post_rx()
+        self._set_link(True)
+
+    def _set_link(self, up):
+        if up != self.link_up:
+            self.link_up = up
+            if self.on_link is not None:
+                self.on_link()
+
+    def disconnect(self):
+        if self.port is not None:
+            self.hyp.unbind(self.port)
+            self.port = None
+        self.tx = self.rx = None
+        for sh in (self.tx_pool, self.rx_pool, self.tx_shared, self.rx_shared):
+            if sh is not None:
+                sh.unshare()
+        self.tx_pool = self.rx_pool = self.tx_shared = self.rx_shared = None
+        self.tx_busy = {}
+        self.tx_free = []
+        self.rx_chain = None
+        self.held = None
+        self._set_link(False)
+
+    # ---- the network a NIC sees ----
+    def set_receiver(self, fn):
+        self.receiver = fn
+
+    def transmit(self, frame):
+        n = len(frame)
+        if not self.link_up or self.tx is None:
+            return True  # no wire: a real NIC's frames vanish too
+        if n < 14 or n > MAX_FRAME:
+            self.stats["tx_dropped"] += 1
+            return True
+        slots = (n + PAGE - 1) // PAGE
+        if slots > 1 and not self.sg:
+            self.stats["tx_dropped"] += 1
+            return True
+        if self.tx.free_requests() < slots or len(self.tx_free) < slots:
+            self.tx_blocked = True
+            return False
+        mem = self.tx_pool.mem
+        refs = self.tx_pool.refs
+        pos = 0
+        for i in range(slots):
+            page = self.tx_free.pop()
+            chunk = n - pos if n - pos < PAGE else PAGE
+            mem[page * PAGE:page * PAGE + chunk] = frame[pos:pos + chunk]
+            flags = A.NETTXF_more_data if i + 1 < slots else 0
+            size = n if i == 0 else chunk  # the first slot carries the packet's size
+            struct.pack_into(A.NETIF_TX_REQ_FMT, self.tx.new_request(), 0, refs[page], 0,
+                             flags, page, size)
+            self.tx_busy[page] = True
+            pos += chunk
+        self.stats["tx"] += 1
+        if self.tx.push_requests():
+            self.hyp.notify(self.port)
+        return True
+
+    def rx_resume(self):
+        if not self.rx_paused:
+            return
+        self.rx_paused = False
+        if self.held is not None:
+            frame = self.held
+            self.held = None
+            if not self._deliver(frame):
+                return
+        self.on_event(self.port)
+
+    # ---- events ----
+    def on_event(self, port):
+        if self.tx is None:
+            return
+        self._tx_responses()
+        self._rx_responses()
+        if self.tx is not None and (self.tx.broken or self.rx.broken):
+            self._fail("ring broken: %s" % (self.tx.broken or self.rx.broken))
+
+    def _tx_responses(self):
+        ring = self.tx
+        freed = False
+        while True:
+            while True:
+                rsp = ring.get_response()
+                if rsp is None:
+                    break
+                rid, status = struct.unpack(A.NETIF_TX_RSP_FMT, rsp)
+                if status == A.NETIF_RSP_NULL:
+                    continue
+                if self.tx_busy.pop(rid, None) is None:
+                    log.guest_error("netfront", "%s: TX response for slot %d, not in flight"
+                                    % (self.name, rid))
+                    continue
+                self.tx_free.append(rid)
+                freed = True
+                if status != A.NETIF_RSP_OKAY:
+                    self.stats["tx_dropped"] += 1
+            if not ring.final_check_for_responses():
+                break
+        if freed and self.tx_blocked:
+            self.tx_blocked = False
+            if self.on_tx_room is not None:
+                self.on_tx_room()
+
+    def _rx_responses(self):
+        ring = self.rx
+        while not self.rx_paused and ring is not None:
+            while not self.rx_paused:
+                rsp = ring.get_response()
+                if rsp is None:
+                    break
+                self._rx_slot(rsp)
+            self._post_rx()
+            if self.rx_paused or not ring.final_check_for_responses():
+                break
+
+    def _rx_slot(self, rsp):
+        rid, off, flags, status = struct.unpack(A.NETIF_RX_RSP_FMT, rsp)
+        if rid >= RX_SLOTS or rid in self.repost:
+            log.guest_error("netfront", "%s: RX response for slot %d, not posted"
+                            % (self.name, rid))
+            return
+        self.repost.append(rid)
+        if self.rx_chain is None:
+            self.rx_chain = bytearray()
+            self.rx_bad = False
+        chain = self.rx_chain
+        if flags & A.NETRXF_extra_info:
+            self.rx_bad = True  # never negotiated
+        if status < 0 or off + status > PAGE or len(chain) + status > MAX_FRAME:
+            self.rx_bad = True
+        elif not self.rx_bad:
+            base = rid * PAGE + off
+            chain += self.rx_pool.mem[base:base + status]
+        if flags & A.NETRXF_more_data:
+            self.rx_csum = self.rx_csum or bool(flags & A.NETRXF_csum_blank)
+            return
+        csum = self.rx_csum or bool(flags & A.NETRXF_csum_blank)
+        self.rx_csum = False
+        self.rx_chain = None
+        if self.rx_bad or len(chain) < 14:
+            self.stats["rx_dropped"] += 1
+            log.guest_error("netfront", "%s: malformed RX frame dropped" % self.name)
+            return
+        if csum and fill_checksum(chain):
+            self.stats["csum_filled"] += 1
+        self._deliver(chain)
+
+    def _deliver(self, frame):
+        if self.receiver is None:
+            self.stats["rx_dropped"] += 1
+            return True
+        if self.receiver(memoryview(frame)):
+            self.stats["rx"] += 1
+            return True
+        self.held = frame
+        self.rx_paused = True
+        self.stats["held"] += 1
+        return False
+
+    def _post_rx(self):
+        ring = self.rx
+        if ring is None or not self.repost:
+            return
+        refs = self.rx_pool.refs
+        while self.repost:
+            slot = ring.new_request()
+            if slot is None:
+                break
+            rid = self.repost.pop()
+            struct.pack_into(A.NETIF_RX_REQ_FMT, slot, 0, rid, refs[rid])
+        if ring.push_requests():
+            self.hyp.notify(self.port)
