@@ -14,7 +14,8 @@ from host_sim.netns import Namespace
 from host_sim.scripted import MICROPYTHON, Session
 from host_sim.xs import XsError
 from stubdm import pv_abi as A
-from stubdm.frontends.netfront import fill_checksum, parse_mac
+from stubdm.frontends.netfront import parse_mac
+from stubdm.inet import fill_checksum
 
 HARNESS = os.path.join(os.path.dirname(__file__), "harness", "netfront_dm.py")
 FE = "/local/domain/2/device/vif/0"
