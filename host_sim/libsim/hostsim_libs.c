@@ -9,8 +9,13 @@
 // hypervisor process (path in $HOST_SIM_SOCKET); hostsim_proto.h has the
 // wire format. Guest memory arrives as memfds and is mapped with mmap, so a
 // foreign mapping here is as zero-copy as privcmd's.
+//
+// Thread-safe: one lock (recursive: a call may refresh the memory map)
+// covers the socket round trip and the cached memory map, for device models
+// that call from several threads (qemu-xen).
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +31,7 @@
 #include <xenforeignmemory.h>
 #include <xengnttab.h>
 
+#include "hostsim_internal.h"
 #include "hostsim_proto.h"
 
 #define HS_PAGE_SHIFT 12
@@ -58,8 +64,10 @@ typedef struct {
 static int hs_sock = -1;
 static hs_region_t hs_regions[HS_MAX_REGIONS];
 static unsigned hs_nregions;
+static int hs_regions_stale;
+static pthread_mutex_t hs_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
 
-static int hs_connect(void) {
+static int hs_connect_locked(void) {
     if (hs_sock >= 0) {
         return 0;
     }
@@ -84,6 +92,13 @@ static int hs_connect(void) {
     }
     hs_sock = s;
     return 0;
+}
+
+static int hs_connect(void) {
+    pthread_mutex_lock(&hs_lock);
+    int r = hs_connect_locked();
+    pthread_mutex_unlock(&hs_lock);
+    return r;
 }
 
 static int hs_write_all(const void *buf, size_t len) {
@@ -150,9 +165,10 @@ static int hs_read_all(void *buf, size_t len, int *fds, int *nfds) {
 
 // One request; with reply != NULL waits for the response. Returns the
 // (non-negative) result or -1 with errno set.
-static int hs_call(uint32_t op, const void *req, uint32_t req_len, void *reply,
-                   uint32_t reply_cap, uint32_t *reply_len, int *fds, int *nfds, int one_way) {
-    if (hs_connect() < 0) {
+static int hs_call_locked(uint32_t op, const void *req, uint32_t req_len, void *reply,
+                          uint32_t reply_cap, uint32_t *reply_len, int *fds, int *nfds,
+                          int one_way) {
+    if (hs_connect_locked() < 0) {
         return -1;
     }
     uint8_t buf[8 + HS_MAX_PAYLOAD];
@@ -198,6 +214,31 @@ static int hs_call(uint32_t op, const void *req, uint32_t req_len, void *reply,
         return -1;
     }
     return hdr[0];
+}
+
+static int hs_call(uint32_t op, const void *req, uint32_t req_len, void *reply,
+                   uint32_t reply_cap, uint32_t *reply_len, int *fds, int *nfds, int one_way) {
+    pthread_mutex_lock(&hs_lock);
+    int r = hs_call_locked(op, req, req_len, reply, reply_cap, reply_len, fds, nfds, one_way);
+    int e = errno;
+    pthread_mutex_unlock(&hs_lock);
+    errno = e;
+    return r;
+}
+
+int hostsim_call(uint32_t op, const void *req, uint32_t req_len, void *reply,
+                 uint32_t reply_cap, uint32_t *reply_len, int *fds, int *nfds, int one_way) {
+    return hs_call(op, req, req_len, reply, reply_cap, reply_len, fds, nfds, one_way);
+}
+
+int hostsim_connect(void) {
+    return hs_connect();
+}
+
+void hostsim_regions_changed(void) {
+    pthread_mutex_lock(&hs_lock);
+    hs_regions_stale = 1;
+    pthread_mutex_unlock(&hs_lock);
 }
 
 // A little packer for request payloads.
@@ -499,14 +540,20 @@ static const hs_region_t *hs_find(uint64_t gfn) {
     return NULL;
 }
 
-void *xenforeignmemory_map(xenforeignmemory_handle *fmem, uint32_t dom, int prot, size_t pages,
+static void *hs_map_locked(uint32_t dom, void *addr, int prot, int flags, size_t pages,
                            const xen_pfn_t arr[], int err[]) {
-    (void)fmem;
     if (pages == 0 || pages > (SIZE_MAX >> HS_PAGE_SHIFT)) {
         errno = EINVAL;
         return NULL;
     }
     int refreshed = 0;
+    if (hs_regions_stale) {
+        if (hs_refresh_regions(dom) < 0) {
+            return NULL;
+        }
+        hs_regions_stale = 0;
+        refreshed = 1;
+    }
     for (size_t i = 0; i < pages; i++) {
         if (hs_find(arr[i]) == NULL && !refreshed) {
             if (hs_refresh_regions(dom) < 0) {
@@ -515,10 +562,11 @@ void *xenforeignmemory_map(xenforeignmemory_handle *fmem, uint32_t dom, int prot
             refreshed = 1;
         }
     }
-    // Reserve the whole window first, then map each page over it; a page
-    // that is not guest memory stays inaccessible, as with privcmd.
-    uint8_t *base = mmap(NULL, pages << HS_PAGE_SHIFT, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS,
-                         -1, 0);
+    // Reserve the whole window first (where the caller asks, as privcmd's
+    // mmap does), then map each page over it; a page that is not guest
+    // memory stays inaccessible, as with privcmd.
+    uint8_t *base = mmap(addr, pages << HS_PAGE_SHIFT, PROT_NONE,
+                         (flags & MAP_FIXED) | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED) {
         return NULL;
     }
@@ -547,6 +595,22 @@ void *xenforeignmemory_map(xenforeignmemory_handle *fmem, uint32_t dom, int prot
         return NULL;
     }
     return base;
+}
+
+void *hostsim_map(uint32_t dom, void *addr, int prot, int flags, size_t pages,
+                  const xen_pfn_t arr[], int err[]) {
+    pthread_mutex_lock(&hs_lock);
+    void *p = hs_map_locked(dom, addr, prot, flags, pages, arr, err);
+    int e = errno;
+    pthread_mutex_unlock(&hs_lock);
+    errno = e;
+    return p;
+}
+
+void *xenforeignmemory_map(xenforeignmemory_handle *fmem, uint32_t dom, int prot, size_t pages,
+                           const xen_pfn_t arr[], int err[]) {
+    (void)fmem;
+    return hostsim_map(dom, NULL, prot, 0, pages, arr, err);
 }
 
 int xenforeignmemory_unmap(xenforeignmemory_handle *fmem, void *addr, size_t pages) {

@@ -39,7 +39,17 @@ enum {
     // domain's memory.
     HS_OP_GNTSHR_SHARE = 22,  // u32 remote_domid, u32 count, u32 writable
     HS_OP_GNTSHR_UNSHARE = 23,  // u32 count, count * u32 ref
+    // What qemu-xen needs besides (hostsim_xenlibs.c):
+    HS_OP_POPULATE_PHYSMAP = 24,  // u16 domid, u32 n, n * {u64 gfn, u64 npages}
+    HS_OP_RELOCATE_MEMORY = 25,  // u16 domid, u32 size, u64 src_gfn, u64 dst_gfn
+    HS_OP_TRACK_DIRTY_VRAM = 26,  // u16 domid, u64 first_pfn, u32 nr -> bitmap (nr bits)
+    HS_OP_HVM_PARAM = 27,  // u16 domid, u32 index, u32 set, u64 value -> u64 value
+    HS_OP_SET_MEM_TYPE = 28,  // u16 domid, u32 type, u64 first_pfn, u32 nr
+    HS_OP_PIN_MEMORY_CACHEATTR = 29,  // u16 domid, u64 start, u64 end, u32 type
 };
+
+#define HS_POPULATE_MAX_RUNS 255
+#define HS_DIRTY_MAX_PAGES 32768
 
 #define HS_GNTSHR_MAX_PAGES 256
 

@@ -1,0 +1,21 @@
+// What hostsim_libs.c offers the rest of libsim (hostsim_xenlibs.c): the
+// locked round trip to host_sim's hypervisor and the foreign-mapping core.
+#ifndef HOSTSIM_INTERNAL_H
+#define HOSTSIM_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <xenforeignmemory.h>
+
+// One request (see hostsim_proto.h); returns the result or -1 with errno.
+int hostsim_call(uint32_t op, const void *req, uint32_t req_len, void *reply,
+                 uint32_t reply_cap, uint32_t *reply_len, int *fds, int *nfds, int one_way);
+int hostsim_connect(void);
+// Map pages guest frames at addr (a hint unless flags has MAP_FIXED).
+void *hostsim_map(uint32_t dom, void *addr, int prot, int flags, size_t pages,
+                  const xen_pfn_t arr[], int err[]);
+// The guest's memory map changed (populate, relocate): fetch it afresh.
+void hostsim_regions_changed(void);
+
+#endif
