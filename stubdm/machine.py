@@ -140,9 +140,14 @@ class Machine:
     pci_serial_slots: one slot per pci-serial (0: the first free slot).
     isa: the ISA devices (COM1, i8042, platform ports 0x10, port 0x92).
     s3: the guest's ACPI tables offer S3 (libxl's acpi_s3, default on).
+    ide: None (no IDE function), or the PIIX3 IDE at 01.1 as a dict: "drives"
+    [(channel, unit, BlockDevice)], "mem" (GuestMemory, for DMA), "native"
+    (PCI native mode on INTA instead of the compatibility ports; see
+    stubdm/devices/ide.py).
     """
 
-    def __init__(self, platform, chardevs, ram_bytes, isa=True, pci_serial_slots=(), s3=True):
+    def __init__(self, platform, chardevs, ram_bytes, isa=True, pci_serial_slots=(), s3=True,
+                 ide=None):
         self.platform = platform
         self.irqs = IrqLatch(platform)
         self.pio = IoBus("pio")
@@ -192,8 +197,30 @@ class Machine:
             self.uarts.append(uart)
             self.pci.attach(layout.devfn(slot), PciSerial(uart, irq))
 
+        self.ide = None
+        if ide is not None:
+            self._add_ide(ide)
+
         for d in self.pci.devfns():
             platform.map_pcidev(d)
+
+    def _add_ide(self, cfg):
+        from stubdm.devices import ata
+        from stubdm.devices.ide import COMPAT, PiixIde
+
+        native = cfg.get("native", False)
+        lines = None if native else [self.irqs.isa_line(COMPAT[i][2]) for i in range(2)]
+        ide = PiixIde(cfg["mem"], lines, native=native)
+        for channel, unit, disk in cfg.get("drives", ()):
+            cls = ata.AtapiCdrom if disk.cdrom else ata.AtaDisk
+            serial = "QM%05d" % (2 * channel + unit + 1)  # QEMU's drive serials
+            ide.attach(channel, unit, cls(ide.channels[channel], unit,
+                                          "ide%d.%d" % (channel, unit), disk, serial))
+        self.pci.attach(layout.DEVFN_PIIX3_IDE, ide)
+        if not native:
+            for start, length, dev, name in ide.compat_ports():
+                self._claim_ports(start, length, dev, name)
+        self.ide = ide
 
     def _claim_ports(self, start, length, dev, name):
         self.pio.add(start, length, dev, name)

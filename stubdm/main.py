@@ -34,6 +34,14 @@ Options (QEMU's spelling, as libxl passes them in dm-argv):
   -device pci-serial[,addr=SLOT]
                       a 16550 behind PCI function 1b36:0002 (slots 0-3 are
                       the xenfv machine's; default: the first free from 4)
+  -drive file=PATH,if=ide,index=N,media=disk|cdrom[,format=raw|host_device]
+         [,cache=MODE][,readonly=on]
+                      an IDE drive (N 0-3: channel N/2, unit N%2), as libxl writes it
+  -drive if=none,id=ID[,file=PATH,readonly=on]
+  -device ide-cd|ide-hd,drive=ID,bus=ide.0|ide.1[,unit=0|1]
+                      a drive placed by -device (libxl's CD-ROMs)
+  -ide-native         the PIIX3 IDE function in PCI native mode (BARs 0-4, INTA)
+                      instead of the ISA ports: for host_sim's QEMU engine
   -nodefaults         no ISA devices (COM1, i8042, platform ports, port 0x92);
                       the chipset (0xcf8-0xcff, PIIX4 PM) stays
   -no-timers          device timers never fire (lock-step comparisons with
@@ -52,7 +60,10 @@ class ArgError(Exception):
 
 def parse_args(argv):
     opts = {"domid": None, "ram_mib": 128, "vcpus": 1, "serial": [], "pci_serial": [],
-            "isa": True, "verbose": 1, "timers": True}
+            "isa": True, "verbose": 1, "timers": True, "ide": [], "ide_native": False}
+    from stubdm.driveargs import DriveArgError, DriveArgs
+
+    drive_args = DriveArgs()
     i = 0
 
     def value():
@@ -91,6 +102,18 @@ def parse_args(argv):
                 raise ArgError("-serial: unknown back end " + v)
             opts["serial"].append(v)
             i += 2
+        elif a == "-drive" or (a == "-device" and value().split(",")[0] in ("ide-cd", "ide-hd")):
+            try:
+                if a == "-drive":
+                    drive_args.drive(value())
+                else:
+                    drive_args.device(value().split(",")[0], value())
+            except DriveArgError as e:
+                raise ArgError(str(e))
+            i += 2
+        elif a == "-ide-native":
+            opts["ide_native"] = True
+            i += 1
         elif a == "-device":
             parts = value().split(",")
             if parts[0] != "pci-serial":
@@ -123,6 +146,7 @@ def parse_args(argv):
             raise ArgError("unknown option " + a)
     if opts["domid"] is None:
         raise ArgError("-xen-domid is required")
+    opts["ide"] = drive_args.drives()
     return opts
 
 
@@ -255,7 +279,7 @@ class DeviceModel:
         chardevs = [make_chardev(s) for s in serials]
         self.timers = opts["timers"]
         self.machine = Machine(Platform(hyp, sid), chardevs, ram, opts["isa"],
-                               opts["pci_serial"])
+                               opts["pci_serial"], ide=self.ide_config(opts))
         m = self.machine
         self.dispatcher = Dispatcher(m.pio, m.mmio, m.pci, self.mem, m.irqs)
         outputs = [c for c in chardevs if c is not None]
@@ -304,6 +328,19 @@ class DeviceModel:
                     hyp.unmask(port)
                     self.pv.on_port(port)
             self.xs.events()
+
+    def ide_config(self, opts):
+        """The PIIX3 IDE function (always there, as in QEMU's xenfv) and its drives."""
+        from stubdm.disks import DriveError, open_drive
+
+        drives = []
+        for channel, unit, path, readonly, cdrom in opts["ide"]:
+            try:
+                disk = open_drive(path, readonly, cdrom, self)
+            except DriveError as e:
+                raise ArgError(str(e))
+            drives.append((channel, unit, disk))
+        return {"drives": drives, "mem": self.mem, "native": opts["ide_native"]}
 
     def run(self):
         import select
@@ -415,6 +452,9 @@ def main(argv=None):
     try:
         dm = DeviceModel(opts)
         return dm.run()
+    except ArgError as e:
+        sys.stderr.write("stubdm: " + str(e) + "\n")
+        return 2
     except HypervisorError as e:
         sys.stderr.write("stubdm: " + str(e) + "\n")
         return 1

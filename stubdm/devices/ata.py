@@ -613,7 +613,8 @@ class AtaDisk(AtaBase):
             return ((self.hob_hcyl << 40) | (self.hob_lcyl << 32) | (self.hob_sector << 24)
                     | (self.hcyl << 16) | (self.lcyl << 8) | self.sector)
         if self.select & SEL_LBA:
-            return ((self.select & 0x0F) << 24) | (self.hcyl << 16) | (self.lcyl << 8) | self.sector
+            return (((self.select & 0x0F) << 24) | (self.hcyl << 16) | (self.lcyl << 8)
+                    | self.sector)
         cyl = (self.hcyl << 8) | self.lcyl
         if self.sector == 0:
             return -1  # sector numbers start at 1 (CHS)
