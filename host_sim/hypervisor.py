@@ -29,6 +29,25 @@ PROT_RW = 3
 _ENOENT, _EINVAL, _EEXIST, _ENOSPC, _EPROTO = 2, 22, 17, 28, 71
 
 
+_ENOMEM, _EOPNOTSUPP = 12, 95
+_PHYSMAP_OPS = frozenset([proto.POPULATE_PHYSMAP, proto.RELOCATE_MEMORY, proto.TRACK_DIRTY_VRAM,
+                          proto.HVM_PARAM, proto.SET_MEM_TYPE, proto.PIN_MEMORY_CACHEATTR])
+# Not RAM in an HVM guest: the toolstack's domain builder leaves the VGA hole
+# unpopulated (Xen's stdvga.c forwards writes there to the device model).
+VGA_HOLE = (0xA0000, 0xC0000)
+# HVM params (xen/include/public/hvm/params.h): HVM_NR_PARAMS in Xen 4.17-4.21.
+HVM_NR_PARAMS = 39
+# LIBXL_MAXMEM_CONSTANT: the slack libxl adds to a domain's maximum memory
+# over its RAM and video RAM (option ROMs come out of it).
+MAXMEM_SLACK = 1 << 20
+# hvmmem_type_t values set_mem_type accepts (dm.c's table; the others EINVAL).
+HVMMEM_RAM_RW, HVMMEM_RAM_RO, HVMMEM_MMIO_DM = 0, 1, 2
+# PAT types pin_memory_cacheattr takes (UC, WC, WT, WP, WB, UC-), and the
+# XEN_DMOP_MEM_CACHEATTR delete value.
+_CACHEATTRS = frozenset([0, 1, 4, 5, 6, 7, 0xFFFFFFFF])
+_MAX_GFN = (1 << 40) - 1  # a 52-bit guest physical address space, in pages
+
+
 class SimError(Exception):
     pass
 
@@ -142,6 +161,7 @@ class SimHypervisor:
         self.special = mmap.mmap(self.special_fd, SPECIAL_PAGES * PAGE)
         self.special_used = 0
         self.regions.append(Region(SPECIAL_GFN, SPECIAL_PAGES, self.special_fd, 0))
+        self._init_physmap()
         self.on_intx = None  # (dev, intx, level) -> None: where PCI INTx goes
         self.servers = {}
         self.next_server = 0
@@ -325,6 +345,8 @@ class SimHypervisor:
         domid = args[0]
         if domid != self.domid:
             return -_ENOENT, b"", []
+        if op in _PHYSMAP_OPS:
+            return self._physmap_op(op, args, p)
         if op == proto.CREATE_IOREQ_SERVER:
             return self._create_server(args[1]), b"", []
         if op == proto.SET_ISA_IRQ_LEVEL:
@@ -399,6 +421,7 @@ class SimHypervisor:
         ports = [self._alloc_port() for _ in range(self.vcpus)]
         buf_port = self._alloc_port() if bufioreq else 0
         s = IoreqServer(sid, ioreq_gfn, buf_gfn, ports, buf_port)
+        s.bufioreq_handling = bufioreq
         page = self.page_of(ioreq_gfn)
         for i in range(self.vcpus):
             struct.pack_into("<I", page, i * abi.IOREQ_SIZE + abi.IOREQ_OFF_VP_EPORT, ports[i])
@@ -633,3 +656,247 @@ class SimHypervisor:
 
     def intx_level(self, dev, intx=0):
         return self.intx.get((dev, intx), 0)
+
+    # ---- the guest's physmap beyond its RAM (what qemu-xen asks of Xen) ----
+    def _init_physmap(self):
+        """The VGA hole out of the RAM region; populated pages in one memfd,
+        page by page (gfn -> page of that file); HVM params; dirty VRAM."""
+        self.videoram = 16 << 20  # libxl's default for qemu-xen's stdvga
+        self.populated = {}
+        self.pop_fd = os.memfd_create("host_sim-populated", 0)
+        self.pop_pages = 0  # pages in pop_fd
+        self.mem_types = {}  # gfn -> hvmmem type, where not ram_rw
+        self.cacheattrs = []
+        self.hvm_params = {}
+        self.param_log = []
+        self.dirty_range = None  # (first_pfn, nr) tracked, and the dirty gfns
+        self.dirty = set()
+        self.physmap_log = []
+
+    def punch_vga_hole(self):
+        """Take 0xa0000-0xbffff out of the guest's RAM, as Xen's domain
+        builder leaves it. Not yet the default: stubdm's mapcache maps the
+        low MiB as one bucket and fails on the hole (stubdm/memory.py's
+        ram_ranges must leave it out first)."""
+        for r in list(self.regions):
+            if r.fd == self.ram_fd and r.gfn == 0:
+                lo, hi = VGA_HOLE[0] // PAGE, VGA_HOLE[1] // PAGE
+                if r.npages > hi:
+                    self.regions.remove(r)
+                    self.regions.insert(0, Region(hi, r.npages - hi, r.fd, hi * PAGE))
+                    self.regions.insert(0, Region(0, lo, r.fd, 0))
+
+    def max_extra_pages(self):
+        """Pages the domain may populate beyond its RAM (libxl's maxmem)."""
+        return (self.videoram + MAXMEM_SLACK) // PAGE
+
+    def _gfn_taken(self, gfn):
+        if gfn in self.populated:
+            return True
+        for r in self.regions:
+            if r.fd != self.pop_fd and r.gfn <= gfn < r.gfn + r.npages:
+                return True
+        return False
+
+    def _rebuild_populated_regions(self):
+        self.regions = [r for r in self.regions if r.fd != self.pop_fd]
+        run = None
+        for gfn in sorted(self.populated):
+            page = self.populated[gfn]
+            if run and gfn == run[0] + run[1] and page == run[2] + run[1]:
+                run[1] += 1
+                continue
+            if run:
+                self.regions.append(Region(run[0], run[1], self.pop_fd, run[2] * PAGE))
+            run = [gfn, 1, page]
+        if run:
+            self.regions.append(Region(run[0], run[1], self.pop_fd, run[2] * PAGE))
+
+    def _physmap_op(self, op, args, p):
+        if op == proto.POPULATE_PHYSMAP:
+            return self.populate_physmap(args[1], p), b"", []
+        if op == proto.RELOCATE_MEMORY:
+            _, size, src, dst = args
+            return self.relocate_memory(size, src, dst), b"", []
+        if op == proto.TRACK_DIRTY_VRAM:
+            _, first, nr = args
+            ret, bitmap = self.track_dirty_vram(first, nr)
+            return ret, bitmap, []
+        if op == proto.HVM_PARAM:
+            _, index, is_set, value = args
+            ret, value = self.hvm_param(index, bool(is_set), value)
+            return ret, (struct.pack("<Q", value) if ret == 0 else b""), []
+        if op == proto.SET_MEM_TYPE:
+            _, mtype, first, nr = args
+            return self.set_mem_type(mtype, first, nr), b"", []
+        if op == proto.PIN_MEMORY_CACHEATTR:
+            _, start, end, ctype = args
+            if ctype not in _CACHEATTRS or end < start or end > _MAX_GFN:
+                return -_EINVAL, b"", []
+            self.cacheattrs.append((start, end, ctype))
+            return 0, b"", []
+        return -_EINVAL, b"", []
+
+    def populate_physmap(self, nruns, payload):
+        """XENMEM_populate_physmap (exact): fresh zeroed pages at the runs'
+        gfns. All or nothing; a gfn already backed or beyond the domain's
+        maximum memory fails the whole call."""
+        if not 0 < nruns <= proto.POPULATE_MAX_RUNS or len(payload) < 6 + 16 * nruns:
+            return -_EINVAL
+        runs = [struct.unpack_from("<QQ", payload, 6 + 16 * i) for i in range(nruns)]
+        total = 0
+        seen = set()
+        for gfn, n in runs:
+            if n == 0 or n > self.max_extra_pages() or gfn + n - 1 > _MAX_GFN:
+                return -_EINVAL
+            total += n
+            if total > self.max_extra_pages() - len(self.populated):
+                self.log("populate_physmap: %d pages over the domain's maximum memory" % total)
+                return -_ENOMEM
+            for g in range(gfn, gfn + n):
+                if g in seen or self._gfn_taken(g):
+                    self.log("populate_physmap: gfn %#x is already populated" % g)
+                    return -_EEXIST
+                seen.add(g)
+        os.ftruncate(self.pop_fd, (self.pop_pages + total) * PAGE)
+        for gfn, n in runs:
+            for g in range(gfn, gfn + n):
+                self.populated[g] = self.pop_pages
+                self.pop_pages += 1
+            self.physmap_log.append(("populate", gfn, n))
+        self._rebuild_populated_regions()
+        return 0
+
+    def relocate_memory(self, size, src, dst):
+        """XEN_DMOP_relocate_memory (XENMAPSPACE_gmfn_range): page i of src
+        moves to dst + i; what dst + i held goes. host_sim moves only pages
+        it populated (qemu-xen moves its VRAM) and never over RAM it did
+        not populate."""
+        if size == 0 or src + size - 1 > _MAX_GFN or dst + size - 1 > _MAX_GFN:
+            return -_EINVAL
+        for i in range(size):
+            if src + i not in self.populated:
+                self.log("relocate_memory: gfn %#x is not populated" % (src + i))
+                return -_EINVAL
+            d = dst + i
+            if d not in self.populated and self._gfn_taken(d):
+                return -_EINVAL
+        pages = [self.populated.pop(src + i) for i in range(size)]
+        for i, page in enumerate(pages):
+            self.populated[dst + i] = page
+            self.mem_types.pop(src + i, None)
+        self.physmap_log.append(("relocate", src, dst, size))
+        self._rebuild_populated_regions()
+        return 0
+
+    def track_dirty_vram(self, first, nr):
+        """XEN_DMOP_track_dirty_vram: nr = 0 stops tracking; a new range
+        reports every page dirty once; then the pages written since the last
+        call (host_sim sees the scripted guest's writes)."""
+        if nr == 0:
+            self.dirty_range = None
+            self.dirty = set()
+            return 0, b""
+        if nr > (1 << 30) // PAGE or nr > proto.DIRTY_MAX_PAGES or first + nr - 1 > _MAX_GFN:
+            return -_EINVAL, b""
+        if self.dirty_range != (first, nr):
+            self.dirty_range = (first, nr)
+            self.dirty = set(range(first, first + nr))
+        bitmap = bytearray((nr + 7) // 8)
+        for g in self.dirty:
+            i = g - first
+            if 0 <= i < nr:
+                bitmap[i // 8] |= 1 << (i % 8)
+        self.dirty = set()
+        return 0, bytes(bitmap)
+
+    def mark_dirty(self, gpa, size):
+        if self.dirty_range is None:
+            return
+        first, nr = self.dirty_range
+        for g in range(gpa // PAGE, (gpa + size - 1) // PAGE + 1):
+            if first <= g < first + nr:
+                self.dirty.add(g)
+
+    def hvm_param(self, index, is_set, value):
+        """HVMOP_get_param / set_param, as a dom0 device model may use them
+        (never set: 0)."""
+        if index >= HVM_NR_PARAMS:
+            return -_EINVAL, 0
+        self.param_log.append(("set" if is_set else "get", index, value))
+        if is_set:
+            self.hvm_params[index] = value
+            return 0, value
+        return 0, self.hvm_params.get(index, 0)
+
+    def set_mem_type(self, mtype, first, nr):
+        """XEN_DMOP_set_mem_type: ram_rw and ram_ro on RAM (ram_ro drops the
+        guest's writes), mmio_dm on a hole."""
+        if mtype not in (HVMMEM_RAM_RW, HVMMEM_RAM_RO, HVMMEM_MMIO_DM):
+            return -_EINVAL
+        if nr == 0 or first + nr - 1 > _MAX_GFN:
+            return -_EINVAL
+        for g in range(first, first + nr):
+            ram = self._gfn_taken(g)
+            if ram == (mtype == HVMMEM_MMIO_DM):
+                return -_EINVAL
+        for g in range(first, first + nr):
+            if mtype == HVMMEM_RAM_RW:
+                self.mem_types.pop(g, None)
+            else:
+                self.mem_types[g] = mtype
+        return 0
+
+    def guest_memory(self, gpa, size):
+        """A writable view of guest memory at gpa (RAM or populated pages,
+        within one page run), or None where the guest has no memory."""
+        gfn = gpa // PAGE
+        for r in self.regions:
+            if r.fd == self.special_fd or not (r.gfn <= gfn < r.gfn + r.npages):
+                continue
+            if gpa + size > (r.gfn + r.npages) * PAGE:
+                return None
+            if r.fd == self.ram_fd and self.ram is not None:
+                return memoryview(self.ram)[gpa : gpa + size]
+            off = r.offset + gpa - r.gfn * PAGE
+            base = off - off % mmap.ALLOCATIONGRANULARITY
+            m = mmap.mmap(r.fd, off - base + size, offset=base)
+            return memoryview(m)[off - base : off - base + size]
+        return None
+
+    def write_discarded(self, gpa, size):
+        """Whether a guest write there is dropped (ram_ro pages)."""
+        for g in range(gpa // PAGE, (gpa + size - 1) // PAGE + 1):
+            if self.mem_types.get(g) == HVMMEM_RAM_RO:
+                return True
+        return False
+
+    def try_send_buffered(self, s, type_, addr, size, value):
+        """Xen's ioreq_send_buffered: queue a single write below 1 MiB in the
+        server's buffered page. False (send it synchronously) when the
+        server has no buffered page, the size is not 1/2/4/8 or the ring is
+        full. With BUFIOREQ_ATOMIC the pointers are brought back below the
+        ring size, as Xen does."""
+        if not s.buf_gfn or addr > 0xFFFFF or size not in (1, 2, 4, 8):
+            return False
+        page = self.page_of(s.buf_gfn)
+        qw = 1 if size == 8 else 0
+        rp, wp = struct.unpack_from("<II", page, 0)
+        if (wp - rp) & 0xFFFFFFFF >= abi.IOREQ_BUFFER_SLOT_NUM - qw:
+            return False
+        slots = [abi.pack_buf_ioreq(type_, 0, size, addr, value & 0xFFFFFFFF)]
+        if qw:
+            slots.append(abi.pack_buf_ioreq(type_, 0, size, addr, (value >> 32) & 0xFFFFFFFF))
+        for i, item in enumerate(slots):
+            o = abi.BUFIOREQ_OFF_SLOTS + ((wp + i) % abi.IOREQ_BUFFER_SLOT_NUM) \
+                * abi.BUF_IOREQ_SIZE
+            page[o : o + abi.BUF_IOREQ_SIZE] = item
+        struct.pack_into("<I", page, 4, (wp + len(slots)) & 0xFFFFFFFF)
+        if getattr(s, "bufioreq_handling", 0) == abi.HVM_IOREQSRV_BUFIOREQ_ATOMIC:
+            rp, wp = struct.unpack_from("<II", page, 0)
+            if rp >= abi.IOREQ_BUFFER_SLOT_NUM:
+                n = rp // abi.IOREQ_BUFFER_SLOT_NUM * abi.IOREQ_BUFFER_SLOT_NUM
+                # One 8-byte store, as Xen's cmpxchg64 on both pointers.
+                page[0:8] = struct.pack("<II", rp - n, wp - n)
+        self.signal(s.buf_port)
+        return True

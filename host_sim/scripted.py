@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 
-from host_sim.hypervisor import SimError, SimHypervisor  # noqa: F401
+from host_sim.hypervisor import VGA_HOLE, SimError, SimHypervisor  # noqa: F401
 from host_sim import proto
 from host_sim.qtest_qemu import die_with_parent
 from stubdm import abi
@@ -259,11 +259,12 @@ class ScriptedGuest:
 
     # ---- memory ----
     def _in_ram(self, addr, n):
-        return addr + n <= self.hv.ram_size
+        return self.hv.guest_memory(addr, n) is not None
 
     def _mem_read(self, addr, size):
-        if self._in_ram(addr, size):
-            return int.from_bytes(self.hv.ram[addr : addr + size], "little")
+        mem = self.hv.guest_memory(addr, size)  # RAM (not the VGA hole), populated pages
+        if mem is not None:
+            return int.from_bytes(mem, "little")
         name = self.emulated.mmio_handler(addr, size)
         if name is not None:
             return self.emulated.mmio(name, addr, size, None)
@@ -273,8 +274,11 @@ class ScriptedGuest:
         return self.hv.send_ioreq(s, self.vcpu, abi.IOREQ_TYPE_COPY, addr, 0, size, is_read=1)
 
     def _mem_write(self, addr, size, value):
-        if self._in_ram(addr, size):
-            self.hv.ram[addr : addr + size] = value.to_bytes(size, "little")
+        mem = self.hv.guest_memory(addr, size)
+        if mem is not None:
+            if not self.hv.write_discarded(addr, size):  # ram_ro drops writes
+                mem[:] = value.to_bytes(size, "little")
+                self.hv.mark_dirty(addr, size)
             return
         name = self.emulated.mmio_handler(addr, size)
         if name is not None:
@@ -282,7 +286,18 @@ class ScriptedGuest:
             return
         s = self.hv.server_for_range(MMIO, addr, addr + size - 1)
         if s is not None:
+            if self._vga_write(s, addr, size, value):
+                return
             self.hv.send_ioreq(s, self.vcpu, abi.IOREQ_TYPE_COPY, addr, value, size)
+
+    def _vga_write(self, s, addr, size, value):
+        """Xen's stdvga.c: a single write wholly inside 0xa0000-0xbffff goes
+        to the buffered ring; when it can't (no ring, ring full) it goes
+        synchronously like any other access (False)."""
+        lo, hi = VGA_HOLE
+        if not (lo <= addr and addr + size <= hi):
+            return False
+        return self.hv.try_send_buffered(s, abi.IOREQ_TYPE_COPY, addr, size, value)
 
     def readb(self, a):
         return self._mem_read(a, 1)
@@ -309,14 +324,17 @@ class ScriptedGuest:
         self._mem_write(a, 8, v & 0xFFFFFFFFFFFFFFFF)
 
     def memread(self, addr, n):
-        if not self._in_ram(addr, n):
+        mem = self.hv.guest_memory(addr, n)
+        if mem is None:
             raise ValueError("memread outside guest RAM")
-        return bytes(self.hv.ram[addr : addr + n])
+        return bytes(mem)
 
     def memwrite(self, addr, data):
-        if not self._in_ram(addr, len(data)):
+        mem = self.hv.guest_memory(addr, len(data))
+        if mem is None:
             raise ValueError("memwrite outside guest RAM")
-        self.hv.ram[addr : addr + len(data)] = data
+        mem[:] = data
+        self.hv.mark_dirty(addr, len(data))
 
     # ---- interrupts ----
     def get_irq(self, n):
