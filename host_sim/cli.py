@@ -61,8 +61,18 @@ def cmd_boot(args):
                   "python3 build/make_guest.py, or pass --%s)"
                   % (what, " at " + path if path else "", what), file=sys.stderr)
             return EXIT_FAIL
+    disks = []
+    for spec in args.disk or ():
+        path, _, flag = spec.partition(",")
+        if flag not in ("", "readonly") or not os.path.exists(path):
+            print("stubdm-sim: --disk %s: PATH[,readonly] of an existing image" % spec,
+                  file=sys.stderr)
+            return EXIT_USAGE
+        disks.append((os.path.abspath(path), flag == "readonly"))
+    cdroms = [os.path.abspath(p) if p else None for p in (args.cdrom or ())]
     e = engine.Engine(qemu, kernel, initrd, memory=args.memory, run=args.run,
-                      runtime=args.dm_runtime, quiet=not args.verbose, timeout=args.timeout)
+                      runtime=args.dm_runtime, quiet=not args.verbose, timeout=args.timeout,
+                      disks=disks, cdroms=cdroms)
     try:
         rc = e.boot()
     except scripted.SimError as err:
@@ -171,6 +181,11 @@ def main(argv=None):
                     help="shell commands for the guest to run; it powers off after them")
     bo.add_argument("--timeout", type=float, default=None, metavar="S",
                     help="give up after S seconds (default: none)")
+    bo.add_argument("--disk", action="append", metavar="PATH[,readonly]",
+                    help="an IDE disk for the guest (repeatable; the first is /dev/sda), "
+                    "passed to stubdm as libxl's -drive ...,if=ide")
+    bo.add_argument("--cdrom", action="append", metavar="PATH",
+                    help="an ATAPI CD-ROM on ide.1 (libxl's -device ide-cd; /dev/sr0)")
     bo.add_argument("-v", "--verbose", action="store_true", help="kernel messages and notes")
     bo.set_defaults(func=cmd_boot)
     bp = sub.add_parser("bench", help="print performance figures")
