@@ -57,10 +57,10 @@ static int hx_simple(uint32_t op, const hx_msg_t *m) {
 
 // A call host_sim does not provide: log once, fail as Xen's library fails
 // on a hypervisor without the feature.
-static int hx_unsupported(const char *fn, int *once) {
+static int hx_unsupported(const char *fn, const char *why, int *once) {
     if (!*once) {
         *once = 1;
-        fprintf(stderr, "host_sim libsim: %s: not simulated (PCI passthrough), ENOSYS\n", fn);
+        fprintf(stderr, "host_sim libsim: %s: not simulated (%s), ENOSYS\n", fn, why);
     }
     errno = ENOSYS;
     return -1;
@@ -69,7 +69,7 @@ static int hx_unsupported(const char *fn, int *once) {
 #define HX_ENOSYS(fn)                                                                          \
     do {                                                                                       \
         static int once_;                                                                      \
-        return hx_unsupported(fn, &once_);                                                     \
+        return hx_unsupported(fn, "PCI passthrough", &once_);                                                     \
     } while (0)
 
 // ---- libxenctrl ----
@@ -388,14 +388,16 @@ int xengnttab_set_max_grants(xengnttab_handle *xgt, uint32_t nr_grants) {
 int xengnttab_grant_copy(xengnttab_handle *xgt, uint32_t count,
                          xengnttab_grant_copy_segment_t *segs) {
     (void)xgt, (void)count, (void)segs;
-    HX_ENOSYS("xengnttab_grant_copy");
+    static int once;
+    return hx_unsupported("xengnttab_grant_copy", "grant copy: the device model's PV backends",
+                          &once);
 }
 
 void *xengnttab_map_domain_grant_refs(xengnttab_handle *xgt, uint32_t count, uint32_t domid,
                                       uint32_t *refs, int prot) {
     (void)xgt, (void)count, (void)domid, (void)refs, (void)prot;
     static int once;
-    hx_unsupported("xengnttab_map_domain_grant_refs", &once);
+    hx_unsupported("xengnttab_map_domain_grant_refs", "grant mapping: PV backends", &once);
     return NULL;
 }
 
