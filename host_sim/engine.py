@@ -1,0 +1,415 @@
+"""host_sim's guest engine: a real guest under QEMU, stubdm serving its PCI functions.
+
+QEMU runs the guest (TCG here, KVM where real virtualisation exists) with
+its own chipset; each PCI function of stubdm's machine is put in front of
+the guest through QEMU's vfio-user client, and every config-space and BAR
+access becomes the ioreq Xen would send the device model's ioreq server
+(PCI_CONFIG, PIO or COPY), answered by the device model in its own process.
+QEMU's RAM (DMA_MAP memfds) is the guest RAM behind host_sim's foreign
+memory; the device model's INTx levels go to QEMU through the INTx eventfd.
+"""
+import base64
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from host_sim.qtest_qemu import die_with_parent
+from host_sim.hypervisor import DeviceModelGone, DeviceModelHung, SimError, SimHypervisor
+from host_sim.scripted import ROOT, dm_command, dm_env
+from host_sim.vfio_user import VfioUserServer
+from stubdm import abi
+
+EXIT_MARK = b"STUBDM-EXIT="
+# Guest PCI slots of stubdm's functions: the DM's own devfn numbering is kept,
+# so the INTx the DM raises for device N is the guest's slot N.
+DEVFN_PLATFORM = 0x18
+DEVFN_PCI_SERIAL = 0x20
+# The device model's PIIX3 IDE (its 01.1) in PCI native mode: QEMU's own
+# PIIX3 IDE holds the guest's 01.1, so the guest sees it at 05.0.
+DEVFN_IDE = 0x09
+GUEST_SLOT_IDE = 0x05
+# Where host_sim places a BAR itself if QEMU never forwards the guest's BAR
+# programming (the guest sees QEMU's own, virtualised BAR registers).
+SHADOW_IO = 0xC000
+SHADOW_MEM = 0xE0000000
+
+_BAR_REGS = range(0x10, 0x28)
+
+
+class EngineError(SimError):
+    pass
+
+
+class StubdmFunction:
+    """vfio-user back end for one of the device model's PCI functions."""
+
+    def __init__(self, engine, devfn):
+        self.engine = engine
+        self.hv = engine.hv
+        self.devfn = devfn
+        self.server = self.hv.server_for_pci(0, devfn >> 3, devfn & 7)
+        if self.server is None:
+            raise EngineError("the device model serves no function at 00:%02x.%d"
+                              % (devfn >> 3, devfn & 7))
+        self.bases = {}
+        self.bars = self._probe_bars()
+
+    def _cfg(self, reg, size, value=None):
+        sbdf = abi.pci_sbdf(0, 0, self.devfn >> 3, self.devfn & 7)
+        addr = (sbdf << abi.PCI_SBDF_SHIFT) | reg
+        is_read = value is None
+        data = self.engine.ioreq(self.server, abi.IOREQ_TYPE_PCI_CONFIG, addr,
+                                 0 if is_read else value, size, is_read)
+        return data & ((1 << (8 * size)) - 1) if is_read else None
+
+    def _probe_bars(self):
+        """BAR sizes, found the way firmware finds them (write all ones, read back)."""
+        bars = []
+        i = 0
+        while i < 6:
+            reg = 0x10 + 4 * i
+            old = self._cfg(reg, 4)
+            self._cfg(reg, 4, 0xFFFFFFFF)
+            probe = self._cfg(reg, 4)
+            self._cfg(reg, 4, old)
+            if probe and probe != 0xFFFFFFFF:
+                is_io = probe & 1
+                mask = probe & (0xFFFFFFFC if is_io else 0xFFFFFFF0)
+                size = (~mask & 0xFFFFFFFF) + 1
+                if is_io:
+                    size &= 0xFFFF
+                bars.append((i, size, bool(is_io)))
+                if not is_io and (probe & 6) == 4:
+                    i += 1  # 64-bit BAR: the next register is its upper half
+            i += 1
+        return bars
+
+    # ---- the vfio-user back-end interface ----
+    def bar_regions(self):
+        return self.bars
+
+    def config_read(self, offset, size):
+        return self._cfg(offset, size)
+
+    def config_write(self, offset, size, value):
+        if offset < 0x08 or offset in _BAR_REGS:
+            self.bases.clear()  # decoding may have changed
+        self._cfg(offset, size, value)
+
+    def _base(self, index):
+        base = self.bases.get(index)
+        if base is not None:
+            return base
+        is_io = None
+        size = 0
+        for i, s, io in self.bars:
+            if i == index:
+                is_io, size = io, s
+        if is_io is None:
+            raise EngineError("no BAR %d" % index)
+        reg = 0x10 + 4 * index
+        bar = self._cfg(reg, 4)
+        cmd = self._cfg(0x04, 2)
+        enable = 1 if is_io else 2
+        base = bar & (0xFFFFFFFC if is_io else 0xFFFFFFF0)
+        if not (cmd & enable) or base == 0:
+            # QEMU kept the guest's BAR programming to itself: place the BAR
+            # where nothing else is and turn decoding on, as firmware would.
+            slot = self.devfn >> 3
+            base = SHADOW_IO + slot * 0x100 if is_io else SHADOW_MEM + slot * (16 << 20)
+            base = (base + size - 1) & ~(size - 1)
+            self._cfg(reg, 4, base)
+            self._cfg(0x04, 2, cmd | enable)
+            self.engine.note("00:%02x.%d BAR%d placed at %#x for the device model"
+                             % (self.devfn >> 3, self.devfn & 7, index, base))
+        self.bases[index] = (base, is_io)
+        return self.bases[index]
+
+    def region_read(self, index, offset, size):
+        base, is_io = self._base(index)
+        t = abi.IOREQ_TYPE_PIO if is_io else abi.IOREQ_TYPE_COPY
+        return self.engine.ioreq(self.server, t, base + offset, 0, size, 1)
+
+    def region_write(self, index, offset, size, value):
+        base, is_io = self._base(index)
+        t = abi.IOREQ_TYPE_PIO if is_io else abi.IOREQ_TYPE_COPY
+        self.engine.ioreq(self.server, t, base + offset, value, size, 0)
+
+    def dma_map(self, iova, size, fd, fd_offset, prot):
+        if fd is None:
+            return
+        try:
+            self.hv.add_ram(iova, size, fd, fd_offset)
+        except ValueError:
+            # Each function's server gets the same maps: the first one wins.
+            pass
+
+    def dma_unmap(self, iova, size):
+        self.hv.remove_ram(iova, size)
+
+
+def ide_args(disks, cdroms):
+    """The device model's disk arguments, as libxl writes them (DESIGN.md 7),
+    plus -ide-native: QEMU reaches the controller only as a PCI function."""
+    if not disks and not cdroms:
+        return []
+    args = []
+    for i, (path, readonly) in enumerate(disks):
+        if i > 3:
+            raise EngineError("IDE has four drive positions")
+        args += ["-drive", "file=%s,if=ide,index=%d,media=disk,format=raw,cache=writeback%s"
+                 % (path.replace(",", ",,"), i, ",readonly=on" if readonly else "")]
+    for j, path in enumerate(cdroms):
+        pos = 2 + j  # libxl puts CD-ROMs on ide.1
+        if pos < len(disks) or pos > 3:
+            raise EngineError("no IDE position left for CD-ROM %d" % j)
+        devid = 5632 + 64 * j  # hdc's xenstore device number, as libxl's ide-DEVNO
+        spec = "if=none,readonly=on,id=ide-%d" % devid
+        if path:
+            spec += ",file=%s,format=raw" % path.replace(",", ",,")
+        args += ["-drive", spec, "-device", "ide-cd,id=ide-%d,drive=ide-%d,bus=ide.%d,unit=%d"
+                 % (devid, devid, pos // 2, pos % 2)]
+    return args + ["-ide-native"]
+
+
+def find_kernel():
+    k = os.path.join(ROOT, "build", "guest", "vmlinuz")
+    i = os.path.join(ROOT, "build", "guest", "initramfs.cpio.gz")
+    return (k if os.path.exists(k) else None), (i if os.path.exists(i) else None)
+
+
+class Engine:
+    """One boot: host_sim's hypervisor, the device model, vfio-user servers, QEMU."""
+
+    def __init__(self, qemu, kernel, initrd, memory=512, run=None, runtime="cpython",
+                 accel="tcg", quiet=True, out=None, timeout=None, dm_extra=(), disks=(), cdroms=()):
+        self.qemu = qemu
+        self.kernel = kernel
+        self.initrd = initrd
+        self.memory = memory
+        self.run = run
+        self.runtime = runtime
+        self.accel = accel
+        self.quiet = quiet
+        self.out = out or sys.stdout.buffer
+        self.timeout = timeout
+        # disks: (path, readonly) each, the guest's IDE disks from index 0; cdroms:
+        # image paths (None: an empty drive) from ide.1 unit 0 on. Both go to the
+        # device model as libxl writes them (-drive / -device ide-cd).
+        self.dm_extra = list(dm_extra) + ide_args(disks, cdroms)
+        self.ide = bool(disks or cdroms)
+        self.failure = None
+        self.notes = []
+        self.dir = tempfile.mkdtemp(prefix="stubdm-boot-")
+        self.hv = None
+        self.dm = None
+        self.qemu_proc = None
+        self.servers = []
+        self.ioreqs = 0
+        self.output = bytearray()
+
+    def note(self, msg):
+        self.notes.append(msg)
+        if not self.quiet:
+            sys.stderr.write("stubdm-sim: %s\n" % msg)
+
+    def ioreq(self, server, type_, addr, data, size, is_read):
+        """One access on the guest's behalf; a dead or hung device model ends the run."""
+        if self.failure is not None:
+            return (1 << (8 * size)) - 1 if is_read else 0
+        try:
+            self.ioreqs += 1
+            return self.hv.send_ioreq(server, 0, type_, addr, data, size, is_read=is_read)
+        except (DeviceModelGone, DeviceModelHung) as e:
+            self.failure = e
+            return (1 << (8 * size)) - 1 if is_read else 0
+
+    # ---- start-up ----
+    def start_dm(self):
+        sock = os.path.join(self.dir, "hv.sock")
+        self.hv = SimHypervisor(sock, ram_mib=self.memory, own_ram=False, log=self.note)
+        self.hv.on_intx = self._intx
+        env = dm_env(sock)
+        self.serial_log = os.path.join(self.dir, "pci-serial.log")
+        args = dm_command(self.runtime) + [
+            "-xen-domid", str(self.hv.domid), "-m", str(self.memory), "-nodefaults",
+            "-device", "pci-serial,addr=%d" % (DEVFN_PCI_SERIAL >> 3),
+            "-serial", "file:" + self.serial_log,
+        ] + self.dm_extra
+        self.dm_log = os.path.join(self.dir, "dm.log")
+        with open(self.dm_log, "wb") as err:
+            self.dm = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stderr=err,
+                                       stdout=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        self.hv.alive = lambda: self.dm.poll() is None
+
+        def ready():
+            return any(s.enabled for s in self.hv.servers.values())
+
+        self.hv.pump_until(ready, "its start-up", timeout=30)
+
+    def start_servers(self):
+        devfns = (DEVFN_PLATFORM, DEVFN_PCI_SERIAL) + ((DEVFN_IDE,) if self.ide else ())
+        for devfn in devfns:
+            fn = StubdmFunction(self, devfn)
+            path = os.path.join(self.dir, "fn%02x.sock" % devfn)
+            srv = VfioUserServer(path, fn, log=self.note)
+            self.servers.append((devfn, fn, srv))
+
+    def _intx(self, dev, intx, level):
+        for devfn, _fn, srv in self.servers:
+            if devfn >> 3 == dev and intx == 0:
+                srv.set_intx(level)
+
+    def qemu_args(self):
+        mem = self.memory
+        append = "console=ttyS0 panic=-1"
+        if self.quiet:
+            append += " quiet"
+        if self.run is not None:
+            append += " stubdm.run=" + base64.b64encode(self.run.encode()).decode()
+        args = [
+            self.qemu,
+            "-machine", "pc,accel=%s,memory-backend=mem" % self.accel,
+            "-object", "memory-backend-memfd,id=mem,size=%dM,share=on" % mem,
+            "-m", "%dM" % mem,
+            "-nodefaults", "-no-reboot", "-display", "none",
+            "-serial", "stdio",
+            "-kernel", self.kernel, "-initrd", self.initrd, "-append", append,
+        ]
+        for devfn, _fn, srv in self.servers:
+            slot, fn = devfn >> 3, devfn & 7
+            if devfn == DEVFN_IDE:
+                slot, fn = GUEST_SLOT_IDE, 0
+            args += ["-device",
+                     '{"driver":"vfio-user-pci","addr":"%02x.%x","socket":'
+                     '{"path":"%s","type":"unix"}}' % (slot, fn, srv.path)]
+        return args
+
+    # ---- the run ----
+    def boot(self):
+        """Returns the guest's exit status (run mode) or 0; raises SimError on failure."""
+        try:
+            self.start_dm()
+            self.start_servers()
+            interactive = self.run is None and sys.stdin.isatty()
+            self.qemu_proc = subprocess.Popen(
+                self.qemu_args(),
+                stdin=None if interactive else subprocess.DEVNULL,
+                stdout=None if interactive else subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=not interactive,
+                preexec_fn=die_with_parent,
+            )
+            return self._loop(interactive)
+        finally:
+            self.close()
+
+    def _loop(self, interactive):
+        poller = select.poll()
+        qout = None if interactive else self.qemu_proc.stdout.fileno()
+        if qout is not None:
+            os.set_blocking(qout, False)
+            poller.register(qout, select.POLLIN)
+        registered = set()
+        deadline = time.monotonic() + self.timeout if self.timeout else None
+        while True:
+            for _devfn, _fn, srv in self.servers:
+                for fd in srv.filenos():
+                    if fd not in registered:
+                        poller.register(fd, select.POLLIN)
+                        registered.add(fd)
+            by_fd = {}
+            for _devfn, _fn, srv in self.servers:
+                for fd in srv.filenos():
+                    by_fd[fd] = srv
+            for fd in list(registered):
+                if fd not in by_fd:
+                    poller.unregister(fd)
+                    registered.discard(fd)
+            events = poller.poll(100)
+            for fd, ev in events:
+                if fd == qout:
+                    self._qemu_output(qout)
+                elif fd in by_fd:
+                    by_fd[fd].handle_readable(fd)
+            if self.hv is not None:  # None: no device model (host_sim/bench.py)
+                self.hv.pump(0)
+            if self.failure is not None:
+                raise self.failure
+            if self.dm is not None and self.dm.poll() is not None:
+                raise DeviceModelGone("the device model exited with status %d"
+                                      % self.dm.returncode)
+            if self.qemu_proc.poll() is not None:
+                if qout is not None:
+                    self._qemu_output(qout)
+                return self._result()
+            if deadline is not None and time.monotonic() > deadline:
+                raise EngineError("the guest did not finish in %d s" % self.timeout)
+
+    def _qemu_output(self, fd):
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            if not chunk:
+                return
+            self.output += chunk
+            self.out.write(chunk)
+            self.out.flush()
+
+    def _result(self):
+        rc = self.qemu_proc.returncode
+        if self.run is None:
+            return 0
+        i = self.output.rfind(EXIT_MARK)
+        if i < 0:
+            err = self.qemu_proc.stderr.read().decode(errors="replace").strip()
+            raise EngineError("the guest stopped without reporting its status (QEMU exit %d)%s"
+                              % (rc, ": " + err if err else ""))
+        digits = bytearray()
+        for c in self.output[i + len(EXIT_MARK):]:
+            if not chr(c).isdigit():
+                break
+            digits.append(c)
+        return int(digits or b"1")
+
+    def dm_messages(self):
+        try:
+            with open(self.dm_log, errors="replace") as f:
+                return f.read()
+        except (OSError, AttributeError):
+            return ""
+
+    def close(self):
+        if self.qemu_proc is not None and self.qemu_proc.poll() is None:
+            self.qemu_proc.terminate()
+            try:
+                self.qemu_proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.qemu_proc.kill()
+                self.qemu_proc.wait()
+        for _devfn, _fn, srv in self.servers:
+            srv.close()
+        if self.hv is not None:
+            self.hv.close()
+        if self.dm is not None:
+            if isinstance(self.failure, DeviceModelHung):
+                self.dm.kill()  # it answers nothing: it will not exit by itself
+            try:
+                self.dm.wait(5)
+            except subprocess.TimeoutExpired:
+                self.dm.send_signal(signal.SIGKILL)
+                self.dm.wait()
+        self.messages = self.dm_messages()
+        try:
+            with open(self.serial_log, "rb") as f:
+                self.pci_serial_output = f.read()
+        except (OSError, AttributeError):
+            self.pci_serial_output = b""
+        shutil.rmtree(self.dir, ignore_errors=True)
