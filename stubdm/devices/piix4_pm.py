@@ -9,7 +9,10 @@
 #   0x0680, sets PMBA (config 0x40) to 0xb001 (ACPI_PM1A_EVT_BLK_ADDRESS_V1),
 #   enables it with config 0x80 bit 0, writes interrupt line 9, turns the
 #   SMBus I/O off (0xd2 = 0), then enables ACPI with outb(0xb2, 0xf1) until
-#   PM1a_CNT.SCI_EN reads back set (hvmloader.c acpi_enable_sci).
+#   PM1a_CNT.SCI_EN reads back set (hvmloader.c acpi_enable_sci). SCI_EN is
+#   clear at reset on "xenfv" (QEMU's alias of xenfv-4.2, whose machine
+#   compat turns PIIX4_PM's smm-compat on; measured: pc-i440fx-6.0 and later
+#   with smm=off set SCI_EN at reset and ignore ACPI_ENABLE/DISABLE).
 # - libacpi's FADT (static_tables.c) names PM1a_EVT 0xb000 (4 bytes),
 #   PM1a_CNT 0xb004 (2), PM_TMR 0xb008 (4), GPE0 0xafe0 (4), SCI_INT 9.
 # - Xen itself emulates PM1a_EVT and PM_TMR (xen/arch/x86/hvm/pmtimer.c
@@ -268,11 +271,9 @@ class Piix4Pm(PciFunction):
 
     def update_sci(self):
         # PM1a_EVT is Xen's (it drives the same IRQ 9 for its own events):
-        # what this function adds to the SCI is GPE0 only.
-        level = 0
-        for i in range(GPE0_LEN // 2):
-            if self.gpe_sts[i] & self.gpe_en[i]:
-                level = 1
+        # what this function adds to the SCI is GPE0, of which QEMU's
+        # acpi_update_sci looks at the first status/enable byte only.
+        level = 1 if self.gpe_sts[0] & self.gpe_en[0] else 0
         if self.sci is not None:
             self.sci.set_level(level)
 

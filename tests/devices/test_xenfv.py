@@ -300,6 +300,11 @@ def test_apm_and_gpe0():
     assert p.calls == [("isa", 9, 1)]
     pio(d, 0xAFE0, 1, 0x04)
     assert p.calls[-1] == ("isa", 9, 0)
+    # QEMU's acpi_update_sci looks at the first status/enable byte only.
+    n = len(p.calls)
+    pio(d, 0xAFE3, 1, 0x02)
+    m.pm.raise_gpe(9)
+    assert len(p.calls) == n and pio(d, 0xAFE1, 1) == 0x02
 
 
 # --- IRQ latch --------------------------------------------------------------------
