@@ -175,8 +175,6 @@ _NEED_MEDIUM = (SCSI_TEST_UNIT_READY, SCSI_READ_CAPACITY, SCSI_READ_10, SCSI_REA
 
 
 def _errno_to_ata(status, is_write):
-    if status == block.EINVAL:
-        return ERR_IDNF | ERR_ABRT
     if status == block.EIO and not is_write:
         return ERR_UNC
     return ERR_ABRT
@@ -351,7 +349,7 @@ class AtaBase(Drive):
         self.busy = False  # a disk request or DMA is under way
         self.gen = 0  # bumped by a reset: completions of older requests are dropped
         self.dma_pending = None
-        self.xfer_mode = 0x0C  # PIO4 (SET FEATURES 03h)
+        self.xfer_mode = 0x45  # UDMA5 selected, as QEMU's IDENTIFY starts (SET FEATURES 03h)
         self.wcache = True  # cache=writeback (libxl's): FLUSH CACHE reaches the disk
         self.set_signature()
         self.status = 0 if self.atapi else ST_READY
@@ -376,7 +374,7 @@ class AtaBase(Drive):
         self.pio.pos = self.pio.end = 0
         self.busy = False
         self.error = err
-        self.status = ST_DRDY | ST_ERR | (0 if self.atapi else ST_DSC)
+        self.status = ST_DRDY | ST_ERR  # without DSC, as QEMU's ide_abort_command
         self._irq()
 
     def abort_transfer(self):
@@ -675,7 +673,7 @@ class AtaDisk(AtaBase):
             lba48 = cmd == CMD_VERIFY_EXT
             lba, n = self._lba(lba48), self._count(lba48)
             if not self._range_ok(lba, n):
-                self._abort(ERR_IDNF | ERR_ABRT)
+                self._abort()
             else:
                 self._set_lba(lba + n - 1, lba48)
                 self._ok()
@@ -761,7 +759,7 @@ class AtaDisk(AtaBase):
         if not self._range_ok(lba, n):
             log.guest_error(self.name, "sectors %d+%d past the disk's %d" %
                             (lba, n, self.disk.sectors))
-            self._abort(ERR_IDNF | ERR_ABRT)
+            self._abort()
             return
         if is_write and self.disk.readonly:
             self._abort()
@@ -791,7 +789,7 @@ class AtaDisk(AtaBase):
                 return
             x[0] = lba + k
             x[1] = n - k
-            self._set_lba(lba + k - 1 if x[1] == 0 else lba + k, x[5])
+            self._set_lba(lba + k, x[5])  # the next sector, as QEMU leaves it
             self.nsector = x[1] & 0xFF
             self._pio_start(k * SECTOR, False, self._pio_read_next)
 
@@ -809,7 +807,7 @@ class AtaDisk(AtaBase):
                 return
             x[0] = lba + k
             x[1] = n - k
-            self._set_lba(lba + k - 1 if x[1] == 0 else lba + k, x[5])
+            self._set_lba(lba + k, x[5])  # the next sector, as QEMU leaves it
             self.nsector = x[1] & 0xFF
             if x[1] == 0:
                 self.xfer = None
@@ -829,7 +827,7 @@ class AtaDisk(AtaBase):
         if not self._range_ok(lba, n):
             log.guest_error(self.name, "DMA of sectors %d+%d past the disk's %d" %
                             (lba, n, self.disk.sectors))
-            self._abort(ERR_IDNF | ERR_ABRT)
+            self._abort()
             return
         if is_write and self.disk.readonly:
             self._abort()
@@ -924,6 +922,7 @@ class AtapiCdrom(AtaBase):
         if cmd == CMD_IDENTIFY_PACKET:
             self._identify()
             self._pio_start(SECTOR, False, None)
+            self.status = ST_READY | ST_DRQ  # QEMU's READY | SEEK
             return
         if cmd == CMD_DEVICE_RESET:
             self.abort_transfer()
@@ -1044,7 +1043,7 @@ class AtapiCdrom(AtaBase):
         self.stream = None
         self.pio.pos = self.pio.end = 0
         self.busy = False
-        self.error = (self.sense_key << 4) | ERR_ABRT
+        self.error = self.sense_key << 4  # QEMU's ide_atapi_cmd_error: no ABRT bit
         self.nsector = IR_IO | IR_COD
         self.status = ST_DRDY | ST_ERR
         self._irq()
@@ -1157,7 +1156,7 @@ class AtapiCdrom(AtaBase):
 
     def _request_sense(self, cdb):
         r = bytearray(18)
-        r[0] = 0x70  # current error, fixed format (SPC-3 4.5.3)
+        r[0] = 0xF0  # valid, current error, fixed format (SPC-3 4.5.3), as QEMU
         r[2] = self.sense_key
         r[7] = 10
         r[12] = self.asc
@@ -1269,13 +1268,10 @@ class AtapiCdrom(AtaBase):
             d[2] = 0xAA  # lead-out
             self._lba_or_msf(d, 4, blocks, msf)
             r += d
-        elif fmt == 1:  # session information: one session, track 1 at 0
+        elif fmt == 1:  # session information: one session at 0 (the rest zero, as QEMU)
             r = bytearray(12)
             r[2] = 1
             r[3] = 1
-            r[5] = 0x14
-            r[6] = 1
-            self._lba_or_msf(r, 8, 0, msf)
         elif fmt == 2:  # raw TOC: A0, A1, A2 and track 1 of session 1
             r = bytearray(4)
             r[2] = 1
@@ -1361,7 +1357,7 @@ class AtapiCdrom(AtaBase):
         alloc = _be16(cdb, 7)
         if cdb[4] & 0x10:  # media class (MMC-3 6.6.2.4)
             r = bytearray(8)
-            _pbe16(r, 0, 6)
+            _pbe16(r, 0, 4)  # bytes after the 4-byte header (MMC-3 6.6.2.1)
             r[2] = 0x04
             r[3] = 0x10
             r[4] = self.event
@@ -1369,7 +1365,6 @@ class AtapiCdrom(AtaBase):
             self.event = MEC_NO_CHANGE
         else:
             r = bytearray(4)
-            _pbe16(r, 0, 2)
             r[2] = 0x80  # no event available
             r[3] = 0x10
         self._reply(r, alloc)

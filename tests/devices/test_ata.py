@@ -61,7 +61,7 @@ def test_set_features_transfer_mode_shows_in_identify():
     r.outb(0, 1, 0x03)
     r.outb(0, 2, 0x47)  # UDMA7 does not exist
     r.outb(0, 7, 0xEF)
-    assert r.inb(0, 7) == 0x51 and r.inb(0, 1) == 0x04
+    assert r.inb(0, 7) == 0x41 and r.inb(0, 1) == 0x04
 
 
 @pytest.mark.parametrize("defer", [False, True])
@@ -118,7 +118,7 @@ def test_read_write_multiple():
     # SET MULTIPLE with a count that is not a power of two is aborted (ATA-6 8.40).
     r.outb(0, 2, 3)
     r.outb(0, 7, 0xC6)
-    assert r.inb(0, 7) == 0x51 and r.inb(0, 1) == 0x04
+    assert r.inb(0, 7) == 0x41 and r.inb(0, 1) == 0x04
 
 
 def test_lba48_registers_and_range():
@@ -142,11 +142,11 @@ def test_lba48_registers_and_range():
     assert seen[0] == (block.READ, lba, 512) and seen[1] == (block.READ, lba + 1, 512)
     assert r.inb(0, 7) == 0x50
     r.ctl(0, 0x80)  # HOB: the high-order bytes read back
-    assert (r.inb(0, 3), r.inb(0, 4)) == ((lba + 1) >> 24 & 0xFF, (lba + 1) >> 32 & 0xFF)
+    assert (r.inb(0, 3), r.inb(0, 4)) == ((lba + 2) >> 24 & 0xFF, (lba + 2) >> 32 & 0xFF)
     r.ctl(0, 0)
     r.taskfile(0, 0, big - 1, 2, lba48=True)
     r.outb(0, 7, 0x24)
-    assert r.inb(0, 7) == 0x51 and r.inb(0, 1) & 0x10
+    assert r.inb(0, 7) == 0x41 and r.inb(0, 1) == 0x04
     assert len(seen) == 2  # nothing went to the disk
 
 
@@ -189,14 +189,14 @@ def test_dma_bad_prd_tables_are_clean_errors():
     r = hd_rig()
     table = [(0x20000 + 512 * i, 2, False) for i in range(512)]  # 512 x 2 bytes, no EOT
     bm, st = r.dma(0, 0, 0xC8, 0, 4, 0x1000, table, True)
-    assert st == 0x51 and r.inb(0, 1) & 0x04 and bm & 0x01 == 0
+    assert st == 0x41 and r.inb(0, 1) & 0x04 and bm & 0x01 == 0
     assert log.count("guest_error") >= 1
     bm, st = r.dma(0, 0, 0xC8, 0, 1, 0x1000, [(0xFFFF0000, 512, True)], True)
-    assert st == 0x51 and bm & 0x02  # master abort: BMISX error
+    assert st == 0x41 and bm & 0x02  # master abort: BMISX error
     r.bm_w(0, 2, 1, 0x06)
     assert r.bm_r(0, 2) == 0
     bm, st = r.dma(0, 0, 0xC8, 1, 1, 0x3FFFFC, [], True)  # table off RAM's end
-    assert st == 0x51
+    assert st == 0x41
     bm, st = r.dma(0, 0, 0xC8, 9, 1, 0x1000, [(0x20000, 512, True)], True)
     assert (bm, st) == (0x04, 0x50)
     assert int.from_bytes(r.mem.ram[0x20000:0x20008], "little") == 9
@@ -209,12 +209,12 @@ def test_disk_errors_become_ata_errors():
     r.disks[(0, 0)].fail = block.EIO
     r.taskfile(0, 0, 0, 1)
     r.outb(0, 7, 0x20)
-    assert r.inb(0, 7) == 0x51 and r.inb(0, 1) == 0x40
+    assert r.inb(0, 7) == 0x41 and r.inb(0, 1) == 0x40
     bm, st = r.dma(0, 0, 0xCA, 0, 1, 0x1000, [(0x20000, 512, True)], False)
-    assert st == 0x51 and r.inb(0, 1) == 0x04
+    assert st == 0x41 and r.inb(0, 1) == 0x04
     r.select(0, 0)
     r.outb(0, 7, 0xE7)  # FLUSH CACHE
-    assert r.inb(0, 7) == 0x51
+    assert r.inb(0, 7) == 0x41
 
 
 def test_flush_reaches_the_disk():
@@ -234,7 +234,7 @@ def test_readonly_disk_refuses_writes():
     r = hd_rig(readonly=True)
     r.taskfile(0, 0, 0, 1)
     r.outb(0, 7, 0x30)
-    assert r.inb(0, 7) == 0x51 and r.inb(0, 1) == 0x04
+    assert r.inb(0, 7) == 0x41 and r.inb(0, 1) == 0x04
 
 
 def test_commands_in_the_wrong_state():
@@ -250,7 +250,7 @@ def test_commands_in_the_wrong_state():
     r.pio_in(0, 512)
     assert r.ch(0).read(0, 2) == 0 and log.count("guest_error") == 2
     r.outb(0, 7, 0x00)  # NOP: aborted
-    assert r.inb(0, 7) == 0x51
+    assert r.inb(0, 7) == 0x41
 
 
 def test_srst_signatures_and_absent_slave():
