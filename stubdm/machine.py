@@ -128,6 +128,22 @@ class IrqLatch:
             self.platform.set_pci_intx_level(key[0], key[1], level)
 
 
+NIC_MODELS = ("rtl8139", "e1000")
+
+
+def make_nic(model, net, mem, mac, name):
+    """An emulated NIC of `model` on network `net` (stubdm/net.py)."""
+    if model == "rtl8139":
+        from stubdm.devices.rtl8139 import Rtl8139
+
+        return Rtl8139(net, mem, mac, name)
+    if model == "e1000":
+        from stubdm.devices.e1000 import E1000
+
+        return E1000(net, mem, mac, name)
+    raise ValueError("unknown NIC model " + model)
+
+
 class Machine:
     """Devices, buses and their registration with the platform.
 
@@ -144,10 +160,14 @@ class Machine:
     [(channel, unit, BlockDevice)], "mem" (GuestMemory, for DMA), "native"
     (PCI native mode on INTA instead of the compatibility ports; see
     stubdm/devices/ide.py).
+    nics: (model, slot, net, mac) per NIC: model "rtl8139" or "e1000", slot 0
+    for the first free (after the pci-serials), net its stubdm.net network,
+    mac 6 bytes or None (the network's); nic_mem: the GuestMemory they DMA
+    through.
     """
 
     def __init__(self, platform, chardevs, ram_bytes, isa=True, pci_serial_slots=(), s3=True,
-                 ide=None):
+                 ide=None, nics=(), nic_mem=None):
         self.platform = platform
         self.irqs = IrqLatch(platform)
         self.pio = IoBus("pio")
@@ -191,11 +211,22 @@ class Machine:
             self._claim_ports(layout.PORT92, 1, self.port92, "port92")
 
         requests = [("pci-serial", slot) for slot in pci_serial_slots]
-        for slot in layout.place(requests):
+        requests += [(n[0], n[1]) for n in nics]
+        slots = layout.place(requests)
+        for slot in slots[:len(pci_serial_slots)]:
             irq = IrqLine()
             uart = Uart16550(irq, "pci-serial", chardevs.pop(0) if chardevs else None)
             self.uarts.append(uart)
             self.pci.attach(layout.devfn(slot), PciSerial(uart, irq))
+        self.nics = []
+        for i in range(len(nics)):
+            model, _slot, net, mac = nics[i]
+            slot = slots[len(pci_serial_slots) + i]
+            same = len([n for n in self.nics if n.name.split(".")[0] == model])
+            name = model if not same else "%s.%d" % (model, same)  # the fuzzer's --device names
+            nic = make_nic(model, net, nic_mem, mac, name)
+            self.nics.append(nic)
+            self.pci.attach(layout.devfn(slot), nic)
 
         self.ide = None
         if ide is not None:
