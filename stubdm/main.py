@@ -42,6 +42,11 @@ Options (QEMU's spelling, as libxl passes them in dm-argv):
                       a drive placed by -device (libxl's CD-ROMs)
   -ide-native         the PIIX3 IDE function in PCI native mode (BARs 0-4, INTA)
                       instead of the ISA ports: for host_sim's QEMU engine
+  -device rtl8139|e1000,id=nicD,netdev=netD,mac=XX:XX:XX:XX:XX:XX[,addr=SLOT]
+                      an RTL8139C+ or an 82540EM on the -netdev with that id
+  -netdev type=tap,id=netD,ifname=...,script=no,downscript=no
+                      a NIC's network (a stub domain's: its PV NIC to dom0)
+  -net none           no NICs (what libxl writes then)
   -nodefaults         no ISA devices (COM1, i8042, platform ports, port 0x92);
                       the chipset (0xcf8-0xcff, PIIX4 PM) stays
   -no-timers          device timers never fire (lock-step comparisons with
@@ -58,9 +63,114 @@ class ArgError(Exception):
     pass
 
 
+NIC_MODELS = ("rtl8139", "e1000")
+
+
+def _props(spec, what):
+    """QEMU's key=value,... (',,' is a literal comma)."""
+    parts = spec.replace(",,", "\x00").split(",")
+    out = []
+    for p in parts:
+        p = p.replace("\x00", ",")
+        k, eq, v = p.partition("=")
+        if not eq:
+            raise ArgError("%s: %r is not key=value" % (what, p))
+        out.append((k, v))
+    return out
+
+
+def parse_mac(v, what):
+    parts = v.split(":")
+    if len(parts) != 6:
+        raise ArgError(what + ": MAC must be six hex bytes: " + v)
+    try:
+        b = bytes([int(x, 16) for x in parts])
+    except ValueError:
+        raise ArgError(what + ": MAC must be six hex bytes: " + v)
+    for x in parts:
+        if len(x) != 2:
+            raise ArgError(what + ": MAC must be six hex bytes: " + v)
+    if b[0] & 1:
+        raise ArgError(what + ": a multicast MAC can't be a NIC's: " + v)
+    return b
+
+
+def parse_nic(spec):
+    """-device rtl8139|e1000,id=nicD,netdev=netD,mac=XX:..[,addr=SLOT] (libxl's form)."""
+    model, _, rest = spec.partition(",")
+    what = "-device " + model
+    nic = {"model": model, "id": None, "netdev": None, "mac": None, "slot": 0}
+    for k, v in _props(rest, what) if rest else ():
+        if k == "id":
+            nic["id"] = v
+        elif k == "netdev":
+            nic["netdev"] = v
+        elif k == "mac":
+            nic["mac"] = parse_mac(v, what)
+        elif k == "addr":
+            try:
+                slot = int(v.split(".")[0], 16 if "." in v or v.startswith("0x") else 0)
+            except ValueError:
+                raise ArgError(what + ": addr: not a slot: " + v)
+            if not 0 < slot < layout.NUM_SLOTS:
+                raise ArgError("%s,addr=%s: PCI slot %d is %s" % (
+                    what, v, slot, "taken by " + layout.slot_holder(0) if slot == 0
+                    else "not on bus 0"))
+            nic["slot"] = slot
+        elif k in ("romfile", "bootindex"):
+            pass  # option ROMs and boot order are the firmware's business here
+        else:
+            raise ArgError(what + ": unknown property " + k)
+    if nic["netdev"] is None:
+        raise ArgError(what + ": needs netdev=ID")
+    return nic
+
+
+def parse_netdev(spec):
+    """-netdev type=tap,id=netD,ifname=...,br=...,script=no,downscript=no (libxl's
+    form; QEMU's positional 'tap,id=...' too)."""
+    first, _, rest = spec.partition(",")
+    nd = {}
+    if "=" not in first:
+        nd["type"] = first
+        props = _props(rest, "-netdev") if rest else []
+    else:
+        props = _props(spec, "-netdev")
+    for k, v in props:
+        nd[k] = v
+    if nd.get("type") not in ("tap", "bridge", "user"):
+        raise ArgError("-netdev: type must be tap (as libxl writes it), not %r" % nd.get("type"))
+    if not nd.get("id"):
+        raise ArgError("-netdev: needs id=ID")
+    for k in ("script", "downscript"):
+        if nd.get(k, "no") != "no":
+            # A stub domain runs no scripts: dom0's hotplug scripts set up the vif.
+            raise ArgError("-netdev %s: %s=%s: the device model runs no scripts"
+                           % (nd["id"], k, nd[k]))
+    return nd
+
+
+def check_nics(opts):
+    used = {}
+    for nic in opts["nics"]:
+        if nic["netdev"] not in opts["netdevs"]:
+            raise ArgError("-device %s: netdev %s is not defined by a -netdev"
+                           % (nic["model"], nic["netdev"]))
+        if nic["netdev"] in used:
+            raise ArgError("-device %s: netdev %s is already %s's" % (
+                nic["model"], nic["netdev"], used[nic["netdev"]]))
+        used[nic["netdev"]] = nic["id"] or nic["model"]
+    try:
+        layout.place([("pci-serial", n) for n in opts["pci_serial"]]
+                     + [(n["model"], n["slot"]) for n in opts["nics"]])
+    except layout.SlotError as e:
+        raise ArgError("-device " + str(e))
+
+
 def parse_args(argv):
     opts = {"domid": None, "ram_mib": 128, "vcpus": 1, "serial": [], "pci_serial": [],
-            "isa": True, "verbose": 1, "timers": True, "ide": [], "ide_native": False}
+            "isa": True, "verbose": 1, "timers": True, "ide": [], "ide_native": False,
+            "nics": [], "netdevs": {}}
     from stubdm.driveargs import DriveArgError, DriveArgs
 
     drive_args = DriveArgs()
@@ -111,6 +221,19 @@ def parse_args(argv):
             except DriveArgError as e:
                 raise ArgError(str(e))
             i += 2
+        elif a == "-device" and value().split(",")[0] in NIC_MODELS:
+            opts["nics"].append(parse_nic(value()))
+            i += 2
+        elif a == "-netdev":
+            nd = parse_netdev(value())
+            if nd["id"] in opts["netdevs"]:
+                raise ArgError("-netdev: id %s used twice" % nd["id"])
+            opts["netdevs"][nd["id"]] = nd
+            i += 2
+        elif a == "-net":
+            if value() != "none":  # libxl writes -net none for a guest without NICs
+                raise ArgError("-net: only 'none' (NICs are -device with -netdev)")
+            i += 2
         elif a == "-ide-native":
             opts["ide_native"] = True
             i += 1
@@ -146,6 +269,7 @@ def parse_args(argv):
             raise ArgError("unknown option " + a)
     if opts["domid"] is None:
         raise ArgError("-xen-domid is required")
+    check_nics(opts)
     opts["ide"] = drive_args.drives()
     return opts
 
@@ -279,7 +403,8 @@ class DeviceModel:
         chardevs = [make_chardev(s) for s in serials]
         self.timers = opts["timers"]
         self.machine = Machine(Platform(hyp, sid), chardevs, ram, opts["isa"],
-                               opts["pci_serial"], ide=self.ide_config(opts))
+                               opts["pci_serial"], ide=self.ide_config(opts),
+                               nics=self.open_nics(opts), nic_mem=self.mem)
         m = self.machine
         self.dispatcher = Dispatcher(m.pio, m.mmio, m.pci, self.mem, m.irqs)
         outputs = [c for c in chardevs if c is not None]
@@ -294,6 +419,19 @@ class DeviceModel:
         self.heap_peak = 0
         if _mem_alloc is not None:
             self.sample_heap()  # the set-up's own: the machine and its devices
+
+    def open_nics(self, opts):
+        """(model, slot, network, mac) per -device NIC, for the machine."""
+        from stubdm.nics import NetdevError, open_netdev
+
+        out = []
+        for nic in opts["nics"]:
+            try:
+                net = open_netdev(opts["netdevs"][nic["netdev"]], self)
+            except NetdevError as e:
+                raise ArgError(str(e))
+            out.append((nic["model"], nic["slot"], net, nic["mac"]))
+        return out
 
     def settle_pv(self, timeout_ms):
         """Serve xenstore and the frontends' events until every PV device the arguments
