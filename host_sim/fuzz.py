@@ -990,11 +990,11 @@ def check_request(rig, req, call_bound=CALL_BOUND, slow_s=SLOW_S):
         return [("exception", "%s at %s" % (type(e).__name__, where),
                  "%s: %s (at %s, %s)" % (type(e).__name__, e, where, target))], None, target
     if dt > slow_s:
-        # Rep requests are slow for their count, whatever the target: one key.
+        # Rep requests are slow for their count: one key per target and size class.
         key = target
-        if req[0] == "S" and req[7]:
-            key = "rep of %d..%d items" % (1 << (req[4].bit_length() - 1), (1 << req[4].bit_length()) - 1) \
-                if req[4] else "rep"
+        if req[0] == "S" and req[7] and req[4]:
+            n = req[4].bit_length()
+            key = "%s, rep of %d..%d items" % (target, 1 << (n - 1), (1 << n) - 1)
         out.append(("slow", key, "one request took %.1f ms (%s: %s)"
                     % (dt * 1000, target, format_request(req))))
     calls = p.calls - calls0
@@ -1341,10 +1341,10 @@ def report(fz, problems, out):
               "%d finding%s\n" % (fz.seed, fz.done, fz.seconds, rate, fz.epochs, len(problems),
                                   "" if len(problems) == 1 else "s"))
     if fz.unconfirmed:
+        n = len(fz.unconfirmed)
         out.write("%d slow request%s not confirmed on a re-run without the fuzzer's checks "
-                  "(not findings): %s\n" % (len(fz.unconfirmed),
-                                             "" if len(fz.unconfirmed) == 1 else "s",
-                                             "; ".join(p.message for p in fz.unconfirmed)))
+                  "(not findings), e.g. %s\n" % (n, "" if n == 1 else "s", "; ".join(
+                      p.message for p in fz.unconfirmed[:3])))
     top = sorted(fz.coverage.items(), key=lambda kv: -kv[1])
     out.write("requests by target: %s\n" % ", ".join("%s %d" % kv for kv in top[:24]))
     for n, p in enumerate(problems, 1):

@@ -1,9 +1,11 @@
 """stubdm-sim replay: QEMU's own access trace, replayed against stubdm.
 
 QEMU run with `-trace memory_region_ops_read -trace memory_region_ops_write`
-prints one line per access a device region gets, as QEMU 11.1 writes it:
+prints one line per access a device region gets, as QEMU 11.1 writes it
+(shown folded here):
 
-    memory_region_ops_write cpu 0 mr 0x5555... addr 0xcf8 value 0x80000000 size 4 name 'pci-conf-idx'
+    memory_region_ops_write cpu 0 mr 0x5555... addr 0xcf8 value 0x80000000 size 4 \
+        name 'pci-conf-idx'
 
 (`addr` is the absolute address; the log back end may prefix `PID@SECS:`).
 Each access by a vCPU is replayed through the scripted guest
