@@ -10,6 +10,11 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DM = 0, 1, 2, 3
 
 
 def _session(args, **kw):
+    if getattr(args, "dm", "stubdm") == "qemu-xen":
+        from host_sim import qemu_xen
+
+        kw.pop("dm_args", None)  # stubdm's options; qemu-xen has its own machine
+        return qemu_xen.QemuXenSession(**kw)
     return scripted.Session(runtime=args.dm_runtime, **kw)
 
 
@@ -17,7 +22,8 @@ def cmd_script(args):
     """A scripted guest session: what a guest's firmware and drivers would poke first."""
     with _session(args, dm_args=["-device", "pci-serial"]) as s:
         g = s.guest
-        print("device model pid %d serving domain %d through host_sim" % (s.proc.pid, s.hv.domid))
+        print("device model (%s) pid %d serving domain %d through host_sim"
+              % (getattr(args, "dm", "stubdm"), s.proc.pid, s.hv.domid))
         print("PCI bus 0, as the guest enumerates it through 0xcf8/0xcfc:")
         for dev in range(32):
             vd = g.pci_read(dev, 0, 0)
@@ -70,7 +76,15 @@ def cmd_boot(args):
             return EXIT_USAGE
         disks.append((os.path.abspath(path), flag == "readonly"))
     cdroms = [os.path.abspath(p) if p else None for p in (args.cdrom or ())]
-    e = engine.Engine(qemu, kernel, initrd, memory=args.memory, run=args.run,
+    cls = engine.Engine
+    if args.dm == "qemu-xen":
+        from host_sim import qemu_xen
+
+        if disks or cdroms:
+            print("stubdm-sim: --disk and --cdrom serve stubdm's IDE only", file=sys.stderr)
+            return EXIT_USAGE
+        cls = qemu_xen.engine_class()
+    e = cls(qemu, kernel, initrd, memory=args.memory, run=args.run,
                       runtime=args.dm_runtime, quiet=not args.verbose, timeout=args.timeout,
                       disks=disks, cdroms=cdroms)
     try:
@@ -140,6 +154,9 @@ def bench_ioreq(args):
         os.path.basename(qemu),
         n / qdt, qdt / n * 1e6))
     print("ratio stubdm/QEMU round trips per second: %.2f" % ((n / dt) / (n / qdt)))
+    from host_sim import qemu_xen
+
+    qemu_xen.print_ioreq_peer(n, dt, busy, qdt, args.dm_runtime)
     return EXIT_OK
 
 
@@ -160,6 +177,12 @@ def main(argv=None):
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dm-runtime", choices=list(scripted.RUNTIMES),
                         default=argparse.SUPPRESS, help="as the global option")
+    # --dm qemu-xen: Xen's own device model (host_sim/qemu_xen.py) instead of stubdm.
+    p.add_argument("--dm", default="stubdm", choices=["stubdm", "qemu-xen"],
+                   help="device model: stubdm, or qemu-xen (Debian's qemu-system-xen on "
+                   "host_sim's Xen libraries) (default: stubdm)")
+    common.add_argument("--dm", choices=["stubdm", "qemu-xen"], default=argparse.SUPPRESS,
+                        help="as the global option")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     sp = sub.add_parser("script", parents=[common],
                         help="a scripted guest session against the device model")
