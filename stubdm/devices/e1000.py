@@ -79,7 +79,7 @@ EECD_DO = const(0x08)
 EECD_REQ = const(0x40)
 EECD_GNT = const(0x80)
 EECD_PRES = const(0x100)
-EECD_WRITABLE = const(0x3F | EECD_REQ)
+EECD_WRITABLE = const(0x37 | EECD_REQ)  # not DO: the EEPROM drives it
 # EERD (SDM 13.4.4)
 EERD_START = const(0x01)
 EERD_DONE = const(0x10)
@@ -177,7 +177,8 @@ _PHY_REGS = (
 _PLAIN = (
     (CTRL_EXT, 1, 0xFFFFFFFF), (0x0028, 3, 0xFFFFFFFF), (VET, 1, 0xFFFF),
     (0x0170, 1, 0xFFFF), (0x0178, 1, 0xFFFFFFFF), (0x0410, 1, 0x3FFFFFFF),
-    (0x0458, 1, 0xFFFFFFFF), (0x0E00, 1, 0xFFFFFFFF), (PBA, 1, 0xFFFF), (0x2160, 2, 0xFFF8),
+    (0x0458, 1, 0xFFFFFFFF), (0x0E00, 1, 0xFFFFFFFF), (PBA, 1, 0xFFFF),
+    (0x2160, 1, 0x8000FFF8), (0x2168, 1, 0xFFF8),
     (RDBAL, 1, 0xFFFFFFF0), (RDBAH, 1, 0xFFFFFFFF), (RDLEN, 1, 0xFFF80), (RDTR, 1, 0xFFFF),
     (0x2828, 2, 0xFFFFFFFF), (0x282C, 1, 0xFFFF), (0x2C00, 1, 0xFFF),
     (TDBAL, 1, 0xFFFFFFF0), (TDBAH, 1, 0xFFFFFFFF), (TDLEN, 1, 0xFFF80), (0x3820, 1, 0xFFFF),
@@ -306,10 +307,10 @@ class E1000(PciFunction):
         self.r = None
         self._deferred = None  # when a throttled interrupt may be raised
         self._last_irq = 0
-        self.wmask = {}
+        self.reg_wmask = {}
         for first, count, mask in _PLAIN:
             for i in range(count):
-                self.wmask[first // 4 + i] = mask
+                self.reg_wmask[first // 4 + i] = mask
         self.phy = {}
         self.phy_wmask = {}
         for reg, _v, m in _PHY_REGS:
@@ -508,7 +509,7 @@ class E1000(PciFunction):
             return
         v &= 0xFFFFFFFF
         i = off // 4
-        m = self.wmask.get(i)
+        m = self.reg_wmask.get(i)
         if m is not None:
             self.r[i] = v & m
             if off == RDLEN or off == RDBAL or off == RDBAH:

@@ -201,10 +201,10 @@ class Rtl8139(PciFunction):
                  mac[0] | (mac[1] << 8), mac[2] | (mac[3] << 8), mac[4] | (mac[5] << 8)]
         self.eeprom = netutil.Eeprom93c46(words)
         self.regs = bytearray(REG_SIZE)
-        self.wmask = bytearray(REG_SIZE)
+        self.reg_wmask = bytearray(REG_SIZE)
         for off, n, m in _WRITABLE:
             for i in range(n):
-                self.wmask[off + i] = m
+                self.reg_wmask[off + i] = m
         self.add_bar(0, REG_SIZE, "io", self)
         self.add_bar(1, REG_SIZE, "mem", self)
         self.txq = []  # frames waiting for room on the network
@@ -309,7 +309,7 @@ class Rtl8139(PciFunction):
         if offset < 0 or offset + size > REG_SIZE:
             return
         r = self.regs
-        wm = self.wmask
+        wm = self.reg_wmask
         end = offset + size
         for i in range(size):
             a = offset + i

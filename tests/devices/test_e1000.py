@@ -128,8 +128,11 @@ def eeprom_read_microwire(rig, addr):
     v = 0
     eecd &= ~(E.EECD_DO | E.EECD_DI)
     for _ in range(16):
-        rig.w(E.EECD, eecd | E.EECD_SK)
-        v = (v << 1) | (1 if rig.r(E.EECD) & E.EECD_DO else 0)
+        eecd |= E.EECD_SK
+        rig.w(E.EECD, eecd)
+        eecd = rig.r(E.EECD) & ~E.EECD_DI  # DO read back and written again, as Linux does
+        v = (v << 1) | (1 if eecd & E.EECD_DO else 0)
+        eecd &= ~E.EECD_SK
         rig.w(E.EECD, eecd)
     rig.w(E.EECD, eecd & ~(E.EECD_CS | E.EECD_SK | E.EECD_REQ))
     return v
@@ -450,3 +453,13 @@ def test_statistics_clear_on_read():
     rig.post([legacy(BUFS, len(f))])
     assert rig.r(0x4080) == 1  # GPTC
     assert rig.r(0x4080) == 0
+
+
+def test_config_space_is_the_pci_functions_own():
+    nic = Rig().nic
+    nic.config_write(0x00, 4, 0)
+    nic.config_write(0x18, 4, 0xFFFFFFFF)  # BAR2: absent
+    assert nic.config_read(0, 4) == 0x100E8086
+    assert nic.config_read(0x18, 4) == 0
+    nic.config_write(0x10, 4, 0xFFFFFFFF)
+    assert nic.config_read(0x10, 4) == 0xFFFE0000  # 128 KiB

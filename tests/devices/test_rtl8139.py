@@ -484,3 +484,13 @@ def test_moved_bars_reach_the_registers():
     nic.config_write(0x14, 4, 0xF0002000)
     assert m.mmio.read(0xF0002000, 1) == MAC[0]
     assert m.mmio.find(0xF0001000) is None
+
+
+def test_config_space_is_the_pci_functions_own():
+    nic = Rig().nic
+    nic.config_write(0x00, 4, 0)  # read-only identity
+    nic.config_write(0x3C, 1, 0x0A)
+    nic.write(R.IMR, 2, 0xFFFF)  # registers don't leak into config space
+    assert nic.config_read(0, 4) == 0x813910EC
+    assert nic.config_read(0x3C, 1) == 0x0A
+    assert nic.config_read(0x10, 4) == 1  # I/O BAR, unassigned
