@@ -153,28 +153,48 @@ class StubdmFunction:
         self.hv.remove_ram(iova, size)
 
 
-def ide_args(disks, cdroms):
+def ide_args(disks, cdroms, pv=True):
     """The device model's disk arguments, as libxl writes them (DESIGN.md 7),
-    plus -ide-native: QEMU reaches the controller only as a PCI function."""
+    plus -ide-native: QEMU reaches the controller only as a PCI function.
+
+    pv (a stub domain, the default): each image is a PV disk of the stub domain
+    (xvda, xvdb, ... in order; host_sim's blkback serves it) and the arguments
+    name /dev/xvdX, as libxl writes them for a stub domain. Otherwise (a dom0
+    device model) they name the image files. Returns (arguments, pv_devices)."""
+    from host_sim.backends.blkback import vbd_device
+
     if not disks and not cdroms:
-        return []
+        return [], []
     args = []
+    devices = []
+    letters = "abcdefgh"
+
+    def target(i, path, readonly, cdrom, fmt):
+        if not path:
+            return ""  # an empty drive: nothing to reach
+        if not pv:
+            return ",file=%s,format=raw" % path.replace(",", ",,") if cdrom else \
+                "file=%s,format=raw" % path.replace(",", ",,")
+        devices.append(vbd_device(path, "xvd" + letters[i], readonly=readonly, cdrom=cdrom))
+        return (",file=/dev/xvd%s,format=%s" if cdrom else "file=/dev/xvd%s,format=%s") % (
+            letters[i], fmt)
+
     for i, (path, readonly) in enumerate(disks):
         if i > 3:
             raise EngineError("IDE has four drive positions")
-        args += ["-drive", "file=%s,if=ide,index=%d,media=disk,format=raw,cache=writeback%s"
-                 % (path.replace(",", ",,"), i, ",readonly=on" if readonly else "")]
+        args += ["-drive", "%s,if=ide,index=%d,media=disk,cache=writeback%s"
+                 % (target(i, path, readonly, False, "host_device"), i,
+                    ",readonly=on" if readonly and not pv else "")]
     for j, path in enumerate(cdroms):
         pos = 2 + j  # libxl puts CD-ROMs on ide.1
         if pos < len(disks) or pos > 3:
             raise EngineError("no IDE position left for CD-ROM %d" % j)
         devid = 5632 + 64 * j  # hdc's xenstore device number, as libxl's ide-DEVNO
         spec = "if=none,readonly=on,id=ide-%d" % devid
-        if path:
-            spec += ",file=%s,format=raw" % path.replace(",", ",,")
+        spec += target(len(disks) + j, path, True, True, "host_device")
         args += ["-drive", spec, "-device", "ide-cd,id=ide-%d,drive=ide-%d,bus=ide.%d,unit=%d"
                  % (devid, devid, pos // 2, pos % 2)]
-    return args + ["-ide-native"]
+    return args + ["-ide-native"], devices
 
 
 def find_kernel():
@@ -187,7 +207,8 @@ class Engine:
     """One boot: host_sim's hypervisor, the device model, vfio-user servers, QEMU."""
 
     def __init__(self, qemu, kernel, initrd, memory=512, run=None, runtime="cpython",
-                 accel="tcg", quiet=True, out=None, timeout=None, dm_extra=(), disks=(), cdroms=()):
+                 accel="tcg", quiet=True, out=None, timeout=None, dm_extra=(), disks=(),
+                 cdroms=(), pv_devices=()):
         self.qemu = qemu
         self.kernel = kernel
         self.initrd = initrd
@@ -201,8 +222,13 @@ class Engine:
         # disks: (path, readonly) each, the guest's IDE disks from index 0; cdroms:
         # image paths (None: an empty drive) from ide.1 unit 0 on. Both go to the
         # device model as libxl writes them (-drive / -device ide-cd).
-        self.dm_extra = list(dm_extra) + ide_args(disks, cdroms)
+        drive_args, drive_devices = ide_args(disks, cdroms)
+        self.dm_extra = list(dm_extra) + drive_args
         self.ide = bool(disks or cdroms)
+        # PV devices of the stub domain the device model runs as (host_sim/pvenv.py):
+        # (type, devid, backend class[, {keyword arguments}]) each.
+        self.pv_devices = list(pv_devices) + drive_devices
+        self.pvenv = None
         self.failure = None
         self.notes = []
         self.dir = tempfile.mkdtemp(prefix="stubdm-boot-")
@@ -232,9 +258,22 @@ class Engine:
     # ---- start-up ----
     def start_dm(self):
         sock = os.path.join(self.dir, "hv.sock")
-        self.hv = SimHypervisor(sock, ram_mib=self.memory, own_ram=False, log=self.note)
+        env_extra = {}
+        dm_domid = 0
+        if self.pv_devices:
+            from host_sim.pvenv import PvEnv
+
+            self.pvenv = PvEnv(self.dir)
+            env_extra = self.pvenv.env
+            dm_domid = self.pvenv.stubdom_domid
+        self.hv = SimHypervisor(sock, ram_mib=self.memory, own_ram=False, log=self.note,
+                                dm_domid=dm_domid)
         self.hv.on_intx = self._intx
+        if self.pvenv is not None:
+            self.pvenv.attach(self.hv)
+            self.pvenv.add_devices(self.pv_devices)
         env = dm_env(sock)
+        env.update(env_extra)
         self.serial_log = os.path.join(self.dir, "pci-serial.log")
         args = dm_command(self.runtime) + [
             "-xen-domid", str(self.hv.domid), "-m", str(self.memory), "-nodefaults",
@@ -327,6 +366,13 @@ class Engine:
             for _devfn, _fn, srv in self.servers:
                 for fd in srv.filenos():
                     by_fd[fd] = srv
+            # host_sim's own sockets and backends (TAPs, xenstore watches) wake us too.
+            hv_fds = set(self.hv.filenos()) if self.hv is not None and self.pvenv else set()
+            for fd in hv_fds:
+                if fd not in registered:
+                    poller.register(fd, select.POLLIN)
+                    registered.add(fd)
+                by_fd.setdefault(fd, None)
             for fd in list(registered):
                 if fd not in by_fd:
                     poller.unregister(fd)
@@ -335,7 +381,7 @@ class Engine:
             for fd, ev in events:
                 if fd == qout:
                     self._qemu_output(qout)
-                elif fd in by_fd:
+                elif by_fd.get(fd) is not None:
                     by_fd[fd].handle_readable(fd)
             if self.hv is not None:  # None: no device model (host_sim/bench.py)
                 self.hv.pump(0)
@@ -396,6 +442,8 @@ class Engine:
                 self.qemu_proc.wait()
         for _devfn, _fn, srv in self.servers:
             srv.close()
+        if self.pvenv is not None:
+            self.pvenv.close()
         if self.hv is not None:
             self.hv.close()
         if self.dm is not None:

@@ -234,6 +234,10 @@ class SimHypervisor:
         self.run_deferred()
         return bool(events)
 
+    def filenos(self):
+        """Every descriptor pump() serves (for a caller polling them with its own)."""
+        return list(self._fdmap.keys())
+
     # ---- host_sim's own clients (PV backends) in the same loop ----
     def add_fd(self, fd, callback):
         """Poll fd with the device model's sockets; callback() when it is readable."""

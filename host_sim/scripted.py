@@ -495,42 +495,29 @@ class Session:
             raise
         self.guest = ScriptedGuest(self.hv)
 
-    # ---- xenstore and PV devices ----
+    # ---- xenstore and PV devices (host_sim/pvenv.py) ----
     def _start_xenstore(self, stub):
-        from host_sim import toolstack, xenstored
-        from host_sim.xs import Xs
+        from host_sim.pvenv import PvEnv
 
         self.stubdom_domid = stub
-        self.xenstored = xenstored.spawn(rundir=os.path.join(self.dir, "xenstore"))
-        self.xs = Xs(self.xenstored.socket_path)
-        self.paths = toolstack.write_hvm_domain(self.xs, 1, "guest",
-                                                "00000000-0000-4000-8000-000000000001", stub)
-        return {"XENSTORED_PATH": self.xenstored.domain_socket_path(stub)}
+        self.pvenv = PvEnv(self.dir, stub)
+        self.xenstored = self.pvenv.xenstored
+        self.xs = self.pvenv.xs
+        self.paths = self.pvenv.paths
+        self.backends = self.pvenv.backends
+        return self.pvenv.env
 
-    def add_pv_device(self, devtype, devid, cls, backend_keys=None, frontend_keys=None, **kw):
+    def add_pv_device(self, devtype, devid, cls, **kw):
         """Both halves of a PV device of the stub domain, and its backend, started."""
-        from host_sim import toolstack
-
-        toolstack.add_device(self.xs, 0, self.stubdom_domid, devtype, devid, backend_keys,
-                             frontend_keys)
-        be = cls(self.hv, self.xenstored.socket_path, self.stubdom_domid, str(devid), **kw)
-        self.backends.append(be)
-        be.start()
-        return be
+        self.pvenv.attach(self.hv)
+        return self.pvenv.add_device(devtype, devid, cls, **kw)
 
     def _stop_xenstore(self):
-        for be in self.backends:
-            try:
-                be.destroy()
-            except Exception:
-                pass
+        if getattr(self, "pvenv", None) is not None:
+            self.pvenv.close()
+            self.pvenv = None
+        self.xs = self.xenstored = None
         self.backends = []
-        if self.xs is not None:
-            self.xs.close()
-            self.xs = None
-        if self.xenstored is not None:
-            self.xenstored.stop()
-            self.xenstored = None
 
     def _ready(self):
         for s in self.hv.servers.values():

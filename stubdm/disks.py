@@ -19,7 +19,31 @@ def open_drive(path, readonly, cdrom, context=None):
         if not cdrom:
             raise DriveError("a hard disk needs a file")
         return EmptyDrive()
+    from stubdm.frontends.blkfront import vbd_devid
+
+    devid = vbd_devid(path)
+    if devid is not None:
+        return _pv_disk(path, devid, readonly, cdrom, context)
     try:
         return FileDisk(path, readonly=readonly or cdrom, cdrom=cdrom)
     except OSError as e:
         raise DriveError("cannot open %s: %s" % (path, e))
+
+
+def _pv_disk(path, devid, readonly, cdrom, context):
+    """/dev/xvdX: the stub domain's own PV disk of that name, through blkfront. The
+    device model waits for it to connect before the guest runs (context.needed_pv)."""
+    bus = getattr(context, "pv", None)
+    if bus is None:
+        raise DriveError("%s is a PV disk, and there is no xenstore to find it" % path)
+    fe = bus.device("vbd", devid)
+    if fe is None:
+        raise DriveError("%s: the stub domain has no vbd %d (device/vbd/%d)"
+                         % (path, devid, devid))
+    # What the controller must know before the backend tells us: the drive's kind.
+    fe.cdrom = fe.cdrom or cdrom
+    fe.readonly = fe.readonly or readonly or cdrom
+    needed = getattr(context, "needed_pv", None)
+    if needed is not None and fe not in needed:
+        needed.append(fe)
+    return fe

@@ -82,7 +82,7 @@ def test_reads_writes_flushes_land_in_the_image(runtime, sparse):
         s.proc.send_signal(signal.SIGKILL)
     finally:
         s.close()
-    large = 1024 * 1024 + 4096 if runtime == "cpython" else 128 * 1024 + 4096
+    large = 1024 * 1024 + 4096 if runtime == "cpython" else 64 * 1024 + 4096
     with open(sparse, "rb") as f:
         f.seek(8 * 512)
         assert f.read(large) == pattern(1, large)

@@ -141,8 +141,10 @@ class BlkFront(Frontend):
             self._fail("backend published no valid sectors/info/sector-size=512")
             return
         self.sectors = sectors
-        self.readonly = bool(info & A.VDISK_READONLY)
-        self.cdrom = bool(info & A.VDISK_CDROM)
+        # What the device model was told (-drive ...,media=cdrom / readonly) stands;
+        # the backend may only add to it.
+        self.readonly = self.readonly or bool(info & A.VDISK_READONLY)
+        self.cdrom = self.cdrom or bool(info & A.VDISK_CDROM)
         if self.xs.read_int(be + "/feature-flush-cache", 0, 1) == 1:
             self.flush_op = A.BLKIF_OP_FLUSH_DISKCACHE
         elif self.xs.read_int(be + "/feature-barrier", 0, 1) == 1:

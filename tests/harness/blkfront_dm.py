@@ -11,7 +11,7 @@ from stubdm import main as M
 BIG = (1 << 28) + 5  # a sector past LBA28's reach
 # MicroPython runs the harness in the device model's small heap: a smaller
 # transfer (still indirect: more than 11 pages).
-LARGE = 1024 * 1024 + 4096 if sys.implementation.name != "micropython" else 128 * 1024 + 4096
+LARGE = 1024 * 1024 + 4096 if sys.implementation.name != "micropython" else 64 * 1024 + 4096
 
 
 def pattern(seed, n):
@@ -36,6 +36,9 @@ class Driver:
         self.next()
 
     def plan(self, what):
+        import gc
+
+        gc.collect()  # the last run's buffers, before this one's (a small heap)
         fe = self.fe
         steps = []
         if what == "rw":
