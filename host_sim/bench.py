@@ -53,7 +53,16 @@ INIT_LINE = re.compile(r"stubdm-init: kernel (\S+); init at ([0-9.]+)s(?:; \d+ m
 STATS_LINE = re.compile(r"^stubdm-stats:(.*)$", re.M)
 
 STUBDM, FLOOR, QEMU = "stubdm", "floor", "qemu"
+# qemu-xen (host_sim/qemu_xen.py): Xen's own device model through the same
+# engine, its pci-serial at 00:04.0; in the default set where it is installed.
+QEMU_XEN = "qemu-xen"
 CONFIGS = (STUBDM, FLOOR, QEMU)
+
+
+def default_configs():
+    from host_sim import qemu_xen
+
+    return CONFIGS + ((QEMU_XEN,) if qemu_xen.missing() is None else ())
 
 
 class BenchError(Exception):
@@ -284,9 +293,25 @@ class QemuEngine(_Timed, Engine):
             "-device", "pci-serial,addr=%02x.0,chardev=benchser" % UART_SLOT]
 
 
+def _qemu_xen_engine():
+    from host_sim import qemu_xen
+
+    class QemuXenBenchEngine(_Timed, qemu_xen.engine_class()):
+        ioreq_time = 0.0
+
+        def ioreq(self, server, type_, addr, data, size, is_read):
+            t = time.perf_counter()
+            try:
+                return super().ioreq(server, type_, addr, data, size, is_read)
+            finally:
+                self.ioreq_time += time.perf_counter() - t
+
+    return QemuXenBenchEngine
+
+
 ENGINES = {STUBDM: StubdmEngine, FLOOR: FloorEngine, QEMU: QemuEngine}
 LABELS = {STUBDM: "stubdm (%s) via host_sim", FLOOR: "transport floor (null vfio-user)",
-          QEMU: "QEMU's own pci-serial"}
+          QEMU: "QEMU's own pci-serial", QEMU_XEN: "qemu-xen's pci-serial via host_sim"}
 
 
 def label(config, runtime):
@@ -296,8 +321,9 @@ def label(config, runtime):
 def run_one(config, qemu, kernel, initrd, run, runtime="cpython", timeout=BOOT_TIMEOUT):
     """One boot of one configuration; a dict of what it measured."""
     tl = Timeline()
-    e = ENGINES[config](qemu, kernel, initrd, run=run, runtime=runtime, quiet=True,
-                        out=tl, timeout=timeout)
+    cls = _qemu_xen_engine() if config == QEMU_XEN else ENGINES[config]
+    e = cls(qemu, kernel, initrd, run=run, runtime=runtime, quiet=True, out=tl,
+            timeout=timeout)
     t0 = time.monotonic()
     try:
         rc = e.boot()
@@ -324,7 +350,7 @@ def run_one(config, qemu, kernel, initrd, run, runtime="cpython", timeout=BOOT_T
     # What the kernel's clock doesn't see: firmware, loading, decompression.
     r["pre_kernel"] = (r["to_init"] - r["kernel_line"]
                        if r["to_init"] is not None and r["kernel_line"] is not None else None)
-    if config == STUBDM:
+    if config in (STUBDM, QEMU_XEN):
         r["ioreqs"] = e.ioreqs
         r["ioreq_us"] = e.ioreq_time / e.ioreqs * 1e6 if e.ioreqs else None
         r["stats"] = dm_stats(getattr(e, "messages", ""))
@@ -376,12 +402,13 @@ def _ratio(a, b):
 # ---------------------------------------------------------------- bench boot
 
 def bench_boot(qemu, kernel, initrd, repeat=1, runtime="cpython", out=None,
-               configs=CONFIGS):
+               configs=None):
     """Boot to init and to a trivial command's exit, per configuration; prints a table.
 
     Returns {config: [result dict per boot]}.
     """
     out = out or sys.stdout
+    configs = configs or default_configs()
     _need(qemu, kernel, initrd)
     load = _load()
     results = {c: [] for c in configs}
@@ -420,6 +447,10 @@ def bench_boot(qemu, kernel, initrd, repeat=1, runtime="cpython", out=None,
         w("ratio stubdm/QEMU boot time: " + ", ".join(
             "%s %s" % (name, _fmt(_ratio(means[(STUBDM, k)], means[(QEMU, k)]), ""))
             for k, name in keys) + "\n")
+    if STUBDM in configs and QEMU_XEN in configs:
+        w("ratio stubdm/qemu-xen boot time: " + ", ".join(
+            "%s %s" % (name, _fmt(_ratio(means[(STUBDM, k)], means[(QEMU_XEN, k)]), ""))
+            for k, name in keys) + "\n")
     if STUBDM in configs:
         rs = results[STUBDM]
         st = [r["stats"] for r in rs if r.get("stats")]
@@ -436,12 +467,13 @@ def bench_boot(qemu, kernel, initrd, repeat=1, runtime="cpython", out=None,
 # ---------------------------------------------------------------- bench pio
 
 def bench_pio(qemu, kernel, initrd, count=20000, runtime="cpython", out=None,
-              configs=CONFIGS):
+              configs=None):
     """Port I/O round trips on the PCI UART's scratch register, per configuration.
 
     Returns {config: result dict} (with 'pio' from parse_pio, and rates).
     """
     out = out or sys.stdout
+    configs = configs or default_configs()
     _need(qemu, kernel, initrd)
     load = _load()
     work = tempfile.mkdtemp(prefix="stubdm-bench-")
@@ -503,6 +535,19 @@ def _print_pio(results, count, runtime, qemu, out, configs):
           "(QEMU %.0fx faster on reads)\n"
           % (s["reads_per_s"] / q["reads_per_s"], s["writes_per_s"] / q["writes_per_s"],
              q["reads_per_s"] / s["reads_per_s"]))
+    if QEMU_XEN in results:
+        x = results[QEMU_XEN]
+        if STUBDM in results:
+            s = results[STUBDM]
+            w("ratio stubdm/qemu-xen accesses per second: reads %.2f, writes %.2f\n"
+              % (s["reads_per_s"] / x["reads_per_s"], s["writes_per_s"] / x["writes_per_s"]))
+        if QEMU in results:
+            q = results[QEMU]
+            w("ratio qemu-xen/QEMU accesses per second: reads %.4f, writes %.4f\n"
+              % (x["reads_per_s"] / q["reads_per_s"], x["writes_per_s"] / q["writes_per_s"]))
+        if x.get("ioreq_us") is not None:
+            w("qemu-xen: ioreq round trip in host_sim (send_ioreq, all ioreqs) %.2f us, "
+              "%d ioreqs in the run\n" % (x["ioreq_us"], x["ioreqs"]))
     if STUBDM in results and FLOOR in results:
         s, f = results[STUBDM], results[FLOOR]
         st = s.get("stats") or {}
