@@ -5,7 +5,6 @@ The hypervisor's new calls are also tested without qemu-xen (SimHypervisor
 alone); the rest skips only where qemu-xen or the library is not built
 (build/provision_qemu.sh, scons libsim-xen).
 """
-import ctypes  # noqa: F401  (the thread test's child uses it)
 import os
 import shutil
 import signal
@@ -14,7 +13,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 
 import pytest

@@ -66,10 +66,10 @@ static int hx_unsupported(const char *fn, const char *why, int *once) {
     return -1;
 }
 
-#define HX_ENOSYS(fn)                                                                          \
-    do {                                                                                       \
-        static int once_;                                                                      \
-        return hx_unsupported(fn, "PCI passthrough", &once_);                                                     \
+#define HX_ENOSYS(fn) \
+    do { \
+        static int once_; \
+        return hx_unsupported(fn, "PCI passthrough", &once_); \
     } while (0)
 
 // ---- libxenctrl ----
