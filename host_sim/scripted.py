@@ -442,7 +442,7 @@ class Session:
 
     def __init__(self, dm_args=(), ram_mib=64, runtime="cpython", serial_log=None,
                  stderr=None, timeout=10.0, xenstore=False, pv_devices=(), stubdom_domid=2,
-                 dm_script=None):
+                 dm_script=None, dm_argv=None):
         """xenstore: run host_sim's xenstored with libxl's layout for the guest and
         a stub domain (stubdom_domid) that the device model runs as, reaching
         xenstore through its domain's socket. pv_devices: PV devices of the stub
@@ -457,7 +457,8 @@ class Session:
         self.backends = []
         env_extra = {}
         dm_domid = 0
-        if xenstore or pv_devices:
+        self.dm_argv = dm_argv
+        if xenstore or pv_devices or dm_argv is not None:
             dm_domid = stubdom_domid
             try:
                 env_extra = self._start_xenstore(stubdom_domid)
@@ -468,7 +469,10 @@ class Session:
         self.hv = SimHypervisor(self.sock, ram_mib=ram_mib, dm_domid=dm_domid)
         self.hv.timeout = timeout
         self.serial_log = serial_log or os.path.join(self.dir, "com1.log")
-        args = cmd + ["-xen-domid", str(self.hv.domid), "-m", str(ram_mib)]
+        if dm_argv is None:
+            args = cmd + ["-xen-domid", str(self.hv.domid), "-m", str(ram_mib)]
+        else:
+            args = list(cmd)  # as a stub domain starts: its arguments are in xenstore
         if "-serial" not in dm_args:
             args += ["-serial", "file:" + self.serial_log]
         args += list(dm_args)
@@ -490,6 +494,13 @@ class Session:
         self.hv.alive = lambda: self.proc.poll() is None
         try:
             self.hv.pump_until(self._ready, "its start-up", timeout=30)
+        except SimError as e:
+            self.close()
+            # What it said before it went is what the caller needs to know.
+            said = [ln for ln in self.dm_messages().strip().splitlines()
+                    if ln.startswith("stubdm") or "Error" in ln]
+            last = "\n".join(said[-5:])
+            raise type(e)("%s%s" % (e, "; it said:\n" + last if last else ""))
         except Exception:
             self.close()
             raise
@@ -500,7 +511,7 @@ class Session:
         from host_sim.pvenv import PvEnv
 
         self.stubdom_domid = stub
-        self.pvenv = PvEnv(self.dir, stub)
+        self.pvenv = PvEnv(self.dir, stub, dm_argv=self.dm_argv or ())
         self.xenstored = self.pvenv.xenstored
         self.xs = self.pvenv.xs
         self.paths = self.pvenv.paths

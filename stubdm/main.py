@@ -208,7 +208,8 @@ def parse_args(argv):
             i += 2
         elif a == "-serial":
             v = value()
-            if v not in ("stdio", "null") and not v.startswith("file:"):
+            if v not in ("stdio", "null") and not v.startswith("file:") \
+                    and not v.startswith("/dev/hvc"):
                 raise ArgError("-serial: unknown back end " + v)
             opts["serial"].append(v)
             i += 2
@@ -240,7 +241,16 @@ def parse_args(argv):
         elif a == "-device":
             parts = value().split(",")
             if parts[0] != "pci-serial":
-                raise ArgError("-device: unknown device " + parts[0])
+                from stubdm import control
+
+                try:
+                    taken = control.device_option(parts[0], value())
+                except control.ControlError as e:
+                    raise ArgError(str(e))
+                if not taken:
+                    raise ArgError("-device: unknown device " + parts[0])
+                i += 2
+                continue
             slot = 0
             for p in parts[1:]:
                 if p.startswith("addr="):
@@ -266,7 +276,15 @@ def parse_args(argv):
             opts["verbose"] = number(value(), 0, 2, "-d")
             i += 2
         else:
-            raise ArgError("unknown option " + a)
+            from stubdm import control
+
+            try:
+                n = control.toolstack_option(argv, i, opts)
+            except control.ControlError as e:
+                raise ArgError(str(e))
+            if not n:
+                raise ArgError("unknown option " + a)
+            i += n
     if opts["domid"] is None:
         raise ArgError("-xen-domid is required")
     check_nics(opts)
@@ -300,7 +318,9 @@ class FdChardev:
 def make_chardev(spec):
     if spec == "null":
         return None
-    if spec == "stdio":
+    if spec == "stdio" or spec.startswith("/dev/hvc"):
+        # A stub domain's console N is its serial port to dom0 (libxl's /dev/hvc3...);
+        # off MiniOS the device model's own stdout stands in for it.
         return FdChardev(sys.stdout.buffer if hasattr(sys.stdout, "buffer") else sys.stdout)
     return FdChardev(open(spec[5:], "ab"))
 
@@ -374,7 +394,7 @@ def open_pv(hyp):
 
 class DeviceModel:
     def __init__(self, opts):
-        from stubdm.hypervisor import Hypervisor
+        from stubdm.hypervisor import Hypervisor, HypervisorError
         from stubdm.ioreq import Dispatcher, IoreqLoop
         from stubdm.machine import Machine
         from stubdm.memory import GuestMemory
@@ -393,6 +413,9 @@ class DeviceModel:
             remote = int.from_bytes(
                 page[v * abi.IOREQ_SIZE + abi.IOREQ_OFF_VP_EPORT :
                      v * abi.IOREQ_SIZE + abi.IOREQ_OFF_VP_EPORT + 4], "little")
+            if remote == 0:
+                raise HypervisorError("vCPU %d has no ioreq event channel: -smp %d is more "
+                                      "than the domain's vCPUs" % (v, opts["vcpus"]), 22)
             ports.append(hyp.bind_interdomain(remote))
         local_buf = hyp.bind_interdomain(buf_port) if buf is not None else None
         # xenstore and the PV frontends first: the disks the arguments name are
@@ -416,6 +439,14 @@ class DeviceModel:
         self.loop = IoreqLoop(hyp, self.dispatcher, page, ports, buf, local_buf, flush)
         self.settle_pv(PV_SETTLE_MS)
         hyp.set_ioreq_server_state(sid, 1)
+        self.readiness = None
+        if self.pv is not None:
+            # Ready: libxl waits (30 s) for "running" under our own home.
+            from stubdm.control import Readiness
+
+            self.readiness = Readiness(self.xs, self.pv.home, opts["domid"], self._command)
+            self.readiness.announce("running")
+            self.readiness.watch_commands()
         self.heap_peak = 0
         if _mem_alloc is not None:
             self.sample_heap()  # the set-up's own: the machine and its devices
@@ -432,6 +463,13 @@ class DeviceModel:
                 raise ArgError(str(e))
             out.append((nic["model"], nic["slot"], net, nic["mac"]))
         return out
+
+    def _command(self, cmd):
+        """The older xenstore command protocol: True if cmd was handled."""
+        if cmd == "continue":
+            self.readiness.announce("running")
+            return True
+        return False  # "save" needs the device state records (not yet): said so, logged
 
     def settle_pv(self, timeout_ms):
         """Serve xenstore and the frontends' events until every PV device the arguments
@@ -573,9 +611,36 @@ class DeviceModel:
         )
 
 
+def toolstack_argv():
+    """dm-argv as libxl wrote it for us (stubdm/control.py), or ArgError saying why not."""
+    from stubdm import control
+    from stubdm.hypervisor import HypervisorError
+    from stubdm.xenstore import Xenstore
+
+    try:
+        xs = Xenstore()
+    except HypervisorError as e:
+        raise ArgError("-xen-domid is required (and no xenstore to read dm-argv from: %s)"
+                       % e)
+    try:
+        return control.read_dm_argv(xs)
+    except control.ControlError as e:
+        raise ArgError(str(e))
+    finally:
+        xs.close()
+
+
 def main(argv=None):
     if argv is None:
         argv = sys.argv[1:]
+    if "-xen-domid" not in argv and not [a for a in argv if a in ("-h", "--help", "-help")]:
+        # A stub domain gets its arguments from the toolstack, through xenstore; what
+        # the command line holds (host_sim's own settings) comes first.
+        try:
+            argv = list(argv) + toolstack_argv()
+        except ArgError as e:
+            sys.stderr.write("stubdm: " + str(e) + "\n")
+            return 2
     try:
         opts = parse_args(argv)
     except ArgError as e:
