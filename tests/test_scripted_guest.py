@@ -197,7 +197,7 @@ def test_rep_insb_from_the_uart_receiver(shared):
 
 def test_pci_enumeration(shared):
     g = shared.guest
-    assert enumerate_pci(g) == [(0, 0), (1, 0), (1, 3), (3, 0)]
+    assert enumerate_pci(g) == [(0, 0), (1, 0), (1, 1), (1, 3), (3, 0)]
     assert pci_ids(g, 0) == 0x12378086
     assert pci_ids(g, 1) == 0x70008086
     assert pci_ids(g, 3) == 0x00015853
@@ -208,7 +208,7 @@ def test_pci_enumeration(shared):
 
 def test_pci_enumeration_with_pci_serial(serial_pci):
     g = serial_pci.guest
-    assert enumerate_pci(g) == [(0, 0), (1, 0), (1, 3), (3, 0), (4, 0)]
+    assert enumerate_pci(g) == [(0, 0), (1, 0), (1, 1), (1, 3), (3, 0), (4, 0)]
     assert pci_ids(g, DEV_PCI_SERIAL) == 0x00021B36
     assert g.pci_read(DEV_PCI_SERIAL, 0, 0x08, 4) >> 8 == 0x070002
     assert g.pci_read(DEV_PCI_SERIAL, 0, 0x3D, 1) == 1  # INTA
@@ -758,7 +758,7 @@ def test_fuzz_random_accesses(serial_pci):
     assert s.alive(), "device model died during the fuzz:\n" + s.log_text()[-3000:]
     assert s.hv.shutdown_reason is None
     # Still correct: identities, BAR programming, UART, i8042, platform.
-    assert enumerate_pci(g) == [(0, 0), (1, 0), (1, 3), (3, 0), (4, 0)]
+    assert enumerate_pci(g) == [(0, 0), (1, 0), (1, 1), (1, 3), (3, 0), (4, 0)]
     _restore_known_state(s)
     assert_healthy(s)
     g.pci_write(DEV_PCI_SERIAL, 0, 0x10, 0xE000)
@@ -821,7 +821,7 @@ def test_fuzz_raw_ioreqs(fresh):
     assert s.hv.shutdown_reason is None
     _restore_known_state(s)
     assert_healthy(s)
-    assert enumerate_pci(s.guest) == [(0, 0), (1, 0), (1, 3), (3, 0)]
+    assert enumerate_pci(s.guest) == [(0, 0), (1, 0), (1, 1), (1, 3), (3, 0)]
 
 
 def test_uart_rx_character_timeout(fresh):
@@ -886,7 +886,7 @@ def test_linux_finds_pci_through_xens_routing(any_runtime):
         assert pci_check_type1(g)
         # Each of those five accesses reached the device model as a port ioreq.
         assert _ioreqs(s) == n + 5
-        assert enumerate_pci(g) == [(0, 0), (1, 0), (1, 3), (3, 0), (4, 0)]
+        assert enumerate_pci(g) == [(0, 0), (1, 0), (1, 1), (1, 3), (3, 0), (4, 0)]
         assert pci_ids(g, 1, 3) == 0x71138086
 
 
