@@ -18,7 +18,7 @@ def devfn(dev, fn=0):
 
 DEVFN_HOST_BRIDGE = const(0x00)  # 00.0 i440FX
 DEVFN_PIIX3 = const(0x08)  # 01.0 PIIX3 PCI-to-ISA bridge (multi-function)
-DEVFN_PIIX3_IDE = const(0x09)  # 01.1 PIIX3 IDE (reserved until IDE lands)
+DEVFN_PIIX3_IDE = const(0x09)  # 01.1 PIIX3 IDE
 DEVFN_PIIX4_PM = const(0x0B)  # 01.3 PIIX4 ACPI power management
 DEVFN_VGA = const(0x10)  # 02.0 VGA (reserved until VGA lands)
 DEVFN_PLATFORM = const(0x18)  # 03.0 Xen platform device
