@@ -8,8 +8,6 @@
 # BAR0: 128 KiB of registers (MMIO); BAR1: 64 bytes of I/O, the IOADDR/IODATA
 # window onto the same registers (SDM 13.2.4). The network (stubdm/net.py)
 # and guest memory (all DMA) are handed in.
-from array import array
-
 from stubdm import log
 from stubdm.compat import const
 from stubdm.devices import netutil
@@ -266,6 +264,23 @@ def eeprom_image(mac):
     return w
 
 
+class _Regs:
+    """The plain registers by dword index, 0 unless written: sparse, because
+    a stub domain's heap has no room to spare for 128 KiB of mostly nothing."""
+
+    def __init__(self):
+        self.d = {}
+
+    def __getitem__(self, i):
+        return self.d.get(i, 0)
+
+    def __setitem__(self, i, v):
+        if v:
+            self.d[i] = v & 0xFFFFFFFF
+        else:
+            self.d.pop(i, None)
+
+
 class _IoWindow:
     """BAR1: IOADDR at 0 picks a register, IODATA at 4 reads or writes it
     (SDM 13.2.4; other offsets are reserved: they read as 0)."""
@@ -332,7 +347,7 @@ class E1000(PciFunction):
         self.hw_reset()
 
     def hw_reset(self):
-        self.r = r = array("I", bytes(MMIO_SIZE))
+        self.r = r = _Regs()
         r[PBA // 4] = 0x00100030  # 48 KiB RX, 16 KiB TX
         r[0x0410 // 4] = 0x00602008  # TIPG
         r[0x0E00 // 4] = 0x07068302  # LEDCTL
@@ -998,7 +1013,7 @@ class E1000(PciFunction):
 
     def state(self):
         d = super().state()
-        d["regs"] = bytes(self.r)
+        d["regs"] = [(k, self.r.d[k]) for k in sorted(self.r.d)]
         d["nic"] = (self.ctrl, self.eecd, self.icr, self.ims, self.rctl, self.tctl, self.rdh,
                     self.rdt, self.tdh, self.tdt, self.eerd, self.mdic)
         d["ctx"] = list(self.ctx)
@@ -1009,9 +1024,12 @@ class E1000(PciFunction):
     def load_state(self, d):
         super().load_state(d)
         regs = d["regs"]
-        if len(regs) != MMIO_SIZE:
-            raise ValueError(self.name + ": saved registers have the wrong size")
-        self.r = array("I", regs)
+        r = _Regs()
+        for k, v in regs:
+            if not 0 <= k < NREGS:
+                raise ValueError(self.name + ": saved register %d out of range" % k)
+            r[k] = v
+        self.r = r
         (self.ctrl, self.eecd, self.icr, self.ims, self.rctl, self.tctl, self.rdh, self.rdt,
          self.tdh, self.tdt, self.eerd, self.mdic) = d["nic"]
         self.ctx = list(d["ctx"])[:12]
