@@ -28,6 +28,16 @@ GUEST_UUID = "00000000-0000-4000-8000-000000000001"
 VIDEORAM_MIB = 16
 
 
+# NICs for the engine's guest, as libxl's vif lines give them (rtl8139 is its
+# default model), each on a hub of its own: no host network.
+ENGINE_NICS = [
+    "-netdev", "hubport,id=net0,hubid=0",
+    "-device", "rtl8139,id=nic0,netdev=net0,mac=00:16:3e:00:00:01,addr=05.0",
+    "-netdev", "hubport,id=net1,hubid=1",
+    "-device", "e1000,id=nic1,netdev=net1,mac=00:16:3e:00:00:02,addr=06.0",
+]
+
+
 class QemuXenMissing(SimError):
     pass
 
@@ -287,7 +297,7 @@ def _engine_classes():
     class QemuXenEngine(eng.Engine):
         """host_sim's engine with qemu-xen serving the guest: every function
         of qemu-xen's machine outside the chipset (slot 2 and up: platform
-        device, VGA, NICs, pci-serial) fronted over vfio-user. ISA devices
+        device, VGA, pci-serial, rtl8139 and e1000) fronted over vfio-user. ISA devices
         and the compatibility-mode IDE stay unreachable, as with stubdm."""
 
         dm_name = "qemu-xen"
@@ -311,7 +321,7 @@ def _engine_classes():
             self.dm_log = os.path.join(self.dir, "qemu-xen.log")
             extra = ["-chardev", "file,id=pciser,path=" + self.serial_log,
                      "-device", "pci-serial,addr=%02x.0,chardev=pciser"
-                     % (eng.DEVFN_PCI_SERIAL >> 3)] + list(self.dm_extra)
+                     % (eng.DEVFN_PCI_SERIAL >> 3)] + ENGINE_NICS + list(self.dm_extra)
             args = dm_args(GUEST_DOMID, self.memory, qmp=os.path.join(self.dir, "qmp.sock"),
                            extra=extra)
             self.dm = start_process(args, dm_env(sock, self.xenstored.socket_path),

@@ -396,9 +396,16 @@ def test_boot_a_real_guest_on_qemu_xen():
     if qtest_qemu.find_qemu() is None or None in engine.find_kernel():
         pytest.skip("no QEMU engine or guest image (build/setup.sh)")
     r = _cli("boot", "--dm", "qemu-xen", "--timeout", "240", "--run",
-             "ls /sys/bus/pci/devices; cat /sys/bus/pci/devices/0000:00:02.0/vendor",
-             timeout=300)
+             "ls /sys/bus/pci/devices; cat /sys/bus/pci/devices/0000:00:02.0/vendor; "
+             "ip link set eth0 up; ip link set eth1 up; cat /sys/class/net/eth*/address; "
+             "sleep 1; for i in eth0 eth1; do echo link-$i=$(cat /sys/class/net/$i/carrier); "
+             "done", timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    for fn in ("0000:00:02.0", "0000:00:03.0", "0000:00:04.0"):  # platform, VGA, pci-serial
+    # platform device, VGA, pci-serial, rtl8139, e1000: all qemu-xen's
+    for fn in ("0000:00:02.0", "0000:00:03.0", "0000:00:04.0", "0000:00:05.0",
+               "0000:00:06.0"):
         assert fn in r.stdout
     assert "0x5853" in r.stdout
+    # Linux's 8139too and e1000 read the MACs qemu-xen was given and see a link.
+    assert "00:16:3e:00:00:01" in r.stdout and "00:16:3e:00:00:02" in r.stdout
+    assert "link-eth0=1" in r.stdout and "link-eth1=1" in r.stdout
