@@ -208,7 +208,7 @@ class Engine:
 
     def __init__(self, qemu, kernel, initrd, memory=512, run=None, runtime="cpython",
                  accel="tcg", quiet=True, out=None, timeout=None, dm_extra=(), disks=(),
-                 cdroms=(), pv_devices=()):
+                 cdroms=(), pv_devices=(), nics=()):
         self.qemu = qemu
         self.kernel = kernel
         self.initrd = initrd
@@ -229,6 +229,11 @@ class Engine:
         # (type, devid, backend class[, {keyword arguments}]) each.
         self.pv_devices = list(pv_devices) + drive_devices
         self.pvenv = None
+        # nics: (model, mac or None) each: the guest's NIC D is the stub domain's vif D,
+        # whose netback joins a TAP in this run's own network namespace, where the
+        # peer is 10.0.(2+D).2/24.
+        self.ns = None
+        self.nics = list(nics)
         self.failure = None
         self.notes = []
         self.dir = tempfile.mkdtemp(prefix="stubdm-boot-")
@@ -260,6 +265,8 @@ class Engine:
         sock = os.path.join(self.dir, "hv.sock")
         env_extra = {}
         dm_domid = 0
+        if self.nics:
+            self._nic_devices()
         if self.pv_devices:
             from host_sim.pvenv import PvEnv
 
@@ -291,8 +298,40 @@ class Engine:
 
         self.hv.pump_until(ready, "its start-up", timeout=30)
 
+    def _nic_devices(self):
+        from host_sim.backends.netback import vif_device
+        from host_sim.netns import Namespace
+
+        self.ns = Namespace()
+        for d, (model, mac) in enumerate(self.nics):
+            mac = mac or "00:16:3e:00:01:%02x" % d
+            self.pv_devices.append(vif_device(self.ns, mac=mac, devid=d,
+                                              address="10.0.%d.2/24" % (2 + d)))
+            # libxl's two lines for an emulated NIC (libxl_dm.c).
+            self.dm_extra += ["-device", "%s,id=nic%d,netdev=net%d,mac=%s" % (model, d, d, mac),
+                              "-netdev", "type=tap,id=net%d,ifname=vif%d.%d-emu,br=xenbr0,"
+                              "script=no,downscript=no" % (d, 1, d)]
+
     def start_servers(self):
-        devfns = (DEVFN_PLATFORM, DEVFN_PCI_SERIAL) + ((DEVFN_IDE,) if self.ide else ())
+        devfns = [DEVFN_PLATFORM, DEVFN_PCI_SERIAL] + ([DEVFN_IDE] if self.ide else [])
+        # The device model's other PCI functions (NICs, ...), where it placed them.
+        for srv in self.hv.servers.values():
+            for seg, bus, dev, fn in sorted(srv.pcidevs):
+                devfn = (dev << 3) | fn
+                if seg == 0 and bus == 0 and dev >= 4 and devfn not in devfns:
+                    devfns.append(devfn)
+        self.guest_slots = {}
+        used = set(d >> 3 for d in devfns if d != DEVFN_IDE)
+        for devfn in devfns:
+            if devfn == DEVFN_IDE:
+                # QEMU's pc machine has its own PIIX in slot 1: ours goes in a free one.
+                slot = GUEST_SLOT_IDE
+                while slot in used:
+                    slot += 1
+                used.add(slot)
+                self.guest_slots[devfn] = (slot, 0)
+            else:
+                self.guest_slots[devfn] = (devfn >> 3, devfn & 7)
         for devfn in devfns:
             fn = StubdmFunction(self, devfn)
             path = os.path.join(self.dir, "fn%02x.sock" % devfn)
@@ -321,9 +360,7 @@ class Engine:
             "-kernel", self.kernel, "-initrd", self.initrd, "-append", append,
         ]
         for devfn, _fn, srv in self.servers:
-            slot, fn = devfn >> 3, devfn & 7
-            if devfn == DEVFN_IDE:
-                slot, fn = GUEST_SLOT_IDE, 0
+            slot, fn = self.guest_slots[devfn]
             args += ["-device",
                      '{"driver":"vfio-user-pci","addr":"%02x.%x","socket":'
                      '{"path":"%s","type":"unix"}}' % (slot, fn, srv.path)]
@@ -444,6 +481,8 @@ class Engine:
             srv.close()
         if self.pvenv is not None:
             self.pvenv.close()
+        if self.ns is not None:
+            self.ns.close()
         if self.hv is not None:
             self.hv.close()
         if self.dm is not None:

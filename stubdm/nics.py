@@ -3,9 +3,10 @@
 # ifname=vif<guest>.<D>-emu,br=...,script=no,downscript=no`).
 #
 # In a stub domain the frames go to dom0 over the stub domain's own PV NIC
-# (netfront): open_netdev is where that is chosen. Until netfront lands, a
-# netdev is served by PeerNet, a wire with one peer on it that answers ARP
-# and ICMP echo, so a guest sees its link up and can ping.
+# (netfront, stubdm/frontends/netfront.py): open_netdev chooses it whenever
+# the device model has xenstore. Without one (a device model in a test, with
+# no toolstack), a netdev is served by PeerNet, a wire with one peer on it
+# that answers ARP and ICMP echo, so a guest sees its link up and can ping.
 from stubdm import log
 from stubdm.net import MAX_FRAME, MIN_FRAME, MemoryNet
 
@@ -89,6 +90,38 @@ def open_netdev(opts, context=None):
     if kind not in ("tap", "bridge", "user", "loopback"):
         raise NetdevError("-netdev %s: type %r can't be served (tap is what libxl writes)"
                           % (opts.get("id"), kind))
-    log.info("nics", "netdev %s (%s): served by the built-in peer until netfront lands"
-             % (opts.get("id"), kind))
+    bus = getattr(context, "pv", None)
+    if bus is not None and kind == "tap":
+        return _pv_nic(opts, bus, context)
+    log.info("nics", "netdev %s (%s): no PV NIC to reach (no xenstore): served by the "
+             "built-in peer" % (opts.get("id"), kind))
     return PeerNet()
+
+
+def _vif_devid(opts):
+    """Which of the stub domain's vifs carries this netdev: libxl gives the guest's NIC
+    D the stub domain's vif D, names the netdev netD and its tap vif<guest>.<D>-emu."""
+    ifname = opts.get("ifname", "")
+    if ifname.startswith("vif") and ifname.endswith("-emu") and "." in ifname:
+        d = ifname[:-4].split(".")[-1]
+        if d.isdigit() and len(d) < 6:
+            return int(d)
+    nid = opts.get("id", "")
+    if nid.startswith("net") and nid[3:].isdigit() and len(nid) < 9:
+        return int(nid[3:])
+    return None
+
+
+def _pv_nic(opts, bus, context):
+    devid = _vif_devid(opts)
+    if devid is None:
+        raise NetdevError("-netdev %s: no vif number in its id or ifname (libxl writes "
+                          "id=netD,ifname=vif<guest>.<D>-emu)" % opts.get("id"))
+    fe = bus.device("vif", devid)
+    if fe is None:
+        raise NetdevError("-netdev %s: the stub domain has no vif %d (device/vif/%d)"
+                          % (opts.get("id"), devid, devid))
+    needed = getattr(context, "needed_pv", None)
+    if needed is not None and fe not in needed:
+        needed.append(fe)
+    return fe
