@@ -567,7 +567,9 @@ class DeviceModel:
                     events = 0
                     self.sample_heap()
             self._rx_timeouts(uarts, armed)
-        log.info("stubdm", "guest reset: reboot requested")
+        why = {abi.SHUTDOWN_reboot: "reboot", abi.SHUTDOWN_poweroff: "poweroff"}.get(
+            getattr(self.machine, "shutdown_reason", None), "shutdown")
+        log.info("stubdm", "guest asked for %s: passed to Xen, serving stops" % why)
         self.report()
         return 0
 
@@ -597,6 +599,7 @@ class DeviceModel:
         On MicroPython it ends with heap_peak= (the most live GC heap seen,
         bytes) and heap_size= (the GC heap, bytes).
         """
+        log.flush_suppressed()  # what the rate limit held back, counted
         lp = self.loop
         st = self.mem.stats()
         heap = ""
