@@ -78,7 +78,8 @@ def test_linux_writes_past_lba28_on_a_sparse_disk(images):
     run = ("cat /sys/block/sda/size; echo stubdm-beyond-lba28 > /tmp/p && "
            "dd if=/tmp/p of=/dev/sda bs=512 seek=%d count=1 conv=sync 2>/dev/null && sync && "
            "echo 3 > /proc/sys/vm/drop_caches && "
-           "dd if=/dev/sda bs=512 skip=%d count=1 2>/dev/null | head -c 19; echo" % (BEYOND, BEYOND))
+           "dd if=/dev/sda bs=512 skip=%d count=1 2>/dev/null | head -c 19; echo"
+           % (BEYOND, BEYOND))
     out = boot(run, disks=[(str(big), False)])
     assert str(BIG >> 9) in out, out
     assert "stubdm-beyond-lba2" in out, out
