@@ -164,10 +164,13 @@ class Machine:
     for the first free (after the pci-serials), net its stubdm.net network,
     mac 6 bytes or None (the network's); nic_mem: the GuestMemory they DMA
     through.
+    ahci: None, or the ICH9 AHCI function as a dict: "disks" (a BlockDevice or
+    None per SATA port), "mem" (GuestMemory), "slot" (0: the first free, after
+    the NICs).
     """
 
     def __init__(self, platform, chardevs, ram_bytes, isa=True, pci_serial_slots=(), s3=True,
-                 ide=None, nics=(), nic_mem=None):
+                 ide=None, nics=(), nic_mem=None, ahci=None):
         self.platform = platform
         self.irqs = IrqLatch(platform)
         self.pio = IoBus("pio")
@@ -212,6 +215,8 @@ class Machine:
 
         requests = [("pci-serial", slot) for slot in pci_serial_slots]
         requests += [(n[0], n[1]) for n in nics]
+        if ahci is not None:
+            requests.append(("ahci", ahci.get("slot", 0)))
         slots = layout.place(requests)
         for slot in slots[:len(pci_serial_slots)]:
             irq = IrqLine()
@@ -231,6 +236,12 @@ class Machine:
         self.ide = None
         if ide is not None:
             self._add_ide(ide)
+        self.ahci = None
+        if ahci is not None:
+            from stubdm.devices.ahci import Ahci
+
+            self.ahci = Ahci(ahci["mem"], ahci.get("disks", ()))
+            self.pci.attach(layout.devfn(slots[-1]), self.ahci)
 
         for d in self.pci.devfns():
             platform.map_pcidev(d)

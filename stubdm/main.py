@@ -40,6 +40,10 @@ Options (QEMU's spelling, as libxl passes them in dm-argv):
   -drive if=none,id=ID[,file=PATH,readonly=on]
   -device ide-cd|ide-hd,drive=ID,bus=ide.0|ide.1[,unit=0|1]
                       a drive placed by -device (libxl's CD-ROMs)
+  -device ahci,id=ID[,addr=SLOT]
+                      an ICH9 AHCI controller (8086:2922) with six SATA ports
+  -device ide-hd|ide-cd,bus=ID.N,unit=0,drive=DRIVE
+                      the -drive if=none,id=DRIVE on AHCI port N (libxl's hdtype=ahci)
   -ide-native         the PIIX3 IDE function in PCI native mode (BARs 0-4, INTA)
                       instead of the ISA ports: for host_sim's QEMU engine
   -device rtl8139|e1000,id=nicD,netdev=netD,mac=XX:XX:XX:XX:XX:XX[,addr=SLOT]
@@ -170,7 +174,7 @@ def check_nics(opts):
 def parse_args(argv):
     opts = {"domid": None, "ram_mib": 128, "vcpus": 1, "serial": [], "pci_serial": [],
             "isa": True, "verbose": 1, "timers": True, "ide": [], "ide_native": False,
-            "nics": [], "netdevs": {}}
+            "nics": [], "netdevs": {}, "ahci": None, "ahci_drives": []}
     from stubdm.driveargs import DriveArgError, DriveArgs
 
     drive_args = DriveArgs()
@@ -212,6 +216,12 @@ def parse_args(argv):
                     and not v.startswith("/dev/hvc"):
                 raise ArgError("-serial: unknown back end " + v)
             opts["serial"].append(v)
+            i += 2
+        elif a == "-device" and value().split(",")[0] == "ahci":
+            opts["ahci"] = parse_ahci(value(), opts["ahci"])
+            i += 2
+        elif a == "-device" and ahci_bus(value(), opts["ahci"]) is not None:
+            opts["ahci_drives"].append(parse_ahci_drive(value(), opts["ahci"]))
             i += 2
         elif a == "-drive" or (a == "-device" and value().split(",")[0] in ("ide-cd", "ide-hd")):
             try:
@@ -288,8 +298,88 @@ def parse_args(argv):
     if opts["domid"] is None:
         raise ArgError("-xen-domid is required")
     check_nics(opts)
+    opts["ahci_drives"] = resolve_ahci_drives(opts["ahci_drives"], drive_args)
     opts["ide"] = drive_args.drives()
     return opts
+
+
+AHCI_PORTS = 6
+
+
+def parse_ahci(spec, have):
+    """-device ahci,id=ID[,addr=SLOT] (libxl: -device ahci,id=ahci0)."""
+    if have is not None:
+        raise ArgError("-device ahci: one AHCI controller only")
+    ctl = {"id": None, "slot": 0}
+    rest = spec.partition(",")[2]
+    for k, v in _props(rest, "-device ahci") if rest else ():
+        if k == "id":
+            ctl["id"] = v
+        elif k == "addr":
+            try:
+                ctl["slot"] = int(v.split(".")[0], 16)
+            except ValueError:
+                raise ArgError("-device ahci,addr=%s: not a slot" % v)
+            if not 0 < ctl["slot"] < 32:
+                raise ArgError("-device ahci,addr=%s: PCI slots are 1..31 here" % v)
+        else:
+            raise ArgError("-device ahci: unknown property " + k)
+    if not ctl["id"]:
+        raise ArgError("-device ahci needs id= (its drives name bus=ID.N)")
+    return ctl
+
+
+def ahci_bus(spec, ctl):
+    """The bus= of an ide-hd/ide-cd when it names the AHCI controller, else None."""
+    if ctl is None or spec.split(",")[0] not in ("ide-hd", "ide-cd"):
+        return None
+    for p in spec.split(",")[1:]:
+        if p.startswith("bus=") and p[4:].split(".")[0] == ctl["id"]:
+            return p[4:]
+    return None
+
+
+def parse_ahci_drive(spec, ctl):
+    """-device ide-hd|ide-cd,bus=ahci0.N,unit=0,drive=ahcidisk-N: (port, drive id, kind)."""
+    kind = spec.split(",")[0]
+    bus = ahci_bus(spec, ctl)
+    port = bus[len(ctl["id"]) + 1:] if "." in bus else ""
+    if not port.isdigit() or not 0 <= int(port) < AHCI_PORTS:
+        raise ArgError("-device %s,bus=%s: AHCI ports are %s.0..%s.%d" % (
+            kind, bus, ctl["id"], ctl["id"], AHCI_PORTS - 1))
+    drive = None
+    for k, v in _props(spec.partition(",")[2], "-device " + kind):
+        if k == "drive":
+            drive = v
+        elif k == "unit":
+            if v != "0":
+                raise ArgError("-device %s,unit=%s: a SATA port has unit 0 only" % (kind, v))
+        elif k not in ("bus", "id", "serial", "model", "ver", "wwn"):
+            raise ArgError("-device %s: unknown property %s" % (kind, k))
+    if not drive:
+        raise ArgError("-device %s,bus=%s needs drive=" % (kind, bus))
+    return (int(port), drive, kind)
+
+
+def resolve_ahci_drives(placed, drive_args):
+    """(port, path or None, readonly, cdrom) per AHCI drive, from the -drive if=none lines."""
+    out = []
+    ports = {}
+    for port, drive, kind in placed:
+        d = drive_args.by_id.get(drive)
+        if d is None:
+            raise ArgError("-device %s: drive=%s is no -drive if=none,id=..." % (kind, drive))
+        if d["used"]:
+            raise ArgError("-device %s: drive %s is used twice" % (kind, drive))
+        if port in ports:
+            raise ArgError("-device %s: AHCI port %d is taken" % (kind, port))
+        d["used"] = True
+        ports[port] = True
+        cd = kind == "ide-cd"
+        if not cd and not d["file"]:
+            raise ArgError("-device ide-hd: drive %s has no file" % drive)
+        out.append((port, d["file"], d["readonly"] or cd, cd))
+    return out
 
 
 class FdChardev:
@@ -427,6 +517,7 @@ class DeviceModel:
         self.timers = opts["timers"]
         self.machine = Machine(Platform(hyp, sid), chardevs, ram, opts["isa"],
                                opts["pci_serial"], ide=self.ide_config(opts),
+                               ahci=self.ahci_config(opts),
                                nics=self.open_nics(opts), nic_mem=self.mem)
         m = self.machine
         self.dispatcher = Dispatcher(m.pio, m.mmio, m.pci, self.mem, m.irqs)
@@ -517,6 +608,20 @@ class DeviceModel:
                 raise ArgError(str(e))
             drives.append((channel, unit, disk))
         return {"drives": drives, "mem": self.mem, "native": opts["ide_native"]}
+
+    def ahci_config(self, opts):
+        """The AHCI controller (-device ahci) and the drives on its ports."""
+        from stubdm.disks import DriveError, open_drive
+
+        if opts["ahci"] is None:
+            return None
+        disks = [None] * AHCI_PORTS
+        for port, path, readonly, cdrom in opts["ahci_drives"]:
+            try:
+                disks[port] = open_drive(path, readonly, cdrom, self)
+            except DriveError as e:
+                raise ArgError(str(e))
+        return {"disks": disks, "mem": self.mem, "slot": opts["ahci"]["slot"]}
 
     def run(self):
         import select
