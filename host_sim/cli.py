@@ -50,6 +50,29 @@ def cmd_script(args):
     return EXIT_OK
 
 
+NIC_MODELS = ("rtl8139", "e1000")
+
+
+def parse_nic_spec(spec):
+    """model=rtl8139|e1000[,mac=XX:XX:XX:XX:XX:XX] -> (model, mac or None)."""
+    model, mac = None, None
+    for part in spec.split(","):
+        k, eq, v = part.partition("=")
+        if k == "model" and v in NIC_MODELS:
+            model = v
+        elif k == "mac" and len(v) == 17 and all(
+                len(x) == 2 and all(c in "0123456789abcdefABCDEF" for c in x)
+                for x in v.split(":")) and v.count(":") == 5:
+            if int(v[:2], 16) & 1:
+                raise ValueError("%s: a multicast MAC can't be a NIC's" % spec)
+            mac = v.lower()
+        else:
+            raise ValueError("%s: give model=rtl8139|e1000[,mac=XX:XX:XX:XX:XX:XX]" % spec)
+    if model is None:
+        raise ValueError("%s: model=rtl8139 or model=e1000 is needed" % spec)
+    return model, mac
+
+
 def cmd_boot(args):
     """Boot a real Linux guest under QEMU with stubdm serving its PCI functions."""
     from host_sim import engine, qtest_qemu
@@ -76,17 +99,26 @@ def cmd_boot(args):
             return EXIT_USAGE
         disks.append((os.path.abspath(path), flag == "readonly"))
     cdroms = [os.path.abspath(p) if p else None for p in (args.cdrom or ())]
+    try:
+        nics = [parse_nic_spec(spec) for spec in args.nic or ()]
+    except ValueError as err:
+        print("stubdm-sim: --nic %s" % err, file=sys.stderr)
+        return EXIT_USAGE
     cls = engine.Engine
     if args.dm == "qemu-xen":
         from host_sim import qemu_xen
 
-        if disks or cdroms:
-            print("stubdm-sim: --disk and --cdrom serve stubdm's IDE only", file=sys.stderr)
+        if disks or cdroms or nics:
+            print("stubdm-sim: --disk, --cdrom and --nic serve stubdm's devices only",
+                  file=sys.stderr)
             return EXIT_USAGE
         cls = qemu_xen.engine_class()
     e = cls(qemu, kernel, initrd, memory=args.memory, run=args.run,
                       runtime=args.dm_runtime, quiet=not args.verbose, timeout=args.timeout,
-                      disks=disks, cdroms=cdroms)
+                      disks=disks, cdroms=cdroms, **({"nics": nics} if nics else {}))
+    if nics and not args.run:
+        print("stubdm-sim: the guest's NIC D reaches peer 10.0.(2+D).2/24 in this run's own "
+              "network namespace", file=sys.stderr)
     try:
         rc = e.boot()
     except scripted.SimError as err:
@@ -209,6 +241,10 @@ def main(argv=None):
                     "passed to stubdm as libxl's -drive ...,if=ide")
     bo.add_argument("--cdrom", action="append", metavar="PATH",
                     help="an ATAPI CD-ROM on ide.1 (libxl's -device ide-cd; /dev/sr0)")
+    bo.add_argument("--nic", action="append", metavar="model=rtl8139|e1000[,mac=...]",
+                    help="an emulated NIC (repeatable; NIC D is ethD): the stub domain's vif D "
+                    "behind host_sim's netback, on a TAP in this run's private network "
+                    "namespace, where the peer is 10.0.(2+D).2/24")
     bo.add_argument("-v", "--verbose", action="store_true", help="kernel messages and notes")
     bo.set_defaults(func=cmd_boot)
     bp = sub.add_parser("bench", help="print performance figures")
