@@ -44,7 +44,7 @@ BUSYBOX_PKG = "busybox-static"
 # Modules the guest loads at boot, in the order asked for; their dependencies
 # come from the kernel's modules.dep. Built-in ones are skipped.
 MODULES = (
-    "scsi_mod", "libata", "ata_piix", "ata_generic", "sd_mod",
+    "scsi_mod", "libata", "ata_piix", "ata_generic", "libahci", "ahci", "sd_mod",
     "cdrom", "sr_mod", "isofs",
     "8139too", "8139cp", "e1000",
     "uio", "uio_pci_generic",
