@@ -348,6 +348,8 @@ def _engine_classes():
                 for seg, bus, dev, fn in s.pcidevs:
                     if seg == 0 and bus == 0 and dev >= 2:
                         devfns.add(dev << 3 | fn)
+            # The guest sees each at qemu-xen's own slot (engine.qemu_args).
+            self.guest_slots = {d: (d >> 3, d & 7) for d in devfns}
             for devfn in sorted(devfns):
                 fn = QemuXenFunction(self, devfn)
                 path = os.path.join(self.dir, "fn%02x.sock" % devfn)

@@ -398,8 +398,9 @@ def test_boot_a_real_guest_on_qemu_xen():
     r = _cli("boot", "--dm", "qemu-xen", "--timeout", "240", "--run",
              "ls /sys/bus/pci/devices; cat /sys/bus/pci/devices/0000:00:02.0/vendor; "
              "ip link set eth0 up; ip link set eth1 up; cat /sys/class/net/eth*/address; "
-             "sleep 1; for i in eth0 eth1; do echo link-$i=$(cat /sys/class/net/$i/carrier); "
-             "done", timeout=300)
+             "for n in 1 2 3 4 5 6 7 8 9 10; do grep -q 0 /sys/class/net/eth*/carrier || break; "
+             "sleep 1; done; for i in eth0 eth1; do echo link-$i=$(cat /sys/class/net/$i/carrier);"
+             " done", timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     # platform device, VGA, pci-serial, rtl8139, e1000: all qemu-xen's
     for fn in ("0000:00:02.0", "0000:00:03.0", "0000:00:04.0", "0000:00:05.0",
