@@ -153,7 +153,7 @@ class StubdmFunction:
         self.hv.remove_ram(iova, size)
 
 
-def ide_args(disks, cdroms, pv=True):
+def ide_args(disks, cdroms, pv=True, first_letter=0):
     """The device model's disk arguments, as libxl writes them (DESIGN.md 7),
     plus -ide-native: QEMU reaches the controller only as a PCI function.
 
@@ -167,7 +167,7 @@ def ide_args(disks, cdroms, pv=True):
         return [], []
     args = []
     devices = []
-    letters = "abcdefgh"
+    letters = "abcdefgh"[first_letter:]
 
     def target(i, path, readonly, cdrom, fmt):
         if not path:
@@ -197,6 +197,29 @@ def ide_args(disks, cdroms, pv=True):
     return args + ["-ide-native"], devices
 
 
+def ahci_args(disks, cdroms, pv=True):
+    """libxl's hdtype="ahci" arguments (DESIGN.md 7): -device ahci,id=ahci0 and per disk
+    -drive ...,if=none,id=ahcidisk-N with -device ide-hd,bus=ahci0.N; CD-ROMs stay on
+    IDE (libxl's ide-cd). The PV disks are xvda... in that order, as with ide_args."""
+    from host_sim.backends.blkback import vbd_device
+
+    if len(disks) > 6:
+        raise EngineError("AHCI has six ports")
+    args = ["-device", "ahci,id=ahci0"] if disks else []
+    devices = []
+    for i, (path, readonly) in enumerate(disks):
+        if pv:
+            devices.append(vbd_device(path, "xvd" + "abcdefgh"[i], readonly=readonly))
+            target = "file=/dev/xvd%s,format=host_device" % "abcdefgh"[i]
+        else:
+            target = "file=%s,format=raw%s" % (path.replace(",", ",,"),
+                                               ",readonly=on" if readonly else "")
+        args += ["-drive", "%s,if=none,id=ahcidisk-%d,cache=writeback" % (target, i),
+                 "-device", "ide-hd,bus=ahci0.%d,unit=0,drive=ahcidisk-%d" % (i, i)]
+    cd_args, cd_devices = ide_args([], cdroms, pv=pv, first_letter=len(disks))
+    return args + cd_args, devices + cd_devices
+
+
 def find_kernel():
     k = os.path.join(ROOT, "build", "guest", "vmlinuz")
     i = os.path.join(ROOT, "build", "guest", "initramfs.cpio.gz")
@@ -208,7 +231,7 @@ class Engine:
 
     def __init__(self, qemu, kernel, initrd, memory=512, run=None, runtime="cpython",
                  accel="tcg", quiet=True, out=None, timeout=None, dm_extra=(), disks=(),
-                 cdroms=(), pv_devices=(), nics=()):
+                 cdroms=(), pv_devices=(), nics=(), hdtype="ide"):
         self.qemu = qemu
         self.kernel = kernel
         self.initrd = initrd
@@ -222,9 +245,14 @@ class Engine:
         # disks: (path, readonly) each, the guest's IDE disks from index 0; cdroms:
         # image paths (None: an empty drive) from ide.1 unit 0 on. Both go to the
         # device model as libxl writes them (-drive / -device ide-cd).
-        drive_args, drive_devices = ide_args(disks, cdroms)
+        # hdtype "ahci": the disks on AHCI ports instead (libxl's hdtype), CD-ROMs on IDE.
+        if hdtype == "ahci":
+            drive_args, drive_devices = ahci_args(disks, cdroms)
+            self.ide = bool(cdroms)
+        else:
+            drive_args, drive_devices = ide_args(disks, cdroms)
+            self.ide = bool(disks or cdroms)
         self.dm_extra = list(dm_extra) + drive_args
-        self.ide = bool(disks or cdroms)
         # PV devices of the stub domain the device model runs as (host_sim/pvenv.py):
         # (type, devid, backend class[, {keyword arguments}]) each.
         self.pv_devices = list(pv_devices) + drive_devices
