@@ -12,7 +12,6 @@ import re
 import pytest
 
 from host_sim import engine, qtest_qemu
-from host_sim.vfio_user import VfioUserServer
 
 QEMU = qtest_qemu.find_qemu()
 KERNEL, INITRD = engine.find_kernel()
@@ -28,28 +27,19 @@ FIRST_NIC_SLOT = 6  # after the engine's pci-serial (04) and a guest slot it may
 
 
 class NicEngine(engine.Engine):
-    """The engine with the device model's NICs put in front of the guest too:
-    `nics` is [(model, mac)], given to the device model as libxl writes them."""
+    """The engine with NICs given to the device model as libxl writes them but
+    no xenstore (so stubdm/nics.py serves each with its built-in peer): `nics`
+    is [(model, mac)]. The engine fronts every function the device model
+    places."""
 
     def __init__(self, *args, nics=(), **kw):
         extra = list(kw.pop("dm_extra", ()))
-        self.nic_devfns = []
         for i, (model, mac) in enumerate(nics):
-            slot = FIRST_NIC_SLOT + i
             extra += ["-device", "%s,id=nic%d,netdev=net%d,mac=%s,addr=%d"
-                      % (model, i, i, mac, slot),
+                      % (model, i, i, mac, FIRST_NIC_SLOT + i),
                       "-netdev", "type=tap,id=net%d,ifname=vif1.%d-emu,br=xenbr0,"
                       "script=no,downscript=no" % (i, i)]
-            self.nic_devfns.append(slot << 3)
         super().__init__(*args, dm_extra=extra, **kw)
-
-    def start_servers(self):
-        super().start_servers()
-        for devfn in self.nic_devfns:
-            fn = engine.StubdmFunction(self, devfn)
-            srv = VfioUserServer(os.path.join(self.dir, "fn%02x.sock" % devfn), fn,
-                                 log=self.note)
-            self.servers.append((devfn, fn, srv))
 
 
 def boot(nics, run, runtime="cpython"):
