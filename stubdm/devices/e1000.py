@@ -140,6 +140,11 @@ TXD_STAT_DD = const(0x01)
 MAX_TX_FRAME = const(16384)  # the TX FIFO: the largest frame without TSO
 TSO_MAX = const(0x10000)  # a TSO payload is one IP datagram's at most
 TSO_MAX_SEGS = const(128)
+# Work one doorbell may do: descriptors and bytes gathered. What is left is
+# taken up at the driver's next register access (its interrupt handler's ICR
+# read follows at once), so a hostile ring costs bounded time per request.
+TX_DESC_BUDGET = const(1024)
+TX_BYTE_BUDGET = const(4 << 20)
 RX_MAX_FRAME = const(16384)
 
 # PHY registers (M88E1011 as the 82540EM's: SDM 8, Linux e1000_hw.h).
@@ -378,6 +383,8 @@ class E1000(PciFunction):
         self.tx_vlan = -1
         self.tx_legacy_cs = None
         self.tx_drop = False
+        self.tx_more = False
+        self.tx_bytes_done = 0
         self.txq = []
         self.phy_reset()
         self._update_irq()
@@ -476,6 +483,8 @@ class E1000(PciFunction):
     def reg_read(self, off):
         if off < 0 or off >= MMIO_SIZE:
             return 0
+        if self.tx_more:
+            self._transmit()
         if off == CTRL:
             return self.ctrl
         if off == STATUS:
@@ -522,6 +531,8 @@ class E1000(PciFunction):
     def reg_write(self, off, v):
         if off < 0 or off >= MMIO_SIZE:
             return
+        if self.tx_more:
+            self._transmit()
         v &= 0xFFFFFFFF
         i = off // 4
         m = self.reg_wmask.get(i)
@@ -849,14 +860,19 @@ class E1000(PciFunction):
             return
         base = self.r[TDBAL // 4] | (self.r[TDBAH // 4] << 32)
         cause = 0
-        for _ in range(count):
+        self.tx_more = False
+        budget = self.tx_bytes_done + TX_BYTE_BUDGET
+        for _ in range(min(count, TX_DESC_BUDGET)):
             if self.tdh == self.tdt or self.txq:
+                break
+            if self.tx_bytes_done >= budget:
+                self.tx_more = True
                 break
             addr = base + 16 * self.tdh
             d = self.mem.read(addr, 16)
             if d is None:
                 log.guest_error(self.name, "TX descriptor at %#x is not guest RAM" % addr)
-                break
+                return  # the ring waits for the driver's next doorbell
             cmd = self._tx_desc(d)
             if cmd & (TXD_RS | TXD_RPS):
                 st = bytearray(1)
@@ -866,6 +882,8 @@ class E1000(PciFunction):
             self.tdh = (self.tdh + 1) % count
         if self.tdh == self.tdt:
             cause |= ICR_TXQE
+        elif not self.txq:
+            self.tx_more = True  # a lap's worth done: the rest at the next access
         if cause:
             self._cause(cause)
 
@@ -923,6 +941,7 @@ class E1000(PciFunction):
                 else:
                     self.tx_pkt.append(data)
                     self.tx_len += length
+                    self.tx_bytes_done += length
         if cmd & TXD_EOP:
             if not self.tx_drop and self.tx_pkt:
                 self._tx_packet(bytearray(b"".join(self.tx_pkt)), lower & (TXD_DEXT << 24))

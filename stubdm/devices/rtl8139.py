@@ -139,6 +139,9 @@ RX_VLAN_TAGGED = const(0x00010000)  # opts2
 # A C+ ring has up to 1024 descriptors (datasheet 9.2); one without an end
 # bit wraps there. Each request walks at most one ring's worth.
 CP_RING_MAX = const(1024)
+# Bytes one TX poll gathers at most (a 64-descriptor ring of 64 KiB large
+# sends); the rest is taken up at the driver's next register access.
+TX_BYTE_BUDGET = const(4 << 20)
 TALLY_DUMP = const(0x08)  # TSD0 bit (C+): dump the tally counters
 TALLY_SIZE = const(64)
 LARGE_SEND_MAX = const(0x10000)  # a large-send payload is an IP datagram at most
@@ -208,6 +211,7 @@ class Rtl8139(PciFunction):
         self.add_bar(0, REG_SIZE, "io", self)
         self.add_bar(1, REG_SIZE, "mem", self)
         self.txq = []  # frames waiting for room on the network
+        self.tx_more = False  # a TX poll stopped at its budget
         self.tx_done = []  # (kind, index) completions to report once txq drains
         self.rx_paused = False
         self.stats = [0] * 8  # tally: tx ok, rx ok, tx err, rx err, missed, ...
@@ -256,6 +260,7 @@ class Rtl8139(PciFunction):
         self.cp_rx_index = 0
         self.txq = []
         self.tx_done = []
+        self.tx_more = False
         self._set_link_regs()
         self._update_rx_regs()
         self._update_tsad()
@@ -294,6 +299,8 @@ class Rtl8139(PciFunction):
     def read(self, offset, size):
         if offset < 0 or offset + size > REG_SIZE:
             return (1 << (8 * size)) - 1
+        if self.tx_more:
+            self._cp_transmit()
         r = self.regs
         if offset <= TCTR + 3 and offset + size > TCTR:
             # The timer counts at the PCI clock, 33 MHz.
@@ -308,6 +315,8 @@ class Rtl8139(PciFunction):
     def write(self, offset, size, value):
         if offset < 0 or offset + size > REG_SIZE:
             return
+        if self.tx_more:
+            self._cp_transmit()
         r = self.regs
         wm = self.reg_wmask
         end = offset + size
@@ -682,9 +691,14 @@ class Rtl8139(PciFunction):
         total = 0
         first = None
         sent = False
+        gathered = 0
+        self.tx_more = False
         for _ in range(CP_RING_MAX):
             if self.txq:
                 break  # the network is full: the ring waits (tx_room resumes it)
+            if gathered >= TX_BYTE_BUDGET and first is None:
+                self.tx_more = True
+                break
             addr = base + 16 * self.cp_tx_index
             d = self.mem.read(addr, 16)
             if d is None:
@@ -712,6 +726,7 @@ class Rtl8139(PciFunction):
                     log.guest_error(self.name, "C+ TX frame over %d bytes" % total)
                 else:
                     data = self.mem.read(buf, n) if n else b""
+                    gathered += n
                     if data is None:
                         error = True
                         log.guest_error(self.name, "C+ TX buffer %#x+%d is not guest RAM"

@@ -463,3 +463,20 @@ def test_config_space_is_the_pci_functions_own():
     assert nic.config_read(0x18, 4) == 0
     nic.config_write(0x10, 4, 0xFFFFFFFF)
     assert nic.config_read(0x10, 4) == 0xFFFE0000  # 128 KiB
+
+
+def test_a_huge_ring_is_served_in_bounded_slices():
+    rig = Rig()
+    rig.up()
+    n = 4096
+    rig.w(E.TDLEN, 16 * n)  # 64 KiB of descriptors: the largest ring Linux makes
+    f = with_checksums(tcp_frame(b"h" * 1000))
+    rig.mem.write(BUFS, f)
+    rig.mem.write(TX_RING, legacy(BUFS, len(f)) * n)
+    rig.w(E.TDT, n - 1)
+    first = len(rig.net.sent)
+    assert 0 < first <= E.TX_DESC_BUDGET  # one doorbell: one slice
+    for _ in range(n):
+        if rig.r(E.TDH) == n - 1:
+            break
+    assert len(rig.net.sent) == n - 1  # the driver's accesses took up the rest

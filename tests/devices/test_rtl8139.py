@@ -494,3 +494,18 @@ def test_config_space_is_the_pci_functions_own():
     assert nic.config_read(0, 4) == 0x813910EC
     assert nic.config_read(0x3C, 1) == 0x0A
     assert nic.config_read(0x10, 4) == 1  # I/O BAR, unassigned
+
+
+def test_a_poll_gathers_a_bounded_amount():
+    rig = Rig()
+    rig.cp_open()
+    big = 0xFFFF
+    rig.mem.write(TX_RING, struct.pack("<IIQ", R.DESC_OWN | R.DESC_FS | R.DESC_LS | big,
+                                       0, BUFS) * R.CP_RING_MAX)
+    rig.w8(R.TPPOLL, R.TPPOLL_NPQ)  # 64 KiB frames: over 0x1FFF without large send
+    done = [i for i in range(R.CP_RING_MAX) if not rig.desc(TX_RING, i)[0] & R.DESC_OWN]
+    assert len(done) <= R.TX_BYTE_BUDGET // big + 1
+    for _ in range(R.CP_RING_MAX):
+        rig.r16(R.ISR)
+    assert not any(rig.desc(TX_RING, i)[0] & R.DESC_OWN for i in range(R.CP_RING_MAX))
+    assert rig.net.sent == []  # each too long without large send: dropped
