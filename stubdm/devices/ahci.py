@@ -254,6 +254,10 @@ class AhciDisk(ata.AtaDisk):
         b = self.pio.buf
         ata._put16(b, 75, NUM_SLOTS - 1)  # queue depth 32
         ata._put16(b, 76, (1 << 8) | (1 << 1))  # NCQ, SATA gen 1
+        # Word 93 is PATA's hardware reset result; a SATA device reports 0 (ATA8-ACS
+        # 7.16.7.47), or Linux takes it for a PATA disk behind a bridge and caps
+        # commands at 128 KiB ("applying bridge limits").
+        ata._put16(b, 93, 0)
 
 
 class AhciCdrom(ata.AtapiCdrom):
