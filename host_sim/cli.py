@@ -115,7 +115,8 @@ def cmd_boot(args):
         cls = qemu_xen.engine_class()
     e = cls(qemu, kernel, initrd, memory=args.memory, run=args.run,
                       runtime=args.dm_runtime, quiet=not args.verbose, timeout=args.timeout,
-                      disks=disks, cdroms=cdroms, **({"nics": nics} if nics else {}))
+                      disks=disks, cdroms=cdroms, **({"nics": nics} if nics else {}),
+                      **({"hdtype": args.hdtype} if args.hdtype != "ide" else {}))
     if nics and not args.run:
         print("stubdm-sim: the guest's NIC D reaches peer 10.0.(2+D).2/24 in this run's own "
               "network namespace", file=sys.stderr)
@@ -239,6 +240,9 @@ def main(argv=None):
     bo.add_argument("--disk", action="append", metavar="PATH[,readonly]",
                     help="an IDE disk for the guest (repeatable; the first is /dev/sda), "
                     "passed to stubdm as libxl's -drive ...,if=ide")
+    bo.add_argument("--hdtype", choices=("ide", "ahci"), default="ide",
+                    help="the disks' controller, as libxl's hdtype: ide (PIIX3) or ahci "
+                    "(ICH9 AHCI, -device ahci; CD-ROMs stay on IDE)")
     bo.add_argument("--cdrom", action="append", metavar="PATH",
                     help="an ATAPI CD-ROM on ide.1 (libxl's -device ide-cd; /dev/sr0)")
     bo.add_argument("--nic", action="append", metavar="model=rtl8139|e1000[,mac=...]",
