@@ -307,6 +307,8 @@ class Engine:
         if self.pvenv is not None:
             self.pvenv.attach(self.hv)
             self.pvenv.add_devices(self.pv_devices)
+        if self.ns is not None:
+            self._start_peers()
         env = dm_env(sock)
         env.update(env_extra)
         self.serial_log = os.path.join(self.dir, "pci-serial.log")
@@ -331,6 +333,7 @@ class Engine:
         from host_sim.netns import Namespace
 
         self.ns = Namespace()
+        self.peers = []
         for d, (model, mac) in enumerate(self.nics):
             mac = mac or "00:16:3e:00:01:%02x" % d
             self.pv_devices.append(vif_device(self.ns, mac=mac, devid=d,
@@ -339,6 +342,16 @@ class Engine:
             self.dm_extra += ["-device", "%s,id=nic%d,netdev=net%d,mac=%s" % (model, d, d, mac),
                               "-netdev", "type=tap,id=net%d,ifname=vif%d.%d-emu,br=xenbr0,"
                               "script=no,downscript=no" % (d, 1, d)]
+
+    def _start_peers(self):
+        """host_sim/netpeer.py on each NIC's peer address (once its TAP is up)."""
+        env_py = [sys.executable, "-m", "host_sim.netpeer"]
+        for d in range(len(self.nics)):
+            p = self.ns.popen(env_py + ["10.0.%d.2" % (2 + d)], stdout=subprocess.PIPE,
+                              cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+            if p.stdout.readline().strip() != b"ready":
+                raise EngineError("the network peer for NIC %d did not start" % d)
+            self.peers.append(p)
 
     def start_servers(self):
         devfns = [DEVFN_PLATFORM, DEVFN_PCI_SERIAL] + ([DEVFN_IDE] if self.ide else [])
@@ -509,6 +522,9 @@ class Engine:
             srv.close()
         if self.pvenv is not None:
             self.pvenv.close()
+        for p in getattr(self, "peers", ()):
+            p.kill()
+            p.wait()
         if self.ns is not None:
             self.ns.close()
         if self.hv is not None:
