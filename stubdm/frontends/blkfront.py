@@ -263,13 +263,7 @@ class BlkFront(Frontend):
                 sent = True
                 continue
             pages = [self.free_pages.pop() for _ in range(npages)]
-            mem = self.pool.mem
-            dsts = []
-            left = piece.nbytes
-            for p in pages:
-                n = PAGE if left > PAGE else left
-                dsts.append(mem[p * PAGE:p * PAGE + n])
-                left -= n
+            dsts = self._views(pages, piece.nbytes)
             if job.op == block.WRITE:
                 _copy(piece.views, dsts)
             op = A.BLKIF_OP_WRITE if job.op == block.WRITE else A.BLKIF_OP_READ
@@ -297,19 +291,22 @@ class BlkFront(Frontend):
         if sent and ring.push_requests():
             self.hyp.notify(self.port)
 
+    def _views(self, pages, nbytes):
+        """The pool pages of one request as views holding its nbytes in order."""
+        mem = self.pool.mem
+        out = []
+        for p in pages:
+            n = PAGE if nbytes > PAGE else nbytes
+            out.append(mem[p * PAGE:p * PAGE + n])
+            nbytes -= n
+        return out
+
     # ---- responses back ----
     def on_event(self, port):
         ring = self.ring
         if ring is None:
             return
-        while True:
-            while True:
-                rsp = ring.get_response()
-                if rsp is None:
-                    break
-                self._response(rsp)
-            if not ring.final_check_for_responses():
-                break
+        ring.drain(self._response)
         if ring.broken:
             self._fail("ring broken: " + ring.broken)
             return
@@ -328,14 +325,7 @@ class BlkFront(Frontend):
             self.stats["errors"] += 1
             err = block.EIO
         elif piece.job.op == block.READ:
-            mem = self.pool.mem
-            srcs = []
-            left = piece.nbytes
-            for p in pages:
-                n = PAGE if left > PAGE else left
-                srcs.append(mem[p * PAGE:p * PAGE + n])
-                left -= n
-            _copy(srcs, piece.views)
+            _copy(self._views(pages, piece.nbytes), piece.views)
         self.free_pages += pages
         if ind is not None:
             self.free_ind.append(ind)

@@ -146,14 +146,7 @@ class EchoFrontend(Frontend):
         ring = self.ring
         if ring is None:
             return
-        while True:
-            while True:
-                rsp = ring.get_response()
-                if rsp is None:
-                    break
-                self._check(rsp)
-            if not ring.final_check_for_responses():
-                break
+        ring.drain(self._check)
         if ring.broken:
             self._fail("ring broken: " + ring.broken)
             return

@@ -37,6 +37,8 @@ Responses:
     ring.get_response() -> bytes     the next response, copied out of the
                                       shared page (rsp_size bytes), or None
     ring.unconsumed_responses() -> int
+    ring.drain(handle)               handle(response) for each, then final
+                                      checks until idle (the usual event loop)
     ring.final_check_for_responses() -> bool
                                       RING_FINAL_CHECK_FOR_RESPONSES: arm
                                       rsp_event and look again; False means
@@ -179,6 +181,18 @@ class FrontRing:
         self._publish(self._rsp_event_word, _OFF_RSP_EVENT, (self.rsp_cons + 1) & _M)
         self.barrier()  # rsp_event is visible before we look at rsp_prod again
         return self._refresh() != 0
+
+    def drain(self, handle):
+        """handle(response) for every response, until the ring is idle and rsp_event is
+        armed (the final-check loop every frontend's event handler runs)."""
+        while True:
+            while True:
+                rsp = self.get_response()
+                if rsp is None:
+                    break
+                handle(rsp)
+            if not self.final_check_for_responses():
+                return
 
     def _publish(self, word, off, value):
         if self.add32 is None:
