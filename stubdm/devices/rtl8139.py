@@ -173,6 +173,15 @@ _WRITABLE = (
 )
 
 
+# Offsets whose writes have side effects beyond storing bits.
+_HOOKED = bytearray(REG_SIZE)
+for _off, _n in ((TSD0, 16), (TSAD0, 8), (CR, 1), (CAPR, 2), (IMR, 4), (TCR, 4), (RCR, 4),
+                 (TCTR, 4), (MPC, 4), (CR9346, 1), (TIMERINT, 4), (BMCR, 2), (TPPOLL, 1),
+                 (CPCR, 2), (RDSAR, 8)):
+    for _i in range(_n):
+        _HOOKED[_off + _i] = 1
+
+
 def _le(buf, off, n):
     v = 0
     for i in range(n):
@@ -210,6 +219,7 @@ class Rtl8139(PciFunction):
                 self.reg_wmask[off + i] = m
         self.add_bar(0, REG_SIZE, "io", self)
         self.add_bar(1, REG_SIZE, "mem", self)
+        self._image = None
         self.txq = []  # frames waiting for room on the network
         self.tx_more = False  # a TX poll stopped at its budget
         self.tx_done = []  # (kind, index) completions to report once txq drains
@@ -227,21 +237,14 @@ class Rtl8139(PciFunction):
         super().reset()
         self.hw_reset()
 
-    def hw_reset(self):
-        """Power-on / CR.RST state (datasheet 6: initial values)."""
-        r = self.regs
-        for i in range(REG_SIZE):
-            r[i] = 0
+    def _reset_image(self):
+        """The register file at power-on (datasheet 6: initial values), link aside."""
+        r = bytearray(REG_SIZE)
         r[0:6] = self.mac
         r[CR] = CR_BUFE
         _put_le(r, TCR, 4, TCR_HWVER)
-        r[RCR] = 0
-        r[CR9346] = 0
-        r[CONFIG0] = 0
         r[CONFIG1] = 0x0D
         r[CONFIG3] = 0x40
-        r[CONFIG4] = 0x00
-        r[CONFIG5] = 0x00
         r[RERID] = REVISION_CPLUS
         _put_le(r, BMCR, 2, BMCR_DEFAULT)
         _put_le(r, ANAR, 2, ANAR_DEFAULT)
@@ -250,6 +253,15 @@ class Rtl8139(PciFunction):
         _put_le(r, RMS, 2, 0x1FFF)
         for i in range(4):
             _put_le(r, TSD0 + 4 * i, 4, TSD_OWN)  # slots start free
+        _put_le(r, TSAD, 2, 0x000F)
+        return bytes(r)
+
+    def hw_reset(self):
+        """Power-on / CR.RST state: a copy of the reset image (a guest may reset
+        in a 4 KiB rep outsb: each must be cheap)."""
+        if self._image is None:
+            self._image = self._reset_image()
+        self.regs[0:REG_SIZE] = self._image
         self.isr = 0
         self.imr = 0
         self.rx_bufsize = 8192
@@ -258,12 +270,12 @@ class Rtl8139(PciFunction):
         self.cplus = False
         self.cp_tx_index = 0
         self.cp_rx_index = 0
-        self.txq = []
-        self.tx_done = []
+        if self.txq:
+            self.txq = []
+        if self.tx_done:
+            self.tx_done = []
         self.tx_more = False
         self._set_link_regs()
-        self._update_rx_regs()
-        self._update_tsad()
         self._update_irq()
         if self.rx_paused:
             self.rx_paused = False
@@ -302,6 +314,8 @@ class Rtl8139(PciFunction):
         if self.tx_more:
             self._cp_transmit()
         r = self.regs
+        if size == 1 and offset != CR9346 and not TCTR <= offset < TCTR + 4:
+            return r[offset]  # most reads: a byte of the register file
         if offset <= TCTR + 3 and offset + size > TCTR:
             # The timer counts at the PCI clock, 33 MHz.
             _put_le(r, TCTR, 4, (ticks_us() - self._t0) * 33)
@@ -336,6 +350,11 @@ class Rtl8139(PciFunction):
             elif a == BMCR or a == BMCR + 1:
                 m = 0xFF if a == BMCR else 0x3D  # bits 15 and 9 self-clear
                 r[a] = b & m
+        hooked = 0
+        for a in range(offset, end):
+            hooked |= _HOOKED[a]
+        if not hooked:
+            return
         # Side effects, in address order.
         if offset <= TSD0 + 15 and end > TSD0:
             for i in range(4):
