@@ -11,8 +11,12 @@ identical and only the device models differ.
 Every script of tests/test_differential.py (16550, i8042, i440FX/PIIX3
 config space, 0xcf8 routing, port 0x92, PIIX4 PM) runs here too, lock step,
 every read compared, with qemu-xen in the place of QEMU's pc machine under
-qtest; the scripts below add the platform device, whole config spaces and
-what only Xen's routing shows.
+qtest, and so do those of tests/test_nic_differential.py (rtl8139, e1000 at
+00:05.0) and tests/test_ide_differential.py (PIIX3 IDE: disk and ATAPI
+CD-ROM, PIO and bus-master DMA); the scripts below add the platform device,
+whole config spaces and what only Xen's routing shows. What those modules
+leave out on purpose (EEPROM templates, reserved bytes, IDENTIFY words of
+QEMU's features) is left out here for the same reasons.
 
 Deliberate differences (each encoded where it applies):
 
@@ -219,3 +223,73 @@ def test_xen_keeps_its_ranges_from_both(both):
         x.readl(0xFED00000)
         x.readl(0xFEE00030)
     assert [x.hv.stats["ioreqs"] for x in (both.g, both.q)] == before
+
+
+# =====================================================================
+# NICs (the scripts of tests/test_nic_differential.py) and IDE (those of
+# tests/test_ide_differential.py), qemu-xen in QEMU's place
+# =====================================================================
+
+from tests import test_nic_differential as tn  # noqa: E402
+from tests.test_nic_differential import (  # noqa: E402,F401
+    test_e1000_eeprom_bit_banged, test_e1000_identity_and_bars, test_e1000_interrupt_registers,
+    test_e1000_phy_over_mdic, test_e1000_reset_and_mac, test_e1000_ring_registers,
+    test_rtl8139_eeprom_bit_banged, test_rtl8139_identity_and_bars,
+    test_rtl8139_registers_both_keep, test_rtl8139_reset_values)
+
+
+class NicBoth(tn.Both):
+    def _fail(self, what, a, b):
+        pytest.fail("%s: stubdm %s, qemu-xen %s\n  last steps:\n    %s"
+                    % (what, a, b, "\n    ".join(self.trail)))
+
+
+def _nic_pair(model, runtime, io_bar, mmio_bar):
+    s = tn.session(model, runtime)
+    try:
+        q = qemu_xen.QemuXenSession(ram_mib=64, dm_args_extra=[
+            "-netdev", "hubport,id=net0,hubid=0",
+            "-device", "%s,id=nic0,netdev=net0,mac=%s,addr=%d" % (model, tn.MAC, tn.SLOT)])
+    except BaseException:
+        s.close()
+        raise
+    b = NicBoth(s.guest, q.guest)
+    b.cfg_write(io_bar, tn.IO_BASE)
+    b.cfg_write(mmio_bar, tn.MMIO_BASE)
+    b.cfg_write(0x04, 0x0007, 2)
+    return s, q, b
+
+
+@pytest.fixture
+def rtl(dm_runtime):
+    s, q, b = _nic_pair("rtl8139", dm_runtime, 0x10, 0x14)
+    with s, q:
+        yield b
+
+
+@pytest.fixture
+def e1k(dm_runtime):
+    s, q, b = _nic_pair("e1000", dm_runtime, 0x14, 0x10)
+    with s, q:
+        yield b
+
+
+from tests import test_ide_differential as ti  # noqa: E402
+from tests.test_ide_differential import images  # noqa: E402,F401  (its fixture)
+
+
+def test_ide_same_answers_as_qemu_xen(images, dm_runtime):  # noqa: F811
+    hd, cd = images
+    hd_bytes = hd.read_bytes()
+    args = ["-drive", "file=%s,if=ide,index=0,media=disk,format=raw,cache=writeback" % hd,
+            "-drive", "file=%s,if=ide,index=2,media=cdrom,format=raw" % cd]
+    with Session(dm_args=["-no-timers"] + args, ram_mib=ti.RAM_MIB, runtime=dm_runtime) as s:
+        ours = ti.script(s.guest, s.guest.get_irq)
+    hd.write_bytes(hd_bytes)
+    with qemu_xen.QemuXenSession(ram_mib=ti.RAM_MIB, dm_args_extra=args) as q:
+        theirs = ti.script(q.guest, q.guest.get_irq)
+    hd.write_bytes(hd_bytes)
+    assert len(ours) == len(theirs)
+    diffs = ["%s:\n  stubdm   %r\n  qemu-xen %r" % (a[0], a[1:], b[1:])
+             for a, b in zip(ours, theirs) if a != b]
+    assert not diffs, "\n".join(d[:600] for d in diffs)
