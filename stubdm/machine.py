@@ -131,8 +131,10 @@ class IrqLatch:
 NIC_MODELS = ("rtl8139", "e1000")
 
 
-def make_nic(model, net, mem, mac, name):
-    """An emulated NIC of `model` on network `net` (stubdm/net.py)."""
+def make_nic(model, net, mem, mac, name, clock=None):
+    """An emulated NIC of `model` on network `net` (stubdm/net.py). clock: ticks
+    in us for e1000's interrupt throttling (ITR), which then needs the event
+    loop to call run_timers (Machine.nic_timer_deadline); None: no throttling."""
     if model == "rtl8139":
         from stubdm.devices.rtl8139 import Rtl8139
 
@@ -140,7 +142,7 @@ def make_nic(model, net, mem, mac, name):
     if model == "e1000":
         from stubdm.devices.e1000 import E1000
 
-        return E1000(net, mem, mac, name)
+        return E1000(net, mem, mac, name, clock)
     raise ValueError("unknown NIC model " + model)
 
 
@@ -163,14 +165,14 @@ class Machine:
     nics: (model, slot, net, mac) per NIC: model "rtl8139" or "e1000", slot 0
     for the first free (after the pci-serials), net its stubdm.net network,
     mac 6 bytes or None (the network's); nic_mem: the GuestMemory they DMA
-    through.
+    through; nic_clock: see make_nic.
     ahci: None, or the ICH9 AHCI function as a dict: "disks" (a BlockDevice or
     None per SATA port), "mem" (GuestMemory), "slot" (0: the first free, after
     the NICs).
     """
 
     def __init__(self, platform, chardevs, ram_bytes, isa=True, pci_serial_slots=(), s3=True,
-                 ide=None, nics=(), nic_mem=None, ahci=None):
+                 ide=None, nics=(), nic_mem=None, ahci=None, nic_clock=None):
         self.platform = platform
         self.irqs = IrqLatch(platform)
         self.pio = IoBus("pio")
@@ -229,7 +231,7 @@ class Machine:
             slot = slots[len(pci_serial_slots) + i]
             same = len([n for n in self.nics if n.name.split(".")[0] == model])
             name = model if not same else "%s.%d" % (model, same)  # the fuzzer's --device names
-            nic = make_nic(model, net, nic_mem, mac, name)
+            nic = make_nic(model, net, nic_mem, mac, name, nic_clock)
             self.nics.append(nic)
             self.pci.attach(layout.devfn(slot), nic)
 
@@ -245,6 +247,22 @@ class Machine:
 
         for d in self.pci.devfns():
             platform.map_pcidev(d)
+
+    def nic_timer_deadline(self):
+        """The earliest tick (us) at which run_nic_timers has work, or None."""
+        when = None
+        for nic in self.nics:
+            d = getattr(nic, "timer_deadline", None)
+            t = d() if d is not None else None
+            if t is not None and (when is None or t - when < 0):
+                when = t
+        return when
+
+    def run_nic_timers(self, now):
+        for nic in self.nics:
+            run = getattr(nic, "run_timers", None)
+            if run is not None:
+                run(now)
 
     def _add_ide(self, cfg):
         from stubdm.devices import ata
