@@ -356,6 +356,13 @@ def _engine_classes():
                 srv = VfioUserServer(path, fn, log=self.note)
                 self.servers.append((devfn, fn, srv))
 
+        def boot(self):
+            try:
+                return super().boot()
+            except (eng.DeviceModelGone, eng.DeviceModelHung) as e:
+                # Name it: the engine's messages say "the device model".
+                raise type(e)("qemu-xen: %s" % e)
+
         def ioreq(self, server, type_, addr, data, size, is_read):
             # Memory qemu-xen populated and moved into a BAR (VRAM) is guest
             # RAM under Xen: the guest reaches it without an ioreq.

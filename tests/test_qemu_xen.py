@@ -410,3 +410,32 @@ def test_boot_a_real_guest_on_qemu_xen():
     # Linux's 8139too and e1000 read the MACs qemu-xen was given and see a link.
     assert "00:16:3e:00:00:01" in r.stdout and "00:16:3e:00:00:02" in r.stdout
     assert "link-eth0=1" in r.stdout and "link-eth1=1" in r.stdout
+
+
+@needs_qemu_xen
+def test_boot_names_a_qemu_xen_that_dies():
+    import threading
+
+    from host_sim import engine, qtest_qemu
+
+    if qtest_qemu.find_qemu() is None or None in engine.find_kernel():
+        pytest.skip("no QEMU engine or guest image (build/setup.sh)")
+    k, i = engine.find_kernel()
+    e = qemu_xen.engine_class()(qtest_qemu.find_qemu(), k, i, run="sleep 60", timeout=120)
+    pids = []
+
+    def kill_when_up():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not e.servers:
+            time.sleep(0.1)
+        if e.dm is not None:
+            pids.append(e.dm.pid)
+            os.killpg(e.dm.pid, signal.SIGKILL)
+
+    t = threading.Thread(target=kill_when_up)
+    t.start()
+    with pytest.raises(DeviceModelGone) as err:
+        e.boot()
+    t.join()
+    assert str(err.value).startswith("qemu-xen: ") and pids and _gone(pids[0])
+    assert e.qemu_proc.poll() is not None  # the guest's QEMU went with it
