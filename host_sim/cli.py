@@ -276,8 +276,9 @@ def main(argv=None):
     from host_sim import bench_xenstore, xenstored
     xenstored.add_command(sub)
     bench_xenstore.add_command(bsub)
-    from host_sim import bench_pv
+    from host_sim import bench_pv, fuzz_pv
     bench_pv.add_command(bsub, common)
+    fuzz_pv.add_command(sub, common)
     args = p.parse_args(argv)
     if not hasattr(args, "func"):
         (bp if args.cmd == "bench" else p).print_help()

@@ -1,0 +1,286 @@
+"""A hostile backend for the device model's PV frontends, in-process: blkfront and netfront
+(and stubdm-echo) over fake grants, event channels and xenstore, with every response and
+index the backend writes chosen to hurt: ids never sent or sent twice, statuses and
+lengths out of range, offsets past the page, rsp_prod far ahead or backwards, chains that
+never end. Checks, per event: no exception escapes, the handler is fast, no I/O is
+reported successful that the backend did not complete, and nothing completes twice.
+
+    stubdm-sim fuzz-pv --requests N --seed S     (also run by tests/test_fuzz_pv.py)
+"""
+import random
+import struct
+import time
+
+from stubdm import block, log, pv_abi as A
+from stubdm.frontends.blkfront import BlkFront
+from stubdm.frontends.netfront import NetFront
+
+PAGE = 4096
+
+
+class Finding(Exception):
+    pass
+
+
+class FakeShared:
+    def __init__(self, count):
+        self.buf = bytearray(count * PAGE)
+        self.mem = memoryview(self.buf)
+        self.refs = tuple(range(1000, 1000 + count))
+
+    def unshare(self):
+        self.mem = None
+
+
+class FakeHyp:
+    def __init__(self):
+        self.notifies = 0
+        self.next_port = 10
+
+    def share_pages(self, domid, count, writable=True):
+        return FakeShared(count)
+
+    def bind_unbound_port(self, domid):
+        self.next_port += 1
+        return self.next_port
+
+    def unbind(self, port):
+        pass
+
+    def notify(self, port):
+        self.notifies += 1
+
+    def barrier(self):
+        pass
+
+    def atomic_add32(self, buf, n):
+        v = struct.unpack_from("<I", buf, 0)[0]
+        struct.pack_into("<I", buf, 0, (v + n) & 0xFFFFFFFF)
+
+
+class FakeXs:
+    """What a frontend reads of xenstore: a backend's features and our own keys."""
+
+    def __init__(self, values):
+        self.values = dict(values)
+
+    def read(self, path, tx=0):
+        return self.values.get(path)
+
+    def read_int(self, path, lo, hi, tx=0):
+        v = self.values.get(path)
+        if v is None or not v.isdigit():
+            return None
+        n = int(v)
+        return n if lo <= n <= hi else None
+
+    def write(self, path, value, tx=0):
+        self.values[path] = str(value)
+
+    def rm(self, path, tx=0):
+        self.values.pop(path, None)
+
+    def watch(self, path, token, cb):
+        pass
+
+    def unwatch(self, path, token):
+        pass
+
+    def transaction(self, body):
+        return body(0)
+
+
+class FakeBus:
+    def __init__(self, xs, hyp):
+        self.xs = xs
+        self.hyp = hyp
+        self.home = "/local/domain/2"
+        self.ports = {}
+
+    def forget_ports(self, fe):
+        pass
+
+
+BACK = "/local/domain/0/backend/%s/2/%s"
+
+
+def connect(cls, devtype, devid, features):
+    front = "/local/domain/2/device/%s/%s" % (devtype, devid)
+    back = BACK % (devtype, devid)
+    vals = {front + "/backend": back, front + "/backend-id": "0", back + "/state": "4"}
+    for k, v in features.items():
+        vals[back + "/" + k] = v
+    xs = FakeXs(vals)
+    fe = cls(FakeBus(xs, FakeHyp()), devid)
+    assert fe.start()
+    xs.values[back + "/state"] = "2"
+    fe._backend_changed(back + "/state")
+    xs.values[back + "/state"] = "4"
+    fe._backend_changed(back + "/state")
+    if fe.state != 4:
+        raise Finding("%s did not connect: %s" % (fe.name, fe.failed))
+    return fe
+
+
+def _garble_rsp_prod(rng, ring, produced):
+    """A rsp_prod the backend might write: honest, ahead, behind, or wild."""
+    cons = ring.rsp_cons
+    pick = rng.random()
+    if pick < 0.9:
+        return (cons + rng.randint(0, max(0, produced))) & 0xFFFFFFFF
+    if pick < 0.95:
+        return (cons + rng.randint(produced + 1, produced + ring.size * 3)) & 0xFFFFFFFF
+    if pick < 0.98:
+        return (cons - rng.randint(1, 50)) & 0xFFFFFFFF
+    return rng.getrandbits(32)
+
+
+class BlkTarget:
+    name = "blkfront"
+
+    def __init__(self, rng):
+        self.rng = rng
+        self.fe = connect(BlkFront, "vbd", "51712", {
+            "sectors": "100000", "info": "0", "sector-size": "512",
+            "feature-flush-cache": "1", "max-ring-page-order": "2",
+            "feature-max-indirect-segments": "256", "feature-persistent": "1"})
+        self.done = {}
+        self.ids = 0
+
+    def step(self):
+        rng, fe = self.rng, self.fe
+        if fe.ring is None:  # the frontend gave up on us: reconnect a fresh one
+            self.__init__(rng)
+            return "reconnected"
+        for _ in range(rng.randint(0, 3)):
+            self.ids += 1
+            key = self.ids
+            n = rng.choice((512, 4096, 4096 * 12, 65536, 4096 * 300))
+            buf = memoryview(bytearray(n))
+
+            def done(status, key=key):
+                if key in self.done:
+                    raise Finding("blkfront completed I/O %d twice" % key)
+                self.done[key] = status
+            fe.submit(rng.choice((block.READ, block.WRITE, block.FLUSH)),
+                      rng.randint(0, 100000), [buf], done)
+        ring = fe.ring
+        if ring is None:
+            return
+        # The backend answers (or lies) in the shared ring.
+        mem = ring.mem
+        produced = ring.in_flight()
+        k = rng.randint(0, produced + 2)
+        pend = list(fe.inflight.keys())
+        for i in range(k):
+            slot = 64 + ((ring.rsp_cons + i) & (ring.size - 1)) * ring.entry
+            rid = rng.choice(pend) if pend and rng.random() < 0.8 else rng.getrandbits(64)
+            status = rng.choice((0, 0, 0, -1, -2, rng.randint(-32768, 32767)))
+            struct.pack_into(A.BLKIF_RSP_FMT, mem, slot, rid, rng.randint(0, 255), status)
+        struct.pack_into("<I", mem, 8, _garble_rsp_prod(rng, ring, k))
+        fe.on_event(fe.port)
+
+
+class NetTarget:
+    name = "netfront"
+
+    def __init__(self, rng):
+        self.rng = rng
+        self.fe = connect(NetFront, "vif", "0", {"feature-rx-copy": "1", "feature-sg": "1"})
+        self.fe.xs.values[self.fe.path + "/mac"] = "00:16:3e:00:00:01"
+        self.got = 0
+        self.fe.set_receiver(self.receive)
+
+    def receive(self, mv):
+        if not 14 <= len(mv) <= 0xFFFF:
+            raise Finding("netfront delivered a %d-byte frame" % len(mv))
+        self.got += 1
+        return self.rng.random() < 0.9  # sometimes the NIC has no room
+
+    def step(self):
+        rng, fe = self.rng, self.fe
+        if fe.tx is None:
+            self.__init__(rng)
+            return "reconnected"
+        for _ in range(rng.randint(0, 2)):
+            fe.transmit(bytes(rng.choice((14, 60, 1514, 9000, 70000, 3))))
+        if fe.rx_paused and rng.random() < 0.5:
+            fe.rx_resume()
+        if fe.tx is None:
+            return
+        for ring, fmt, make in (
+                (fe.tx, A.NETIF_TX_RSP_FMT,
+                 lambda: (rng.choice(list(fe.tx_busy) or [0]) if rng.random() < 0.8
+                          else rng.getrandbits(16), rng.choice((0, -1, -2, 1)))),
+                (fe.rx, A.NETIF_RX_RSP_FMT,
+                 lambda: (rng.randint(0, 140), rng.choice((0, 0, 100, 4000, 65535)),
+                          rng.choice((0, 0, 4, 4, 2, 8, 0xFFFF)),
+                          rng.choice((60, 1514, 4096, 0, -1, 32767, -32768))))):
+            produced = ring.in_flight()
+            k = rng.randint(0, produced + 2)
+            for i in range(k):
+                slot = 64 + ((ring.rsp_cons + i) & (ring.size - 1)) * ring.entry
+                struct.pack_into(fmt, ring.mem, slot, *make())
+            struct.pack_into("<I", ring.mem, 8, _garble_rsp_prod(rng, ring, k))
+        fe.on_event(fe.port)
+
+
+TARGETS = {"blkfront": BlkTarget, "netfront": NetTarget}
+
+
+def run(requests, seed, targets=("blkfront", "netfront"), slow_ms=50.0, progress=None):
+    # slow_ms: a step moves up to a few MiB through the frontend (Python slice copies):
+    # 50 ms is far above that, and far below a hang.
+    """Returns (steps done, findings [(target, step, message)])."""
+    findings = []
+    verbose, log.verbose = log.verbose, 0
+    try:
+        for name in targets:
+            rng = random.Random("%s:%d" % (name, seed))
+            t = TARGETS[name](rng)
+            last = time.monotonic()
+            for step in range(requests):
+                t0 = time.perf_counter()
+                try:
+                    what = t.step()
+                except Finding as e:
+                    findings.append((name, step, str(e)))
+                    break
+                except Exception as e:  # what escapes the frontend is the finding
+                    findings.append((name, step, "%s: %s" % (type(e).__name__, e)))
+                    break
+                ms = (time.perf_counter() - t0) * 1e3
+                if ms > slow_ms and what != "reconnected":  # set-up is the fake's cost
+                    findings.append((name, step, "a step took %.1f ms" % ms))
+                if progress and time.monotonic() - last > 5:
+                    last = time.monotonic()
+                    progress("%s: %d steps" % (name, step))
+    finally:
+        log.verbose = verbose
+    return requests * len(targets), findings
+
+
+def cmd(args):
+    import sys
+
+    t0 = time.perf_counter()
+    n, findings = run(args.requests, args.seed,
+                      progress=lambda m: sys.stderr.write("fuzz-pv: %s\n" % m))
+    dt = time.perf_counter() - t0
+    print("fuzz-pv: %d steps (blkfront, netfront) in %.1f s, %.0f/s, seed %d"
+          % (n, dt, n / dt, args.seed))
+    for name, step, msg in findings:
+        print("  finding: %s step %d: %s (rerun with --seed %d)" % (name, step, msg, args.seed))
+    if not findings:
+        print("  findings: none")
+    return 1 if findings else 0
+
+
+def add_command(sub, common):
+    p = sub.add_parser("fuzz-pv", parents=[common],
+                       help="a hostile backend against the device model's PV frontends "
+                       "(blkfront, netfront), in-process")
+    p.add_argument("--requests", type=int, default=20000, metavar="N",
+                   help="backend steps per frontend (default 20000)")
+    p.add_argument("--seed", type=int, default=1, metavar="S")
+    p.set_defaults(func=cmd)
