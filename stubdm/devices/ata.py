@@ -436,15 +436,18 @@ class AtaBase(Drive):
 
     # --- disk requests --------------------------------------------------------
 
-    def _submit(self, op, sector, views, then):
+    def _submit(self, op, sector, views, then, release=None):
         """disk.submit with the drive's reset generation: a reset in between
-        drops the completion (the data is the guest's problem then)."""
+        drops the completion (the data is the guest's problem then); release,
+        if given, runs then all the same (guest memory pinned for the request)."""
         gen = self.gen
         self.busy = True
 
         def done(status):
             if gen == self.gen:
                 then(status)
+            elif release is not None:
+                release()
 
         try:
             self.disk.submit(op, sector, views, done)
@@ -532,7 +535,8 @@ class AtaBase(Drive):
             st["sector"] += n // SECTOR
             step()
 
-        self._submit(op, sector, [memoryview(bounce)] if bounce is not None else views, done)
+        self._submit(op, sector, [memoryview(bounce)] if bounce is not None else views, done,
+                     chunk.release)
 
     # --- identify helpers -----------------------------------------------------
 
