@@ -487,3 +487,71 @@ def test_state_is_serialisable():
     s = r.hba.state()
     assert s["ports"][0]["ssts"] == 0x113 and s["ports"][0]["cmd"] & 1
     assert ahci.NUM_PORTS == len(s["ports"])
+
+
+OPCODES = (0x00, 0x20, 0x24, 0x25, 0x29, 0x30, 0x34, 0x35, 0x39, 0x3D, 0x40, 0x60, 0x61, 0x70,
+           0x90, 0x91, 0xA0, 0xA1, 0xC4, 0xC5, 0xC6, 0xC8, 0xCA, 0xE5, 0xE7, 0xEA, 0xEC, 0xEF)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_commands_never_break_the_port(seed):
+    # Seeded garbage in the places a guest controls: FIS bytes, header flags, PRDTs in
+    # and out of RAM with odd and huge counts, slots and tags, SACT, ST toggles and
+    # COMRESETs in the middle, completions in any order. After each round the port
+    # still serves a plain IDENTIFY and no guest memory stays pinned.
+    import random
+
+    rnd = random.Random(seed)
+    r = Rig([disk(2048, pattern=False), block.MemoryDisk(bytearray(64 * 2048), readonly=True,
+                                                         cdrom=True)], defer=True)
+    for port in (0, 1):
+        r.start(port)
+    for _round in range(150):
+        port = rnd.randrange(2)
+        slots = 0
+        for _ in range(rnd.randrange(1, 6)):
+            slot = rnd.randrange(32)
+            n = rnd.choice((0, 1, 8, 255, 256, 65535))
+            lba = rnd.choice((0, 5, 2040, 2047, 1 << 28, (1 << 48) - 1, rnd.randrange(4096)))
+            fis = h2d(rnd.choice(OPCODES), lba, (slot << 3) if rnd.random() < 0.8 else n,
+                      features=n if rnd.random() < 0.5 else rnd.randrange(1 << 16),
+                      device=rnd.randrange(256), control=rnd.choice((0, 0, 4)),
+                      c=rnd.random() < 0.95)
+            if rnd.random() < 0.05:
+                fis[0] = rnd.randrange(256)
+            prds = []
+            for _ in range(rnd.choice((0, 1, 1, 2, 5))):
+                addr = rnd.choice((BUF + rnd.randrange(1 << 20), 0xFFFF0000, (1 << 40),
+                                   len(r.mem.ram) - 256))
+                cnt = rnd.choice((512, 4096, 1 << 20, 1 << 22, rnd.randrange(1, 1 << 16)))
+                prds.append((addr, cnt))
+            r.build(port, slot, fis, prds, write=rnd.random() < 0.3,
+                    atapi=packet(rnd.choice((0x00, 0x03, 0x12, 0x25, 0x28, 0x43, 0x4A, 0x5A,
+                                             0xBB, 0xFF)), *[rnd.randrange(256)
+                                                            for _ in range(10)]),
+                    flags=rnd.choice((0, 1 << 8, 1 << 10)))
+            slots |= 1 << slot
+        r.pw(port, 0x34, slots if rnd.random() < 0.7 else rnd.randrange(1 << 32))
+        r.issue(port, slots)
+        if rnd.random() < 0.3:
+            q = list(range(len(r.queue)))
+            rnd.shuffle(q)
+            r.run_deferred(q[:rnd.randrange(len(q) + 1)])
+        if rnd.random() < 0.1:
+            r.pw(port, 0x2C, 1)
+            r.pw(port, 0x2C, 0)
+        if rnd.random() < 0.2:
+            restart(r, port)
+        if rnd.random() < 0.02:
+            r.w(0x04, 0x80000001)
+            for p in (0, 1):
+                r.start(p)
+    r.drain()
+    for port in (0, 1):
+        restart(r, port)
+        r.pw(port, 0x34, 0)
+        r.build(port, 0, h2d(0xEC if port == 0 else 0xA1, device=0), [(BUF, 512)])
+        r.issue(port, 1)
+        r.drain()
+        assert r.pr(port, 0x38) == 0 and r.pr(port, 0x20) & 0x89 == 0, hex(r.pr(port, 0x20))
+    assert not r.mem.unreleased()
