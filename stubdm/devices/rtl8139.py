@@ -635,10 +635,10 @@ class Rtl8139(PciFunction):
                 self._dump_tally()
             return
         r = self.regs
-        tsd = _le(r, TSD0 + 4 * i, 4)
-        if tsd & TSD_OWN or not r[CR] & CR_TE:
+        if r[TSD0 + 4 * i + 1] & (TSD_OWN >> 8) or not r[CR] & CR_TE:
             self._update_tsad()
             return
+        tsd = _le(r, TSD0 + 4 * i, 4)
         size = tsd & TSD_SIZE
         addr = _le(r, TSAD0 + 4 * i, 4)
         tsd &= ~TSD_TOK & 0xFFFFFFFF
@@ -674,16 +674,15 @@ class Rtl8139(PciFunction):
         self._raise(INT_TOK)
 
     def _update_tsad(self):
+        # TSAD gathers OWN (TSD bit 13), TABT (30) and TOK (15) of the four slots.
+        r = self.regs
         v = 0
         for i in range(4):
-            tsd = _le(self.regs, TSD0 + 4 * i, 4)
-            if tsd & TSD_OWN:
-                v |= 1 << i
-            if tsd & TSD_TOK:
-                v |= 1 << (12 + i)
-            if tsd & 0x40000000:
-                v |= 1 << (4 + i)
-        _put_le(self.regs, TSAD, 2, v)
+            b1 = r[TSD0 + 4 * i + 1]
+            v |= ((b1 >> 5) & 1) << i | ((b1 >> 7) & 1) << (12 + i) \
+                | ((r[TSD0 + 4 * i + 3] >> 6) & 1) << (4 + i)
+        r[TSAD] = v & 0xFF
+        r[TSAD + 1] = v >> 8
 
     def _dump_tally(self):
         r = self.regs
