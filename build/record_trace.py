@@ -7,8 +7,8 @@ Boots the default guest (build/guest: Debian's kernel and the busybox
 initramfs) under build/qemu-system-x86_64 with TCG, on QEMU's pc machine laid
 out as close to libxl's xenfv as QEMU allows without Xen (i440FX 00.0, PIIX3
 01.0, IDE 01.1, PIIX4 PM 01.3, a pci-serial at 04.0 where stubdm puts its
-own; no SMM, as under Xen; QEMU refuses the Xen platform device without
-Xen), with
+own; no SMM and PIIX4 PM's smm-compat, as xenfv has them; QEMU refuses
+the Xen platform device without Xen), with
 
     -trace memory_region_ops_read -trace memory_region_ops_write
 
@@ -60,7 +60,11 @@ def qemu_args(trace_file, run, serial_log):
     append = "console=ttyS0 panic=-1 quiet stubdm.run=" + base64.b64encode(run.encode()).decode()
     return [
         # smm=off: Xen has no SMM, so qemu-xen's PIIX4 PM says so (config 0x5b).
-        QEMU, "-machine", "pc,accel=tcg,smm=off", "-m", "%dM" % RAM_MIB,
+        # smm-compat=on: as xenfv-4.2's compatibility properties (hw_compat_5_2)
+        # set it; without it QEMU's PIIX4 is "ACPI only" with SMM off (SCI_EN
+        # set from reset, SMI_CMD ignored), which qemu-xen's is not.
+        QEMU, "-machine", "pc,accel=tcg,smm=off", "-global", "PIIX4_PM.smm-compat=on",
+        "-m", "%dM" % RAM_MIB,
         "-nodefaults", "-no-reboot", "-display", "none",
         "-serial", "file:" + serial_log,
         "-chardev", "null,id=pciser", "-device", "pci-serial,chardev=pciser,addr=04.0",

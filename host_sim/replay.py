@@ -135,7 +135,8 @@ class Region:
 
 
 class Replayer:
-    def __init__(self, guest, hv):
+    def __init__(self, guest, hv, dm="stubdm"):
+        self.dm = dm  # whose answers are compared with QEMU's, for the report
         self.g = guest
         self.hv = hv
         self.regions = {}
@@ -191,9 +192,9 @@ class Replayer:
             r = self.region(key)
             r.accesses += 1
             if served and not in_qemu:
-                return r.skip("only in stubdm's machine")
+                return r.skip("only in %s's machine" % self.dm)
             if not served and in_qemu:
-                return r.skip("a function stubdm does not model")
+                return r.skip("a function %s does not model" % self.dm)
             return self._replay(r, a, qv, reg)
         if a.name == "serial":
             key = "serial %#x" % (a.addr & ~7)
@@ -205,12 +206,12 @@ class Replayer:
             if route[0] == "xen":
                 return r.skip("emulated by Xen (host_sim: %s)" % route[1])
             if route[0] == "none":
-                return r.skip("not claimed by stubdm")
+                return r.skip("not claimed by " + self.dm)
         else:
             if self.g.emulated.mmio_handler(a.addr, a.size) is not None:
                 return r.skip("emulated by Xen (host_sim)")
             if self.hv.server_for_range(scripted.MMIO, a.addr, a.addr + a.size - 1) is None:
-                return r.skip("not claimed by stubdm")
+                return r.skip("not claimed by " + self.dm)
         return self._replay(r, a, qv, offset)
 
     def _replay(self, r, a, qv, offset):
@@ -244,7 +245,7 @@ class Replayer:
         return sum(r.ndiffs for r in self.regions.values())
 
     def report(self, out, path):
-        out.write("replay of %s: %d accesses\n" % (path, self.lines))
+        out.write("replay of %s against %s: %d accesses\n" % (path, self.dm, self.lines))
         out.write("%-26s %8s %8s %8s %8s %6s %6s  %s\n" % (
             "region", "accesses", "replayed", "reads", "same", "timing", "diffs", "skipped"))
         for key in sorted(self.regions):
@@ -261,9 +262,9 @@ class Replayer:
         if self.timing_diffs:
             out.write("timing-only differences (bits that depend on when the access came):\n")
             for key, a, sv in self.timing_diffs:
-                out.write("  line %d %s %#x size %d: QEMU %#x, stubdm %#x\n"
+                out.write("  line %d %s %#x size %d: QEMU %#x, %s %#x\n"
                           % (a.lineno, key, a.addr, a.size, a.value & ((1 << 8 * a.size) - 1),
-                             sv))
+                             self.dm, sv))
         n = self.differences()
         if n:
             out.write("%d difference%s a driver would act on:\n" % (n, "" if n == 1 else "s"))
@@ -271,22 +272,36 @@ class Replayer:
                 r = self.regions[key]
                 for a, sv, offset in r.diffs:
                     out.write("  line %d %s (register %#x) read of size %d at %#x: QEMU %#x, "
-                              "stubdm %#x\n" % (a.lineno, key, offset, a.size, a.addr,
-                                                a.value & ((1 << 8 * a.size) - 1), sv))
+                              "%s %#x\n" % (a.lineno, key, offset, a.size, a.addr,
+                                            a.value & ((1 << 8 * a.size) - 1), self.dm, sv))
                 if r.ndiffs > len(r.diffs):
                     out.write("  ... %d more in %s\n" % (r.ndiffs - len(r.diffs), key))
         else:
             out.write("no difference a driver would act on\n")
 
 
-def replay(path, runtime="cpython", ram_mib=128, out=sys.stdout, dm_args=None):
+def session(runtime="cpython", ram_mib=128, dm="stubdm"):
+    """The device model the trace is replayed against: stubdm as the recordings'
+    QEMU was configured (a pci-serial at 04.0, as stubdm places the first), or
+    Xen's own qemu-xen (host_sim/qemu_xen.py) with the same pci-serial."""
+    if dm == "qemu-xen":
+        from host_sim import qemu_xen
+
+        return qemu_xen.QemuXenSession(
+            dm_args_extra=["-chardev", "null,id=pciser",
+                           "-device", "pci-serial,chardev=pciser,addr=04.0"],
+            ram_mib=ram_mib)
+    return scripted.Session(dm_args=["-device", "pci-serial", "-serial", "null",
+                                     "-serial", "null", "-no-timers"],
+                            ram_mib=ram_mib, runtime=runtime)
+
+
+def replay(path, runtime="cpython", ram_mib=128, out=sys.stdout, dm="stubdm"):
     """Replays the trace at path; returns the Replayer (its report already written)."""
     comments = []
     accesses, _other = read_trace(path, comments)
-    if dm_args is None:
-        dm_args = ["-device", "pci-serial", "-serial", "null", "-serial", "null", "-no-timers"]
-    with scripted.Session(dm_args=dm_args, ram_mib=ram_mib, runtime=runtime) as s:
-        rp = Replayer(s.guest, s.hv)
+    with session(runtime, ram_mib, dm) as s:
+        rp = Replayer(s.guest, s.hv, dm)
         rp.run(accesses)
     for c in comments:
         out.write(c + "\n")
@@ -296,7 +311,7 @@ def replay(path, runtime="cpython", ram_mib=128, out=sys.stdout, dm_args=None):
 
 def cmd_replay(args):
     try:
-        rp = replay(args.trace, args.dm_runtime, args.memory)
+        rp = replay(args.trace, args.dm_runtime, args.memory, dm=getattr(args, "dm", "stubdm"))
     except OSError as e:
         print("stubdm-sim replay: %s" % e, file=sys.stderr)
         return 2
