@@ -278,6 +278,8 @@ def main(argv=None):
     bench_xenstore.add_command(bsub)
     from host_sim import bench_pv, fuzz_pv
     bench_pv.add_command(bsub, common)
+    from host_sim import bench_disk
+    bench_disk.add_command(bsub, common)
     fuzz_pv.add_command(sub, common)
     args = p.parse_args(argv)
     if not hasattr(args, "func"):
