@@ -751,9 +751,13 @@ class AhciPort:
             if dbc & 1:
                 self._slot_error(slot, "PRDT entry %d: odd byte count %d" % (i, dbc))
                 return None
-            addrs.append((_u32(raw, o) & 0xFFFFFFFE) | (_u32(raw, o + 4) << 32))
-            lens.append(dbc)
+            addr = (_u32(raw, o) & 0xFFFFFFFE) | (_u32(raw, o + 4) << 32)
             total += dbc
+            if addrs and addrs[-1] + lens[-1] == addr:
+                lens[-1] += dbc  # physically contiguous: one piece to pin, not two
+                continue
+            addrs.append(addr)
+            lens.append(dbc)
         return SgList(self.hba.mem, addrs, lens, total)
 
     def _control(self, slot, dw0, fis):
