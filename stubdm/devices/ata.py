@@ -213,6 +213,26 @@ def _pbe32(b, o, v):
     b[o + 3] = v & 0xFF
 
 
+def _tf_reg(i):
+    def get(self):
+        return self.tf[i]
+
+    def put(self, v):
+        self.tf[i] = v & 0xFF
+
+    return property(get, put)
+
+
+def _hob_reg(i):
+    def get(self):
+        return self.hob[i]
+
+    def put(self, v):
+        self.hob[i] = v & 0xFF
+
+    return property(get, put)
+
+
 class Drive:
     """One device position on a channel: the task file every drive has.
 
@@ -223,20 +243,27 @@ class Drive:
     present = False
     atapi = False
 
+    # The task file lives in two byte arrays indexed by register offset (the
+    # channel's port handlers touch them directly: a rep outsb to a register
+    # is 4096 writes); commands use these names.
+    feature = _tf_reg(REG_ERROR)
+    nsector = _tf_reg(REG_NSECTOR)
+    sector = _tf_reg(REG_SECTOR)
+    lcyl = _tf_reg(REG_LCYL)
+    hcyl = _tf_reg(REG_HCYL)
+    select = _tf_reg(REG_SELECT)
+    hob_feature = _hob_reg(REG_ERROR)
+    hob_nsector = _hob_reg(REG_NSECTOR)
+    hob_sector = _hob_reg(REG_SECTOR)
+    hob_lcyl = _hob_reg(REG_LCYL)
+    hob_hcyl = _hob_reg(REG_HCYL)
+
     def __init__(self, transport, unit, name):
         self.t = transport
         self.unit = unit
         self.name = name
-        self.feature = 0
-        self.nsector = 0
-        self.sector = 0
-        self.lcyl = 0
-        self.hcyl = 0
-        self.hob_feature = 0
-        self.hob_nsector = 0
-        self.hob_sector = 0
-        self.hob_lcyl = 0
-        self.hob_hcyl = 0
+        self.tf = bytearray(8)
+        self.hob = bytearray(8)
         self.select = SEL_ALWAYS
         self.status = 0
         self.error = 0
@@ -245,40 +272,22 @@ class Drive:
     # --- task file ---------------------------------------------------------
 
     def tf_write(self, reg, v):
-        """A write to command-block register 1-6; the previous value becomes
-        the high-order byte (HOB) of a 48-bit command (ATA-6 6.20)."""
-        if reg == REG_ERROR:
-            self.hob_feature = self.feature
-            self.feature = v
-        elif reg == REG_NSECTOR:
-            self.hob_nsector = self.nsector
-            self.nsector = v
-        elif reg == REG_SECTOR:
-            self.hob_sector = self.sector
-            self.sector = v
-        elif reg == REG_LCYL:
-            self.hob_lcyl = self.lcyl
-            self.lcyl = v
-        elif reg == REG_HCYL:
-            self.hob_hcyl = self.hcyl
-            self.hcyl = v
-        elif reg == REG_SELECT:
-            self.select = v | SEL_ALWAYS
+        """A write to command-block register 1-6 (v a byte); the previous value
+        becomes the high-order byte (HOB) of a 48-bit command (ATA-6 6.20)."""
+        if reg == REG_SELECT:
+            self.tf[REG_SELECT] = v | SEL_ALWAYS
+        else:
+            self.hob[reg] = self.tf[reg]
+            self.tf[reg] = v
 
     def tf_read(self, reg, hob):
-        if reg == REG_ERROR:
-            return self.hob_feature if hob else self.error
-        if reg == REG_NSECTOR:
-            return self.hob_nsector if hob else self.nsector
-        if reg == REG_SECTOR:
-            return self.hob_sector if hob else self.sector
-        if reg == REG_LCYL:
-            return self.hob_lcyl if hob else self.lcyl
-        if reg == REG_HCYL:
-            return self.hob_hcyl if hob else self.hcyl
-        if reg == REG_SELECT:
-            return self.select
-        return self.status
+        if reg == REG_STATUS:
+            return self.status
+        if reg == REG_ERROR and not hob:
+            return self.error
+        if hob and reg != REG_SELECT:
+            return self.hob[reg]
+        return self.tf[reg]
 
     def set_signature(self):
         """What a reset or diagnostic leaves (ATA-6 9.12): ATA 01/01/00/00,
@@ -316,9 +325,8 @@ class Drive:
         pass
 
     def state(self):
-        return {"tf": [self.feature, self.nsector, self.sector, self.lcyl, self.hcyl,
-                       self.hob_feature, self.hob_nsector, self.hob_sector, self.hob_lcyl,
-                       self.hob_hcyl, self.select, self.status, self.error]}
+        return {"tf": bytes(self.tf), "hob": bytes(self.hob), "status": self.status,
+                "error": self.error}
 
 
 class _PioBuffer:

@@ -24,6 +24,13 @@ from stubdm.compat import const
 from stubdm.devices import ata
 from stubdm.pci import CMD_MASTER, PciFunction
 
+# The register numbers the port handlers test on every access, as plain globals.
+_DATA = ata.REG_DATA
+_STATUS = ata.REG_STATUS
+_SELECT = ata.REG_SELECT
+_ALWAYS = ata.SEL_ALWAYS
+_DEV = ata.SEL_DEV
+
 VENDOR_INTEL = const(0x8086)
 DEVICE_82371SB_IDE = const(0x7010)
 CLASS_IDE_COMPAT = const(0x010180)  # compatibility mode, bus master capable
@@ -265,7 +272,11 @@ class IdeChannel:
     # --- command block -------------------------------------------------------------
 
     def read(self, offset, size):
-        if offset == ata.REG_DATA and size in (2, 4):
+        if offset == _STATUS and size == 1:  # the hot path: status polling
+            d = self.drives[self.unit]
+            self.irq_line.set_level(0)  # reading status acknowledges INTRQ (ATA-6 5.2.9)
+            return d.status if d.present else 0
+        if offset == _DATA and size in (2, 4):
             d = self.cur()
             return d.data_read(size) if d.present else 0
         if size != 1:
@@ -274,21 +285,31 @@ class IdeChannel:
                 v |= self.read(offset + i, 1) << (8 * i) if offset + i < CMD_BLOCK_LEN else (
                     0xFF << (8 * i))
             return v
-        if offset == ata.REG_DATA:
+        if offset == _DATA:
             return 0xFF
         d = self.cur()
         if self._none():
             v = 0
-        elif offset in (ata.REG_ERROR, ata.REG_STATUS) and not d.present:
+        elif offset in (ata.REG_ERROR, _STATUS) and not d.present:
             v = 0  # an absent slave (QEMU)
         else:
             v = d.tf_read(offset, self.ctl & CTL_HOB)
-        if offset == ata.REG_STATUS:
+        if offset == _STATUS:
             self.irq_line.set_level(0)  # reading status acknowledges INTRQ (ATA-6 5.2.9)
         return v & 0xFF
 
     def write(self, offset, size, value):
-        if offset == ata.REG_DATA and size in (2, 4):
+        if size == 1 and 0 < offset < _SELECT:  # the hot path: task-file registers
+            self.ctl &= ~CTL_HOB
+            d0, d1 = self.drives
+            t = d0.tf
+            d0.hob[offset] = t[offset]
+            t[offset] = value
+            t = d1.tf
+            d1.hob[offset] = t[offset]
+            t[offset] = value
+            return
+        if offset == _DATA and size in (2, 4):
             d = self.cur()
             if d.present:
                 d.data_write(size, value)
@@ -298,17 +319,25 @@ class IdeChannel:
                 if offset + i < CMD_BLOCK_LEN:
                     self.write(offset + i, 1, (value >> (8 * i)) & 0xFF)
             return
-        if offset == ata.REG_DATA:
+        if offset == _DATA:
             return
-        if offset == ata.REG_STATUS:
+        if offset == _STATUS:
             self._command(value)
             return
         # Both positions latch every task-file write (they share the cable).
         self.ctl &= ~CTL_HOB
-        for d in self.drives:
-            d.tf_write(offset, value)
-        if offset == ata.REG_SELECT:
-            self.unit = 1 if value & ata.SEL_DEV else 0
+        d0, d1 = self.drives
+        if offset == _SELECT:
+            d0.tf[offset] = value | _ALWAYS
+            d1.tf[offset] = value | _ALWAYS
+            self.unit = 1 if value & _DEV else 0
+            return
+        t = d0.tf
+        d0.hob[offset] = t[offset]
+        t[offset] = value
+        t = d1.tf
+        d1.hob[offset] = t[offset]
+        t[offset] = value
 
     def _command(self, cmd):
         d = self.cur()
