@@ -275,6 +275,7 @@ class FloorEngine(_Timed, Engine):
         path = os.path.join(self.dir, "null%02x.sock" % engine.DEVFN_PCI_SERIAL)
         srv = VfioUserServer(path, self.function, log=self.note)
         self.servers.append((engine.DEVFN_PCI_SERIAL, self.function, srv))
+        self.guest_slots = {engine.DEVFN_PCI_SERIAL: (UART_SLOT, 0)}  # engine.qemu_args
 
 
 class QemuEngine(_Timed, Engine):
