@@ -518,7 +518,8 @@ class DeviceModel:
         self.machine = Machine(Platform(hyp, sid), chardevs, ram, opts["isa"],
                                opts["pci_serial"], ide=self.ide_config(opts),
                                ahci=self.ahci_config(opts),
-                               nics=self.open_nics(opts), nic_mem=self.mem)
+                               nics=self.open_nics(opts), nic_mem=self.mem,
+                               nic_clock=ticks_us if self.timers else None)
         m = self.machine
         self.dispatcher = Dispatcher(m.pio, m.mmio, m.pci, self.mem, m.irqs)
         outputs = [c for c in chardevs if c is not None]
@@ -643,6 +644,11 @@ class DeviceModel:
             timeout = 1000
             if armed or any(u.rx_timer_armed for u in uarts):
                 timeout = RX_TIMEOUT_MS
+            nic_due = self.machine.nic_timer_deadline() if self.timers else None
+            if nic_due is not None:
+                # e1000's interrupt throttling: wake when its next interrupt is due.
+                wait = ticks_diff(nic_due, ticks_us()) // 1000
+                timeout = min(timeout, wait if wait > 0 else 0)
             if xs_backlog:
                 timeout = 0
             ready = poller.poll(timeout)
@@ -672,6 +678,8 @@ class DeviceModel:
                     events = 0
                     self.sample_heap()
             self._rx_timeouts(uarts, armed)
+            if nic_due is not None and ticks_diff(ticks_us(), nic_due) >= 0:
+                self.machine.run_nic_timers(ticks_us())
         why = {abi.SHUTDOWN_reboot: "reboot", abi.SHUTDOWN_poweroff: "poweroff"}.get(
             getattr(self.machine, "shutdown_reason", None), "shutdown")
         log.info("stubdm", "guest asked for %s: passed to Xen, serving stops" % why)
