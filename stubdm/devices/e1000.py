@@ -8,6 +8,8 @@
 # BAR0: 128 KiB of registers (MMIO); BAR1: 64 bytes of I/O, the IOADDR/IODATA
 # window onto the same registers (SDM 13.2.4). The network (stubdm/net.py)
 # and guest memory (all DMA) are handed in.
+import struct
+
 from stubdm import log
 from stubdm.compat import const
 from stubdm.devices import netutil
@@ -204,6 +206,9 @@ ST_TPR = const(0xD0 // 4)
 ST_TPT = const(0xD4 // 4)
 ST_BPTC = const(0xF4 // 4)
 ST_MPTC = const(0xF0 // 4)
+ST_ROC = const(0xAC // 4)
+_STAT64_LOW = (0x4088, 0x4090, 0x40C0, 0x40C8)
+_STAT64_HIGH = (0x408C, 0x4094, 0x40C4, 0x40CC)
 
 
 def _le(buf, off, n):
@@ -353,6 +358,7 @@ class E1000(PciFunction):
 
     def hw_reset(self):
         self.r = r = _Regs()
+        self.st = [0] * 64  # statistics, dwords from STATS; 64-bit ones whole
         r[PBA // 4] = 0x00100030  # 48 KiB RX, 16 KiB TX
         r[0x0410 // 4] = 0x00602008  # TIPG
         r[0x0E00 // 4] = 0x07068302  # LEDCTL
@@ -362,6 +368,7 @@ class E1000(PciFunction):
         m = self.mac
         r[RA // 4] = m[0] | (m[1] << 8) | (m[2] << 16) | (m[3] << 24)
         r[RA // 4 + 1] = m[4] | (m[5] << 8) | 0x80000000
+        self._update_ucast()
         self.ctrl = 0x00000240  # SLU, speed 1000 (ASDE off)
         self.eecd = EECD_PRES | EECD_GNT  # granted: firmware-free part
         self.icr = 0
@@ -477,7 +484,10 @@ class E1000(PciFunction):
         if off == ICR:
             return self.icr
         if STATS <= off < STATS_END:
-            return self.r[off // 4]
+            j = (off - STATS) // 4
+            if off in _STAT64_HIGH:
+                return self.st[j - 1] >> 32 & 0xFFFFFFFF
+            return self.st[j] & 0xFFFFFFFF
         return self.reg_read(off)
 
     def reg_read(self, off):
@@ -517,16 +527,21 @@ class E1000(PciFunction):
             return self.tdh
         if off == TDT:
             return self.tdt
-        i = off // 4
         if STATS <= off < STATS_END:
-            v = self.r[i]
-            # Clear on read; a 64-bit pair clears with its high half.
-            if off not in (0x4088, 0x4090, 0x40C0, 0x40C8):
-                self.r[i] = 0
-                if off in (0x408C, 0x4094, 0x40C4, 0x40CC):
-                    self.r[i - 1] = 0
+            # Clear on read; a 64-bit pair (kept whole at its low half) clears
+            # with its high half.
+            st = self.st
+            j = (off - STATS) // 4
+            if off in _STAT64_LOW:
+                return st[j] & 0xFFFFFFFF
+            if off in _STAT64_HIGH:
+                v = st[j - 1] >> 32 & 0xFFFFFFFF
+                st[j - 1] = 0
+                return v
+            v = st[j] & 0xFFFFFFFF
+            st[j] = 0
             return v
-        return self.r[i]
+        return self.r[off // 4]
 
     def reg_write(self, off, v):
         if off < 0 or off >= MMIO_SIZE:
@@ -540,6 +555,8 @@ class E1000(PciFunction):
             self.r[i] = v & m
             if off == RDLEN or off == RDBAL or off == RDBAH:
                 self._resume_rx()
+            elif RA <= off < RA + 128:
+                self._update_ucast()
             return
         if off == CTRL:
             self._ctrl_write(v)
@@ -685,14 +702,17 @@ class E1000(PciFunction):
             return bool(self.r[MTA // 4 + (h >> 5)] & (1 << (h & 31))), False, True
         if rctl & RCTL_UPE:
             return True, False, False
-        lo = frame[0] | (frame[1] << 8) | (frame[2] << 16) | (frame[3] << 24)
-        hi = frame[4] | (frame[5] << 8)
+        return bytes(frame[0:6]) in self._ucast, False, False
+
+    def _update_ucast(self):
+        """The valid RAL/RAH pairs as addresses (RAH bit 31: address valid)."""
         r = self.r
+        out = []
         for i in range(16):
             rah = r[RA // 4 + 2 * i + 1]
-            if rah & 0x80000000 and r[RA // 4 + 2 * i] == lo and rah & 0xFFFF == hi:
-                return True, False, False
-        return False, False, False
+            if rah & 0x80000000:
+                out.append(struct.pack("<IH", r[RA // 4 + 2 * i], rah & 0xFFFF))
+        self._ucast = out
 
     def receive(self, frame):
         """A frame from the network; False: no descriptors now (the net keeps it)."""
@@ -712,7 +732,7 @@ class E1000(PciFunction):
             if self.ctrl & CTRL_VME:
                 vlan = tci
         if n > 1518 and not self.rctl & RCTL_LPE or n > RX_MAX_FRAME:
-            self.r[STATS // 4 + 0xAC // 4] += 1  # ROC: oversized
+            self.st[ST_ROC] += 1  # oversized
             return True
         ring = self._rx_ring()
         if ring is None:
@@ -727,7 +747,7 @@ class E1000(PciFunction):
             # No room in the ring: the frame waits in the network (the FIFO
             # would hold it) until the driver moves RDT.
             if not self.rx_paused:
-                self.r[STATS // 4 + ST_RNBC] += 1
+                self.st[ST_RNBC] += 1
                 self._cause(ICR_RXO if free == 0 else ICR_RXDMT0)
             self.rx_paused = True
             return False
@@ -751,7 +771,7 @@ class E1000(PciFunction):
                 log.guest_error(self.name, "RX descriptor at %#x is not guest RAM" % addr)
                 self.rx_paused = True
                 return False
-            buf = _le(d, 0, 8)
+            buf = struct.unpack_from("<Q", d, 0)[0]
             take = min(bufsize, total - pos)
             if buf and take and not self.mem.write(buf, mv[pos : pos + take]):
                 log.guest_error(self.name, "RX buffer at %#x is not guest RAM" % buf)
@@ -770,28 +790,21 @@ class E1000(PciFunction):
             pos += take
             descs += 1
             self.rdh = (self.rdh + 1) % count
-        s = self.r
-        st = STATS // 4
-        s[st + ST_GPRC] = (s[st + ST_GPRC] + 1) & 0xFFFFFFFF
-        s[st + ST_TPR] = (s[st + ST_TPR] + 1) & 0xFFFFFFFF
+        s = self.st
+        s[ST_GPRC] += 1
+        s[ST_TPR] += 1
         if bcast:
-            s[st + ST_BPRC] = (s[st + ST_BPRC] + 1) & 0xFFFFFFFF
+            s[ST_BPRC] += 1
         if mcast:
-            s[st + ST_MPRC] = (s[st + ST_MPRC] + 1) & 0xFFFFFFFF
-        self._add64(st + ST_GORCL, n + 4)
-        self._add64(st + ST_TORL, n + 4)
+            s[ST_MPRC] += 1
+        s[ST_GORCL] += n + 4
+        s[ST_TORL] += n + 4
         cause = ICR_RXT0
         free = (self.rdt - self.rdh) % count
         if free <= count >> (((self.rctl >> 8) & 3) + 1):
             cause |= ICR_RXDMT0
         self._cause(cause)
         return True
-
-    def _add64(self, i, n):
-        v = self.r[i] | (self.r[i + 1] << 32)
-        v = (v + n) & 0xFFFFFFFFFFFFFFFF
-        self.r[i] = v & 0xFFFFFFFF
-        self.r[i + 1] = v >> 32
 
     def _rx_csum(self, frame):
         """RX checksum offload (SDM 3.2.9): status and error bits."""
@@ -833,15 +846,13 @@ class E1000(PciFunction):
         if n < MIN_FRAME or n > MAX_FRAME:
             log.guest_error(self.name, "TX frame of %d bytes dropped" % n)
             return
-        s = self.r
-        st = STATS // 4
-        s[st + ST_GPTC] = (s[st + ST_GPTC] + 1) & 0xFFFFFFFF
-        s[st + ST_TPT] = (s[st + ST_TPT] + 1) & 0xFFFFFFFF
-        self._add64(st + ST_GOTCL, n + 4)
-        self._add64(st + ST_TOTL, n + 4)
+        s = self.st
+        s[ST_GPTC] += 1
+        s[ST_TPT] += 1
+        s[ST_GOTCL] += n + 4
+        s[ST_TOTL] += n + 4
         if frame[0] & 1:
-            i = ST_BPTC if bytes(frame[0:6]) == b"\xff\xff\xff\xff\xff\xff" else ST_MPTC
-            s[st + i] = (s[st + i] + 1) & 0xFFFFFFFF
+            s[ST_BPTC if bytes(frame[0:6]) == b"\xff\xff\xff\xff\xff\xff" else ST_MPTC] += 1
         if not self.txq and self.net.transmit(frame):
             return
         self.txq.append(bytes(frame))
@@ -889,8 +900,7 @@ class E1000(PciFunction):
 
     def _tx_desc(self, d):
         """One descriptor; returns its command byte (for RS)."""
-        lower = _le(d, 8, 4)
-        upper = _le(d, 12, 4)
+        lower, upper = struct.unpack_from("<II", d, 8)
         if lower & (TXD_DEXT << 24):
             dtyp = (lower >> 20) & 0xF
             if dtyp == 0:  # context descriptor (SDM 3.3.6)
@@ -926,7 +936,7 @@ class E1000(PciFunction):
             vle = cmd & TXD_VLE
         if vle and cmd & TXD_EOP:
             self.tx_vlan = upper >> 16
-        buf = _le(d, 0, 8)
+        buf = struct.unpack_from("<Q", d, 0)[0]
         limit = (TSO_MAX + 256) if self.tx_tso else MAX_TX_FRAME
         if length and not self.tx_drop:
             if self.tx_len + length > limit:
@@ -1036,6 +1046,7 @@ class E1000(PciFunction):
         d["nic"] = (self.ctrl, self.eecd, self.icr, self.ims, self.rctl, self.tctl, self.rdh,
                     self.rdt, self.tdh, self.tdt, self.eerd, self.mdic)
         d["ctx"] = list(self.ctx)
+        d["stats"] = list(self.st)
         d["phy"] = [(k, self.phy[k]) for k in sorted(self.phy)]
         d["eeprom"] = list(self.eeprom.words)
         return d
@@ -1052,6 +1063,9 @@ class E1000(PciFunction):
         (self.ctrl, self.eecd, self.icr, self.ims, self.rctl, self.tctl, self.rdh, self.rdt,
          self.tdh, self.tdt, self.eerd, self.mdic) = d["nic"]
         self.ctx = list(d["ctx"])[:12]
+        st = list(d.get("stats", ()))
+        self.st = [int(v) & 0xFFFFFFFFFFFFFFFF for v in st[:64]] + [0] * (64 - len(st[:64]))
+        self._update_ucast()
         for k, v in d["phy"]:
             if k in self.phy:
                 self.phy[k] = v & 0xFFFF
