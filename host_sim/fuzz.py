@@ -162,6 +162,7 @@ class FakeMapcache:
         self.ranges = []
         self.store = {}  # bucket number -> bytearray: the guest's RAM
         self.mapped = {}  # bucket number -> True, as the cache holds them
+        self.locks = {}  # bucket number -> pins held (map_locked)
         self.hits = self.misses = self.maps = self.evictions = self.invalidations = 0
 
     def add_ram(self, start, end):
@@ -201,6 +202,24 @@ class FakeMapcache:
             self.mapped[b] = True
         off = gpa & ((1 << self.shift) - 1)
         return memoryview(self._bucket(b))[off : off + length]
+
+    def map_locked(self, gpa, length):
+        """As map, pinned until unlock(gpa) (DMA in flight; the C core's refcount)."""
+        mv = self.map(gpa, length)
+        if mv is not None:
+            b = gpa >> self.shift
+            self.locks[b] = self.locks.get(b, 0) + 1
+        return mv
+
+    def unlock(self, gpa):
+        b = gpa >> self.shift
+        n = self.locks.get(b, 0)
+        if not n:
+            raise OSError(errno.EINVAL, "unlock of an unlocked bucket")
+        if n == 1:
+            del self.locks[b]
+        else:
+            self.locks[b] = n - 1
 
     def bucket_room(self, gpa):
         size = 1 << self.shift
@@ -267,10 +286,19 @@ class NullChardev:
 
 
 def default_machine(platform, chardevs, ram_bytes):
-    """The machine stubdm-sim boots by default: the ISA devices and one PCI serial."""
+    """The machine stubdm-sim boots by default: the ISA devices, one PCI serial,
+    and the PIIX3 IDE with a disk and a CD-ROM (in-memory; DMA into fake RAM
+    that the Rig then uses as the guest's)."""
+    from stubdm.block import MemoryDisk
     from stubdm.machine import Machine
 
-    return Machine(platform, chardevs, ram_bytes, True, (0,))
+    mem = FakeGuestMemory(ram_bytes)
+    drives = [(0, 0, MemoryDisk(bytearray(1 << 20))),
+              (1, 0, MemoryDisk(bytearray(1 << 20), readonly=True, cdrom=True))]
+    m = Machine(platform, chardevs, ram_bytes, True, (0,),
+                ide={"drives": drives, "mem": mem})
+    m.fuzz_mem = mem
+    return m
 
 
 # ------------------------------------------------------------ discovery
@@ -381,7 +409,7 @@ class Rig:
         self.ram_bytes = ram_bytes
         self.machine = factory(self.platform, list(self.chardevs), ram_bytes)
         m = self.machine
-        self.mem = FakeGuestMemory(ram_bytes)
+        self.mem = getattr(m, "fuzz_mem", None) or FakeGuestMemory(ram_bytes)
         irqs = getattr(m, "irqs", None)  # the machine's IRQ latch, as main.py hands it on
         if irqs is not None:
             self.d = Dispatcher(m.pio, m.mmio, m.pci, self.mem, irqs)
