@@ -55,13 +55,18 @@ def test_linux_writes_past_lba28_and_flushes(tmp_path):
         f.truncate(BIG)
     small = tmp_path / "second.img"
     small.write_bytes(bytes(8 << 20))
-    run = ("cat /sys/block/sda/size; echo stubdm-ahci-beyond > /tmp/p && "
-           "dd if=/tmp/p of=/dev/sda bs=512 seek=%d count=1 conv=sync,fsync 2>/dev/null && "
+    # The ports are probed in parallel: which one is sda depends on who answers
+    # first, so the guest tells the disks apart by size.
+    run = ("for d in sda sdb; do if [ $(cat /sys/block/$d/size) = %d ]; then B=$d; "
+           "else S=$d; fi; done; cat /sys/block/$B/size; "
+           "echo stubdm-ahci-beyond > /tmp/p && "
+           "dd if=/tmp/p of=/dev/$B bs=512 seek=%d count=1 conv=sync,fsync 2>/dev/null && "
            "head -c 1048576 /dev/urandom > /tmp/r && "
-           "dd if=/tmp/r of=/dev/sdb bs=64k seek=3 oflag=direct conv=fsync 2>/dev/null && "
+           "dd if=/tmp/r of=/dev/$S bs=64k seek=3 oflag=direct conv=fsync 2>/dev/null && "
            "sha256sum /tmp/r && echo 3 > /proc/sys/vm/drop_caches && "
-           "dd if=/dev/sdb bs=64k skip=3 count=16 iflag=direct 2>/dev/null | sha256sum && "
-           "dd if=/dev/sda bs=512 skip=%d count=1 2>/dev/null | head -c 18" % (BEYOND, BEYOND))
+           "dd if=/dev/$S bs=64k skip=3 count=16 iflag=direct 2>/dev/null | sha256sum && "
+           "dd if=/dev/$B bs=512 skip=%d count=1 2>/dev/null | head -c 18"
+           % (BIG >> 9, BEYOND, BEYOND))
     out = boot(run, disks=[(str(big), False), (str(small), False)])
     assert str(BIG >> 9) in out, out
     with open(big, "rb") as f:

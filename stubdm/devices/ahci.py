@@ -253,7 +253,7 @@ class AhciDisk(ata.AtaDisk):
         super()._identify()
         b = self.pio.buf
         ata._put16(b, 75, NUM_SLOTS - 1)  # queue depth 32
-        ata._put16(b, 76, (1 << 8) | (1 << 1))  # NCQ, SATA gen 1
+        ata._put16(b, 76, 1 << 8)  # NCQ (QEMU names no signalling speed)
         # Word 93 is PATA's hardware reset result; a SATA device reports 0 (ATA8-ACS
         # 7.16.7.47), or Linux takes it for a PATA disk behind a bridge and caps
         # commands at 128 KiB ("applying bridge limits").
@@ -337,6 +337,7 @@ class AhciPort:
         self.ci = 0
         self.error_stop = False
         self.srst = False
+        self.sig_pending = False
 
     def port_reset(self):
         """COMRESET (or HBA reset): the drive resets and sends its signature FIS."""
@@ -349,11 +350,24 @@ class AhciPort:
             return
         d.srst(True)
         d.srst(False)
+        # What a Xen guest has always seen after a port reset (QEMU's
+        # ahci_reset_port): DSC and DF, plus DRDY on an ATAPI drive.
+        d.status = ata.ST_DSC | ata.ST_DF | (ata.ST_DRDY if d.atapi else 0)
         self.ssts = SSTS_PRESENT
+        # The drive's signature FIS reaches PxSIG, PxTFD and the receive area once
+        # there is one (PxCMD.FRE), as QEMU's ahci_init_d2h has it.
+        self.tfd = 0x7F
+        self.sig = 0xFFFFFFFF
+        self.sig_pending = True
+        if self.cmd & CMD_FRE:
+            self._signature()
+
+    def _signature(self):
+        d = self.drive
+        self.sig_pending = False
         self.sig = SIG_ATAPI if d.atapi else SIG_ATA
         self.tfd = (d.error << 8) | d.status
-        if self.cmd & CMD_FRE:
-            self._d2h(False)
+        self._d2h(True)
 
     def read(self, off):
         if off == P_CLB:
@@ -438,8 +452,8 @@ class AhciPort:
         else:
             new &= ~CMD_CR
         self.cmd = new
-        if new & CMD_FRE and not old & CMD_FRE:
-            self._d2h(False)  # the signature the drive sent, now that there is a place
+        if new & CMD_FRE and not old & CMD_FRE and self.sig_pending and self.drive is not None:
+            self._signature()  # the signature the drive sent, now that there is a place
         if old & CMD_ST and not new & CMD_ST:
             # Stopping the engine (section 10.3.2): CI and SACT clear, the
             # commands under way are forgotten (their disk requests finish
@@ -494,15 +508,18 @@ class AhciPort:
         self._rfis(RFIS_RFIS, f)
         self.is_ |= IS_DHRS
 
-    def _pio_setup(self, n, to_host, end_status):
+    def _pio_setup(self, n):
+        # As QEMU's ahci_write_fis_pio writes it (what a Xen guest has always
+        # read): no direction bit, E_Status the status with DRQ (libahci takes a
+        # PIO data-in command's result status from byte 15).
         d = self.drive
         f = bytearray(20)
         f[0] = FIS_PIO_SETUP
-        f[1] = 0x40 | (0x20 if to_host else 0)
+        f[1] = 0x40
         f[2] = (d.status & ~ata.ST_BSY) | ata.ST_DRQ
         f[3] = d.error
         self._tf_bytes(f, d)
-        f[15] = end_status
+        f[15] = f[2]
         f[16] = n & 0xFF
         f[17] = (n >> 8) & 0xFF
         self._rfis(RFIS_PSFIS, f)
@@ -590,7 +607,7 @@ class AhciPort:
                     packet = c.acmd
                 else:
                     n = d.pio.end - d.pio.pos
-                    self._pio_setup(n, not d.pio_out, ata.ST_READY)
+                    self._pio_setup(n)
                 if not _move_pio_block(d, c.sg, packet):
                     log.guest_error(self.name, "slot %d: PRDT too short for PIO or not "
                                     "guest RAM" % c.slot)
@@ -617,11 +634,15 @@ class AhciPort:
         d = self.drive
         self._set_prdbc(c.slot, c.sg.moved)
         self.tfd = (d.error << 8) | d.status
-        self.ci &= ~(1 << c.slot)
-        # PIO data-in ends on the PIO setup FIS's E_Status (libahci reads it there).
-        self._d2h(True)
         if d.status & ata.ST_ERR:
+            # The failed command stays issued (AHCI 6.2.2.1; QEMU): software finds
+            # it in PxCI and restarts the engine. The FIS is there; the interrupt is TFES.
+            self._d2h(False)
+            self.is_ &= ~IS_DHRS
             self._error_stop()
+            return
+        self.ci &= ~(1 << c.slot)
+        self._d2h(True)
 
     def _error_stop(self):
         """A task-file error: PxIS.TFES, and the port processes nothing more
@@ -642,9 +663,9 @@ class AhciPort:
         self.hba.mem.write(self.clb + slot * CMDH_SIZE + 4, (n & 0xFFFFFFFF).to_bytes(4, "little"))
 
     def _slot_error(self, slot, msg, hbfs=False):
-        """A command that never reached the drive: ABRT in PxTFD, PxIS.TFES."""
+        """A command that never reached the drive: ABRT in PxTFD, PxIS.TFES; it
+        stays issued until software stops the engine."""
         log.guest_error(self.name, "slot %d: %s" % (slot, msg))
-        self.ci &= ~(1 << slot)
         st = ata.ST_DRDY | ata.ST_ERR
         self.tfd = (ata.ERR_ABRT << 8) | st
         f = bytearray(20)
@@ -653,7 +674,6 @@ class AhciPort:
         f[2] = st
         f[3] = ata.ERR_ABRT
         self._rfis(RFIS_RFIS, f)
-        self.is_ |= IS_DHRS
         if hbfs:
             self.is_ |= IS_HBFS
         self._error_stop()
@@ -699,7 +719,6 @@ class AhciPort:
         sg = self._sg(ctba, prdtl, slot)
         if sg is None:
             return
-        self.cmd = (self.cmd & ~0x1F00) | (slot << 8)
         if not fis[1] & FIS_C:
             self._control(slot, dw0, fis)
             return
@@ -724,7 +743,7 @@ class AhciPort:
         d.sector = fis[4]
         d.lcyl = fis[5]
         d.hcyl = fis[6]
-        d.select = fis[7] | ata.SEL_ALWAYS
+        d.select = fis[7]  # no PATA's obsolete bits 7 and 5 on SATA (QEMU's FISes show 0)
         d.hob_sector = fis[8]
         d.hob_lcyl = fis[9]
         d.hob_hcyl = fis[10]

@@ -40,9 +40,11 @@ def test_pci_identity_and_hba_registers():
     assert cap & (1 << 30) and cap & (1 << 18) and cap & (1 << 31)  # SNCQ, SAM, S64A
     assert r.r(0x04) == 0x80000000  # GHC.AE reads one on an AHCI-only HBA
     assert r.r(0x0C) == 0x3F and r.r(0x10) == 0x00010000
-    # A port with a disk: signature and link up after reset (3.3.9, 3.3.10).
-    assert r.pr(0, 0x24) == 0x101 and r.pr(0, 0x28) == 0x113
-    assert r.pr(0, 0x20) & 0xFF == 0x50
+    # A port with a disk: link up after reset (3.3.10); its signature FIS reaches
+    # PxSIG and PxTFD once FRE gives it a place (QEMU's ahci_init_d2h).
+    assert r.pr(0, 0x28) == 0x113 and r.pr(0, 0x24) == 0xFFFFFFFF and r.pr(0, 0x20) == 0x7F
+    r.start(0)
+    assert r.pr(0, 0x24) == 0x101 and r.pr(0, 0x20) & 0xFF == 0x30  # DSC|DF, as QEMU
     # An empty port: no device detected.
     assert r.pr(1, 0x28) == 0 and r.pr(1, 0x24) == 0xFFFFFFFF
 
@@ -53,7 +55,7 @@ def test_port_start_stop_and_signature_fis():
     cmd = r.pr(0, 0x18)
     assert cmd & 0x4011 == 0x4011 and cmd & 0x8000  # FRE, FR, ST, CR
     d2h = r.rfis(0, 0x40, 20)
-    assert d2h[0] == 0x34 and d2h[2] == 0x50  # the signature FIS (status) posted on FRE
+    assert d2h[0] == 0x34 and d2h[2] == 0x30  # the signature FIS (status) posted on FRE
     assert d2h[12] == 1 and d2h[4] == 1
     r.pw(0, 0x18, cmd & ~1)
     assert not r.pr(0, 0x18) & 0x8001  # CR follows ST
@@ -68,7 +70,7 @@ def test_identify_through_h2d_fis_with_ncq_words():
     r.issue(0, 1)
     assert r.pr(0, 0x38) == 0 and r.prdbc(0, 0) == 512
     ps = r.rfis(0, 0x20, 20)
-    assert ps[0] == 0x5F and ps[1] & 0x20 and ps[15] == 0x50  # PIO setup, E_Status (libahci)
+    assert ps[0] == 0x5F and ps[15] == 0x58  # PIO setup, E_Status as QEMU writes it
     assert r.pr(0, 0x10) & 0x3 == 0x3  # PSS and DHRS
     assert r.r(0x08) == 1 and r.line == 1
     d = r.buf(BUF, 512)
@@ -263,7 +265,7 @@ def test_ncq_tag_mismatch_and_range_errors():
     r.build(0, 1, h2d(0x60, 0, 3 << 3, features=8), [(BUF, 4096)])  # tag 3 from slot 1
     r.pw(0, 0x34, 2)
     r.issue(0, 2)
-    assert r.pr(0, 0x10) & 0x40000000
+    assert r.pr(0, 0x10) & 0x40000000 and r.pr(0, 0x38) == 2  # stays issued (6.2.2.1)
     for lba, n in ((995, 8), ((1 << 48) - 1, 1)):
         r.pw(0, 0x18, r.pr(0, 0x18) & ~1)
         r.pw(0, 0x10, 0xFFFFFFFF)
@@ -271,7 +273,7 @@ def test_ncq_tag_mismatch_and_range_errors():
         ncq(r, 0, lba, n, BUF)
         r.pw(0, 0x34, 1)
         r.issue(0, 1)
-        assert r.pr(0, 0x10) & 0x40000000 and r.pr(0, 0x38) == 0
+        assert r.pr(0, 0x10) & 0x40000000 and r.pr(0, 0x38) == 1
     assert r.disks[0].submitted == 0
 
 
@@ -288,7 +290,7 @@ def test_bad_memory_structures_are_clean_errors():
     hdr = struct.pack("<IIII", 5 | (1 << 16), 0, 0x7FFF0000, 0) + bytes(16)
     r.mem.write(0x10000, hdr)
     r.issue(0, 1)
-    assert r.pr(0, 0x10) & 0x60000000 == 0x60000000 and r.pr(0, 0x38) == 0  # TFES, HBFS
+    assert r.pr(0, 0x10) & 0x60000000 == 0x60000000 and r.pr(0, 0x38) == 1  # TFES, HBFS
     restart(r)
     # A PRD buffer outside RAM (DMA read).
     r.build(0, 0, h2d(0xC8, 0, 8), [(0x7FF00000, 4096)])
@@ -404,8 +406,8 @@ def packet(op, *rest):
 
 def test_atapi_signature_identify_packet_and_inquiry():
     r = cd_rig()
-    assert r.pr(0, 0x24) == 0xEB140101
     r.start(0)
+    assert r.pr(0, 0x24) == 0xEB140101 and r.pr(0, 0x20) & 0xFF == 0x70
     r.build(0, 0, h2d(0xA1, device=0), [(BUF, 512)])
     r.issue(0, 1)
     d = r.buf(BUF, 512)
