@@ -480,3 +480,16 @@ def test_a_huge_ring_is_served_in_bounded_slices():
         if rig.r(E.TDH) == n - 1:
             break
     assert len(rig.net.sent) == n - 1  # the driver's accesses took up the rest
+
+
+def test_octet_counters_are_64_bit_and_clear_with_their_high_half():
+    rig = Rig()
+    rig.up()
+    f = tcp_frame(b"o" * 100, dst=MAC)
+    for _ in range(3):
+        rig.net.deliver(f)
+    assert rig.r(0x4074) == 3  # GPRC
+    assert rig.r(0x4088) == 3 * (len(f) + 4)  # GORCL, CRC counted
+    assert rig.r(0x4088) == 3 * (len(f) + 4)  # the low half alone does not clear
+    assert rig.r(0x408C) == 0  # GORCH: clears the pair
+    assert rig.r(0x4088) == 0
