@@ -611,6 +611,7 @@ class AtaDisk(AtaBase):
 
     def _geometry(self):
         # QEMU's hd_geometry_guess for an LBA disk: 16 heads, 63 sectors a track.
+        # Worked out again at each IDENTIFY: a PV disk learns its size when it connects.
         n = self.disk.sectors
         self.heads = 16
         self.secs = 63
@@ -715,6 +716,7 @@ class AtaDisk(AtaBase):
     def _identify(self):
         b = self.pio.buf
         b[0:SECTOR] = bytes(SECTOR)
+        self._geometry()
         n = self.disk.sectors
         _put16(b, 0, 0x0040)  # fixed device
         _put16(b, 1, self.cyls)
