@@ -679,9 +679,8 @@ class SimHypervisor:
 
     def punch_vga_hole(self):
         """Take 0xa0000-0xbffff out of the guest's RAM, as Xen's domain
-        builder leaves it. Not yet the default: stubdm's mapcache maps the
-        low MiB as one bucket and fails on the hole (stubdm/memory.py's
-        ram_ranges must leave it out first)."""
+        builder leaves it (scripted sessions do; stubdm/memory.py's ram_ranges
+        leaves it out of the mapcache's RAM)."""
         for r in list(self.regions):
             if r.fd == self.ram_fd and r.gfn == 0:
                 lo, hi = VGA_HOLE[0] // PAGE, VGA_HOLE[1] // PAGE

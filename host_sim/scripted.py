@@ -467,6 +467,7 @@ class Session:
                 shutil.rmtree(self.dir, ignore_errors=True)
                 raise
         self.hv = SimHypervisor(self.sock, ram_mib=ram_mib, dm_domid=dm_domid)
+        self.hv.punch_vga_hole()  # 0xa0000-0xbffff is not RAM, as Xen builds the domain
         self.hv.timeout = timeout
         self.serial_log = serial_log or os.path.join(self.dir, "com1.log")
         if dm_argv is None:

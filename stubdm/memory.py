@@ -9,9 +9,18 @@ from stubdm.hypervisor import glue
 LOW_RAM_END = 0xF0000000
 
 
+# The legacy VGA window is not RAM in an HVM guest: Xen's stdvga (and the
+# device model's VGA) answer there; hvmloader's RAM resumes at 0xc0000.
+VGA_HOLE_START = 0xA0000
+VGA_HOLE_END = 0xC0000
+
+
 def ram_ranges(ram_bytes):
     low = min(ram_bytes, LOW_RAM_END)
-    ranges = [(0, low)]
+    if low > VGA_HOLE_END:
+        ranges = [(0, VGA_HOLE_START), (VGA_HOLE_END, low)]
+    else:
+        ranges = [(0, min(low, VGA_HOLE_START))]
     if ram_bytes > low:
         ranges.append((1 << 32, (1 << 32) + ram_bytes - low))
     return ranges
