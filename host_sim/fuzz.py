@@ -295,8 +295,11 @@ def default_machine(platform, chardevs, ram_bytes):
     mem = FakeGuestMemory(ram_bytes)
     drives = [(0, 0, MemoryDisk(bytearray(1 << 20))),
               (1, 0, MemoryDisk(bytearray(1 << 20), readonly=True, cdrom=True))]
+    # And the ICH9 AHCI (libxl's hdtype="ahci") with a disk and a CD-ROM on ports 0 and 1.
+    sata = [MemoryDisk(bytearray(1 << 20)), MemoryDisk(bytearray(1 << 20), readonly=True,
+                                                       cdrom=True)]
     m = Machine(platform, chardevs, ram_bytes, True, (0,),
-                ide={"drives": drives, "mem": mem})
+                ide={"drives": drives, "mem": mem}, ahci={"disks": sata, "mem": mem})
     m.fuzz_mem = mem
     return m
 
