@@ -387,3 +387,24 @@ def test_atapi_toc_configuration_mode_sense_lock():
     assert r.packet_in(1, 0, [0x00])[2] >> 4 == 2  # tray open: NOT READY
     assert r.packet_in(1, 0, [0x1B, 0, 0, 0, 0x03])[1] == 0x50  # load
     assert r.packet_in(1, 0, [0x00])[1] == 0x50
+
+
+def test_reset_during_dma_releases_guest_memory():
+    # A software reset while a DMA read is at the disk: the completion is
+    # dropped, the pinned guest memory released (no mapcache lock leaks), and
+    # the drive serves the next command.
+    r = hd_rig(defer=True)
+    r.prd(0x1000, [(0x20000, 1024, True)])
+    r.bm_w(0, 4, 4, 0x1000)
+    r.bm_w(0, 0, 1, 0x08)
+    r.taskfile(0, 0, 4, 2)
+    r.outb(0, 7, 0xC8)
+    r.bm_w(0, 0, 1, 0x09)
+    assert r.queue and r.mem.unreleased()
+    r.ctl(0, 0x04)
+    r.ctl(0, 0x00)
+    r.run_deferred()
+    assert not r.mem.unreleased()
+    assert r.inb(0, 7) == 0x50
+    bm, st = r.dma(0, 0, 0xC8, 6, 1, 0x1000, [(0x30000, 512, True)], True)
+    assert st == 0x50 and int.from_bytes(r.mem.ram[0x30000:0x30008], "little") == 6
