@@ -697,7 +697,6 @@ class AhciPort:
 
     def _start(self, slot):
         mem = self.hba.mem
-        bit = 1 << slot
         hdr = mem.read(self.clb + slot * CMDH_SIZE, CMDH_SIZE)
         if hdr is None:
             self._slot_error(slot, "command list at %#x is not guest RAM" % self.clb, True)
