@@ -470,6 +470,10 @@ class AtaBase(Drive):
         a buffer) and the guest's scatter list, chunk by chunk; then(ok,
         status) at the end (status None: the scatter list failed)."""
         st = {"left": nbytes, "sector": sector, "pos": 0, "again": False, "busy": False}
+        # One disk request takes at most the disk's max_sectors (stubdm/block.py).
+        limit = DMA_CHUNK
+        if source is None:
+            limit = min(limit, max(1, getattr(self.disk, "max_sectors", 2048)) * SECTOR)
         gen = self.gen
         self.busy = True
 
@@ -486,7 +490,7 @@ class AtaBase(Drive):
                 if st["left"] <= 0:
                     then(True, block.OK)
                     break
-                n = min(st["left"], DMA_CHUNK)
+                n = min(st["left"], limit)
                 chunk = self.t.dma_map(n, op == block.READ)
                 if chunk is None:
                     then(False, None)

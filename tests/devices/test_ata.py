@@ -408,3 +408,19 @@ def test_reset_during_dma_releases_guest_memory():
     assert r.inb(0, 7) == 0x50
     bm, st = r.dma(0, 0, 0xC8, 6, 1, 0x1000, [(0x30000, 512, True)], True)
     assert st == 0x50 and int.from_bytes(r.mem.ram[0x30000:0x30008], "little") == 6
+
+
+def test_dma_splits_at_the_disks_max_sectors():
+    # stubdm/block.py: one submit takes at most disk.max_sectors; a 64-sector
+    # READ DMA on a disk taking 16 becomes four requests, in order.
+    r = hd_rig()
+    d = r.disks[(0, 0)]
+    d.max_sectors = 16
+    sizes = []
+    orig = d.submit
+    d.submit = lambda op, s, v, done: (sizes.append((s, sum(len(x) for x in v))),
+                                       orig(op, s, v, done))
+    bm, st = r.dma(0, 0, 0xC8, 100, 64, 0x1000, [(0x40000, 64 * 512, True)], True)
+    assert (bm, st) == (0x04, 0x50)
+    assert sizes == [(100, 8192), (116, 8192), (132, 8192), (148, 8192)]
+    assert bytes(r.mem.ram[0x40000:0x48000]) == bytes(d.data[100 * 512:164 * 512])
