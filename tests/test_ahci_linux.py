@@ -5,6 +5,8 @@
 import hashlib
 import os
 import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -76,3 +78,33 @@ def test_linux_writes_past_lba28_and_flushes(tmp_path):
     assert len(sums) == 2 and sums[0] == sums[1], out
     data = small.read_bytes()
     assert hashlib.sha256(data[3 * 65536:3 * 65536 + (1 << 20)]).hexdigest() == sums[0]
+
+
+@pytest.mark.skipif(shutil.which("xorriso") is None,
+                    reason="no xorriso (build/setup.sh installs it)")
+def test_linux_reads_an_iso_from_atapi_behind_ahci(tmp_path):
+    # libxl keeps CD-ROMs on IDE; `-device ide-cd,bus=ahci0.N` (as QEMU takes it)
+    # puts one behind an AHCI port: Linux's sr drives it through PACKET FISes.
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(os.urandom(4 << 20))
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "hello.txt").write_text("hello from the AHCI CD-ROM\n")
+    (tree / "data.bin").write_bytes(os.urandom(2 << 20))
+    iso = tmp_path / "cd.iso"
+    subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-o", str(iso), str(tree)],
+                   check=True, capture_output=True)
+    extra = ["-device", "ahci,id=ahci0",
+             "-drive", "file=%s,if=none,id=d0,format=raw" % disk,
+             "-device", "ide-hd,bus=ahci0.0,unit=0,drive=d0",
+             "-drive", "if=none,id=cd0,file=%s,readonly=on" % iso,
+             "-device", "ide-cd,bus=ahci0.1,unit=0,drive=cd0"]
+    run = ("mkdir -p /mnt && mount -t iso9660 -o ro /dev/sr0 /mnt && cat /mnt/hello.txt && "
+           "sha256sum /mnt/data.bin; dmesg | grep ATAPI")
+    e = engine.Engine(QEMU, KERNEL, INITRD, run=run, timeout=280, out=open(os.devnull, "wb"),
+                      dm_extra=extra)
+    assert e.boot() == 0, e.output.decode(errors="replace") + e.messages
+    out = e.output.decode(errors="replace")
+    assert "hello from the AHCI CD-ROM" in out and "ATAPI: QEMU DVD-ROM" in out, out
+    want = hashlib.sha256((tree / "data.bin").read_bytes()).hexdigest()
+    assert want + "  /mnt/data.bin" in out, out
