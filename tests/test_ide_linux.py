@@ -54,14 +54,14 @@ def boot(run, **kw):
     return out
 
 
-def test_linux_reads_disk_and_cd_with_dma(images):
+def test_linux_reads_disk_and_cd_with_dma(images, dm_runtime):
     disk, _big, iso, tree = images
     run = ("sha256sum /dev/sda; "
            "for d in /sys/class/ata_device/*; do "
            "echo XFER $(cat $d/class) $(cat $d/xfer_mode); done; "
            "mkdir -p /mnt && mount -t iso9660 -o ro /dev/sr0 /mnt && "
            "cat /mnt/hello.txt && sha256sum /mnt/data.bin")
-    out = boot(run, disks=[(str(disk), False)], cdroms=[str(iso)])
+    out = boot(run, disks=[(str(disk), False)], cdroms=[str(iso)], runtime=dm_runtime)
     # sha256sum /dev/sda in the guest is the host's sum of the image.
     assert hashlib.sha256(disk.read_bytes()).hexdigest() + "  /dev/sda" in out, out
     # Files read from the ISO on /dev/sr0.
