@@ -314,17 +314,18 @@ class Rtl8139(PciFunction):
         if self.tx_more:
             self._cp_transmit()
         r = self.regs
-        if size == 1 and offset != CR9346 and not TCTR <= offset < TCTR + 4:
-            return r[offset]  # most reads: a byte of the register file
-        if offset <= TCTR + 3 and offset + size > TCTR:
+        end = offset + size
+        if offset < TCTR + 4 and end > TCTR:
             # The timer counts at the PCI clock, 33 MHz.
             _put_le(r, TCTR, 4, (ticks_us() - self._t0) * 33)
-        if offset <= CR9346 < offset + size:
+        if offset <= CR9346 < end:
             v = r[CR9346] & ~EE_DO
             if r[CR9346] & EE_MODE == EE_PROGRAM and self.eeprom.do:
                 v |= EE_DO
             r[CR9346] = v
-        return _le(r, offset, size)
+        if size == 1:
+            return r[offset]
+        return int.from_bytes(r[offset:end], "little")
 
     def write(self, offset, size, value):
         if offset < 0 or offset + size > REG_SIZE:
