@@ -285,10 +285,39 @@ class NullChardev:
         pass
 
 
+class FuzzNet:
+    """A NIC's network for the fuzzer (stubdm/net.py's interface): frames sent
+    come back in (bounded), so what the fuzzer makes a NIC send also goes
+    through its receive path; nothing is kept."""
+
+    def __init__(self):
+        self.mac = None
+        self.link_up = True
+        self.on_tx_room = None
+        self.on_link = None
+        self.receiver = None
+        self.depth = 0
+
+    def set_receiver(self, fn):
+        self.receiver = fn
+
+    def rx_resume(self):
+        pass
+
+    def transmit(self, frame):
+        if self.receiver is not None and self.depth < 2:
+            self.depth += 1
+            try:
+                self.receiver(memoryview(bytes(frame)))
+            finally:
+                self.depth -= 1
+        return True
+
+
 def default_machine(platform, chardevs, ram_bytes):
     """The machine stubdm-sim boots by default: the ISA devices, one PCI serial,
     and the PIIX3 IDE with a disk and a CD-ROM (in-memory; DMA into fake RAM
-    that the Rig then uses as the guest's)."""
+    that the Rig then uses as the guest's), the AHCI, and both NICs."""
     from stubdm.block import MemoryDisk
     from stubdm.machine import Machine
 
@@ -300,7 +329,9 @@ def default_machine(platform, chardevs, ram_bytes):
                                                        cdrom=True)]
     try:
         m = Machine(platform, chardevs, ram_bytes, True, (0,),
-                    ide={"drives": drives, "mem": mem}, ahci={"disks": sata, "mem": mem})
+                    ide={"drives": drives, "mem": mem}, ahci={"disks": sata, "mem": mem},
+                    nics=[("rtl8139", 0, FuzzNet(), None), ("e1000", 0, FuzzNet(), None)],
+                    nic_mem=mem)
     except TypeError:  # a stubdm from before IDE and AHCI (an old tree under test)
         m = Machine(platform, chardevs, ram_bytes, True, (0,))
     m.fuzz_mem = mem
