@@ -3,6 +3,8 @@
 # script drives stubdm through host_sim's scripted guest and QEMU's own IDE
 # through -accel qtest. Register sequences as Linux's libata-sff and
 # ata_piix make them.
+import time
+
 CHANNELS = ((0x1F0, 0x3F6), (0x170, 0x376))
 BMIBA = 0xC000
 PRD_TABLE = 0x100000
@@ -135,7 +137,13 @@ class IdeGuest:
         self.outb(ch, 7, cmd)
         g.outb(bm, (0x08 if to_memory else 0) | 1)
         self.wait(ch, 20000)
+        # As a driver does, wait for the interrupt bit (qemu-xen's block layer
+        # completes DMA in another thread: BSY may clear before BMISX says so).
+        deadline = time.monotonic() + 10
         bms = g.inb(bm + 2)
+        while not bms & 0x04 and bms & 0x01 and time.monotonic() < deadline:
+            time.sleep(0.001)
+            bms = g.inb(bm + 2)
         level = irq() if irq is not None else None
         g.outb(bm, 0x08 if to_memory else 0)
         return bms, self.inb(ch, 7), self.inb(ch, 1), level
