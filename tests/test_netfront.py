@@ -14,8 +14,7 @@ from host_sim.netns import Namespace
 from host_sim.scripted import MICROPYTHON, Session
 from host_sim.xs import XsError
 from stubdm import pv_abi as A
-from stubdm.frontends.netfront import parse_mac
-from stubdm.inet import fill_checksum
+from stubdm.frontends.netfront import fill_checksum, parse_mac
 
 HARNESS = os.path.join(os.path.dirname(__file__), "harness", "netfront_dm.py")
 FE = "/local/domain/2/device/vif/0"
@@ -67,7 +66,9 @@ def test_ping_both_ways_through_the_tap(runtime, ns):
         assert "3 received" in out
         seen, replies, mac = _rd(s, FE + "/nic-stats").split()
         assert mac == MAC.replace(":", "")  # the NIC got the toolstack's MAC
-        assert int(replies) >= 4  # an ARP reply and three echo replies went out
+        # Three echo replies and an ARP reply went out (the stats are written as
+        # frames arrive, so the last reply may not be counted in them yet).
+        assert int(replies) >= 3 and int(seen) >= 4
         be = s.backends[0]
         assert be.stats["tx_packets"] >= 4 and be.stats["rx_packets"] >= 4
         assert be.stats["tx_errors"] == 0
