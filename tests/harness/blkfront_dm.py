@@ -5,8 +5,8 @@
 # Runs on CPython and MicroPython (PORTABLE_PYTHON.md).
 import sys
 
-from stubdm import block, log
-from stubdm import main as M
+from stubdm import block
+from tests.harness.common import run_with_drivers
 
 BIG = (1 << 28) + 5  # a sector past LBA28's reach
 # MicroPython runs the harness in the device model's small heap: a smaller
@@ -116,24 +116,4 @@ class Driver:
             "; ".join(self.errors) if self.errors else "ok", st["requests"], st["indirect"]))
 
 
-def main():
-    from stubdm.frontends import xenbus
-
-    opts = M.parse_args(sys.argv[1:])
-    log.verbose = opts["verbose"]
-    drivers = []
-    orig = xenbus.FrontendBus._scan
-
-    # The bus creates frontends as their nodes appear: a driver for each vbd.
-    def scan(bus, path):
-        orig(bus, path)
-        for key in bus.devices:
-            fe = bus.devices[key]
-            if key[0] == "vbd" and fe not in [d.fe for d in drivers]:
-                drivers.append(Driver(fe))
-    xenbus.FrontendBus._scan = scan
-    dm = M.DeviceModel(opts)
-    return dm.run()
-
-
-sys.exit(main())
+sys.exit(run_with_drivers("vbd", Driver))

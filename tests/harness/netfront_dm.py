@@ -8,8 +8,7 @@
 import struct
 import sys
 
-from stubdm import log
-from stubdm import main as M
+from tests.harness.common import run_with_drivers
 
 MY_IP = bytes([10, 0, 2, 15])
 
@@ -98,22 +97,4 @@ class Responder:
         return None
 
 
-def main():
-    from stubdm.frontends import xenbus
-
-    opts = M.parse_args(sys.argv[1:])
-    log.verbose = opts["verbose"]
-    nics = []
-    orig = xenbus.FrontendBus._scan
-
-    def scan(bus, path):
-        orig(bus, path)
-        for key in bus.devices:
-            fe = bus.devices[key]
-            if key[0] == "vif" and fe not in [r.fe for r in nics]:
-                nics.append(Responder(fe))
-    xenbus.FrontendBus._scan = scan
-    return M.DeviceModel(opts).run()
-
-
-sys.exit(main())
+sys.exit(run_with_drivers("vif", Responder))
