@@ -19,7 +19,8 @@ a second connection is accepted and closed at once.
 Backend (duck-typed; the server calls nothing else):
     config_read(offset, size) -> int        size 1, 2 or 4, within a dword
     config_write(offset, size, value)
-    bar_regions() -> [(index, size, is_io)] BARs 0-5 (called once, here)
+    bar_regions() -> [(index, size, is_io[, mmap])]  BARs 0-5 (called once,
+        here); mmap: an MmapRegion for a memory BAR the client maps itself
     region_read(index, offset, size) -> int
     region_write(index, offset, size, value)
     dma_map(iova, size, fd, fd_offset, prot)  fd: int or None (no fd sent);
@@ -29,6 +30,8 @@ Backend (duck-typed; the server calls nothing else):
         also called for every mapping left when a client goes away.
     reset()                                 optional: if present, GET_INFO
         advertises VFIO_DEVICE_FLAGS_RESET and DEVICE_RESET calls it.
+    A DMA_MAP without an fd is memory the server can't reach; QEMU sends one
+    for each mmap-able BAR once the guest places it: accept it (ignore it).
 INTx goes the other way: the owner calls `srv.set_intx(level)` whenever the
 function's INTx output changes (after the INTx-disable gate, which the
 backend's configuration space owns).
@@ -54,6 +57,14 @@ linux/vfio.h; the facts checked with QEMU are in DESIGN.md section 10):
   round trip.
 - Every BAR access after an INTx was signalled is followed by a SET_IRQS
   UNMASK round trip from QEMU (its EOI), before the vCPU continues.
+- mmap-able BARs (MmapRegion): REGION_INFO flags READ|WRITE|MMAP, the
+  fd's offset in `offset` and the fd as SCM_RIGHTS; a sparse BAR also gets
+  the SPARSE_MMAP capability (flag CAPS, at cap_offset 32). A request whose
+  argsz has no room for it gets argsz = the size needed and nothing else
+  (no CAPS flag, no fd): QEMU asks again with that argsz. The client traps
+  what is not mapped, and the whole BAR while an INTx is pending: the
+  backend still answers region_read/region_write there. With any region
+  mmap-able QEMU posts no writes.
 - Region accesses: config space is split into accesses of 1, 2 or 4 bytes
   that stay within a dword; a BAR access of 1, 2, 4 or 8 bytes is one
   backend access, any other count is split into byte accesses. Any part
@@ -69,6 +80,7 @@ linux/vfio.h; the facts checked with QEMU are in DESIGN.md section 10):
   vectors: only the disable form succeeds.
 """
 
+import array
 import errno
 import json
 import os
@@ -77,7 +89,7 @@ import socket
 import stat
 import struct
 
-__all__ = ["VfioUserServer"]
+__all__ = ["VfioUserServer", "MmapRegion"]
 
 # Commands (hw/vfio-user/protocol.h).
 VERSION = 1
@@ -107,6 +119,9 @@ DEVICE_FLAGS_RESET = 1 << 0
 DEVICE_FLAGS_PCI = 1 << 1
 REGION_INFO_FLAG_READ = 1 << 0
 REGION_INFO_FLAG_WRITE = 1 << 1
+REGION_INFO_FLAG_MMAP = 1 << 2
+REGION_INFO_FLAG_CAPS = 1 << 3
+REGION_INFO_CAP_SPARSE_MMAP = 1
 IRQ_INFO_EVENTFD = 1 << 0
 IRQ_INFO_MASKABLE = 1 << 1
 IRQ_INFO_AUTOMASKED = 1 << 2
@@ -141,12 +156,17 @@ REGION_INFO_S = struct.Struct("<IIIIQQ")
 SET_IRQS_S = struct.Struct("<IIIII")
 DMA_MAP_S = struct.Struct("<IIQQQ")
 DMA_UNMAP_S = struct.Struct("<IIQQ")
+CAP_HDR_S = struct.Struct("<HHI")  # id, version, next
+SPARSE_S = struct.Struct("<II")  # nr_areas, reserved
+AREA_S = struct.Struct("<QQ")  # offset, size
 EVENTFD_ONE = (1).to_bytes(8, "little")
 
 MAX_DATA_XFER = 1 << 20  # advertised max_data_xfer_size (QEMU's default)
 MAX_MSG = MAX_DATA_XFER + 4096  # larger messages: the connection is closed
 MAX_MSG_FDS = 8  # advertised; QEMU sends at most one fd per message here
 MAX_DMA_MAPS = 65535
+PAGE = 4096  # the advertised pgsizes: mmap offsets and sizes are multiples
+MAX_SPARSE_AREAS = 64
 RECV_SIZE = 65536
 CMSG_LEN = socket.CMSG_SPACE(64 * 4)  # room to notice (and close) floods
 SEND_TIMEOUT = 5.0
@@ -162,6 +182,70 @@ _CAPS = {"capabilities": {"max_msg_fds": MAX_MSG_FDS,
                           "max_data_xfer_size": MAX_DATA_XFER,
                           "pgsizes": 4096,
                           "max_dma_maps": MAX_DMA_MAPS}}
+
+
+class MmapRegion:
+    """A memory BAR the client maps straight into the guest (its accesses then
+    send no messages: the guest reads and writes the file at RAM speed).
+
+    Declare it as the 4th item of the BAR's bar_regions() entry:
+
+        vram = os.memfd_create("vram", os.MFD_CLOEXEC)
+        os.ftruncate(vram, 16 << 20)
+        def bar_regions(self):
+            return [(0, 16 << 20, False, MmapRegion(vram)),   # all of BAR0
+                    (2, 4096, False)]                          # trapped
+
+    fd: the backend's (a memfd or any mappable file), open as long as the
+        server; the server never closes it and sends the client a copy with
+        each REGION_INFO reply for the BAR.
+    offset: where the BAR starts in the file (a multiple of 4096).
+    areas: None, the whole BAR is mapped; or [(offset, size)] within the BAR
+        (multiples of 4096, ascending, not overlapping): only those are
+        mapped (vfio's sparse mmap), the rest is trapped as usual.
+    The file must reach offset + the BAR's size. The backend keeps answering
+    region_read/region_write for the whole BAR: QEMU traps it while an INTx
+    is pending. Checked when the server is made (ValueError).
+    """
+
+    def __init__(self, fd, offset=0, areas=None):
+        self.fd = fd
+        self.offset = offset
+        self.areas = None if areas is None else [tuple(a) for a in areas]
+
+    def _check(self, index, size):
+        where = "BAR%d's mmap" % index
+        if not isinstance(self.fd, int) or self.fd < 0:
+            raise ValueError("%s: bad fd %r" % (where, self.fd))
+        if not isinstance(self.offset, int) or self.offset < 0 or self.offset % PAGE:
+            raise ValueError("%s: offset %r is not a page multiple" % (where, self.offset))
+        if size < PAGE:
+            raise ValueError("%s: the BAR is smaller than a page" % where)
+        try:
+            st = os.fstat(self.fd)
+        except OSError as e:
+            raise ValueError("%s: fd %d: %s" % (where, self.fd, e))
+        if stat.S_ISREG(st.st_mode) and st.st_size < self.offset + size:
+            raise ValueError("%s: the file ends before the BAR does" % where)
+        if self.areas is None:
+            return
+        if not 1 <= len(self.areas) <= MAX_SPARSE_AREAS:
+            raise ValueError("%s: 1 to %d areas" % (where, MAX_SPARSE_AREAS))
+        end = 0
+        for a in self.areas:
+            if len(a) != 2 or not all(isinstance(v, int) for v in a):
+                raise ValueError("%s: bad area %r" % (where, a))
+            off, n = a
+            if off < end or n <= 0 or off % PAGE or n % PAGE or off + n > size:
+                raise ValueError("%s: bad area (%#x, %#x)" % (where, off, n))
+            end = off + n
+
+    def _caps(self):
+        if self.areas is None:
+            return b""
+        return (CAP_HDR_S.pack(REGION_INFO_CAP_SPARSE_MMAP, 1, 0)
+                + SPARSE_S.pack(len(self.areas), 0)
+                + b"".join(AREA_S.pack(o, n) for o, n in self.areas))
 
 
 class _Reject(Exception):
@@ -183,10 +267,18 @@ class VfioUserServer:
         self.backend = backend
         self.log = log
         sizes = [0] * NUM_REGIONS
-        for index, size, _is_io in backend.bar_regions():
-            if not 0 <= index <= 5 or size < 0 or (size & (size - 1)):
-                raise ValueError("bad BAR region (%r, %r)" % (index, size))
+        self._mmap = [None] * NUM_REGIONS
+        for entry in backend.bar_regions():
+            index, size, is_io = entry[:3]
+            if not 0 <= index <= 5 or size < 0 or (size & (size - 1)) or len(entry) > 4:
+                raise ValueError("bad BAR region %r" % (entry,))
             sizes[index] = size
+            if len(entry) == 4 and entry[3] is not None:
+                mm = entry[3]
+                if not isinstance(mm, MmapRegion) or is_io:
+                    raise ValueError("BAR%d: only a memory BAR takes an MmapRegion" % index)
+                mm._check(index, size)
+                self._mmap[index] = mm
         sizes[PCI_CONFIG_REGION_INDEX] = CONFIG_SIZE
         self._region_size = sizes
         self._has_reset = callable(getattr(backend, "reset", None))
@@ -212,6 +304,7 @@ class VfioUserServer:
         self._intx_unmask = None  # eventfd that unmasks when signalled
         self._intx_masked = False
         self._dma = []  # [(iova, size)] mapped by the current client
+        self._reply_fds = None  # fds a handler wants sent with its reply
         self._reset_connection_state()
         self.stats = {"reads": 0, "writes": 0, "posted": 0, "irqs": 0}
         self._handlers = {
@@ -419,12 +512,14 @@ class VfioUserServer:
         self._pending_fds = [(pos, fd) for pos, fd in self._pending_fds if pos >= limit]
         return mine
 
-    def _send(self, data):
+    def _send(self, data, fds=None):
         conn = self._conn
         if conn is None:
             return
+        # fds go with the first byte that leaves (copies: the owner keeps its own).
+        anc = [(SOL_SOCKET, SCM_RIGHTS, array.array("i", fds))] if fds else None
         try:
-            n = conn.send(data)
+            n = conn.sendmsg([data], anc) if anc else conn.send(data)
         except (BlockingIOError, InterruptedError):
             n = 0
         except OSError as e:
@@ -433,6 +528,8 @@ class VfioUserServer:
             return
         if n == len(data):
             return
+        if n:
+            anc = None
         # Slow path: the client is not reading; wait a bounded time.
         view = memoryview(data)[n:]
         p = select.poll()
@@ -443,7 +540,10 @@ class VfioUserServer:
                 self.disconnect()
                 return
             try:
-                view = view[conn.send(view):]
+                n = conn.sendmsg([view], anc) if anc else conn.send(view)
+                if n:
+                    anc = None
+                view = view[n:]
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError as e:
@@ -451,8 +551,9 @@ class VfioUserServer:
                 self.disconnect()
                 return
 
-    def _reply(self, msg_id, cmd, payload=b""):
-        self._send(HDR.pack(msg_id, cmd, HDR_SIZE + len(payload), TYPE_REPLY, 0) + payload)
+    def _reply(self, msg_id, cmd, payload=b"", fds=None):
+        self._send(HDR.pack(msg_id, cmd, HDR_SIZE + len(payload), TYPE_REPLY, 0) + payload,
+                   fds)
 
     def _error(self, msg_id, cmd, err):
         self._send(HDR.pack(msg_id, cmd, HDR_SIZE, TYPE_REPLY | ERROR, err))
@@ -483,9 +584,10 @@ class VfioUserServer:
             if not self._versioned and cmd != VERSION:
                 self.log("vfio-user: command %d before VERSION" % cmd)
                 raise _Reject(errno.EINVAL)
+            self._reply_fds = None
             payload = handler(buf, off + HDR_SIZE, size - HDR_SIZE, fds)
             if not no_reply:
-                self._reply(msg_id, cmd, payload)
+                self._reply(msg_id, cmd, payload, self._reply_fds)
         except _Reject as e:
             if not no_reply and self._conn is not None:
                 self._error(msg_id, cmd, e.args[0])
@@ -646,7 +748,21 @@ class VfioUserServer:
             raise _Reject(errno.EINVAL)
         size = self._region_size[index]
         flags = (REGION_INFO_FLAG_READ | REGION_INFO_FLAG_WRITE) if size else 0
-        return REGION_INFO_S.pack(REGION_INFO_S.size, flags, index, 0, size, 0)
+        mm = self._mmap[index]
+        if mm is None:
+            return REGION_INFO_S.pack(REGION_INFO_S.size, flags, index, 0, size, 0)
+        caps = mm._caps()
+        need = REGION_INFO_S.size + len(caps)
+        flags |= REGION_INFO_FLAG_MMAP
+        if argsz < need:
+            # Room for the fixed part only: say how much to ask for (vfio's
+            # convention); QEMU asks again, so no fd goes with this one.
+            return REGION_INFO_S.pack(need, flags, index, 0, size, mm.offset)
+        cap_offset = REGION_INFO_S.size if caps else 0
+        if caps:
+            flags |= REGION_INFO_FLAG_CAPS
+        self._reply_fds = [mm.fd]
+        return REGION_INFO_S.pack(need, flags, index, cap_offset, size, mm.offset) + caps
 
     def _h_irq_info(self, buf, p, n, fds):
         if fds or n < INFO_S.size:

@@ -768,6 +768,144 @@ def test_serve_forever(tmp_path):
     assert not t.is_alive()
 
 
+class MmapBackend:
+    """A function with two memory BARs from one memfd: BAR0 (64 KiB) all mappable,
+    BAR2 (16 KiB, at 64 KiB in the file) mappable in two sparse areas."""
+
+    def __init__(self, mm0=None, mm2=None):
+        self.fd = os.memfd_create("vram", os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, 0x14000)
+        self.mm0 = mm0 or vu.MmapRegion(self.fd)
+        self.mm2 = mm2 or vu.MmapRegion(self.fd, 0x10000, [(0, 0x1000), (0x2000, 0x2000)])
+        self.reads = []
+        self.maps = []
+
+    def bar_regions(self):
+        return [(0, 0x10000, False, self.mm0), (2, 0x4000, False, self.mm2)]
+
+    def config_read(self, offset, size):
+        return 0x11111234 & ((1 << (8 * size)) - 1) if offset == 0 else 0
+
+    def config_write(self, offset, size, value):
+        pass
+
+    def region_read(self, index, offset, size):
+        self.reads.append((index, offset, size))
+        return int.from_bytes(os.pread(self.fd, size, (0, 0, 0x10000)[index] + offset),
+                              "little")
+
+    def region_write(self, index, offset, size, value):
+        pass
+
+    def dma_map(self, iova, size, fd, fd_offset, prot):
+        self.maps.append((iova, size, fd))
+        if fd is not None:
+            os.close(fd)
+
+    def dma_unmap(self, iova, size):
+        pass
+
+
+def recv_with_fds(c, timeout=2.0):
+    """One reply and the fds that came with it: (flags, err, payload, fds)."""
+    deadline = time.monotonic() + timeout
+    buf, fds = b"", []
+    while len(buf) < 16 or len(buf) < HDR.unpack_from(buf)[2]:
+        assert time.monotonic() < deadline, "no reply from the server"
+        c.pump(0)
+        if not select.select([c.sock], [], [], 0.01)[0]:
+            continue
+        need = 16 if len(buf) < 16 else HDR.unpack_from(buf)[2]
+        data, anc, _, _ = c.sock.recvmsg(need - len(buf), socket.CMSG_SPACE(16))
+        assert data, "server closed"
+        buf += data
+        for level, kind, cdata in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds += array.array("i", cdata[:len(cdata) - len(cdata) % 4]).tolist()
+    _, _, _, flags, err = HDR.unpack_from(buf)
+    return flags, err, buf[16:], fds
+
+
+def test_mmap_regions(tmp_path):
+    be = MmapBackend()
+    os.pwrite(be.fd, b"VRAM", 0x100)
+    os.pwrite(be.fd, b"BAR2", 0x12000)
+    srv = VfioUserServer(str(tmp_path / "m.sock"), be, log=lambda m: None)
+    c = Client(srv, srv.path)
+    try:
+        c.version()
+        RI = struct.Struct("<IIIIQQ")
+        # Whole-region: READ|WRITE|MMAP, the fd's offset, the fd itself.
+        c.send(vu.DEVICE_GET_REGION_INFO, RI.pack(32, 0, 0, 0, 0, 0))
+        flags, err, data, fds = recv_with_fds(c)
+        assert flags == vu.TYPE_REPLY and err == 0
+        assert RI.unpack(data) == (32, 7, 0, 0, 0x10000, 0)
+        assert len(fds) == 1
+        m = mmap.mmap(fds[0], 0x10000, mmap.MAP_SHARED, offset=0)
+        assert m[0x100:0x104] == b"VRAM"
+        m[0x200:0x204] = b"lfb!"  # the guest's write, seen by the device model
+        assert os.pread(be.fd, 4, 0x200) == b"lfb!"
+        m.close()
+        os.close(fds[0])
+        # Sparse: too short an argsz gets the size needed, no caps, no fd ...
+        need = 32 + 8 + 8 + 2 * 16
+        c.send(vu.DEVICE_GET_REGION_INFO, RI.pack(32, 0, 2, 0, 0, 0))
+        flags, err, data, fds = recv_with_fds(c)
+        assert err == 0 and fds == [] and len(data) == 32
+        assert RI.unpack(data) == (need, 7, 2, 0, 0x4000, 0x10000)
+        # ... asked again with that size: CAPS, the sparse-mmap capability, the fd.
+        c.send(vu.DEVICE_GET_REGION_INFO, RI.pack(need, 0, 2, 0, 0, 0) + bytes(need - 32))
+        flags, err, data, fds = recv_with_fds(c)
+        assert err == 0 and len(fds) == 1 and len(data) == need
+        assert RI.unpack_from(data) == (need, 15, 2, 32, 0x4000, 0x10000)
+        assert struct.unpack_from("<HHIII", data, 32) == (vu.REGION_INFO_CAP_SPARSE_MMAP,
+                                                          1, 0, 2, 0)
+        assert [struct.unpack_from("<QQ", data, 48 + 16 * i) for i in range(2)] == [
+            (0, 0x1000), (0x2000, 0x2000)]
+        m = mmap.mmap(fds[0], 0x2000, mmap.MAP_SHARED, offset=0x10000 + 0x2000)
+        assert m[0:4] == b"BAR2"
+        m.close()
+        os.close(fds[0])
+        # Trapped accesses still reach the backend (QEMU traps while INTx is pending).
+        assert c.read(0, 0x100, 4) == b"VRAM" and be.reads == [(0, 0x100, 4)]
+        # QEMU's DMA_MAP for the mapped BAR itself comes without an fd: success.
+        c.ok(vu.DMA_MAP, struct.pack("<IIQQQ", 32, 3, 0, 0xFD000000, 0x10000))
+        assert be.maps == [(0xFD000000, 0x10000, None)]
+        # Other regions stay as they were.
+        assert RI.unpack(c.ok(vu.DEVICE_GET_REGION_INFO, RI.pack(32, 0, 7, 0, 0, 0))) == (
+            32, 3, 7, 0, 256, 0)
+        assert RI.unpack(c.ok(vu.DEVICE_GET_REGION_INFO, RI.pack(32, 0, 1, 0, 0, 0)))[1] == 0
+    finally:
+        c.sock.close()
+        srv.close()
+    os.fstat(be.fd)  # the backend's fd: never the server's to close
+    os.close(be.fd)
+
+
+@pytest.mark.parametrize("why,make", [
+    ("I/O BAR", lambda fd: [(0, 0x1000, True, vu.MmapRegion(fd))]),
+    ("unaligned offset", lambda fd: [(0, 0x1000, False, vu.MmapRegion(fd, 0x800))]),
+    ("file too short", lambda fd: [(0, 0x10000, False, vu.MmapRegion(fd, 0x8000))]),
+    ("area outside", lambda fd: [(0, 0x2000, False, vu.MmapRegion(fd, 0, [(0x1000, 0x2000)]))]),
+    ("areas overlap", lambda fd: [(0, 0x4000, False, vu.MmapRegion(
+        fd, 0, [(0, 0x2000), (0x1000, 0x1000)]))]),
+    ("unaligned area", lambda fd: [(0, 0x4000, False, vu.MmapRegion(fd, 0, [(0, 0x800)]))]),
+    ("no areas", lambda fd: [(0, 0x4000, False, vu.MmapRegion(fd, 0, []))]),
+    ("closed fd", lambda fd: [(0, 0x4000, False, vu.MmapRegion(999999))]),
+    ("smaller than a page", lambda fd: [(0, 0x800, False, vu.MmapRegion(fd))]),
+    ("not an MmapRegion", lambda fd: [(0, 0x1000, False, (fd, 0))]),
+])
+def test_mmap_region_refusals(tmp_path, why, make):
+    be = MmapBackend()
+    try:
+        be.bar_regions = lambda: make(be.fd)
+        with pytest.raises(ValueError):
+            VfioUserServer(str(tmp_path / "m.sock"), be, log=lambda m: None)
+        assert not os.path.exists(tmp_path / "m.sock"), why
+    finally:
+        os.close(be.fd)
+
+
 # --- 2. a real guest under QEMU ---------------------------------------------------
 
 GUEST = os.path.join(REPO, "build", "guest")
