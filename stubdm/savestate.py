@@ -1,0 +1,261 @@
+"""Device state for save/restore: every device's state as a separate, versioned record.
+
+API (QMP's xen-save-devices-state / xen-load-devices-state and the xenstore command
+protocol's "save" call these; the caller stops the guest and drains the disks first):
+
+    save_machine(machine) -> bytes
+        Every device of a stubdm.machine.Machine as records, in the stream format below.
+        Raises StateError if the machine is not at a point it can be saved from
+        (busy_devices(machine) not empty: a disk request still in flight).
+    load_machine(machine, data)
+        Loads a stream into a freshly built Machine of the same configuration. The whole
+        stream is read and checked first (checksum, versions, every record present and
+        decodable); StateError, with the machine untouched, if any of that fails. Only
+        then are the records applied; a device that refuses its record (another
+        configuration) also raises StateError, and the caller must not start the guest.
+    busy_devices(machine) -> [name, ...]
+        Devices with disk requests in flight (save_machine refuses while there are any).
+    encode(value) -> bytes, decode(data) -> value
+        The field encoding on its own (tests, host_sim's wrapper).
+
+Stream format (all integers little-endian), version FORMAT_VERSION:
+
+    magic    8 bytes  b"STUBDMDS"
+    format   u16      FORMAT_VERSION; a newer one is refused
+    count    u16      number of records
+    count x  record:  u8 name length, name (ASCII), u16 record version,
+                      u32 body length, body (one encoded dict of fields)
+    crc      u32      CRC-32 (binascii.crc32) of every byte before it
+
+A record's version is the device's own (its class's STATE_VERSION, 1 if it has
+none): a reader refuses a record newer than the device it would load it into.
+Fields are a tagged binary encoding rather than JSON: device state is mostly
+bytes (config spaces, FIFOs, sector buffers), which JSON would have to inflate by
+a third or more in base64 and a MicroPython JSON reader would copy again; the
+tags are N None, T/F booleans, i int (zigzag LEB128, any size), b bytes, s str
+(UTF-8), l list, d dict (str keys, written sorted so that equal state gives equal
+bytes). No pickle: the stream comes from outside and is read by both runtimes
+(../shared/PORTABLE_PYTHON.md).
+"""
+import binascii
+import struct
+
+MAGIC = b"STUBDMDS"
+FORMAT_VERSION = 1
+_HEADER = "<8sHH"
+_HEADER_SIZE = 12
+# Bounds a hostile stream can't push a reader past.
+MAX_DEPTH = 8
+MAX_RECORDS = 1024
+
+
+class StateError(Exception):
+    pass
+
+
+# ---- the field encoding ------------------------------------------------------
+
+
+def _varint(out, n):
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return
+
+
+def _enc(out, v, depth):
+    if depth > MAX_DEPTH:
+        raise StateError("state nested too deeply")
+    if v is None:
+        out.append(0x4E)  # N
+    elif v is True:
+        out.append(0x54)  # T
+    elif v is False:
+        out.append(0x46)  # F
+    elif isinstance(v, int):
+        out.append(0x69)  # i
+        _varint(out, (v << 1) if v >= 0 else ((-v) << 1) - 1)
+    elif isinstance(v, (bytes, bytearray, memoryview)):
+        out.append(0x62)  # b
+        _varint(out, len(v))
+        out.extend(v)
+    elif isinstance(v, str):
+        b = v.encode()
+        out.append(0x73)  # s
+        _varint(out, len(b))
+        out.extend(b)
+    elif isinstance(v, (list, tuple)):
+        out.append(0x6C)  # l
+        _varint(out, len(v))
+        for x in v:
+            _enc(out, x, depth + 1)
+    elif isinstance(v, dict):
+        out.append(0x64)  # d
+        keys = sorted(v)
+        _varint(out, len(keys))
+        for k in keys:
+            if not isinstance(k, str):
+                raise StateError("state keys must be strings: %r" % (k,))
+            b = k.encode()
+            _varint(out, len(b))
+            out.extend(b)
+            _enc(out, v[k], depth + 1)
+    else:
+        raise StateError("can't save a %s" % type(v).__name__)
+
+
+def encode(value):
+    out = bytearray()
+    _enc(out, value, 0)
+    return bytes(out)
+
+
+class _Reader:
+    def __init__(self, data, pos, end):
+        self.d = data
+        self.pos = pos
+        self.end = end
+
+    def byte(self):
+        if self.pos >= self.end:
+            raise StateError("truncated")
+        b = self.d[self.pos]
+        self.pos += 1
+        return b
+
+    def varint(self):
+        n = 0
+        shift = 0
+        while True:
+            b = self.byte()
+            n |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return n
+            shift += 7
+            if shift > 70000:  # bigger than any field: a corrupt stream
+                raise StateError("integer too long")
+
+    def take(self, n):
+        if n > self.end - self.pos:
+            raise StateError("truncated")
+        b = bytes(self.d[self.pos:self.pos + n])
+        self.pos += n
+        return b
+
+    def value(self, depth):
+        if depth > MAX_DEPTH:
+            raise StateError("nested too deeply")
+        t = self.byte()
+        if t == 0x4E:
+            return None
+        if t == 0x54:
+            return True
+        if t == 0x46:
+            return False
+        if t == 0x69:
+            z = self.varint()
+            return -((z + 1) >> 1) if z & 1 else z >> 1
+        if t == 0x62:
+            return self.take(self.varint())
+        if t == 0x73:
+            try:
+                return self.take(self.varint()).decode()
+            except UnicodeError:
+                raise StateError("bad string")
+        if t == 0x6C:
+            n = self.varint()
+            if n > self.end - self.pos:  # every item takes a byte at least
+                raise StateError("truncated")
+            return [self.value(depth + 1) for _ in range(n)]
+        if t == 0x64:
+            n = self.varint()
+            if n > self.end - self.pos:
+                raise StateError("truncated")
+            d = {}
+            for _ in range(n):
+                try:
+                    k = self.take(self.varint()).decode()
+                except UnicodeError:
+                    raise StateError("bad key")
+                d[k] = self.value(depth + 1)
+            return d
+        raise StateError("unknown tag %#x" % t)
+
+
+def decode(data):
+    r = _Reader(data, 0, len(data))
+    v = r.value(0)
+    if r.pos != r.end:
+        raise StateError("%d bytes after the value" % (r.end - r.pos))
+    return v
+
+
+# ---- the stream of records ---------------------------------------------------
+
+
+def write_records(records):
+    """records: [(name, version, fields dict)] -> the stream's bytes."""
+    if len(records) > MAX_RECORDS:
+        raise StateError("too many records")
+    out = bytearray(struct.pack(_HEADER, MAGIC, FORMAT_VERSION, len(records)))
+    for name, version, fields in records:
+        nb = name.encode()
+        body = encode(fields)
+        out.extend(struct.pack("<B", len(nb)))
+        out.extend(nb)
+        out.extend(struct.pack("<HI", version & 0xFFFF, len(body)))
+        out.extend(body)
+    out.extend(struct.pack("<I", binascii.crc32(out) & 0xFFFFFFFF))
+    return bytes(out)
+
+
+def read_records(data):
+    """The stream's records as [(name, version, fields)], or StateError saying what
+    is wrong with it (too short, not a device state stream, newer format, checksum)."""
+    n = len(data)
+    if n < _HEADER_SIZE + 4:
+        raise StateError("device state: %d bytes, too short to be a stream (truncated?)" % n)
+    magic, fmt, count = struct.unpack_from(_HEADER, data, 0)
+    if magic != MAGIC:
+        raise StateError("device state: not a stubdm device state stream (bad magic)")
+    if fmt > FORMAT_VERSION:
+        raise StateError("device state: format version %d is newer than this stubdm's (%d)"
+                         % (fmt, FORMAT_VERSION))
+    if fmt < 1:
+        raise StateError("device state: format version %d is invalid" % fmt)
+    crc = struct.unpack_from("<I", data, n - 4)[0]
+    if binascii.crc32(memoryview(data)[0:n - 4]) & 0xFFFFFFFF != crc:
+        raise StateError("device state: checksum mismatch: the stream is truncated or "
+                         "corrupted")
+    if count > MAX_RECORDS:
+        raise StateError("device state: %d records" % count)
+    pos = _HEADER_SIZE
+    end = n - 4
+    out = []
+    for _ in range(count):
+        r = _Reader(data, pos, end)
+        name_len = r.byte()
+        try:
+            name = r.take(name_len).decode()
+        except UnicodeError:
+            raise StateError("device state: a record name is not text")
+        hdr = r.take(6)
+        version, size = struct.unpack("<HI", hdr)
+        if size > end - r.pos:
+            raise StateError("device state: record %s is truncated" % name)
+        body = _Reader(data, r.pos, r.pos + size)
+        try:
+            fields = body.value(0)
+        except StateError as e:
+            raise StateError("device state: record %s: %s" % (name, e))
+        if body.pos != body.end or not isinstance(fields, dict):
+            raise StateError("device state: record %s is malformed" % name)
+        out.append((name, version, fields))
+        pos = r.pos + size
+    if pos != end:
+        raise StateError("device state: %d bytes after the last record" % (end - pos))
+    return out
