@@ -7,7 +7,11 @@ mapcache core. It is linked with one of two implementations of that API:
   xen: Xen's own libraries, for a device model in dom0 under real Xen.
 xenstore is Debian's libxenstore in both (it honours XENSTORED_PATH, which
 host_sim points at the device model's domain's socket).
-Run by SConstruct; usable alone: python3 build/glue_build.py [sim|xen]
+The two are separate modules, so both can be built side by side: sim is
+stubdm._xenglue, xen is stubdm._xenglue_xen (STUBDM_GLUE=xen picks it at run
+time, stubdm/glue_cffi.py).
+Run by SConstruct (`scons glue`, `scons glue-xen`); usable alone:
+python3 build/glue_build.py [sim|xen]
 """
 import os
 import sys
@@ -15,7 +19,7 @@ import sys
 import cffi
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODULE = "stubdm._xenglue"
+MODULES = {"sim": "stubdm._xenglue", "xen": "stubdm._xenglue_xen"}
 
 CDEF = """
 typedef int... domid_t;
@@ -165,7 +169,7 @@ def make_ffi(variant):
         kwargs["libraries"] += ["xendevicemodel", "xenforeignmemory", "xenevtchn", "xengnttab"]
     else:
         raise SystemExit("variant must be sim or xen, not " + repr(variant))
-    ffi.set_source(MODULE, SOURCE, **kwargs)
+    ffi.set_source(MODULES[variant], SOURCE, **kwargs)
     return ffi
 
 

@@ -5,7 +5,22 @@
 # one source on both runtimes. CPython only; keep it a thin shim.
 import os
 
-from stubdm._xenglue import ffi, lib
+# Which implementation of Xen's library API the glue is linked with: host_sim's
+# (stubdm._xenglue, `scons glue`) unless STUBDM_GLUE=xen names Xen's own libraries
+# (stubdm._xenglue_xen, `scons glue-xen`), for a device model in dom0.
+VARIANT = os.environ.get("STUBDM_GLUE", "sim")
+if VARIANT == "xen":
+    from stubdm._xenglue_xen import ffi, lib
+elif VARIANT == "sim":
+    from stubdm._xenglue import ffi, lib
+else:
+    raise ImportError("STUBDM_GLUE must be sim or xen, not %r" % VARIANT[:16])
+
+# Where Xen's libraries look for the hypervisor (libxencall, libxenforeignmemory:
+# the first, then the older one). With neither, no hypervisor is there, and the
+# libraries would only print their own errors before failing.
+PRIVCMD = ("/dev/xen/privcmd", "/proc/xen/privcmd")
+ENODEV = 19
 
 PAGE_SHIFT = 12
 _PAGE_SIZE = 1 << PAGE_SHIFT
@@ -29,6 +44,9 @@ class Xen:
         if not 0 <= domid <= 0xFFFF:
             raise ValueError("domid")
         self.domid = domid
+        if VARIANT == "xen" and not [p for p in PRIVCMD if os.path.exists(p)]:
+            raise OSError(ENODEV, "no Xen hypervisor here (neither %s nor %s exists: not "
+                          "a Xen domain with privcmd)" % PRIVCMD)
         self.dmod = lib.xendevicemodel_open(ffi.NULL, 0)
         if self.dmod == ffi.NULL:
             _raise()

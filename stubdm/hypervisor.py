@@ -11,13 +11,15 @@ import errno as _errno
 
 from stubdm import abi
 
+_glue_missing = "the C glue is not built (run scons)"
 try:
     import _xenglue as glue  # MicroPython: the user C module
 except ImportError:
     try:
         from stubdm import glue_cffi as glue  # CPython: cffi
-    except ImportError:
+    except ImportError as e:
         glue = None
+        _glue_missing += ": " + str(e)  # which one (STUBDM_GLUE=xen: scons glue-xen)
 
 
 class HypervisorError(Exception):
@@ -35,11 +37,14 @@ class Hypervisor:
 
     def __init__(self, domid):
         if glue is None:
-            raise HypervisorError("the C glue is not built (run scons)", 0)
+            raise HypervisorError(_glue_missing, 0)
         self.domid = domid
         try:
             self.xen = glue.Xen(domid)
         except OSError as e:
+            why = getattr(e, "strerror", None)
+            if _err(e) == _errno.ENODEV and isinstance(why, str):
+                raise HypervisorError(why, _errno.ENODEV)  # the glue's own: no hypervisor
             raise HypervisorError("opening the hypervisor's handles", _err(e))
         # The ioreq loop's hot calls, straight to the glue (they cannot fail
         # in a way the loop could handle).
