@@ -38,6 +38,14 @@ class Window:
     def write(self, offset, size, value):
         self.dev.write(self.base + offset, size, value)
 
+    def read_rep(self, offset, size, count, buf):
+        rep = getattr(self.dev, "read_rep", None)
+        return rep is not None and rep(self.base + offset, size, count, buf)
+
+    def write_rep(self, offset, size, count, buf):
+        rep = getattr(self.dev, "write_rep", None)
+        return rep is not None and rep(self.base + offset, size, count, buf)
+
 
 class BarWindow:
     """A decoding BAR on the machine's bus: the bus has checked that the
@@ -53,6 +61,14 @@ class BarWindow:
 
     def write(self, offset, size, value):
         self.h.write(offset, size, value & ((1 << (8 * size)) - 1))
+
+    def read_rep(self, offset, size, count, buf):
+        rep = getattr(self.h, "read_rep", None)
+        return rep is not None and rep(offset, size, count, buf)
+
+    def write_rep(self, offset, size, count, buf):
+        rep = getattr(self.h, "write_rep", None)
+        return rep is not None and rep(offset, size, count, buf)
 
 
 class IrqLatch:
