@@ -259,3 +259,87 @@ def read_records(data):
     if pos != end:
         raise StateError("device state: %d bytes after the last record" % (end - pos))
     return out
+
+
+# ---- the machine's devices as records ---------------------------------------
+
+
+def _records_of(machine):
+    """(record name, device) for every device with state, in a fixed order."""
+    out = []
+    for devfn in machine.pci.devfns():
+        out.append(("pci/%02x.%d" % (devfn >> 3, devfn & 7), machine.pci.find(devfn)))
+    for i in range(len(machine.uarts)):
+        out.append(("uart/%d" % i, machine.uarts[i]))
+    for name, attr in (("i8042", "i8042"), ("port92", "port92"),
+                       ("pci-host", "host_ports"), ("reset-control", "reset_control")):
+        dev = getattr(machine, attr, None)
+        if dev is not None:
+            out.append((name, dev))
+    return out
+
+
+def busy_devices(machine):
+    """Devices with disk requests in flight: drain them (serve the disks' events) first."""
+    out = []
+    ide = machine.ide
+    if ide is not None:
+        for ch in ide.channels:
+            for d in ch.drives:
+                if getattr(d, "busy", False) and getattr(d, "dma_pending", None) is None:
+                    out.append(d.name)
+    ahci = machine.ahci
+    if ahci is not None and ahci.busy():
+        out.append(ahci.name)
+    return out
+
+
+def save_machine(machine):
+    busy = busy_devices(machine)
+    if busy:
+        raise StateError("can't save: disk requests in flight on " + ", ".join(busy))
+    records = [("machine", 1, {"suspended": bool(machine.suspended)})]
+    for name, dev in _records_of(machine):
+        try:
+            fields = dev.state()
+        except ValueError as e:
+            raise StateError("can't save %s: %s" % (name, e))
+        records.append((name, getattr(dev, "STATE_VERSION", 1), fields))
+    return write_records(records)
+
+
+def load_machine(machine, data):
+    records = read_records(data)  # all of it read and checked before any device changes
+    devices = _records_of(machine)
+    want = ["machine"] + [n for n, _ in devices]
+    have = [r[0] for r in records]
+    if have != want:
+        missing = [n for n in want if n not in have]
+        extra = [n for n in have if n not in want]
+        raise StateError("device state is for another machine: %s%s" % (
+            "missing " + ", ".join(missing) if missing else "",
+            ("; " if missing and extra else "") + ("unknown " + ", ".join(extra[:8])
+                                                   if extra else "")))
+    by_name = {}
+    for name, version, fields in records:
+        by_name[name] = (version, fields)
+    if by_name["machine"][0] > 1:
+        raise StateError("device state: record machine is version %d, newer than this "
+                         "stubdm's (1)" % by_name["machine"][0])
+    for name, dev in devices:
+        mine = getattr(dev, "STATE_VERSION", 1)
+        if by_name[name][0] > mine:
+            raise StateError("device state: record %s is version %d, newer than this "
+                             "stubdm's (%d)" % (name, by_name[name][0], mine))
+    for name, dev in devices:
+        try:
+            dev.load_state(by_name[name][1])
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            raise StateError("device state: record %s refused: %s: %s"
+                             % (name, type(e).__name__, e))
+    machine.suspended = bool(by_name["machine"][1].get("suspended", False))
+    # What waited for the guest (a DMA set up, the bus master not yet started) waits again.
+    for _name, dev in devices:
+        resume = getattr(dev, "resume", None)
+        if resume is not None:
+            resume()

@@ -905,7 +905,39 @@ class AhciPort:
         return {"clb": self.clb, "fb": self.fb, "is": self.is_, "ie": self.ie, "cmd": self.cmd,
                 "tfd": self.tfd, "sig": self.sig, "ssts": self.ssts, "sctl": self.sctl,
                 "serr": self.serr, "sact": self.sact, "ci": self.ci,
+                "error_stop": self.error_stop, "srst": self.srst,
+                "sig_pending": self.sig_pending, "sdb_pending": self.sdb_pending,
                 "drive": self.drive.state() if self.drive is not None else None}
+
+    def busy(self):
+        """A command under way (its disk requests in flight): not a point to save at."""
+        return self.cur is not None or self.ncq_busy != 0
+
+    def load_state(self, d):
+        if (d["drive"] is None) != (self.drive is None):
+            raise ValueError(self.name + ": saved port has %s drive" % (
+                "no" if d["drive"] is None else "a"))
+        self.clb = d["clb"] & 0xFFFFFFFFFFFFFC00
+        self.fb = d["fb"] & 0xFFFFFFFFFFFFFF00
+        self.is_ = d["is"] & 0xFFFFFFFF
+        self.ie = d["ie"] & IE_MASK
+        self.cmd = d["cmd"] & 0xFFFFFFFF
+        self.tfd = d["tfd"] & 0xFFFF
+        self.sig = d["sig"] & 0xFFFFFFFF
+        self.ssts = d["ssts"] & 0xFFFFFFFF
+        self.sctl = d["sctl"] & 0xFFF
+        self.serr = d["serr"] & 0xFFFFFFFF
+        self.sact = d["sact"] & 0xFFFFFFFF
+        self.ci = d["ci"] & 0xFFFFFFFF
+        self.error_stop = bool(d["error_stop"])
+        self.srst = bool(d["srst"])
+        self.sig_pending = bool(d["sig_pending"])
+        self.sdb_pending = d["sdb_pending"] & 0xFFFFFFFF
+        self.cur = None
+        self.ncq = [None] * NUM_SLOTS
+        self.ncq_busy = 0
+        if self.drive is not None:
+            self.drive.load_state(d["drive"])
 
 
 class _Abar:
@@ -970,7 +1002,8 @@ class Ahci(PciFunction):
         for i in range(min(len(disks), NUM_PORTS)):
             if disks[i] is not None:
                 self.ports[i].attach(disks[i])
-        self.add_bar(IDP_BAR, IDP_SIZE, "io", _Idp(self))
+        self.idp = _Idp(self)
+        self.add_bar(IDP_BAR, IDP_SIZE, "io", self.idp)
         self.add_bar(ABAR, ABAR_SIZE, "mem", _Abar(self))
         self.reset()
 
@@ -1121,5 +1154,25 @@ class Ahci(PciFunction):
         d = super().state()
         d["ghc"] = self.ghc
         d["is"] = self.is_
+        d["idp_index"] = self.idp.index
         d["ports"] = [p.state() for p in self.ports]
         return d
+
+    def busy(self):
+        return self.inflight != 0 or self.pending_head < len(self.pending) or \
+            [p for p in self.ports if p.busy()] != []
+
+    def load_state(self, d):
+        ports = d["ports"]
+        if len(ports) != NUM_PORTS:
+            raise ValueError(self.name + ": saved state has %d ports" % len(ports))
+        super().load_state(d)
+        self.ghc = d["ghc"] & 0xFFFFFFFF
+        self.is_ = d["is"] & 0xFFFFFFFF
+        self.idp.index = d.get("idp_index", 0) & (ABAR_SIZE - 4)
+        self.pending = []
+        self.pending_head = 0
+        self.inflight = 0
+        for i in range(NUM_PORTS):
+            self.ports[i].load_state(ports[i])
+        self.update_irq()

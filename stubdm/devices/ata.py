@@ -324,9 +324,25 @@ class Drive:
     def data_write(self, size, value):
         pass
 
+    STATE_VERSION = 1
+
     def state(self):
         return {"tf": bytes(self.tf), "hob": bytes(self.hob), "status": self.status,
-                "error": self.error}
+                "error": self.error, "cmd": self.cmd}
+
+    def load_state(self, d):
+        tf, hob = bytes(d["tf"]), bytes(d["hob"])
+        if len(tf) != 8 or len(hob) != 8:
+            raise ValueError(self.name + ": saved task file has the wrong size")
+        self.tf[0:8] = tf
+        self.hob[0:8] = hob
+        self.tf[REG_SELECT] |= SEL_ALWAYS
+        self.status = d["status"] & 0xFF
+        self.error = d["error"] & 0xFF
+        self.cmd = d.get("cmd", 0) & 0xFF
+
+    def resume(self):
+        """After every record is loaded: restart what was waiting (nothing here)."""
 
 
 class _PioBuffer:
@@ -362,6 +378,80 @@ class AtaBase(Drive):
         self.set_signature()
         self.status = 0 if self.atapi else ST_READY
         self.error = 0x01
+
+    # --- save/restore (at a quiescent point: no disk request in flight) -------
+
+    # What a data-register transfer continues with, by name.
+    _END_FNS = ("_pio_write_block", "_pio_read_next", "_packet")
+
+    def state(self):
+        d = super().state()
+        p = self.pio
+        end = None
+        if self.end_fn is not None:
+            for name in self._END_FNS:
+                if self.end_fn == getattr(self, name, None):
+                    end = name
+            if end is None:
+                raise ValueError(self.name + ": a transfer can't be saved mid-way")
+        if self.busy and self.dma_pending is None:
+            raise ValueError(self.name + ": a disk request is in flight")
+        d["pio"] = bytes(p.buf[0:max(p.end, self._buffered())])
+        d["pio_end"] = p.end
+        d["pio_pos"] = p.pos
+        d["pio_out"] = self.pio_out
+        d["end_fn"] = end
+        d["dma"] = None
+        if self.dma_pending is not None:
+            op, sector, nbytes, source = self.dma_args
+            d["dma"] = [op, sector, nbytes, None if source is None else bytes(source)]
+        d["xfer_mode"] = self.xfer_mode
+        d["wcache"] = self.wcache
+        return d
+
+    def load_state(self, d):
+        super().load_state(d)
+        p = self.pio
+        buf = bytes(d["pio"])
+        pos, end = d["pio_pos"], d["pio_end"]
+        if len(buf) > len(p.buf) or not 0 <= pos <= end <= len(buf):
+            raise ValueError(self.name + ": saved PIO buffer out of range")
+        p.buf[0:len(buf)] = buf
+        p.end = end
+        p.pos = pos
+        self.pio_out = bool(d["pio_out"])
+        end = d["end_fn"]
+        if end is not None and end not in self._END_FNS:
+            raise ValueError(self.name + ": unknown transfer step %r" % (end,))
+        self.end_fn = None if end is None else getattr(self, end, None)
+        if end is not None and self.end_fn is None:
+            raise ValueError(self.name + ": transfer step %s is not this drive's" % end)
+        self.xfer_mode = d["xfer_mode"] & 0xFF
+        self.wcache = bool(d["wcache"])
+        self.busy = False
+        self.dma_pending = None
+        dma = d.get("dma")
+        self._restart = None
+        if dma is not None:
+            op, sector, nbytes, source = dma
+            if op not in (block.READ, block.WRITE) or sector < 0 or not 0 < nbytes <= 1 << 26:
+                raise ValueError(self.name + ": saved DMA out of range")
+            self._restart = (op, sector, nbytes, source)
+
+    def resume(self):
+        """The DMA the guest had set up when it was saved waits for the bus master again
+        (it had not started: a transfer under way is drained before a save)."""
+        r = getattr(self, "_restart", None)
+        self._restart = None
+        if r is not None:
+            self._dma_restart(*r)
+
+    def _dma_restart(self, op, sector, nbytes, source):
+        self.exec_cmd(self.cmd)  # ATA: the task file still holds the command
+
+    def _buffered(self):
+        """How much of the PIO buffer holds data beyond the current block (ATAPI)."""
+        return 0
 
     # --- interrupts and status -----------------------------------------------
 
@@ -510,6 +600,7 @@ class AtaBase(Drive):
             st["busy"] = False
 
         self.dma_pending = step
+        self.dma_args = (op, sector, nbytes, source)  # a saved state restarts it from these
         self.t.dma_start(self, self._dma_go)
 
     def _dma_go(self):
@@ -612,6 +703,25 @@ class AtaDisk(AtaBase):
         self.mult_sectors = MAX_MULT_SECTORS
         self._geometry()
         self.xfer = None  # the PIO command under way: [sector, left, is_write, per_block, fua]
+
+    def state(self):
+        d = super().state()
+        d["mult_sectors"] = self.mult_sectors
+        d["xfer"] = None if self.xfer is None else list(self.xfer)
+        return d
+
+    def load_state(self, d):
+        super().load_state(d)
+        m = d["mult_sectors"]
+        self.mult_sectors = m if 0 < m <= MAX_MULT_SECTORS and not m & (m - 1) else \
+            MAX_MULT_SECTORS
+        x = d["xfer"]
+        if x is not None:
+            if len(x) != 6 or not self._range_ok(x[0], x[1]) or not 0 < x[3] <= 256:
+                raise ValueError(self.name + ": saved PIO command out of range")
+            x = [int(x[0]), int(x[1]), bool(x[2]), int(x[3]), bool(x[4]), bool(x[5])]
+        self.xfer = x
+        self._geometry()
 
     def _geometry(self):
         # QEMU's hd_geometry_guess for an LBA disk: 16 heads, 63 sectors a track.
@@ -1406,4 +1516,31 @@ class AtapiCdrom(AtaBase):
         d = super().state()
         d["sense"] = [self.sense_key, self.asc, self.ascq]
         d["locked"] = self.locked
+        d["tray_open"] = self.tray_open
+        d["event"] = self.event
+        d["packet_dma"] = self.packet_dma
+        d["stream"] = None if self.stream is None else list(self.stream)
         return d
+
+    def load_state(self, d):
+        super().load_state(d)
+        sense = d["sense"]
+        self.sense_key, self.asc, self.ascq = sense[0] & 0xF, sense[1] & 0xFF, sense[2] & 0xFF
+        self.locked = bool(d["locked"])
+        self.tray_open = bool(d["tray_open"])
+        self.event = d["event"] & 0xFF
+        self.packet_dma = bool(d["packet_dma"])
+        st = d["stream"]
+        if st is not None:
+            if len(st) != 5 or [v for v in st if not isinstance(v, int) or v < 0] \
+                    or st[3] > len(self.pio.buf):
+                raise ValueError(self.name + ": saved data-in stream out of range")
+            st = list(st)
+        self.stream = st
+
+    def _dma_restart(self, op, sector, nbytes, source):
+        self._dma(op, sector, nbytes, self._dma_then, source)
+
+    def _buffered(self):
+        s = self.stream
+        return 0 if s is None else min(s[3], len(self.pio.buf))

@@ -102,6 +102,12 @@ class PciHostPorts:
     def reset(self):
         self.config_address = 0
 
+    def state(self):
+        return {"config_address": self.config_address}
+
+    def load_state(self, d):
+        self.config_address = d["config_address"] & 0xFFFFFFFF
+
     def read(self, offset, size):
         if offset == 1:
             b = self.rcr.read(0, 1) & 0xFF

@@ -223,7 +223,22 @@ class BusMaster:
             self.status &= ~BMS_ACTIVE
 
     def state(self):
-        return {"cmd": self.cmd, "status": self.status, "addr": self.addr}
+        return {"cmd": self.cmd, "status": self.status, "addr": self.addr, "cur": self.cur,
+                "prd_addr": self.prd_addr, "prd_len": self.prd_len,
+                "prd_last": self.prd_last, "failed": self.failed}
+
+    def load_state(self, d):
+        self.cmd = d["cmd"] & (BMC_START | BMC_READ)
+        self.status = d["status"] & 0xFF
+        self.addr = d["addr"] & 0xFFFFFFFC
+        cur = d["cur"]
+        self.cur = cur if self.addr <= cur <= self.addr + PRD_TABLE_MAX else self.addr
+        self.prd_addr = d["prd_addr"] & 0xFFFFFFFE
+        n = d["prd_len"]
+        self.prd_len = n if 0 <= n <= 0x10000 else 0
+        self.prd_last = bool(d["prd_last"])
+        self.failed = bool(d["failed"])
+        self.go = None  # a drive waiting for the engine asks again (Drive.resume)
 
 
 class IdeChannel:
@@ -377,7 +392,26 @@ class IdeChannel:
 
     def state(self):
         return {"unit": self.unit, "ctl": self.ctl, "bm": self.bm.state(),
+                "irq": 1 if self.irq_line.level else 0,
                 "drives": [d.state() for d in self.drives]}
+
+    def load_state(self, d):
+        drives = d["drives"]
+        if len(drives) != 2:
+            raise ValueError(self.name + ": saved state has %d drives" % len(drives))
+        for i in range(2):
+            if (drives[i].get("pio") is None) != (not self.drives[i].present):
+                raise ValueError("%s.%d: saved drive is another kind" % (self.name, i))
+        self.unit = 1 if d["unit"] else 0
+        self.ctl = d["ctl"] & 0xFF
+        self.bm.load_state(d["bm"])
+        for i in range(2):
+            self.drives[i].load_state(drives[i])
+        self.irq_line.set_level(1 if d["irq"] else 0)
+
+    def resume(self):
+        for dr in self.drives:
+            dr.resume()
 
 
 class _Window:
@@ -484,3 +518,15 @@ class PiixIde(PciFunction):
         d = super().state()
         d["channels"] = [ch.state() for ch in self.channels]
         return d
+
+    def load_state(self, d):
+        chans = d["channels"]
+        if len(chans) != 2:
+            raise ValueError(self.name + ": saved state has %d channels" % len(chans))
+        super().load_state(d)
+        for i in range(2):
+            self.channels[i].load_state(chans[i])
+
+    def resume(self):
+        for ch in self.channels:
+            ch.resume()

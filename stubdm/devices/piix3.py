@@ -110,6 +110,12 @@ class Piix3Isa(PciFunction):
         """Where link 0..3 is routed now (0: not routed)."""
         return pirq_route(self.config[PIRQRC + link])
 
+    def load_state(self, d):
+        super().load_state(d)
+        # The routes live in Xen: a restored guest's new domain hears them again.
+        for link in range(PIRQ_COUNT):
+            self.link_route_cb(link, self.pirq(link))
+
 
 RCR_SYS_RST = const(0x02)  # system reset type: hard (1) or soft (0); kept
 RCR_RST_CPU = const(0x04)  # a write with this bit set resets
@@ -127,6 +133,12 @@ class ResetControl:
 
     def reset(self):
         self.value = 0
+
+    def state(self):
+        return {"value": self.value}
+
+    def load_state(self, d):
+        self.value = d["value"] & RCR_SYS_RST
 
     def read(self, offset, size):
         return self.value
