@@ -29,8 +29,9 @@ Options (QEMU's spelling, as libxl passes them in dm-argv):
   -xen-domid N        guest domain to serve (required)
   -m MiB              guest RAM size (default 128)
   -smp N              number of vCPUs (default 1)
-  -serial DEV         back end of the next serial port: stdio, null, file:PATH
-                      (default: COM1 on stdio)
+  -serial DEV         back end of the next serial port (COM1, then each
+                      pci-serial): stdio, null, file:PATH, /dev/hvcN (default:
+                      COM1 on stdio)
   -device pci-serial[,addr=SLOT]
                       a 16550 behind PCI function 1b36:0002 (slots 0-3 are
                       the xenfv machine's; default: the first free from 4)
@@ -51,10 +52,15 @@ Options (QEMU's spelling, as libxl passes them in dm-argv):
   -netdev type=tap,id=netD,ifname=...,script=no,downscript=no
                       a NIC's network (a stub domain's: its PV NIC to dom0)
   -net none           no NICs (what libxl writes then)
-  -nodefaults         no ISA devices (COM1, i8042, platform ports, port 0x92);
-                      the chipset (0xcf8-0xcff, PIIX4 PM) stays
+  -nodefaults         no default serial port (COM1 on stdio), as QEMU: a -serial
+                      still makes COM1; the i8042, port 0x92, the platform ports
+                      and the chipset stay (xenfv has them whatever it is told)
   -no-timers          device timers never fire (lock-step comparisons with
                       QEMU's qtest, whose virtual clock stands still)
+  -incoming file:PATH start from the device state saved in PATH (refused, and the
+                      guest not started, unless all of it reads back)
+  -save-stream PATH   where the xenstore command "save" writes the device state
+                      (a stub domain's console 1; default /var/lib/xen/qemu-save.N)
   -d LEVEL            log verbosity: 0 quiet, 1 guest errors (default), 2 debug
   -h, --help          this text
 
@@ -173,7 +179,7 @@ def check_nics(opts):
 
 def parse_args(argv):
     opts = {"domid": None, "ram_mib": 128, "vcpus": 1, "serial": [], "pci_serial": [],
-            "isa": True, "verbose": 1, "timers": True, "ide": [], "ide_native": False,
+            "defaults": True, "verbose": 1, "timers": True, "ide": [], "ide_native": False,
             "nics": [], "netdevs": {}, "ahci": None, "ahci_drives": []}
     from stubdm.driveargs import DriveArgError, DriveArgs
 
@@ -277,11 +283,14 @@ def parse_args(argv):
                 raise ArgError("-device " + str(e))
             i += 2
         elif a == "-nodefaults":
-            opts["isa"] = False
+            opts["defaults"] = False
             i += 1
         elif a == "-no-timers":
             opts["timers"] = False
             i += 1
+        elif a == "-save-stream":
+            opts["save_stream"] = value()
+            i += 2
         elif a == "-d":
             opts["verbose"] = number(value(), 0, 2, "-d")
             i += 2
@@ -449,6 +458,8 @@ XS_EVENTS_PER_TURN = 64
 # How long start-up waits for the PV devices the arguments name (libxl gives a
 # device model 30 s to say it is running).
 PV_SETTLE_MS = 20000
+# How long a save waits for the disks' requests in flight to complete.
+SAVE_DRAIN_MS = 10000
 
 
 def pv_drivers():
@@ -512,11 +523,14 @@ class DeviceModel:
         # the stub domain's own vbds, which the machine's controllers are given.
         self.xs, self.pv = open_pv(hyp)
         self.needed_pv = []  # frontends that must be Connected before the guest runs
-        serials = opts["serial"] or ["stdio"]
+        # QEMU's defaults: COM1 on stdio unless -nodefaults; what -serial asks for is
+        # made either way (libxl's stub domain: -nodefaults -serial /dev/hvc3).
+        serials = opts["serial"] or (["stdio"] if opts["defaults"] else [])
         chardevs = [make_chardev(s) for s in serials]
         self.timers = opts["timers"]
-        self.machine = Machine(Platform(hyp, sid), chardevs, ram, opts["isa"],
-                               opts["pci_serial"], ide=self.ide_config(opts),
+        self.machine = Machine(Platform(hyp, sid), chardevs, ram, True,
+                               opts["pci_serial"], com1=bool(serials),
+                               ide=self.ide_config(opts),
                                ahci=self.ahci_config(opts),
                                nics=self.open_nics(opts), nic_mem=self.mem,
                                nic_clock=ticks_us if self.timers else None)
@@ -530,6 +544,11 @@ class DeviceModel:
 
         self.loop = IoreqLoop(hyp, self.dispatcher, page, ports, buf, local_buf, flush)
         self.settle_pv(PV_SETTLE_MS)
+        self.paused = False  # saved ("save"): device timers stand still until "continue"
+        self.save_stream = opts.get("save_stream") or "/var/lib/xen/qemu-save.%d" % opts[
+            "domid"]
+        if opts.get("incoming"):
+            self.load_devices(opts["incoming"])
         hyp.set_ioreq_server_state(sid, 1)
         self.readiness = None
         if self.pv is not None:
@@ -559,9 +578,79 @@ class DeviceModel:
     def _command(self, cmd):
         """The older xenstore command protocol: True if cmd was handled."""
         if cmd == "continue":
+            self.paused = False
             self.readiness.announce("running")
             return True
-        return False  # "save" needs the device state records (not yet): said so, logged
+        if cmd == "save":
+            # qemu-traditional's: pause, write the state to the save file, say "paused".
+            # The toolstack has paused the vCPUs; what the disks still owe is drained.
+            from stubdm.savestate import StateError
+
+            self.paused = True
+            try:
+                data = self.save_devices()
+                f = open(self.save_stream, "wb")
+                try:
+                    f.write(data)
+                finally:
+                    f.close()
+            except (StateError, OSError) as e:
+                log.info("stubdm", "save: %s" % e)
+                self.readiness.announce("error")
+                return True
+            log.info("stubdm", "save: %d bytes of device state to %s"
+                     % (len(data), self.save_stream))
+            self.readiness.announce("paused")
+            return True
+        return False
+
+    def save_devices(self, timeout_ms=SAVE_DRAIN_MS):
+        """The device state stream (stubdm/savestate.py), once every disk request in
+        flight has completed (as QEMU drains its block layer before a save); StateError
+        if they don't within timeout_ms."""
+        import select
+
+        from stubdm import savestate
+
+        t0 = ticks_us()
+        poller = None
+        while savestate.busy_devices(self.machine):
+            if poller is None:
+                poller = select.poll()
+                poller.register(self.hyp.evtchn_fd(), select.POLLIN)
+            if ticks_diff(ticks_us(), t0) // 1000 >= timeout_ms:
+                raise savestate.StateError("disk requests still in flight after %d ms: %s"
+                                           % (timeout_ms, ", ".join(
+                                               savestate.busy_devices(self.machine))))
+            for _obj, ev in poller.poll(10):
+                if ev & (select.POLLHUP | select.POLLERR):
+                    raise savestate.StateError("the hypervisor went away while draining")
+                port = self.hyp.pending()
+                self.hyp.unmask(port)
+                if self.pv is None or not self.pv.on_port(port):
+                    self.loop.on_port(port)
+        return savestate.save_machine(self.machine)
+
+    def load_devices(self, spec):
+        """-incoming: the device state from spec (file:PATH), all of it read back before
+        the guest may run; ArgError (the device model exits, the guest never starts)
+        if not."""
+        from stubdm.savestate import StateError, load_machine
+
+        path = spec[5:]
+        try:
+            f = open(path, "rb")
+            try:
+                data = f.read()
+            finally:
+                f.close()
+        except OSError as e:
+            raise ArgError("-incoming %s: can't read it: %s" % (spec, e))
+        try:
+            load_machine(self.machine, data)
+        except StateError as e:
+            raise ArgError("-incoming %s: %s: the guest is not started" % (spec, e))
+        log.info("stubdm", "restored %d bytes of device state from %s" % (len(data), path))
 
     def settle_pv(self, timeout_ms):
         """Serve xenstore and the frontends' events until every PV device the arguments
@@ -677,6 +766,8 @@ class DeviceModel:
                 if events >= HEAP_SAMPLE_EVENTS or (not ready and timeout == 1000):
                     events = 0
                     self.sample_heap()
+            if self.paused:
+                continue  # saved: the device clocks stand still (as QEMU's vm_stop)
             self._rx_timeouts(uarts, armed)
             if nic_due is not None and ticks_diff(ticks_us(), nic_due) >= 0:
                 self.machine.run_nic_timers(ticks_us())
