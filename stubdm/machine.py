@@ -173,6 +173,8 @@ class Machine:
     chardevs: back ends for the serial ports, in order (COM1 first).
     pci_serial_slots: one slot per pci-serial (0: the first free slot).
     isa: the ISA devices (COM1, i8042, platform ports 0x10, port 0x92).
+    com1: COM1 among them (None: with isa). QEMU's -nodefaults drops only the default
+    serial port: an explicit -serial still makes COM1, and the rest always stay.
     s3: the guest's ACPI tables offer S3 (libxl's acpi_s3, default on).
     ide: None (no IDE function), or the PIIX3 IDE at 01.1 as a dict: "drives"
     [(channel, unit, BlockDevice)], "mem" (GuestMemory, for DMA), "native"
@@ -188,7 +190,7 @@ class Machine:
     """
 
     def __init__(self, platform, chardevs, ram_bytes, isa=True, pci_serial_slots=(), s3=True,
-                 ide=None, nics=(), nic_mem=None, ahci=None, nic_clock=None):
+                 ide=None, nics=(), nic_mem=None, ahci=None, nic_clock=None, com1=None):
         self.platform = platform
         self.irqs = IrqLatch(platform)
         self.pio = IoBus("pio")
@@ -201,11 +203,12 @@ class Machine:
         self.suspended = False
         self.uarts = []
         chardevs = list(chardevs)
+        com1 = isa if com1 is None else (isa and com1)
 
         self.pci.attach(layout.DEVFN_HOST_BRIDGE, I440fxHostBridge(ram_bytes))
         self.pci.attach(layout.DEVFN_PIIX3, Piix3Isa(platform.set_pci_link_route))
         self.pm = Piix4Pm(self.irqs.isa_line(layout.SCI_IRQ), self._pm_moved, self.poweroff,
-                          self.suspend, s3=s3, com1=isa)
+                          self.suspend, s3=s3, com1=com1)
         self.pci.attach(layout.DEVFN_PIIX4_PM, self.pm)
         self.platform_ports = XenPlatformPorts(self._unplug, self._platform_log)
         self.pci.attach(layout.DEVFN_PLATFORM, XenPlatformPci(self.platform_ports))
@@ -218,11 +221,12 @@ class Machine:
         self._claim_ports(layout.APM_CNT, 2, self.pm.apm, "apm")
         self._claim_ports(layout.ACPI_GPE0_BLK, layout.ACPI_GPE0_LEN, self.pm.gpe, "gpe0")
 
-        if isa:
+        if com1:
             chardev = chardevs.pop(0) if chardevs else None
-            com1 = Uart16550(self.irqs.isa_line(layout.COM1_IRQ), "com1", chardev)
-            self.uarts.append(com1)
-            self._claim_ports(layout.COM1_PORT, 8, com1, "com1")
+            uart = Uart16550(self.irqs.isa_line(layout.COM1_IRQ), "com1", chardev)
+            self.uarts.append(uart)
+            self._claim_ports(layout.COM1_PORT, 8, uart, "com1")
+        if isa:
             self.i8042 = I8042(self.irqs.isa_line(layout.KBD_IRQ),
                                self.irqs.isa_line(layout.AUX_IRQ), self.reset)
             self._claim_ports(layout.I8042_DATA, 1, Window(self.i8042, 0), "i8042 data")

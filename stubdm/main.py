@@ -391,6 +391,13 @@ def resolve_ahci_drives(placed, drive_args):
     return out
 
 
+def serial_backends(opts):
+    """The -serial back ends, COM1's first. QEMU's defaults: COM1 on stdio unless
+    -nodefaults; what -serial asks for is made either way (libxl's stub domain:
+    -nodefaults -serial /dev/hvc3), so COM1 exists iff this is not empty."""
+    return opts["serial"] or (["stdio"] if opts["defaults"] else [])
+
+
 class FdChardev:
     """A serial back end writing to a file. A UART hands it one byte at a
     time; they are written out once per request (flush), not byte by byte."""
@@ -523,9 +530,7 @@ class DeviceModel:
         # the stub domain's own vbds, which the machine's controllers are given.
         self.xs, self.pv = open_pv(hyp)
         self.needed_pv = []  # frontends that must be Connected before the guest runs
-        # QEMU's defaults: COM1 on stdio unless -nodefaults; what -serial asks for is
-        # made either way (libxl's stub domain: -nodefaults -serial /dev/hvc3).
-        serials = opts["serial"] or (["stdio"] if opts["defaults"] else [])
+        serials = serial_backends(opts)
         chardevs = [make_chardev(s) for s in serials]
         self.timers = opts["timers"]
         self.machine = Machine(Platform(hyp, sid), chardevs, ram, True,
