@@ -442,12 +442,14 @@ class Session:
 
     def __init__(self, dm_args=(), ram_mib=64, runtime="cpython", serial_log=None,
                  stderr=None, timeout=10.0, xenstore=False, pv_devices=(), stubdom_domid=2,
-                 dm_script=None, dm_argv=None):
+                 dm_script=None, dm_argv=None, qmp=None):
         """xenstore: run host_sim's xenstored with libxl's layout for the guest and
         a stub domain (stubdom_domid) that the device model runs as, reaching
         xenstore through its domain's socket. pv_devices: PV devices of the stub
         domain, (type, devid, backend class) each, with their backends started
-        here (host_sim/backends/) as domain 0."""
+        here (host_sim/backends/) as domain 0. qmp: a unix socket path where dom0's
+        vchan-socket-proxy (host_sim/vchan.py) serves the device model's QMP, as
+        libxl's /var/run/xen/qmp-libxl-<guest>; pump the hypervisor while using it."""
         cmd = dm_command(runtime, dm_script)  # first: a missing runtime leaves nothing behind
         self.runtime = runtime
         self.dir = tempfile.mkdtemp(prefix="stubdm-sim-")
@@ -458,7 +460,8 @@ class Session:
         env_extra = {}
         dm_domid = 0
         self.dm_argv = dm_argv
-        if xenstore or pv_devices or dm_argv is not None:
+        self.qmp_proxy = None
+        if xenstore or pv_devices or dm_argv is not None or qmp:
             dm_domid = stubdom_domid
             try:
                 env_extra = self._start_xenstore(stubdom_domid)
@@ -506,6 +509,12 @@ class Session:
             self.close()
             raise
         self.guest = ScriptedGuest(self.hv)
+        if qmp:
+            from host_sim.vchan import VchanSocketProxy
+
+            self.qmp_proxy = VchanSocketProxy(
+                self.hv, self.xenstored.socket_path, stubdom_domid,
+                "%s/device-model/%d/qmp-vchan" % (self.paths["stub"], self.hv.domid), qmp)
 
     # ---- xenstore and PV devices (host_sim/pvenv.py) ----
     def _start_xenstore(self, stub):
@@ -570,6 +579,8 @@ class Session:
             return
         self._closed = True
         try:
+            if self.qmp_proxy is not None:
+                self.qmp_proxy.close()
             self._stop_xenstore()
             self.hv.close()
         finally:

@@ -124,6 +124,7 @@ class DriveArgs:
         drive = None
         bus = None
         unit = 0
+        qdev_id = None
         for k, v in split_props(arg)[1:]:
             if k == "drive":
                 drive = v
@@ -135,7 +136,9 @@ class DriveArgs:
                 if v not in ("0", "1"):
                     raise DriveArgError("-device %s,unit=%s: 0 or 1" % (kind, v))
                 unit = int(v)
-            elif k in ("id", "serial", "model", "ver", "wwn"):
+            elif k == "id":
+                qdev_id = v  # QMP names the drive by it (eject, blockdev-change-medium)
+            elif k in ("serial", "model", "ver", "wwn"):
                 pass
             else:
                 raise DriveArgError("-device %s: unknown property %s" % (kind, k))
@@ -145,12 +148,21 @@ class DriveArgs:
         if d["used"]:
             raise DriveArgError("-device %s: drive %s is used twice" % (kind, drive))
         d["used"] = True
+        d["qdev_id"] = qdev_id
         d["media"] = "cdrom" if kind == "ide-cd" else "disk"
         if d["media"] == "disk" and not d["file"]:
             raise DriveArgError("-device ide-hd: drive %s has no file" % drive)
         if bus is None:
             raise DriveArgError("-device %s needs bus=ide.0 or ide.1" % kind)
         self._place(bus, unit, d, "-device " + kind)
+
+    def qmp_names(self):
+        """{(channel, unit): (-device id or None, -drive id or None)}: QMP's names."""
+        out = {}
+        for pos in self.placed:
+            d = self.placed[pos]
+            out[pos] = (d.get("qdev_id"), d["id"])
+        return out
 
     def drives(self):
         """(channel, unit, path or None, readonly, cdrom) in position order."""

@@ -309,6 +309,7 @@ def parse_args(argv):
     check_nics(opts)
     opts["ahci_drives"] = resolve_ahci_drives(opts["ahci_drives"], drive_args)
     opts["ide"] = drive_args.drives()
+    opts["ide_ids"] = drive_args.qmp_names()
     return opts
 
 
@@ -563,9 +564,31 @@ class DeviceModel:
             self.readiness = Readiness(self.xs, self.pv.home, opts["domid"], self._command)
             self.readiness.announce("running")
             self.readiness.watch_commands()
+        self.qmp = None
+        self.held = []  # ioreq ports that fired while QMP's stop holds the guest
+        self.quit_requested = False
+        if self.pv is not None:
+            self.start_qmp(opts)
         self.heap_peak = 0
         if _mem_alloc is not None:
             self.sample_heap()  # the set-up's own: the machine and its devices
+
+    def start_qmp(self, opts):
+        """QMP on a vchan at device-model/<guest>/qmp-vchan (stubdm/qmp.py), for dom0."""
+        from stubdm.hypervisor import HypervisorError
+        from stubdm.qmp import DmControl, QmpServer
+
+        path = "%s/device-model/%d/qmp-vchan" % (self.pv.home, opts["domid"])
+        try:
+            self.qmp = QmpServer(self.hyp, self.xs, path, DmControl(self, opts))
+        except HypervisorError as e:
+            log.info("stubdm", "no QMP: %s" % e)
+
+    def resume_held(self):
+        """QMP cont: the requests that waited are served now."""
+        held, self.held = self.held, []
+        for port in held:
+            self.loop.on_port(port)
 
     def open_nics(self, opts):
         """(model, slot, network, mac) per -device NIC, for the machine."""
@@ -696,11 +719,18 @@ class DeviceModel:
         from stubdm.disks import DriveError, open_drive
 
         drives = []
+        self.media = []  # (QMP id, medium slot) per CD-ROM
         for channel, unit, path, readonly, cdrom in opts["ide"]:
             try:
                 disk = open_drive(path, readonly, cdrom, self)
             except DriveError as e:
                 raise ArgError(str(e))
+            if cdrom:
+                from stubdm.medium import Medium
+
+                disk = Medium(disk)
+                ids = opts.get("ide_ids", {}).get((channel, unit), (None, None))
+                self.media.append((ids[0] or ids[1] or "ide%d-cd%d" % (channel, unit), disk))
             drives.append((channel, unit, disk))
         return {"drives": drives, "mem": self.mem, "native": opts["ide_native"]}
 
@@ -734,7 +764,7 @@ class DeviceModel:
         uarts = self.machine.uarts if self.timers else []
         armed = {}  # uart index -> when its RX character timeout was first seen armed
         events = 0  # since the last heap sample
-        while not self.machine.reset_requested:
+        while not self.machine.reset_requested and not self.quit_requested:
             timeout = 1000
             if armed or any(u.rx_timer_armed for u in uarts):
                 timeout = RX_TIMEOUT_MS
@@ -762,8 +792,17 @@ class DeviceModel:
                     return 0
                 port = hyp.pending()
                 hyp.unmask(port)
-                if pv is None or not pv.on_port(port):
-                    self.loop.on_port(port)
+                if pv is not None and pv.on_port(port):
+                    continue
+                if self.qmp is not None and self.qmp.on_port(port):
+                    continue
+                if self.held is not None and self.paused:
+                    if port not in self.held:
+                        self.held.append(port)  # QMP stop: the vCPU's request waits
+                    continue
+                self.loop.on_port(port)
+            if self.held and not self.paused:
+                self.resume_held()
             if xs_fd >= 0:
                 xs_backlog = self.xs.events() >= XS_EVENTS_PER_TURN
             if _mem_alloc is not None:

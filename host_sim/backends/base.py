@@ -130,6 +130,11 @@ class Backend:
                 return
             if ev[1] == "be:" + self.name:
                 self._frontend_changed()
+            else:
+                self.watch_event(ev[0], ev[1])
+
+    def watch_event(self, path, token):
+        """A watch of the subclass's own fired (blkback's params)."""
 
     def _frontend_changed(self):
         st = self._read_int(self.frontend + "/state", 0, 8)

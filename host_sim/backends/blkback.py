@@ -79,13 +79,38 @@ class BlkBack(Backend):
             os.close(self.fd)
             self.fd = -1
 
+    def start(self):
+        super().start()
+        if self.cdrom:
+            # The toolstack changes a CD's medium by writing params (libxl's
+            # cdrom_insert; the older protocol's media change): the image follows.
+            self.xs.watch(self.path + "/params", "params:" + self.name)
+
+    def watch_event(self, path, token):
+        if token != "params:" + self.name:
+            return
+        p = self._read(self.path + "/params")
+        if p is None or (p or None) == self.image:
+            return
+        try:
+            self.change_medium(p or None)
+        except OSError as e:
+            self.log("%s: can't open the new medium %r: %s" % (self.name, p, e))
+            self.change_medium(None)
+
     def change_medium(self, path):
-        """A CD-ROM's medium changes (None: eject): new size to the frontend."""
+        """A CD-ROM's medium changes (None: eject): new size, then params, to the
+        frontend."""
         if self.fd >= 0:
             os.close(self.fd)
+            self.fd = -1
         self.image = path
-        self._open()
-        self.xs.write(self.path + "/sectors", str(self.sectors))
+        self.sectors = 0
+        try:
+            self._open()
+        finally:
+            self.xs.write(self.path + "/sectors", str(self.sectors))
+            self.xs.write(self.path + "/params", path or "")
 
     # ---- grants ----
     def _page(self, ref, writable):

@@ -80,6 +80,7 @@ class BlkFront(Frontend):
         self.readonly = False
         self.cdrom = False
         self.media_changed = False
+        self.params = None
         self.on_change = None
         self.max_sectors = 11 * A.BLKIF_SECTORS_PER_PAGE
         self.flush_op = None
@@ -152,6 +153,22 @@ class BlkFront(Frontend):
         else:
             self.flush_op = None
         self.xs.watch(be + "/sectors", "stubdm-vbd-size:" + self.devid, self._resized)
+        # A CD's medium changes by a new params (the older toolstacks' media
+        # change; libxl's QMP sequence writes it too): even to one of the same size.
+        self.params = self.xs.read(be + "/params")
+        if self.cdrom:
+            self.xs.watch(be + "/params", "stubdm-vbd-params:" + self.devid, self._params)
+        if self.on_change is not None:
+            self.on_change()
+
+    def _params(self, _path):
+        p = self.xs.read(self.backend + "/params")
+        if p == self.params or self.state != 4:
+            return
+        self.params = p
+        n = self.xs.read_int(self.backend + "/sectors", 0, MAX_SECTORS_VALUE)
+        self.sectors = n if n is not None and p else 0
+        self.media_changed = True
         if self.on_change is not None:
             self.on_change()
 
@@ -166,6 +183,8 @@ class BlkFront(Frontend):
     def disconnect(self):
         if self.ring is not None and self.backend is not None:
             self.xs.unwatch(self.backend + "/sectors", "stubdm-vbd-size:" + self.devid)
+            if self.cdrom:
+                self.xs.unwatch(self.backend + "/params", "stubdm-vbd-params:" + self.devid)
         # Nothing in flight can complete now: the controller hears EIO (once the
         # disk is down, so that what it submits in its callbacks fails at once too).
         pending = [v[0] for v in self.inflight.values()] + self.queue
