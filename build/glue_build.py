@@ -10,6 +10,8 @@ host_sim points at the device model's domain's socket).
 The two are separate modules, so both can be built side by side: sim is
 stubdm._xenglue, xen is stubdm._xenglue_xen (STUBDM_GLUE=xen picks it at run
 time, stubdm/glue_cffi.py).
+build("sim") also builds host_sim's own side of the event channels' shared
+memory (host_sim/libsim/hostsim_evtchn_sim.c) as host_sim._simevtchn.
 Run by SConstruct (`scons glue`, `scons glue-xen`); usable alone:
 python3 build/glue_build.py [sim|xen]
 """
@@ -173,13 +175,49 @@ def make_ffi(variant):
     return ffi
 
 
+SIM_MODULE = "host_sim._simevtchn"
+SIM_CDEF = """
+typedef struct {
+    uint8_t *shm;
+    int pipe_fd;
+    int kick_fd;
+    uint32_t prod;
+    uint32_t overflows;
+} hs_sim_evtchn_t;
+int hs_sim_raise(hs_sim_evtchn_t *h, uint32_t port);
+int hs_sim_redeliver(hs_sim_evtchn_t *h, uint32_t port);
+void hs_sim_reset(hs_sim_evtchn_t *h, uint32_t port);
+int hs_sim_take(hs_sim_evtchn_t *h, uint32_t *out, int max);
+#define HS_SIM_UNMASKED ...
+#define HS_EVTCHN_SHM_SIZE ...
+#define HS_EVTCHN_PORTS ...
+"""
+
+
+def make_sim_ffi():
+    """host_sim's side of the event channels (host_sim runs on CPython only)."""
+    libsim = os.path.join(ROOT, "host_sim", "libsim")
+    ffi = cffi.FFI()
+    ffi.cdef(SIM_CDEF)
+    ffi.set_source(SIM_MODULE, '#include "hostsim_evtchn_sim.h"\n#include "hostsim_proto.h"\n',
+                   sources=[os.path.join(libsim, "hostsim_evtchn_sim.c")],
+                   include_dirs=[libsim], extra_compile_args=["-O2", "-Wall"])
+    return ffi
+
+
+def _compile(ffi, tmpdir, package):
+    os.makedirs(tmpdir, exist_ok=True)
+    so = ffi.compile(tmpdir=tmpdir, verbose=False)
+    dest = os.path.join(ROOT, package, os.path.basename(so))
+    os.replace(so, dest)
+    return dest
+
+
 def build(variant="sim", tmpdir=None):
     tmpdir = tmpdir or os.path.join(ROOT, "build", "out", "glue-" + variant)
-    os.makedirs(tmpdir, exist_ok=True)
-    ffi = make_ffi(variant)
-    so = ffi.compile(tmpdir=tmpdir, verbose=False)
-    dest = os.path.join(ROOT, "stubdm", os.path.basename(so))
-    os.replace(so, dest)
+    dest = _compile(make_ffi(variant), tmpdir, "stubdm")
+    if variant == "sim":
+        _compile(make_sim_ffi(), tmpdir + "-host_sim", "host_sim")
     return dest
 
 

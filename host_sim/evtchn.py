@@ -8,12 +8,12 @@ silently dropped, as Xen does; closing one end leaves the other UNBOUND for
 the closer, so it may be bound again.
 
 Who receives an event on a port: a libsim handle of the device model (the
-port number is written to that handle's stream, as the evtchn device hands
-it out), or host_sim itself (a callback: Xen's side of an ioreq server, or
-a PV backend running in host_sim as domain 0).
+handle delivers it through the memory it shares with libsim, as the evtchn
+device hands ports out: host_sim/hypervisor.py's EvtchnHandle), or host_sim
+itself (a callback: Xen's side of an ioreq server, or a PV backend running
+in host_sim as domain 0).
 """
 import errno
-import struct
 
 UNBOUND, INTERDOMAIN = 1, 2
 # The 2-level event channel ABI on a 64-bit guest: 64 x 64 ports.
@@ -35,7 +35,7 @@ class Port:
         self.state = UNBOUND
         self.remote_dom = remote_dom
         self.peer = None  # the other end's Port, when INTERDOMAIN
-        self.handle = handle  # a libsim handle (has .sock and .ports), or None
+        self.handle = handle  # a libsim handle (.bind/.unbind/.deliver(port)), or None
         self.callback = callback  # host_sim's receiver: callback(port), or None
         self.sent = 0  # events raised on this port
 
@@ -52,7 +52,7 @@ class EventChannels:
                 p = Port(dom, n, remote_dom, handle, callback)
                 self.ports[(dom, n)] = p
                 if handle is not None:
-                    handle.ports.add(n)
+                    handle.bind(n)
                 return p
         raise EvtchnError(errno.ENOSPC, "domain %d has no free event channel" % dom)
 
@@ -90,10 +90,7 @@ class EventChannels:
     def raise_event(self, q):
         q.sent += 1
         if q.handle is not None:
-            try:
-                q.handle.sock.sendall(struct.pack("<I", q.port))
-            except OSError:
-                pass  # the handle's owner is gone: nobody to tell
+            q.handle.deliver(q.port)
         elif q.callback is not None:
             q.callback(q.port)
 
@@ -102,7 +99,7 @@ class EventChannels:
         p = self.get(dom, port)
         del self.ports[(dom, port)]
         if p.handle is not None:
-            p.handle.ports.discard(port)
+            p.handle.unbind(port)
         if p.state == INTERDOMAIN and p.peer is not None:
             q = p.peer
             q.state = UNBOUND

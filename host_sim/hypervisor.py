@@ -16,6 +16,7 @@ import struct
 import time
 
 from host_sim import proto
+from host_sim._simevtchn import ffi as _evtchn_ffi, lib as _evtchn_lib
 from host_sim.evtchn import EventChannels, EvtchnError, INTERDOMAIN
 from host_sim.grants import GrantError, GrantTables
 from stubdm import abi
@@ -46,6 +47,9 @@ HVMMEM_RAM_RW, HVMMEM_RAM_RO, HVMMEM_MMIO_DM = 0, 1, 2
 # XEN_DMOP_MEM_CACHEATTR delete value.
 _CACHEATTRS = frozenset([0, 1, 4, 5, 6, 7, 0xFFFFFFFF])
 _MAX_GFN = (1 << 40) - 1  # a 52-bit guest physical address space, in pages
+# What one take() of an event channel handle may return: every port twice.
+_TAKE_MAX = 2 * 4096
+_UNMASKED = 0x80000000
 
 
 class SimError(Exception):
@@ -114,10 +118,78 @@ class IoreqServer:
 
 
 class EvtchnHandle:
-    def __init__(self, hid, sock):
+    """A device model's xenevtchn handle: its ports, and what its events go by
+    instead of messages (hostsim_proto.h, HS_EVTCHN_*): memory shared with
+    libsim (the ports' state, the delivery ring, the bits the device model sets
+    to notify), a pipe we write a byte to per port delivered (the fd it polls;
+    it hangs up when we close), and an eventfd it writes when it set a bit."""
+
+    def __init__(self, hid):
         self.id = hid
-        self.sock = sock  # our end; the device model reads pending ports from the other
         self.ports = set()
+        self.closed = False
+        self.kick_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.pipe_r, self.pipe_w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self.pipe_w, False)
+        self.shm_fd = os.memfd_create("host_sim-evtchn", os.MFD_CLOEXEC)
+        os.ftruncate(self.shm_fd, _evtchn_lib.HS_EVTCHN_SHM_SIZE)
+        self.shm = mmap.mmap(self.shm_fd, _evtchn_lib.HS_EVTCHN_SHM_SIZE)
+        self._buf = _evtchn_ffi.from_buffer(self.shm)
+        c = self.c = _evtchn_ffi.new("hs_sim_evtchn_t *")
+        c.shm = _evtchn_ffi.cast("uint8_t *", self._buf)
+        c.pipe_fd = self.pipe_w
+        c.kick_fd = self.kick_fd
+        self._taken = _evtchn_ffi.new("uint32_t[]", _TAKE_MAX)
+
+    def peer_fds(self):
+        """What the device model gets, in HS_EVTCHN_FD_* order."""
+        return [self.pipe_r, self.kick_fd, self.shm_fd]
+
+    def sent(self):
+        """Its copies are made: the ends only it uses are no longer ours to keep."""
+        for fd in (self.pipe_r, self.shm_fd):
+            os.close(fd)
+        self.pipe_r = self.shm_fd = -1
+
+    def bind(self, port):
+        self.ports.add(port)
+        if not self.closed:
+            _evtchn_lib.hs_sim_reset(self.c, port)
+
+    def unbind(self, port):
+        self.ports.discard(port)
+        if not self.closed:
+            _evtchn_lib.hs_sim_reset(self.c, port)
+
+    def deliver(self, port):
+        if not self.closed:
+            _evtchn_lib.hs_sim_raise(self.c, port)
+
+    def redeliver(self, port):
+        if not self.closed:
+            _evtchn_lib.hs_sim_redeliver(self.c, port)
+
+    def take(self):
+        """The device model's requests since the last kick: ports it notified, and
+        ports it unmasked while pending (| UNMASKED)."""
+        if self.closed:
+            return []
+        n = _evtchn_lib.hs_sim_take(self.c, self._taken, _TAKE_MAX)
+        return self._taken[0:n]
+
+    def close(self):
+        """The device model's fd hangs up (as the evtchn device's when Xen goes)."""
+        if self.closed:
+            return
+        self.closed = True
+        _evtchn_ffi.release(self._buf)
+        try:
+            self.shm.close()
+        except BufferError:
+            pass  # a view of it is still alive: the mapping goes with the last one
+        for fd in (self.pipe_w, self.kick_fd, self.pipe_r, self.shm_fd):
+            if fd >= 0:
+                os.close(fd)
 
 
 class Conn:
@@ -172,7 +244,7 @@ class SimHypervisor:
         self.notified = set()  # the guest's ioreq ports the device model notified
         self._extra_fds = {}  # fd -> callback(): host_sim's own clients (backends)
         self._deferred = []  # work queued by event callbacks, run at the end of a pump
-        self._closing_fd = None  # a descriptor sent once, ours to close after sending
+        self._sent_once = None  # what gave descriptors away once: .sent() after sending
         self.isa_irq = [0] * 16
         self.intx = {}
         self.link_route = [0] * 4
@@ -194,7 +266,7 @@ class SimHypervisor:
         for c in self.conns:
             c.sock.close()
         for h in self.handles.values():
-            h.sock.close()
+            h.close()
         self.listener.close()
         self.grants.close()
         try:
@@ -292,8 +364,7 @@ class SimHypervisor:
         # domain dies: grants still mapped stay until their mapper unmaps).
         for h in c.handles:
             if self.handles.pop(h.id, None) is not None:
-                self.evtchn.close_handle(h)
-                h.sock.close()
+                self._evtchn_close(h)
         for ref in sorted(c.grants):
             self.grants.unshare(self.dm_domid, ref)
 
@@ -330,9 +401,9 @@ class SimHypervisor:
                 socket.send_fds(c.sock, [msg], fds)
             else:
                 c.sock.sendall(msg)
-            if self._closing_fd is not None:
-                os.close(self._closing_fd)  # the device model has its copy now
-                self._closing_fd = None
+            if self._sent_once is not None:
+                self._sent_once.sent()  # the device model has its copies now
+                self._sent_once = None
 
     # ---- operations ----
     def _op(self, op, p, c=None):
@@ -506,11 +577,6 @@ class SimHypervisor:
         if op == proto.EVTCHN_BIND_UNBOUND:
             _, remote_dom = args
             return self.evtchn.alloc_unbound(dom, remote_dom, handle=h), b"", []
-        if op == proto.EVTCHN_NOTIFY:
-            local = args[1]
-            if local in h.ports:
-                self.evtchn.send(dom, local)
-            return 0, b"", []
         if op == proto.EVTCHN_UNBIND:
             local = args[1]
             if local not in h.ports:
@@ -521,23 +587,36 @@ class SimHypervisor:
             del self.handles[h.id]
             if c is not None:
                 c.handles.remove(h)
-            self.evtchn.close_handle(h)
-            h.sock.close()
+            self._evtchn_close(h)
             return 0, b"", []
         return -_EINVAL, b"", []
 
     def _evtchn_open(self, c):
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         hid = self.next_handle
         self.next_handle += 1
-        h = EvtchnHandle(hid, ours)
+        h = EvtchnHandle(hid)
         self.handles[hid] = h
         if c is not None:
             c.handles.append(h)
-        # The descriptor is duplicated into the message; ours to close now.
-        fd = theirs.detach()
-        self._closing_fd = fd
-        return hid, b"", [fd]
+        self.add_fd(h.kick_fd, lambda: self._evtchn_kicked(h))
+        self._sent_once = h
+        return hid, b"", h.peer_fds()
+
+    def _evtchn_kicked(self, h):
+        """The device model set bits in a handle's shared memory: EVTCHNOP_send for
+        each port it notified (one of its own: the hypercall checks that too), and
+        the events of ports it unmasked while they were pending."""
+        for v in h.take():
+            if v & _UNMASKED:
+                if v ^ _UNMASKED in h.ports:
+                    h.redeliver(v ^ _UNMASKED)
+            elif v in h.ports:
+                self.evtchn.send(self.dm_domid, v)
+
+    def _evtchn_close(self, h):
+        self.remove_fd(h.kick_fd)
+        self.evtchn.close_handle(h)
+        h.close()
 
     # ---- what the guest's side does ----
     def signal(self, remote):

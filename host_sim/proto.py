@@ -21,7 +21,6 @@ SHUTDOWN = 12
 MEMORY_MAP = 13
 EVTCHN_OPEN = 14
 EVTCHN_BIND_INTERDOMAIN = 15
-EVTCHN_NOTIFY = 16
 EVTCHN_UNBIND = 17
 EVTCHN_CLOSE = 18
 INJECT_MSI = 19
@@ -53,7 +52,6 @@ REQUEST_FORMATS = {
     MEMORY_MAP: "<H",
     EVTCHN_OPEN: "<",
     EVTCHN_BIND_INTERDOMAIN: "<III",
-    EVTCHN_NOTIFY: "<II",
     EVTCHN_UNBIND: "<II",
     EVTCHN_CLOSE: "<I",
     INJECT_MSI: "<HQI",
@@ -72,13 +70,15 @@ REQUEST_FORMATS = {
 POPULATE_MAX_RUNS = 255
 DIRTY_MAX_PAGES = 32768
 
-EVTCHN_OPS = frozenset([EVTCHN_OPEN, EVTCHN_BIND_INTERDOMAIN, EVTCHN_NOTIFY, EVTCHN_UNBIND,
-                        EVTCHN_CLOSE, EVTCHN_BIND_UNBOUND])
+EVTCHN_OPS = frozenset([EVTCHN_OPEN, EVTCHN_BIND_INTERDOMAIN, EVTCHN_UNBIND, EVTCHN_CLOSE,
+                        EVTCHN_BIND_UNBOUND])
 GNTSHR_OPS = frozenset([GNTSHR_SHARE, GNTSHR_UNSHARE])
 # Pages per share/unshare message (the reply carries 12 bytes a page within
 # the 4096-byte payload); libsim splits bigger requests.
 GNTSHR_MAX_PAGES = 256
 
-ONE_WAY = frozenset([EVTCHN_NOTIFY])
+# Requests with no reply (none now: notifications go by the handle's shared
+# memory, hostsim_proto.h's HS_EVTCHN_*).
+ONE_WAY = frozenset()
 
 REGION_FORMAT = "<QQQII"  # gfn, npages, fd_offset, fd_index, prot

@@ -7,7 +7,8 @@
 //
 // Every call becomes a request on one stream socket to the host_sim
 // hypervisor process (path in $HOST_SIM_SOCKET); hostsim_proto.h has the
-// wire format. Guest memory arrives as memfds and is mapped with mmap, so a
+// wire format. Event channels' events are the exception: shared memory, a
+// pipe and an eventfd per handle, no message. Guest memory arrives as memfds and is mapped with mmap, so a
 // foreign mapping here is as zero-copy as privcmd's.
 //
 // Thread-safe: one lock (recursive: a call may refresh the memory map)
@@ -50,7 +51,11 @@ struct xenforeignmemory_handle {
 
 struct xenevtchn_handle {
     uint32_t id;
-    int fd;
+    int fd;  // the pipe host_sim writes a byte to per port delivered
+    int kick;  // the eventfd that wakes host_sim
+    uint8_t *shm;  // HS_EVTCHN_SHM_SIZE bytes shared with host_sim
+    uint32_t cons;  // ring entries taken (ours; the shared copy is for host_sim)
+    pthread_mutex_t lock;  // the ring's consumer side, for threaded callers
 };
 
 typedef struct {
@@ -619,6 +624,25 @@ int xenforeignmemory_unmap(xenforeignmemory_handle *fmem, void *addr, size_t pag
 }
 
 // ---- xenevtchn ----
+//
+// No message per event (hostsim_proto.h, HS_EVTCHN_*): host_sim puts each
+// port it delivers in the handle's shared ring and writes a byte to the
+// pipe this handle's fd reads, so pending() is one read and unmask() and
+// notify() are a bit in shared memory plus, when host_sim must act, one
+// eventfd write. The pipe's bytes count the ring's entries exactly, so the
+// fd is readable only when pending() has a port to return, and it hangs up
+// when host_sim closes the handle or dies, as the evtchn device's does.
+
+static void hs_kick(int fd) {
+    uint64_t one = 1;
+    // An eventfd's counter saturates only after 2^64 - 2 kicks: never lost.
+    while (write(fd, &one, sizeof(one)) < 0 && errno == EINTR) {
+    }
+}
+
+static uint64_t *hs_evtchn_bits(xenevtchn_handle *xce, uint32_t off, evtchn_port_t port) {
+    return (uint64_t *)(xce->shm + off) + port / 64;
+}
 
 xenevtchn_handle *xenevtchn_open(struct xentoollog_logger *logger, unsigned int open_flags) {
     (void)logger;
@@ -629,20 +653,38 @@ xenevtchn_handle *xenevtchn_open(struct xentoollog_logger *logger, unsigned int 
     if (r < 0) {
         return NULL;
     }
-    if (nfds < 1) {
-        errno = EPROTO;
-        return NULL;
+    xenevtchn_handle *h = NULL;
+    void *shm = MAP_FAILED;
+    int e = EPROTO;
+    if (nfds == 3) {
+        shm = mmap(NULL, HS_EVTCHN_SHM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED,
+                   fds[HS_EVTCHN_FD_SHM], 0);
+        e = errno;
     }
-    for (int i = 1; i < nfds; i++) {
-        close(fds[i]);
+    if (shm != MAP_FAILED) {
+        h = calloc(1, sizeof(*h));
+        e = ENOMEM;
     }
-    xenevtchn_handle *h = calloc(1, sizeof(*h));
     if (h == NULL) {
-        close(fds[0]);
+        if (shm != MAP_FAILED) {
+            munmap(shm, HS_EVTCHN_SHM_SIZE);
+        }
+        for (int i = 0; i < nfds; i++) {
+            close(fds[i]);
+        }
+        // host_sim keeps a handle until it is closed or the connection goes.
+        hs_msg_t m = {.n = 0};
+        put32(&m, (uint32_t)r);
+        simple(HS_OP_EVTCHN_CLOSE, &m);
+        errno = e;
         return NULL;
     }
+    close(fds[HS_EVTCHN_FD_SHM]);
     h->id = (uint32_t)r;
-    h->fd = fds[0];
+    h->fd = fds[HS_EVTCHN_FD_PIPE];
+    h->kick = fds[HS_EVTCHN_FD_KICK];
+    h->shm = shm;
+    pthread_mutex_init(&h->lock, NULL);
     return h;
 }
 
@@ -653,7 +695,10 @@ int xenevtchn_close(xenevtchn_handle *xce) {
     hs_msg_t m = {.n = 0};
     put32(&m, xce->id);
     simple(HS_OP_EVTCHN_CLOSE, &m);
+    munmap(xce->shm, HS_EVTCHN_SHM_SIZE);
     close(xce->fd);
+    close(xce->kick);
+    pthread_mutex_destroy(&xce->lock);
     free(xce);
     return 0;
 }
@@ -662,11 +707,19 @@ int xenevtchn_fd(xenevtchn_handle *xce) {
     return xce->fd;
 }
 
+// EVTCHNOP_send: host_sim checks the port is ours when it takes the bit.
 int xenevtchn_notify(xenevtchn_handle *xce, evtchn_port_t port) {
-    hs_msg_t m = {.n = 0};
-    put32(&m, xce->id);
-    put32(&m, port);
-    return hs_call(HS_OP_EVTCHN_NOTIFY, m.b, m.n, NULL, 0, NULL, NULL, NULL, 1);
+    if (port == 0 || port >= HS_EVTCHN_PORTS) {
+        errno = EINVAL;
+        return -1;
+    }
+    uint64_t bit = 1ULL << (port % 64);
+    // Already set: host_sim has not taken it yet, and will see this one too.
+    if (!(__atomic_fetch_or(hs_evtchn_bits(xce, HS_EVTCHN_OFF_SEND, port), bit,
+                            __ATOMIC_SEQ_CST) & bit)) {
+        hs_kick(xce->kick);
+    }
+    return 0;
 }
 
 xenevtchn_port_or_error_t xenevtchn_bind_interdomain(xenevtchn_handle *xce, uint32_t domid,
@@ -685,30 +738,60 @@ int xenevtchn_unbind(xenevtchn_handle *xce, evtchn_port_t port) {
     return simple(HS_OP_EVTCHN_UNBIND, &m);
 }
 
-// Like the evtchn device: blocks until a port fires, returns it.
+// Like the evtchn device: blocks until a port is delivered, returns it
+// (masked until xenevtchn_unmask).
 xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle *xce) {
-    uint32_t port;
-    size_t got = 0;
-    while (got < sizeof(port)) {
-        ssize_t n = read(xce->fd, (char *)&port + got, sizeof(port) - got);
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n <= 0) {
-            if (n == 0) {
-                errno = ECONNRESET;
-            }
-            return -1;
-        }
-        got += (size_t)n;
+    uint8_t byte;
+    ssize_t n;
+    while ((n = read(xce->fd, &byte, 1)) < 0 && errno == EINTR) {
     }
-    return (xenevtchn_port_or_error_t)port;
+    if (n <= 0) {
+        if (n == 0) {
+            errno = ECONNRESET;  // host_sim closed the handle or is gone
+        }
+        return -1;
+    }
+    // One byte, one entry (written before the byte): threads that read a
+    // byte each take an entry each.
+    pthread_mutex_lock(&xce->lock);
+    uint32_t *prod = (uint32_t *)(xce->shm + HS_EVTCHN_OFF_PROD);
+    uint32_t *cons = (uint32_t *)(xce->shm + HS_EVTCHN_OFF_CONS);
+    uint32_t c = xce->cons;
+    int r;
+    if (c == __atomic_load_n(prod, __ATOMIC_ACQUIRE)) {
+        // The byte of an overflow: ports were lost, as the evtchn device's
+        // read says with EFBIG.
+        __atomic_store_n((uint32_t *)(xce->shm + HS_EVTCHN_OFF_OVERFLOW), 0, __ATOMIC_SEQ_CST);
+        errno = EFBIG;
+        r = -1;
+    } else {
+        const uint32_t *ring = (const uint32_t *)(xce->shm + HS_EVTCHN_OFF_RING);
+        r = (int)__atomic_load_n(&ring[c % HS_EVTCHN_RING], __ATOMIC_RELAXED);
+        xce->cons = c + 1;
+        __atomic_store_n(cons, c + 1, __ATOMIC_RELEASE);
+        if (r <= 0 || r >= HS_EVTCHN_PORTS) {
+            errno = EPROTO;
+            r = -1;
+        }
+    }
+    pthread_mutex_unlock(&xce->lock);
+    return r;
 }
 
-// host_sim never masks a port: delivery is a message per notification.
 int xenevtchn_unmask(xenevtchn_handle *xce, evtchn_port_t port) {
-    (void)xce;
-    (void)port;
+    if (port == 0 || port >= HS_EVTCHN_PORTS) {
+        errno = EINVAL;
+        return -1;
+    }
+    uint8_t old = __atomic_fetch_and(xce->shm + HS_EVTCHN_OFF_STATE + port,
+                                     (uint8_t)~HS_EVTCHN_MASKED, __ATOMIC_SEQ_CST);
+    if (old & HS_EVTCHN_PENDING) {
+        // An event came while it was masked: host_sim delivers it again.
+        uint64_t bit = 1ULL << (port % 64);
+        __atomic_fetch_or(hs_evtchn_bits(xce, HS_EVTCHN_OFF_UNMASK, port), bit,
+                          __ATOMIC_SEQ_CST);
+        hs_kick(xce->kick);
+    }
     return 0;
 }
 

@@ -26,9 +26,9 @@ enum {
     HS_OP_SET_PCI_LINK_ROUTE = 11,  // u16 domid, u8 link, u8 irq
     HS_OP_SHUTDOWN = 12,  // u16 domid, u32 reason
     HS_OP_MEMORY_MAP = 13,  // u16 domid -> u32 n, n * {u64 gfn, u64 npages, u64 fd_offset, u32 fd_index, u32 prot}
-    HS_OP_EVTCHN_OPEN = 14,  // -> u32 handle; one fd: the stream the handle's pending ports arrive on
+    HS_OP_EVTCHN_OPEN = 14,  // -> u32 handle; three fds (HS_EVTCHN_FD_*): see below
     HS_OP_EVTCHN_BIND_INTERDOMAIN = 15,  // u32 handle, u32 domid, u32 remote_port -> local port
-    HS_OP_EVTCHN_NOTIFY = 16,  // u32 handle, u32 local_port (one-way)
+    // (16 was a notify message: notifications no longer go over the socket)
     HS_OP_EVTCHN_UNBIND = 17,  // u32 handle, u32 local_port
     HS_OP_EVTCHN_CLOSE = 18,  // u32 handle
     HS_OP_INJECT_MSI = 19,  // u16 domid, u64 addr, u32 data
@@ -52,5 +52,34 @@ enum {
 #define HS_DIRTY_MAX_PAGES 32768
 
 #define HS_GNTSHR_MAX_PAGES 256
+
+// An event channel handle's events go by no message at all, as Xen's go by
+// shared_info and an upcall. HS_OP_EVTCHN_OPEN hands the device model:
+//   HS_EVTCHN_FD_PIPE  the read end of a pipe: one byte per port delivered,
+//                      written after the port is in the ring; the fd that
+//                      xenevtchn_fd gives (it hangs up when host_sim goes);
+//   HS_EVTCHN_FD_KICK  an eventfd the device model writes after setting a
+//                      bit in send[] or unmask[] (host_sim polls it);
+//   HS_EVTCHN_FD_SHM   a memfd of HS_EVTCHN_SHM_SIZE bytes, laid out below.
+// Delivery is the Linux evtchn device's: a port is masked as it is
+// delivered and stays masked until xenevtchn_unmask; an event on a masked
+// port sets its pending bit, and unmasking a pending port delivers it
+// again (host_sim does that: unmask[] tells it). Every field is written by
+// one side only, except state[] (atomic read-modify-writes by both).
+#define HS_EVTCHN_FD_PIPE 0
+#define HS_EVTCHN_FD_KICK 1
+#define HS_EVTCHN_FD_SHM 2
+#define HS_EVTCHN_PORTS 4096  // the 2-level ABI's ports (64 x 64)
+#define HS_EVTCHN_RING 1024  // entries of the delivery ring (a power of two)
+#define HS_EVTCHN_PENDING 0x01  // state[]: an event arrived while masked
+#define HS_EVTCHN_MASKED 0x02  // state[]: delivered, not unmasked yet
+#define HS_EVTCHN_OFF_STATE 0  // u8 state[HS_EVTCHN_PORTS], by local port
+#define HS_EVTCHN_OFF_PROD 4096  // u32: ring entries written (host_sim)
+#define HS_EVTCHN_OFF_CONS 4100  // u32: ring entries read (device model)
+#define HS_EVTCHN_OFF_OVERFLOW 4104  // u32: host_sim found the ring full
+#define HS_EVTCHN_OFF_SEND 4160  // u64[64]: ports notified (device model sets)
+#define HS_EVTCHN_OFF_UNMASK 4672  // u64[64]: ports unmasked while pending
+#define HS_EVTCHN_OFF_RING 8192  // u32 ring[HS_EVTCHN_RING] of local ports
+#define HS_EVTCHN_SHM_SIZE 12288
 
 #endif

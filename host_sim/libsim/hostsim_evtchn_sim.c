@@ -1,0 +1,123 @@
+// host_sim's half of the event channel handles' shared memory: see
+// hostsim_evtchn_sim.h and hostsim_proto.h (HS_EVTCHN_*).
+#include "hostsim_evtchn_sim.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <unistd.h>
+
+#include "hostsim_proto.h"
+
+// Bounded: a peer flipping a state byte without end must not hold us.
+#define HS_SIM_CAS_TRIES 64
+
+static uint32_t *u32_at(hs_sim_evtchn_t *h, uint32_t off) {
+    return (uint32_t *)(h->shm + off);
+}
+
+static void byte_to_pipe(hs_sim_evtchn_t *h) {
+    char b = 1;
+    // Non-blocking: the pipe holds far more bytes than the ring has entries,
+    // so EAGAIN means a peer that stopped reading: its loss.
+    while (write(h->pipe_fd, &b, 1) < 0 && errno == EINTR) {
+    }
+}
+
+static int push(hs_sim_evtchn_t *h, uint32_t port) {
+    uint32_t cons = __atomic_load_n(u32_at(h, HS_EVTCHN_OFF_CONS), __ATOMIC_ACQUIRE);
+    if (h->prod - cons >= HS_EVTCHN_RING) {
+        h->overflows++;
+        // One byte with no entry tells the reader (pending() says EFBIG).
+        if (__atomic_exchange_n(u32_at(h, HS_EVTCHN_OFF_OVERFLOW), 1, __ATOMIC_SEQ_CST) == 0) {
+            byte_to_pipe(h);
+        }
+        return -1;
+    }
+    uint32_t *ring = u32_at(h, HS_EVTCHN_OFF_RING);
+    __atomic_store_n(&ring[h->prod % HS_EVTCHN_RING], port, __ATOMIC_RELAXED);
+    h->prod++;
+    __atomic_store_n(u32_at(h, HS_EVTCHN_OFF_PROD), h->prod, __ATOMIC_RELEASE);
+    byte_to_pipe(h);
+    return 1;
+}
+
+int hs_sim_raise(hs_sim_evtchn_t *h, uint32_t port) {
+    if (port == 0 || port >= HS_EVTCHN_PORTS) {
+        return 0;
+    }
+    uint8_t *st = h->shm + HS_EVTCHN_OFF_STATE + port;
+    uint8_t old = __atomic_load_n(st, __ATOMIC_ACQUIRE);
+    for (int i = 0; i < HS_SIM_CAS_TRIES; i++) {
+        if (old & HS_EVTCHN_PENDING) {
+            return 0;  // the event it already has covers this one
+        }
+        // Unmasked: deliver and mask, as the evtchn device does; masked:
+        // remember it until the unmask.
+        uint8_t new = (old & HS_EVTCHN_MASKED) ? old | HS_EVTCHN_PENDING : old | HS_EVTCHN_MASKED;
+        if (__atomic_compare_exchange_n(st, &old, new, 0, __ATOMIC_SEQ_CST, __ATOMIC_ACQUIRE)) {
+            return (old & HS_EVTCHN_MASKED) ? 0 : push(h, port);
+        }
+    }
+    return 0;
+}
+
+int hs_sim_redeliver(hs_sim_evtchn_t *h, uint32_t port) {
+    if (port == 0 || port >= HS_EVTCHN_PORTS) {
+        return 0;
+    }
+    uint8_t *st = h->shm + HS_EVTCHN_OFF_STATE + port;
+    uint8_t old = __atomic_load_n(st, __ATOMIC_ACQUIRE);
+    for (int i = 0; i < HS_SIM_CAS_TRIES; i++) {
+        if (!(old & HS_EVTCHN_PENDING) || (old & HS_EVTCHN_MASKED)) {
+            return 0;  // delivered meanwhile, or masked again
+        }
+        uint8_t new = (uint8_t)((old & ~HS_EVTCHN_PENDING) | HS_EVTCHN_MASKED);
+        if (__atomic_compare_exchange_n(st, &old, new, 0, __ATOMIC_SEQ_CST, __ATOMIC_ACQUIRE)) {
+            return push(h, port);
+        }
+    }
+    return 0;
+}
+
+void hs_sim_reset(hs_sim_evtchn_t *h, uint32_t port) {
+    if (port == 0 || port >= HS_EVTCHN_PORTS) {
+        return;
+    }
+    uint64_t keep = ~(1ULL << (port % 64));
+    __atomic_store_n(h->shm + HS_EVTCHN_OFF_STATE + port, 0, __ATOMIC_SEQ_CST);
+    __atomic_fetch_and((uint64_t *)(h->shm + HS_EVTCHN_OFF_SEND) + port / 64, keep,
+                       __ATOMIC_SEQ_CST);
+    __atomic_fetch_and((uint64_t *)(h->shm + HS_EVTCHN_OFF_UNMASK) + port / 64, keep,
+                       __ATOMIC_SEQ_CST);
+}
+
+static int take_bits(hs_sim_evtchn_t *h, uint32_t off, uint32_t flag, uint32_t *out, int n,
+                     int max) {
+    uint64_t *words = (uint64_t *)(h->shm + off);
+    for (int w = 0; w < HS_EVTCHN_PORTS / 64 && n < max; w++) {
+        if (__atomic_load_n(&words[w], __ATOMIC_RELAXED) == 0) {
+            continue;
+        }
+        uint64_t bits = __atomic_exchange_n(&words[w], 0, __ATOMIC_SEQ_CST);
+        while (bits && n < max) {
+            int b = __builtin_ctzll(bits);
+            bits &= bits - 1;
+            out[n++] = ((uint32_t)w * 64 + (uint32_t)b) | flag;
+        }
+        if (bits) {
+            // No room: put the rest back for the next call.
+            __atomic_fetch_or(&words[w], bits, __ATOMIC_SEQ_CST);
+        }
+    }
+    return n;
+}
+
+int hs_sim_take(hs_sim_evtchn_t *h, uint32_t *out, int max) {
+    uint64_t count;
+    // First the counter, then the bits: a kick after this read is for bits
+    // set after it, and fires again.
+    while (read(h->kick_fd, &count, sizeof(count)) < 0 && errno == EINTR) {
+    }
+    int n = take_bits(h, HS_EVTCHN_OFF_SEND, 0, out, 0, max);
+    return take_bits(h, HS_EVTCHN_OFF_UNMASK, HS_SIM_UNMASKED, out, n, max);
+}

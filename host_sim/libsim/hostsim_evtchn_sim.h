@@ -1,0 +1,31 @@
+// host_sim's half of an event channel handle's shared memory (hostsim_proto.h,
+// HS_EVTCHN_*): what host_sim/hypervisor.py calls through the cffi module
+// host_sim._simevtchn (build/glue_build.py). The device model's half is in
+// hostsim_libs.c. The shared page is the device model's to scribble on: every
+// index read from it is reduced into range, and no loop waits on it.
+#ifndef HOSTSIM_EVTCHN_SIM_H
+#define HOSTSIM_EVTCHN_SIM_H
+
+#include <stdint.h>
+
+typedef struct {
+    uint8_t *shm;  // HS_EVTCHN_SHM_SIZE bytes, mapped by host_sim
+    int pipe_fd;  // the write end of the pipe the device model reads
+    int kick_fd;  // the eventfd the device model writes
+    uint32_t prod;  // ring entries written (ours; the shared copy is for the peer)
+    uint32_t overflows;  // times the ring was found full
+} hs_sim_evtchn_t;
+
+// An event on local port: 1 delivered (in the ring, a byte in the pipe), 0
+// left pending (masked, or pending already), -1 lost (the ring was full).
+int hs_sim_raise(hs_sim_evtchn_t *h, uint32_t port);
+// The device model unmasked port while it was pending: deliver it again.
+int hs_sim_redeliver(hs_sim_evtchn_t *h, uint32_t port);
+// A port (re)bound or closed: not pending, not masked, nothing asked of us.
+void hs_sim_reset(hs_sim_evtchn_t *h, uint32_t port);
+// The kick eventfd fired: the ports notified since the last call, then the
+// ports unmasked while pending (with HS_SIM_UNMASKED set), at most max.
+int hs_sim_take(hs_sim_evtchn_t *h, uint32_t *out, int max);
+#define HS_SIM_UNMASKED 0x80000000u
+
+#endif
