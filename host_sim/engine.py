@@ -231,7 +231,7 @@ class Engine:
 
     def __init__(self, qemu, kernel, initrd, memory=512, run=None, runtime="cpython",
                  accel="tcg", quiet=True, out=None, timeout=None, dm_extra=(), disks=(),
-                 cdroms=(), pv_devices=(), nics=(), hdtype="ide"):
+                 cdroms=(), pv_devices=(), nics=(), hdtype="ide", qmp=None):
         self.qemu = qemu
         self.kernel = kernel
         self.initrd = initrd
@@ -262,6 +262,9 @@ class Engine:
         # peer is 10.0.(2+D).2/24.
         self.ns = None
         self.nics = list(nics)
+        # qmp: where dom0's vchan-socket-proxy puts the device model's QMP socket.
+        self.qmp = qmp
+        self.qmp_proxy = None
         self.failure = None
         self.notes = []
         self.dir = tempfile.mkdtemp(prefix="stubdm-boot-")
@@ -327,6 +330,15 @@ class Engine:
             return any(s.enabled for s in self.hv.servers.values())
 
         self.hv.pump_until(ready, "its start-up", timeout=30)
+        if self.qmp:
+            from host_sim.vchan import VchanSocketProxy
+
+            if self.pvenv is None:
+                raise EngineError("--qmp needs the stub domain's xenstore (a PV device)")
+            self.qmp_proxy = VchanSocketProxy(
+                self.hv, self.pvenv.xenstored.socket_path, self.pvenv.stubdom_domid,
+                "%s/device-model/%d/qmp-vchan" % (self.pvenv.paths["stub"], self.hv.domid),
+                self.qmp, log=self.note)
 
     def _nic_devices(self):
         from host_sim.backends.netback import vif_device
@@ -520,6 +532,8 @@ class Engine:
                 self.qemu_proc.wait()
         for _devfn, _fn, srv in self.servers:
             srv.close()
+        if self.qmp_proxy is not None:
+            self.qmp_proxy.close()
         if self.pvenv is not None:
             self.pvenv.close()
         for p in getattr(self, "peers", ()):
