@@ -116,7 +116,8 @@ def cmd_boot(args):
     e = cls(qemu, kernel, initrd, memory=args.memory, run=args.run,
                       runtime=args.dm_runtime, quiet=not args.verbose, timeout=args.timeout,
                       disks=disks, cdroms=cdroms, **({"nics": nics} if nics else {}),
-                      **({"hdtype": args.hdtype} if args.hdtype != "ide" else {}))
+                      **({"hdtype": args.hdtype} if args.hdtype != "ide" else {}),
+                      **({"qmp": os.path.abspath(args.qmp)} if args.qmp else {}))
     if nics and not args.run:
         print("stubdm-sim: the guest's NIC D reaches peer 10.0.(2+D).2/24 in this run's own "
               "network namespace", file=sys.stderr)
@@ -249,6 +250,9 @@ def main(argv=None):
                     help="an emulated NIC (repeatable; NIC D is ethD): the stub domain's vif D "
                     "behind host_sim's netback, on a TAP in this run's private network "
                     "namespace, where the peer is 10.0.(2+D).2/24")
+    bo.add_argument("--qmp", metavar="PATH",
+                    help="the device model's QMP (over its vchan) as a unix socket at PATH "
+                    "while the guest runs, as libxl's /var/run/xen/qmp-libxl-<domid>")
     bo.add_argument("-v", "--verbose", action="store_true", help="kernel messages and notes")
     bo.set_defaults(func=cmd_boot)
     bp = sub.add_parser("bench", help="print performance figures")
