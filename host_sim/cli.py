@@ -285,6 +285,8 @@ def main(argv=None):
     from host_sim import bench_disk
     bench_disk.add_command(bsub, common)
     fuzz_pv.add_command(sub, common)
+    from host_sim import saverestore
+    saverestore.add_command(sub, common)
     args = p.parse_args(argv)
     if not hasattr(args, "func"):
         (bp if args.cmd == "bench" else p).print_help()

@@ -300,6 +300,9 @@ def save_machine(machine):
         raise StateError("can't save: disk requests in flight on " + ", ".join(busy))
     records = [("machine", 1, {"suspended": bool(machine.suspended)})]
     for name, dev in _records_of(machine):
+        if not hasattr(dev, "state") or not hasattr(dev, "load_state"):
+            raise StateError("can't save %s (%s): it has no state record"
+                             % (name, getattr(dev, "name", type(dev).__name__)))
         try:
             fields = dev.state()
         except ValueError as e:
