@@ -51,7 +51,29 @@ class PvEnv:
         for dev in specs:
             self.add_device(*dev[:3], **(dev[3] if len(dev) > 3 else {}))
 
+    def add_display(self, vnc):
+        """The stub domain's vfb 0 and vkbd 0, as libxl adds them when the guest has
+        vnc=1 (backends in dom0: the frame and the input of a VNC server on `vnc`,
+        HOST:DISPLAY or unix:PATH). Returns the VncServer."""
+        from host_sim import vnc as vncmod
+        from host_sim.backends.vfb import VfbBack
+        from host_sim.backends.vkbd import VkbdBack
+
+        kind, addr = vncmod.parse_address(vnc)
+        listen = addr[0] if kind == "tcp" else addr
+        disp = str(addr[1] - 5900) if kind == "tcp" else "0"
+        # libxl__device_vfb_add's backend keys (libxl_vfb.c).
+        vfb = self.add_device("vfb", 0, VfbBack, backend_keys={
+            "vnc": "1", "vnclisten": listen, "vncdisplay": disp, "vncunused": "0",
+            "sdl": "0", "opengl": "0"})
+        vkbd = self.add_device("vkbd", 0, VkbdBack)
+        self.vnc = vncmod.VncServer(self.hv, vfb, vkbd, vnc)
+        return self.vnc
+
     def close(self):
+        if getattr(self, "vnc", None) is not None:
+            self.vnc.close()
+            self.vnc = None
         for be in self.backends:
             try:
                 be.destroy()

@@ -442,14 +442,17 @@ class Session:
 
     def __init__(self, dm_args=(), ram_mib=64, runtime="cpython", serial_log=None,
                  stderr=None, timeout=10.0, xenstore=False, pv_devices=(), stubdom_domid=2,
-                 dm_script=None, dm_argv=None, qmp=None):
+                 dm_script=None, dm_argv=None, qmp=None, vnc=None):
         """xenstore: run host_sim's xenstored with libxl's layout for the guest and
         a stub domain (stubdom_domid) that the device model runs as, reaching
         xenstore through its domain's socket. pv_devices: PV devices of the stub
         domain, (type, devid, backend class) each, with their backends started
         here (host_sim/backends/) as domain 0. qmp: a unix socket path where dom0's
         vchan-socket-proxy (host_sim/vchan.py) serves the device model's QMP, as
-        libxl's /var/run/xen/qmp-libxl-<guest>; pump the hypervisor while using it."""
+        libxl's /var/run/xen/qmp-libxl-<guest>; pump the hypervisor while using it.
+        vnc: HOST:DISPLAY or unix:PATH: the stub domain gets vfb 0 and vkbd 0 (as
+        libxl adds them for vnc=1), shown to VNC clients there (self.vnc,
+        host_sim/vnc.py); pump the hypervisor while a client talks to it."""
         cmd = dm_command(runtime, dm_script)  # first: a missing runtime leaves nothing behind
         self.runtime = runtime
         self.dir = tempfile.mkdtemp(prefix="stubdm-sim-")
@@ -461,7 +464,8 @@ class Session:
         dm_domid = 0
         self.dm_argv = dm_argv
         self.qmp_proxy = None
-        if xenstore or pv_devices or dm_argv is not None or qmp:
+        self.vnc = None
+        if xenstore or pv_devices or dm_argv is not None or qmp or vnc:
             dm_domid = stubdom_domid
             try:
                 env_extra = self._start_xenstore(stubdom_domid)
@@ -486,6 +490,9 @@ class Session:
         try:
             for dev in pv_devices:
                 self.add_pv_device(*dev[:3], **(dev[3] if len(dev) > 3 else {}))
+            if vnc:
+                self.pvenv.attach(self.hv)
+                self.vnc = self.pvenv.add_display(vnc)
         except Exception:
             self.close()
             raise

@@ -475,9 +475,12 @@ def pv_drivers():
     from stubdm import pv_echo
     from stubdm.frontends.blkfront import BlkFront
     from stubdm.frontends.echo import EchoFrontend
+    from stubdm.frontends.fbfront import FbFront
+    from stubdm.frontends.kbdfront import KbdFront
     from stubdm.frontends.netfront import NetFront
 
-    return (("vbd", BlkFront), ("vif", NetFront), (pv_echo.TYPE, EchoFrontend))
+    return (("vbd", BlkFront), ("vif", NetFront), ("vfb", FbFront), ("vkbd", KbdFront),
+            (pv_echo.TYPE, EchoFrontend))
 
 
 def open_pv(hyp):
@@ -531,6 +534,10 @@ class DeviceModel:
         # the stub domain's own vbds, which the machine's controllers are given.
         self.xs, self.pv = open_pv(hyp)
         self.needed_pv = []  # frontends that must be Connected before the guest runs
+        # The display and its input, if the toolstack gave the stub domain a vfb and a
+        # vkbd (libxl does for a guest with vnc or sdl): the adapter draws into fbfront.
+        self.fb = self.pv.device("vfb", 0) if self.pv is not None else None
+        self.kbd = self.pv.device("vkbd", 0) if self.pv is not None else None
         serials = serial_backends(opts)
         chardevs = [make_chardev(s) for s in serials]
         self.timers = opts["timers"]
@@ -541,6 +548,9 @@ class DeviceModel:
                                nics=self.open_nics(opts), nic_mem=self.mem,
                                nic_clock=ticks_us if self.timers else None)
         m = self.machine
+        if self.kbd is not None:
+            self.kbd.i8042 = getattr(m, "i8042", None)  # none with -nodefaults
+            self.kbd.display = self.fb
         self.dispatcher = Dispatcher(m.pio, m.mmio, m.pci, self.mem, m.irqs)
         outputs = [c for c in chardevs if c is not None]
 
@@ -813,6 +823,8 @@ class DeviceModel:
             if self.paused:
                 continue  # saved: the device clocks stand still (as QEMU's vm_stop)
             self._rx_timeouts(uarts, armed)
+            if self.fb is not None:
+                self.fb.flush()  # what was drawn this turn, as update events
             if nic_due is not None and ticks_diff(ticks_us(), nic_due) >= 0:
                 self.machine.run_nic_timers(ticks_us())
         why = {abi.SHUTDOWN_reboot: "reboot", abi.SHUTDOWN_poweroff: "poweroff"}.get(
