@@ -16,6 +16,19 @@ def _mask(size):
     return (1 << (8 * size)) - 1
 
 
+def _reverse_items(b, size, count):
+    """The items of b (count of `size` bytes) in the opposite order."""
+    out = bytearray(count * size)
+    if size == 1:
+        for i in range(count):
+            out[count - 1 - i] = b[i]
+        return out
+    for i in range(count):
+        o = (count - 1 - i) * size
+        out[o : o + size] = b[i * size : (i + 1) * size]
+    return out
+
+
 def _ones(size):
     """All ones as wide as the access (a refused read must not answer wider)."""
     return _mask(size) if 1 <= size <= 8 else _ALL_ONES
@@ -39,6 +52,7 @@ class Dispatcher:
         self.irqs = irqs
         self.time_offset = 0
         self.on_timeoffset = None
+        self.rep_bulk = True  # hand whole reps to devices that take them (tests turn it off)
 
     def dispatch(self, type_, addr, data, count, size, is_read, is_ptr, df):
         """Returns the new value of the request's data field."""
@@ -94,30 +108,21 @@ class Dispatcher:
         # Rep string I/O: item i of guest memory is at data +/- i*size; for
         # MMIO the device address steps too, a port stays put. Guest memory
         # is copied as one block (Xen keeps it within a page) when it can be.
-        step = -size if df else size
-        dev_step = 0 if type_ == abi.IOREQ_TYPE_PIO else step
         mem = self.mem
         total = count * size
         lo = data - (count - 1) * size if df else data
         whole = 0 <= lo and lo + total <= _ALL_ONES
         if is_read:
-            buf = bytearray(total)
-            read = None
-            if dev_step == 0:  # every item from the same port: find its device once
-                r = bus.find(addr)
-                if r is not None and addr + size <= r.end:
-                    read = r.dev.read
-                    off = addr - r.start
-            m = _mask(size)
-            for i in range(count):
-                if read is not None:
-                    v = read(off, size) & m
-                else:
-                    v = bus.read((addr + i * dev_step) & _ALL_ONES, size) & m
-                o = (count - 1 - i) * size if df else i * size
-                buf[o : o + size] = v.to_bytes(size, "little")
+            buf = bytearray(total)  # the items in the order the device gives them
+            if type_ == abi.IOREQ_TYPE_PIO:
+                self._port_rep_read(bus, addr, size, count, buf)
+            else:
+                self._mmio_rep_read(bus, addr, size, count, buf, df)
+            if df:
+                buf = _reverse_items(buf, size, count)  # item i at data - i*size
             if whole and mem.write(lo, buf):
                 return data
+            step = -size if df else size
             for i in range(count):  # some of it is not RAM: as far as it goes
                 gpa = (data + i * step) & _ALL_ONES
                 o = (count - 1 - i) * size if df else i * size
@@ -126,28 +131,140 @@ class Dispatcher:
                     break
             return data
         block = mem.read(lo, total) if whole else None
-        if block is not None and dev_step == 0:
-            # Every item to the same port: find its device once.
-            r = bus.find(addr)
-            if r is not None and addr + size <= r.end:
-                write = r.dev.write
-                off = addr - r.start
-                for i in range(count):
-                    o = (count - 1 - i) * size if df else i * size
-                    write(off, size, int.from_bytes(block[o : o + size], "little"))
-                return data
-        for i in range(count):
-            if block is not None:
-                o = (count - 1 - i) * size if df else i * size
-                b = block[o : o + size]
-            else:
-                gpa = (data + i * step) & _ALL_ONES
+        if block is None:
+            # Not all RAM: the items up to the first that is not, one by one.
+            step = -size if df else size
+            got = bytearray(total)
+            n = 0
+            while n < count:
+                gpa = (data + n * step) & _ALL_ONES
                 b = mem.read(gpa, size)
                 if b is None:
                     log.guest_error(bus.name, "rep write from %#x: not guest RAM" % gpa)
                     break
-            bus.write((addr + i * dev_step) & _ALL_ONES, size, int.from_bytes(b, "little"))
+                got[n * size : (n + 1) * size] = b
+                n += 1
+            count = n
+            block = memoryview(got)[: n * size]
+        elif df:
+            block = _reverse_items(block, size, count)
+        if count:
+            if type_ == abi.IOREQ_TYPE_PIO:
+                self._port_rep_write(bus, addr, size, count, block)
+            else:
+                self._mmio_rep_write(bus, addr, size, count, block, df)
         return data
+
+    # Rep items are handed to devices in the order the guest makes them:
+    # item i at buf[i*size:(i+1)*size], little-endian. A device may take a
+    # whole rep to one port at once with read_rep(offset, size, count, buf)
+    # (buf a writable memoryview of count*size bytes to fill) or
+    # write_rep(offset, size, count, buf) (buf read-only); either returns
+    # True when it has done exactly what count single accesses would have
+    # done, and anything else (having done nothing) to get single accesses.
+
+    def _port_rep_read(self, bus, addr, size, count, buf):
+        r = bus.find(addr)
+        if r is None or addr + size > r.end:
+            # Unclaimed: all ones, and one log line for the whole rep.
+            log.guest_error(bus.name, "rep read of %d x %d bytes at %#x: nothing there"
+                            % (count, size, addr))
+            buf[:] = b"\xff" * len(buf)
+            return
+        dev = r.dev
+        off = addr - r.start
+        if self.rep_bulk:
+            rep = getattr(dev, "read_rep", None)
+            if rep is not None and rep(off, size, count, memoryview(buf)) is True:
+                return
+        read = dev.read
+        m = _mask(size)
+        if size == 1:
+            for i in range(count):
+                buf[i] = read(off, 1) & 0xFF
+            return
+        for i in range(count):
+            buf[i * size : (i + 1) * size] = (read(off, size) & m).to_bytes(size, "little")
+
+    def _port_rep_write(self, bus, addr, size, count, block):
+        r = bus.find(addr)
+        if r is None or addr + size > r.end:
+            log.guest_error(bus.name, "rep write of %d x %d bytes at %#x: nothing there"
+                            % (count, size, addr))
+            return
+        dev = r.dev
+        off = addr - r.start
+        if self.rep_bulk:
+            rep = getattr(dev, "write_rep", None)
+            if rep is not None and rep(off, size, count, memoryview(block)) is True:
+                return
+        write = dev.write
+        if size == 1:
+            for i in range(count):
+                write(off, 1, block[i])
+            return
+        for i in range(count):
+            write(off, size, int.from_bytes(block[i * size : (i + 1) * size], "little"))
+
+    def _mmio_items(self, bus, addr, size, count, df):
+        """(range, n): the first n items from `addr` on (stepping by size, down
+        if df) all decode in that one range, or (None, n): none of them
+        decodes anywhere."""
+        r = bus.find(addr)
+        if r is not None and addr + size <= r.end:
+            # The items stay inside r as long as their address does.
+            n = (addr - r.start) // size + 1 if df else (r.end - addr) // size
+            return r, min(n, count)
+        # Nothing decodes this item: skip to the first item that lands in the
+        # next range in the direction of travel (or to the address wrap).
+        if df:
+            n = addr // size + 1  # items down to address 0
+            for q in bus.ranges:
+                if q.start + size <= addr:
+                    x = min(q.end - size, addr - size)  # the highest start that fits
+                    n = min(n, (addr - x + size - 1) // size)
+        else:
+            n = (_ALL_ONES - addr) // size + 1  # items up to the wrap
+            for q in bus.ranges:
+                if q.start > addr:
+                    n = min(n, (q.start - addr + size - 1) // size)
+        return None, max(1, min(n, count))
+
+    def _mmio_rep_read(self, bus, addr, size, count, buf, df):
+        step = -size if df else size
+        m = _mask(size)
+        i = 0
+        while i < count:
+            a = (addr + i * step) & _ALL_ONES
+            r, n = self._mmio_items(bus, a, size, count - i, df)
+            if r is None:
+                log.guest_error(bus.name, "rep read of %d x %d bytes at %#x: nothing there"
+                                % (n, size, a))
+                buf[i * size : (i + n) * size] = b"\xff" * (n * size)
+            else:
+                read = r.dev.read
+                off = a - r.start
+                for j in range(i, i + n):
+                    buf[j * size : (j + 1) * size] = (read(off, size) & m).to_bytes(size, "little")
+                    off += step
+            i += n
+
+    def _mmio_rep_write(self, bus, addr, size, count, block, df):
+        step = -size if df else size
+        i = 0
+        while i < count:
+            a = (addr + i * step) & _ALL_ONES
+            r, n = self._mmio_items(bus, a, size, count - i, df)
+            if r is None:
+                log.guest_error(bus.name, "rep write of %d x %d bytes at %#x: nothing there"
+                                % (n, size, a))
+            else:
+                write = r.dev.write
+                off = a - r.start
+                for j in range(i, i + n):
+                    write(off, size, int.from_bytes(block[j * size : (j + 1) * size], "little"))
+                    off += step
+            i += n
 
     def _pci_rep(self, addr, data, count, size, is_read, df):
         # rep ins/outs on 0xcfc-0xcff while CONFIG_ADDRESS is enabled: Xen

@@ -43,6 +43,15 @@ class _ByteWide:
         for i in range(size):
             self.core.write(offset + i, 1, (value >> (8 * i)) & 0xFF)
 
+    def read_rep(self, offset, size, count, buf):
+        # A whole rep of bytes to one register: the core's own, if it has one.
+        rep = getattr(self.core, "read_rep", None)
+        return size == 1 and rep is not None and rep(offset, 1, count, buf)
+
+    def write_rep(self, offset, size, count, buf):
+        rep = getattr(self.core, "write_rep", None)
+        return size == 1 and rep is not None and rep(offset, 1, count, buf)
+
 
 class PciSerial(PciFunction):
     """PCI function for a UART core (anything with read/write(offset, size...)).

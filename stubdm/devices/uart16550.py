@@ -371,6 +371,99 @@ class Uart16550:
             else:
                 log.guest_error(self.name, "write outside the window at %d" % o)
 
+    # -- whole reps to one port (stubdm/ioreq.py) --------------------------
+    # Exactly what `count` single accesses do, done at once where the
+    # outcome is known without replaying each: the IRQ level only matters
+    # when the request ends (the machine latches it), so the interrupt
+    # logic runs once at the end.
+
+    def read_rep(self, offset, size, count, buf):
+        if size != 1 or not 0 <= offset < WINDOW:
+            return False
+        if offset == REG_RBR and not (self.lcr & LCR_DLAB):
+            if self.fcr & FCR_FE:
+                rx = self.rx
+                n0 = rx.num
+                k = min(n0, count)
+                for i in range(k):
+                    buf[i] = rx.pop()
+                if k < count:
+                    buf[k:count] = bytes(count - k)  # an empty FIFO reads 0
+                if n0 >= 2:
+                    self.rx_timer_armed = True  # some read left bytes behind
+                if rx.num == 0:
+                    self.lsr &= ~(LSR_DR | LSR_BI)
+                self.timeout_ipending = 0
+                self._update_irq()
+                return True
+            # No FIFO: every read gives RBR and clears DR.
+            v = self.rbr
+            self.lsr &= ~(LSR_DR | LSR_BI)
+            self._update_irq()
+            buf[0:count] = bytes((v,)) * count
+            return True
+        # Every other register: a first read may clear what it reports (IIR's
+        # THRE, LSR's errors, MSR's deltas); after that it reads the same with
+        # no effect.
+        buf[0] = self._read8(offset)
+        if count > 1:
+            buf[1:count] = bytes((self._read8(offset),)) * (count - 1)
+        return True
+
+    def write_rep(self, offset, size, count, buf):
+        if size != 1 or not 0 <= offset < WINDOW:
+            return False
+        dlab = self.lcr & LCR_DLAB
+        if offset == REG_THR and not dlab:
+            if self.mcr & MCR_LOOP or (self.fcr & FCR_FE and self.tx.num):
+                return False  # loopback, or older bytes queued first: one by one
+            # Each byte goes into THR (the TX FIFO, when on), out at once, and
+            # THR is empty again: the line sees the bytes, THRE ends pending.
+            last = buf[count - 1]
+            self.thr = last
+            self.tsr = last
+            if self.fcr & FCR_FE:
+                # Where count pushes and pops leave the (empty) FIFO's ring.
+                tx = self.tx
+                for j in range(max(0, count - tx.size), count):
+                    tx.buf[(tx.head + j) % tx.size] = buf[j]
+                tx.head = (tx.head + count) % tx.size
+            self.lsr |= LSR_THRE | LSR_TEMT
+            self.thr_ipending = 1
+            self._update_irq()
+            if self.chardev is not None:
+                self.chardev.write(bytes(buf))
+            return True
+        if offset == REG_FCR:
+            for i in range(count):  # each value may flush the FIFOs: in turn
+                self._write8(REG_FCR, buf[i])
+            return True
+        if offset == REG_IER and not dlab:
+            # Only the THRI edges act (on thr_ipending); the last edge decides.
+            ier = self.ier
+            edge = False
+            changed = False
+            for i in range(count):
+                v = buf[i] & 0x0F
+                if ier != v:
+                    changed = True
+                    if (ier ^ v) & IER_THRI:
+                        edge = True
+                ier = v
+            self.ier = ier
+            if edge:
+                if (ier & IER_THRI) and (self.lsr & LSR_THRE):
+                    self.thr_ipending = 1
+                else:
+                    self.thr_ipending = 0
+            if changed:
+                self._update_irq()
+            return True
+        # DLL, DLM, LCR, MCR and SCR latch what is written, with no other
+        # effect: the last value is what count writes leave; LSR and MSR drop it.
+        self._write8(offset, buf[count - 1])
+        return True
+
     def _read8(self, addr):
         if addr == REG_RBR:
             if self.lcr & LCR_DLAB:
