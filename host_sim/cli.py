@@ -117,7 +117,8 @@ def cmd_boot(args):
                       runtime=args.dm_runtime, quiet=not args.verbose, timeout=args.timeout,
                       disks=disks, cdroms=cdroms, **({"nics": nics} if nics else {}),
                       **({"hdtype": args.hdtype} if args.hdtype != "ide" else {}),
-                      **({"qmp": os.path.abspath(args.qmp)} if args.qmp else {}))
+                      **({"qmp": os.path.abspath(args.qmp)} if args.qmp else {}),
+                      **({"vnc": args.vnc} if args.vnc else {}))
     if nics and not args.run:
         print("stubdm-sim: the guest's NIC D reaches peer 10.0.(2+D).2/24 in this run's own "
               "network namespace", file=sys.stderr)
@@ -253,6 +254,10 @@ def main(argv=None):
     bo.add_argument("--qmp", metavar="PATH",
                     help="the device model's QMP (over its vchan) as a unix socket at PATH "
                     "while the guest runs, as libxl's /var/run/xen/qmp-libxl-<domid>")
+    bo.add_argument("--vnc", metavar="HOST:N|unix:PATH",
+                    help="the stub domain's PV framebuffer and keyboard (vfb/vkbd, as libxl's "
+                    "vnc=1) on an RFB server at TCP port 5900+N or a unix socket; "
+                    "`stubdm-sim screenshot --vnc ADDR FILE.png` takes its frame")
     bo.add_argument("-v", "--verbose", action="store_true", help="kernel messages and notes")
     bo.set_defaults(func=cmd_boot)
     bp = sub.add_parser("bench", help="print performance figures")
@@ -287,6 +292,8 @@ def main(argv=None):
     fuzz_pv.add_command(sub, common)
     from host_sim import saverestore
     saverestore.add_command(sub, common)
+    from host_sim import vnc
+    vnc.add_command(sub)
     args = p.parse_args(argv)
     if not hasattr(args, "func"):
         (bp if args.cmd == "bench" else p).print_help()

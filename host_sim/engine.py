@@ -231,7 +231,7 @@ class Engine:
 
     def __init__(self, qemu, kernel, initrd, memory=512, run=None, runtime="cpython",
                  accel="tcg", quiet=True, out=None, timeout=None, dm_extra=(), disks=(),
-                 cdroms=(), pv_devices=(), nics=(), hdtype="ide", qmp=None):
+                 cdroms=(), pv_devices=(), nics=(), hdtype="ide", qmp=None, vnc=None):
         self.qemu = qemu
         self.kernel = kernel
         self.initrd = initrd
@@ -264,6 +264,8 @@ class Engine:
         self.nics = list(nics)
         # qmp: where dom0's vchan-socket-proxy puts the device model's QMP socket.
         self.qmp = qmp
+        # vnc: HOST:DISPLAY or unix:PATH: the stub domain's vfb/vkbd, served there.
+        self.vnc = vnc
         self.qmp_proxy = None
         self.failure = None
         self.notes = []
@@ -298,7 +300,7 @@ class Engine:
         dm_domid = 0
         if self.nics:
             self._nic_devices()
-        if self.pv_devices:
+        if self.pv_devices or self.vnc:
             from host_sim.pvenv import PvEnv
 
             self.pvenv = PvEnv(self.dir)
@@ -310,6 +312,8 @@ class Engine:
         if self.pvenv is not None:
             self.pvenv.attach(self.hv)
             self.pvenv.add_devices(self.pv_devices)
+            if self.vnc:
+                self.pvenv.add_display(self.vnc)
         if self.ns is not None:
             self._start_peers()
         env = dm_env(sock)

@@ -32,6 +32,7 @@ import errno
 import os
 import select
 import socket
+import sys
 import struct
 import time
 import zlib
@@ -795,3 +796,31 @@ def capture(address, timeout=10.0):
         raise VncError("%s: %s" % (address, e))
     finally:
         s.close()
+
+
+# ---- stubdm-sim screenshot ---------------------------------------------------------
+def cmd_screenshot(args):
+    try:
+        w, h, frame = capture(args.vnc, timeout=args.timeout)
+    except VncError as e:
+        print("stubdm-sim screenshot: %s" % e, file=sys.stderr)
+        return 1
+    write_png(args.file, w, h, frame)
+    print("%s: %dx%d from %s" % (args.file, w, h, args.vnc))
+    return 0
+
+
+def add_command(sub):
+    sc = sub.add_parser(
+        "screenshot", help="the current frame of a running guest's display, as a PNG",
+        description="Take the current frame from a running guest's display: connects as a "
+        "VNC client to the address a `stubdm-sim boot --vnc ADDR` (or a scripted session "
+        "with vnc=ADDR) serves, asks for the whole frame and writes it as a PNG.")
+    sc.add_argument("file", metavar="FILE.png")
+    sc.add_argument("--vnc", default="127.0.0.1:0", metavar="HOST:N|unix:PATH",
+                    help="where the guest's VNC server is: HOST:N (TCP port 5900+N, QEMU's "
+                    "-vnc notation) or unix:PATH (default 127.0.0.1:0, as boot --vnc "
+                    "127.0.0.1:0)")
+    sc.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                    help="give up after S seconds (default 10)")
+    sc.set_defaults(func=cmd_screenshot)
