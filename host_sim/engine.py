@@ -295,19 +295,24 @@ class Engine:
 
     # ---- start-up ----
     def start_dm(self):
+        from host_sim.pvenv import GUEST_DOMID, PvEnv
+
         sock = os.path.join(self.dir, "hv.sock")
-        env_extra = {}
-        dm_domid = 0
         if self.nics:
             self._nic_devices()
-        if self.pv_devices or self.vnc:
-            from host_sim.pvenv import PvEnv
-
-            self.pvenv = PvEnv(self.dir)
-            env_extra = self.pvenv.env
-            dm_domid = self.pvenv.stubdom_domid
+        self.serial_log = os.path.join(self.dir, "pci-serial.log")
+        # As libxl starts a stub domain's device model: every argument in xenstore
+        # (<guest vm>/image/dm-argv/NNN), nothing on its command line. COM1 (QEMU's
+        # here) gets null, the pci-serial the log: -nodefaults keeps what -serial asks.
+        self.dm_argv = [
+            "-xen-domid", str(GUEST_DOMID), "-m", str(self.memory), "-nodefaults",
+            "-device", "pci-serial,addr=%d" % (DEVFN_PCI_SERIAL >> 3),
+            "-serial", "null", "-serial", "file:" + self.serial_log,
+        ] + self.dm_extra
+        self.pvenv = PvEnv(self.dir, guest_domid=GUEST_DOMID, dm_argv=self.dm_argv)
+        env_extra = self.pvenv.env
         self.hv = SimHypervisor(sock, ram_mib=self.memory, own_ram=False, log=self.note,
-                                dm_domid=dm_domid)
+                                domid=GUEST_DOMID, dm_domid=self.pvenv.stubdom_domid)
         self.hv.on_intx = self._intx
         if self.pvenv is not None:
             self.pvenv.attach(self.hv)
@@ -318,12 +323,7 @@ class Engine:
             self._start_peers()
         env = dm_env(sock)
         env.update(env_extra)
-        self.serial_log = os.path.join(self.dir, "pci-serial.log")
-        args = dm_command(self.runtime) + [
-            "-xen-domid", str(self.hv.domid), "-m", str(self.memory), "-nodefaults",
-            "-device", "pci-serial,addr=%d" % (DEVFN_PCI_SERIAL >> 3),
-            "-serial", "file:" + self.serial_log,
-        ] + self.dm_extra
+        args = dm_command(self.runtime)
         self.dm_log = os.path.join(self.dir, "dm.log")
         with open(self.dm_log, "wb") as err:
             self.dm = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stderr=err,
