@@ -1,0 +1,381 @@
+"""Save/restore (issue 13 item 4): a scripted guest stopped mid-way, saved, restored into a
+fresh device model on the other runtime, continues with the read-backs it would have had;
+files that can't be fully read are refused and no guest starts from them."""
+import os
+import struct
+import time
+
+import pytest
+
+from host_sim import saverestore as sr
+from host_sim.backends.blkback import vbd_device
+from host_sim.hypervisor import DeviceModelGone
+from stubdm import savestate
+from tests.conftest import skip_unless_runtime
+from tests.ide_guest import BMIBA, CHANNELS, IdeGuest
+
+COM1 = 0x3F8
+MSG = b"sixteen bytes..!"  # the 16550's receive FIFO holds 16
+SERIAL_BAR = 0xD100
+ABAR = 0xFEB80000
+CLB, FB, CT, ABUF = 0x300000, 0x301000, 0x310000, 0x380000
+RAM_AT, RAM_TEXT = 0x180000, b"guest RAM before the save"
+SECTORS = 2048
+
+
+def pattern(n, seed):
+    return bytes(((i * 131 + seed * 7) >> 2) & 0xFF for i in range(n))
+
+
+@pytest.fixture
+def images(tmp_path):
+    out = []
+    for i in range(3):
+        p = tmp_path / ("d%d.img" % i)
+        p.write_bytes(pattern(SECTORS * 512, i))
+        out.append(str(p))
+    return out
+
+
+def machine_args(images):
+    return ["-device", "pci-serial",
+            "-drive", "file=%s,if=ide,index=0,media=disk,format=raw" % images[0],
+            "-drive", "file=%s,if=ide,index=2,media=disk,format=raw" % images[1],
+            "-device", "ahci,id=ahci0",
+            "-drive", "if=none,id=ahcidisk-0,file=%s,format=raw" % images[2],
+            "-device", "ide-hd,bus=ahci0.0,unit=0,drive=ahcidisk-0"]
+
+
+def find(g, vendor_device):
+    for dev in range(32):
+        if g.pci_read(dev, 0, 0) == vendor_device:
+            return dev
+    raise AssertionError("no %08x" % vendor_device)
+
+
+class Ahci:
+    def __init__(self, g):
+        self.g = g
+
+    def r(self, off):
+        return self.g.readl(ABAR + off)
+
+    def w(self, off, v):
+        self.g.writel(ABAR + off, v)
+
+    def regs(self):
+        return [self.r(0x100 + o) for o in (0, 8, 0x10, 0x14, 0x18, 0x20, 0x24, 0x28, 0x2C,
+                                             0x30, 0x34, 0x38)]
+
+    def command(self, slot, cmd, lba, count, buf, write=False):
+        g = self.g
+        f = bytearray(20)
+        f[0], f[1], f[2], f[7] = 0x27, 0x80, cmd, 0x40
+        f[4], f[5], f[6], f[12] = lba & 0xFF, (lba >> 8) & 0xFF, (lba >> 16) & 0xFF, count
+        ct = CT + slot * 0x100
+        t = bytearray(0x90)
+        t[0:20] = f
+        t[0x80:0x90] = struct.pack("<QII", buf, 0, count * 512 - 1)
+        g.memwrite(ct, bytes(t))
+        g.memwrite(CLB + slot * 32, struct.pack("<IIQ", 5 | (1 << 16) | (0x40 if write else 0),
+                                                0, ct) + bytes(16))
+        self.w(0x138, 1 << slot)
+        for _ in range(2000):
+            if not self.r(0x138) & (1 << slot):
+                return True
+        return False
+
+
+def first_half(g):
+    """Everything a save has to carry, left mid-way."""
+    g.memwrite(RAM_AT, RAM_TEXT)
+    # COM1: loopback, FIFO on, received-data interrupt on: 16 bytes wait, IRQ 4 high.
+    g.outb(COM1 + 2, 0x07)
+    g.outb(COM1 + 4, 0x10)
+    for b in MSG:
+        g.outb(COM1, b)
+    g.outb(COM1 + 1, 0x01)
+    # The pci-serial's BAR moved.
+    dev = find(g, 0x00021B36)
+    g.pci_write(dev, 0, 0x10, SERIAL_BAR)
+    g.pci_write(dev, 0, 0x04, 0x0001, 2)
+    g.outb(SERIAL_BAR + 7, 0x5C)  # its scratch register
+    # The i8042: identify keyboard, the answer queued.
+    g.outb(0x60, 0xF2)
+    # IDE primary: a sector written by PIO, then a read of it left 200 bytes in.
+    ide = IdeGuest(g)
+    assert ide.write_pio(0, 0, 7, pattern(512, 9)) == 0x50
+    ide.taskfile(0, 0, 7, 1)
+    ide.outb(0, 7, 0x20)
+    ide.wait(0)
+    head = ide.pio_in(0, 200)
+    # IDE secondary: READ DMA issued, the bus master not started yet.
+    ide.prd([(0x200000, 4 * 512, True)], table=0x110000)
+    bm = BMIBA + 8
+    g.outl(bm + 4, 0x110000)
+    g.outb(bm, 0x08)
+    g.outb(bm + 2, 0x06)
+    ide.taskfile(1, 0, 40, 4)
+    ide.outb(1, 7, 0xC8)
+    # AHCI: port 0 started, a DMA write done.
+    adev = find(g, 0x29228086)
+    g.pci_write(adev, 0, 0x24, ABAR)
+    g.pci_write(adev, 0, 0x04, 0x0006, 2)
+    a = Ahci(g)
+    a.w(0x04, 0x80000002)  # AHCI enable, interrupts on
+    g.memwrite(FB, bytes(256))
+    a.w(0x100, CLB)
+    a.w(0x108, FB)
+    a.w(0x118, a.r(0x118) | 0x10)
+    a.w(0x118, a.r(0x118) | 0x01)
+    a.w(0x130, 0xFFFFFFFF)
+    a.w(0x114, 0x7DC0007F)
+    g.memwrite(ABUF, pattern(8 * 512, 5))
+    assert a.command(2, 0x35, 300, 8, ABUF, write=True)
+    return head
+
+
+def second_half(g):
+    """What the guest reads next: the same whether or not it was saved in between."""
+    out = {"ram": g.memread(RAM_AT, len(RAM_TEXT)), "irq4": g.get_irq(4),
+           "com1_lsr": g.inb(COM1 + 5), "com1": bytes(g.inb(COM1) for _ in range(len(MSG))),
+           "com1_lsr_after": g.inb(COM1 + 5), "irq4_after": g.get_irq(4)}
+    dev = find(g, 0x00021B36)
+    out["serial_bar"] = g.pci_read(dev, 0, 0x10)
+    out["serial_scratch"] = g.inb(SERIAL_BAR + 7)
+    out["i8042"] = [g.inb(0x60) for _ in range(3)]
+    ide = IdeGuest.__new__(IdeGuest)
+    ide.g = g
+    out["pio_rest"] = ide.pio_in(0, 312)
+    out["pio_status"] = ide.inb(0, 7)
+    bm = BMIBA + 8
+    g.outb(bm, 0x09)  # the bus master starts: the DMA set up before the save runs
+    ide.wait(1, 20000)
+    out["dma"] = (g.inb(bm + 2), g.get_irq(15), ide.inb(1, 7), g.memread(0x200000, 2048))
+    g.outb(bm, 0x08)
+    a = Ahci(g)
+    out["ahci_regs"] = a.regs()
+    out["ahci_is"] = a.r(0x08)
+    a.w(0x110, 0xFFFFFFFF)
+    a.w(0x08, 1)
+    out["ahci_read"] = (a.command(3, 0x25, 300, 8, ABUF + 0x10000),
+                        g.memread(ABUF + 0x10000, 8 * 512), a.regs())
+    return out
+
+
+def _runtimes(a, b):
+    skip_unless_runtime(a)
+    skip_unless_runtime(b)
+
+
+@pytest.mark.parametrize("saved_on,restored_on", [("cpython", "micropython"),
+                                                  ("micropython", "cpython")])
+def test_round_trip_across_runtimes(images, tmp_path, saved_on, restored_on):
+    _runtimes(saved_on, restored_on)
+    path = str(tmp_path / "guest.sav")
+    with sr.start(machine_args(images), runtime=saved_on) as s:
+        head = first_half(s.guest)
+        fig = sr.save(s, path)  # and continue
+        want = second_half(s.guest)
+    assert head == pattern(512, 9)[:200]
+    # What the guest would have read, checked against what it wrote.
+    assert want["ram"] == RAM_TEXT
+    assert want["com1"] == MSG and want["irq4"] and not want["irq4_after"]
+    assert want["serial_bar"] & ~3 == SERIAL_BAR and want["serial_scratch"] == 0x5C
+    assert want["i8042"] == [0xFA, 0xAB, 0x83]
+    assert want["pio_rest"] == pattern(512, 9)[200:] and want["pio_status"] == 0x50
+    bms, irq15, st, data = want["dma"]
+    assert bms & 0x04 and irq15 and st == 0x50
+    assert data == pattern(SECTORS * 512, 1)[40 * 512:44 * 512]
+    assert want["ahci_read"][0] and want["ahci_read"][1] == pattern(8 * 512, 5)
+    assert fig["bytes"] < 64 << 10 and fig["dm_bytes"] > 1000
+    # The reference run only read the disks: the restored guest finds them as saved.
+    with sr.restore(path, runtime=restored_on) as s2:
+        assert s2.runtime == restored_on
+        got = second_half(s2.guest)
+        assert "restored" in s2.dm_messages()
+    assert got == want
+
+
+def _held(backend):
+    """Hold a blkback's requests until released: a disk request stays in flight."""
+    serve = backend.serve
+    state = {"held": True, "asked": 0}
+
+    def held_serve():
+        if state["held"]:
+            state["asked"] += 1
+            return
+        serve()
+
+    def release():
+        state["held"] = False
+        backend.hv.defer(serve)
+
+    backend.serve = held_serve
+    return state, release
+
+
+@pytest.mark.parametrize("saved_on,restored_on", [("cpython", "micropython")])
+def test_save_drains_disk_requests_in_flight(tmp_path, saved_on, restored_on):
+    """A DMA write at blkback when the save comes: the device model waits for it (as QEMU
+    drains its block layer), so the saved state has it done and the image has the data."""
+    _runtimes(saved_on, restored_on)
+    img = str(tmp_path / "pv.img")
+    with open(img, "wb") as f:
+        f.write(bytes(SECTORS * 512))
+    path = str(tmp_path / "pv.sav")
+    args = ["-drive", "file=/dev/xvda,if=ide,index=0,media=disk,format=host_device"]
+    with sr.start(args, runtime=saved_on, pv_devices=[vbd_device(img)]) as s:
+        g = s.guest
+        be = s.backends[0]
+        state, release = _held(be)
+        ide = IdeGuest(g)
+        g.memwrite(0x200000, pattern(16 * 512, 4))
+        ide.prd([(0x200000, 16 * 512, True)])
+        g.outl(BMIBA + 4, 0x100000)
+        g.outb(BMIBA, 0)
+        g.outb(BMIBA + 2, 0x06)
+        ide.taskfile(0, 0, 64, 16)
+        ide.outb(0, 7, 0xCA)  # WRITE DMA
+        g.outb(BMIBA, 0x01)
+        s.hv.pump(0.05)
+        assert state["asked"] and be.stats["writes"] == 0  # in flight, unanswered
+        assert g.inb(BMIBA + 2) & 0x05 == 0x01  # active, no interrupt yet
+        s.xs.write(sr._dm_dir(s) + "/command", "save")
+        t0 = time.monotonic()
+
+        def answered():
+            if state["held"] and time.monotonic() - t0 > 0.3:
+                release()
+            return sr._dm_state(s) in ("paused", "error")
+
+        s.hv.pump_until(answered, "the save", timeout=30)
+        assert sr._dm_state(s) == "paused"
+        assert be.stats["writes"] >= 1
+        # Only now the host side: the device state came before it (drained), RAM now.
+        s.xs.write(sr._dm_dir(s) + "/state", "")
+        fig = sr.save(s, path, resume=False)
+        assert fig["dm_bytes"] > 0
+    with open(img, "rb") as f:
+        f.seek(64 * 512)
+        assert f.read(16 * 512) == pattern(16 * 512, 4)  # acknowledged: on the disk
+    with sr.restore(path, runtime=restored_on, pv_devices=[vbd_device(img)]) as s2:
+        g = s2.guest
+        assert g.inb(BMIBA + 2) & 0x07 == 0x04  # done: interrupt, not active
+        assert g.get_irq(14)
+        assert g.inb(CHANNELS[0][0] + 7) == 0x50
+        ide = IdeGuest(g)
+        data, st = ide.read_pio(0, 0, 64, 16)
+        assert st == 0x50 and data == pattern(16 * 512, 4)
+
+
+def test_save_refused_while_disk_cannot_drain(tmp_path):
+    img = str(tmp_path / "pv.img")
+    with open(img, "wb") as f:
+        f.write(bytes(SECTORS * 512))
+    args = ["-drive", "file=/dev/xvda,if=ide,index=0,media=disk,format=host_device"]
+    with sr.start(args, pv_devices=[vbd_device(img)]) as s:
+        g = s.guest
+        _held(s.backends[0])
+        ide = IdeGuest(g)
+        ide.prd([(0x200000, 512, True)])
+        g.outl(BMIBA + 4, 0x100000)
+        g.outb(BMIBA, 0x08)
+        ide.taskfile(0, 0, 1, 1)
+        ide.outb(0, 7, 0xC8)
+        g.outb(BMIBA, 0x09)
+        with pytest.raises(sr.SaveError, match="could not save"):
+            sr.save(s, str(tmp_path / "x.sav"))
+        assert "in flight" in s.dm_messages()
+
+
+def _saved(tmp_path, images, runtime="cpython"):
+    path = str(tmp_path / "g.sav")
+    with sr.start(machine_args(images), runtime=runtime) as s:
+        first_half(s.guest)
+        sr.save(s, path, resume=False)
+    with open(path, "rb") as f:
+        return path, f.read()
+
+
+def test_bad_files_refused(tmp_path, images):
+    path, data = _saved(tmp_path, images)
+    bad = str(tmp_path / "bad.sav")
+    cases = [(data[:len(data) // 2], "checksum"), (data[:10], "too short"),
+             (data[:100] + bytes([data[100] ^ 1]) + data[101:], "checksum"),
+             (b"X" + data[1:], "bad magic")]
+    newer = bytearray(data)
+    newer[8] = savestate.FORMAT_VERSION + 1
+    cases.append((bytes(newer), "newer"))
+    for blob, said in cases:
+        with open(bad, "wb") as f:
+            f.write(blob)
+        with pytest.raises(sr.SaveError, match=said):
+            sr.restore(bad)
+
+
+@pytest.mark.parametrize("runtime", ("cpython", "micropython"))
+def test_device_model_refuses_state_it_cannot_read(tmp_path, images, runtime):
+    """A host file that reads back but whose device state doesn't: the device model (the
+    one that must refuse it) says why and exits; no guest starts."""
+    skip_unless_runtime(runtime)
+    path, data = _saved(tmp_path, images)
+    recs = savestate.read_records(data)
+    dm = [r for r in recs if r[0] == "dm"][0][2]["state"]
+    dm_recs = savestate.read_records(dm)
+    variants = []
+    # A record newer than the device it would load into.
+    variants.append(("newer than this stubdm", savestate.write_records(
+        [(n, v + 1 if n == "uart/0" else v, f) for n, v, f in dm_recs])))
+    # Flipped bits inside the stream (its checksum catches them).
+    flipped = bytearray(dm)
+    flipped[len(dm) // 2] ^= 0x40
+    variants.append(("checksum", bytes(flipped)))
+    variants.append(("checksum", dm[:-7]))
+    # A stream for another machine (a device missing).
+    variants.append(("another machine", savestate.write_records(
+        [r for r in dm_recs if r[0] != "i8042"])))
+    # A field a device can't take (a task file of the wrong size).
+    variants.append(("refused", savestate.write_records(
+        [(n, v, dict(f, channels=[dict(c, drives=[dict(d, tf=b"\x00") for d in c["drives"]])
+                                  for c in f["channels"]]) if "channels" in f else f)
+         for n, v, f in dm_recs])))
+    for said, blob in variants:
+        out = [(n, v, dict(f, state=blob) if n == "dm" else f) for n, v, f in recs]
+        bad = str(tmp_path / "bad.sav")
+        with open(bad, "wb") as f:
+            f.write(savestate.write_records(out))
+        with pytest.raises(DeviceModelGone) as e:
+            sr.restore(bad, runtime=runtime)
+        assert said in str(e.value) and "not started" in str(e.value)
+
+
+def test_stream_encoding():
+    v = {"b": b"\x00\xff" * 3, "i": [0, 1, -1, 127, 128, -129, 1 << 64, -(1 << 70)],
+         "n": None, "t": True, "f": False, "s": "é", "l": [[], {}, [b""]]}
+    assert savestate.decode(savestate.encode(v)) == v
+    assert savestate.encode({"a": 1, "b": 2}) == savestate.encode({"b": 2, "a": 1})
+    with pytest.raises(savestate.StateError):
+        savestate.decode(savestate.encode(v)[:-1])
+    with pytest.raises(savestate.StateError):
+        savestate.decode(b"l\xff\xff\xff\x7f")  # a list longer than the stream
+    nested = b"l\x01" * 100 + b"N"
+    with pytest.raises(savestate.StateError, match="deep"):
+        savestate.decode(nested)
+    with pytest.raises(savestate.StateError, match="can't save"):
+        savestate.encode({"x": 1.5})
+
+
+def test_cli_save_restore(tmp_path):
+    from host_sim import cli
+
+    skip_unless_runtime("micropython")
+    path = str(tmp_path / "demo.sav")
+    disk = str(tmp_path / "demo.img")
+    assert cli.main(["save", path, "--disk", disk]) == 0
+    assert os.path.getsize(path) > 1000
+    assert cli.main(["--dm-runtime", "micropython", "restore", path]) == 0
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 1)
+    assert cli.main(["restore", path]) == 1
