@@ -64,6 +64,16 @@ int xendevicemodel_inject_msi(xendevicemodel_handle *dmod, domid_t domid, uint64
 int xendevicemodel_modified_memory(xendevicemodel_handle *dmod, domid_t domid,
     uint64_t first_pfn, uint32_t nr);
 int xendevicemodel_shutdown(xendevicemodel_handle *dmod, domid_t domid, unsigned int reason);
+int xendevicemodel_relocate_memory(xendevicemodel_handle *dmod, domid_t domid, uint32_t size,
+    uint64_t src_gfn, uint64_t dst_gfn);
+int xendevicemodel_track_dirty_vram(xendevicemodel_handle *dmod, domid_t domid,
+    uint64_t first_pfn, uint32_t nr, unsigned long *dirty_bitmap);
+typedef struct xc_interface_core xc_interface;
+xc_interface *xc_interface_open(struct xentoollog_logger *logger,
+    struct xentoollog_logger *dombuild_logger, unsigned open_flags);
+int xc_domain_populate_physmap_exact(xc_interface *xch, uint32_t domid,
+    unsigned long nr_extents, unsigned int extent_order, unsigned int mem_flags,
+    xen_pfn_t *extent_start);
 
 xenforeignmemory_handle *xenforeignmemory_open(struct xentoollog_logger *logger,
                                                unsigned int open_flags);
@@ -141,6 +151,7 @@ def mapcache_cdef():
 
 SOURCE = """
 #include <sys/mman.h>
+#include <xenctrl.h>
 #include <xendevicemodel.h>
 #include <xenforeignmemory.h>
 #include <xenevtchn.h>
@@ -166,9 +177,12 @@ def make_ffi(variant):
     }
     if variant == "sim":
         kwargs["sources"].append(os.path.join(ROOT, "host_sim", "libsim", "hostsim_libs.c"))
+        # libxenctrl's populate call and the VRAM dm_ops (the VGA's video RAM)
+        kwargs["sources"].append(os.path.join(ROOT, "host_sim", "libsim", "hostsim_xenlibs.c"))
         kwargs["include_dirs"].append(os.path.join(ROOT, "host_sim", "libsim"))
     elif variant == "xen":
-        kwargs["libraries"] += ["xendevicemodel", "xenforeignmemory", "xenevtchn", "xengnttab"]
+        kwargs["libraries"] += ["xendevicemodel", "xenforeignmemory", "xenevtchn", "xengnttab",
+                                "xenctrl"]
     else:
         raise SystemExit("variant must be sim or xen, not " + repr(variant))
     ffi.set_source(MODULES[variant], SOURCE, **kwargs)

@@ -119,6 +119,30 @@ class Xen:
         self._pages.append(p)
         return memoryview(ffi.buffer(p, _PAGE_SIZE))
 
+    def populate_physmap(self, gfn, count):
+        if not 0 < count <= 131072:
+            raise OSError(22, os.strerror(22))
+        if getattr(self, "xch", None) is None:
+            self.xch = lib.xc_interface_open(ffi.NULL, ffi.NULL, 0)
+            if self.xch == ffi.NULL:
+                self.xch = None
+                _raise()
+        pfns = ffi.new("xen_pfn_t[]", [gfn + i for i in range(count)])
+        return _check(lib.xc_domain_populate_physmap_exact(self.xch, self.domid, count, 0, 0,
+                                                           pfns))
+
+    def relocate_memory(self, count, src_gfn, dst_gfn):
+        return _check(lib.xendevicemodel_relocate_memory(self.dmod, self.domid, count, src_gfn,
+                                                         dst_gfn))
+
+    def track_dirty_vram(self, first_pfn, count):
+        if not 0 <= count <= 131072:
+            raise OSError(22, os.strerror(22))
+        words = ffi.new("unsigned long[]", max(1, (count + 63) // 64))
+        _check(lib.xendevicemodel_track_dirty_vram(self.dmod, self.domid, first_pfn, count,
+                                                   words if count else ffi.NULL))
+        return bytes(ffi.buffer(words))[:(count + 7) // 8]  # little-endian words
+
     def evtchn_fd(self):
         return _check(lib.xenevtchn_fd(self.xce))
 

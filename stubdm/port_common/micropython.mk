@@ -40,8 +40,11 @@ CFLAGS_USERMOD += -I$(STUBDM_MAPCACHE_DIR) -I$(STUBDM_XEN_INCLUDE)
 # has its own xs_* (lib/xs.c over its xenbus).
 ifeq ($(STUBDM_XEN_LIBS),sim)
 SRC_USERMOD_LIB_C += $(STUBDM_LIBSIM_DIR)/hostsim_libs.c
+# libxenctrl's populate call and the VRAM dm_ops (stubdm/devices/vga.py)
+SRC_USERMOD_LIB_C += $(STUBDM_LIBSIM_DIR)/hostsim_xenlibs.c
 CFLAGS_USERMOD += -I$(STUBDM_LIBSIM_DIR)
 LDFLAGS_USERMOD += -lxenstore
 else ifeq ($(STUBDM_XEN_LIBS),xen)
-LDFLAGS_USERMOD += -lxendevicemodel -lxenforeignmemory -lxenevtchn -lxengnttab -lxenstore
+LDFLAGS_USERMOD += -lxendevicemodel -lxenforeignmemory -lxenevtchn -lxengnttab -lxenctrl \
+	-lxenstore
 endif

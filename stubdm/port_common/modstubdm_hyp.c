@@ -32,6 +32,12 @@
 //                                     memory granted to remote_domid
 //     .unshare(address, count)     ends that share (the grantee may still map
 //                                     it: the pages then stay until it unmaps)
+//     .populate_physmap(gfn, count)  fresh pages at gfn.. (video RAM above the
+//                                     guest's RAM; libxenctrl's _exact call)
+//     .relocate_memory(count, src_gfn, dst_gfn)   move them (the VRAM BAR)
+//     .track_dirty_vram(first_pfn, count) -> bytes: bit i of byte i / 8 set
+//                                     when page first_pfn + i was written since
+//                                     the last call (count 0 stops tracking)
 //   Xs()                           a xenstore connection (xs_open(0)); tx 0 is
 //                                  no transaction
 //     .read(tx, path) -> bytes, .write(tx, path, bytes|str), .mkdir(tx, path),
@@ -78,6 +84,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include <xenctrl.h>
 #include <xendevicemodel.h>
 #include <xenevtchn.h>
 #include <xenforeignmemory.h>
@@ -124,6 +131,7 @@ typedef struct {
     xenforeignmemory_handle *fmem;
     xenevtchn_handle *xce;
     xengntshr_handle *xgs;  // opened on first share
+    xc_interface *xch;  // libxenctrl, opened on first populate
     domid_t domid;
 } xenglue_xen_t;
 
@@ -142,6 +150,7 @@ static mp_obj_t xen_make_new(const mp_obj_type_t *type, size_t n_args, size_t n_
     self->fmem = NULL;
     self->xce = NULL;
     self->xgs = NULL;
+    self->xch = NULL;
     errno = 0;
     self->dmod = xendevicemodel_open(NULL, 0);
     if (self->dmod == NULL) {
@@ -271,6 +280,86 @@ static mp_obj_t xen_map_page(mp_obj_t self_in, mp_obj_t gfn_in) {
     return mp_obj_new_memoryview(RW_BYTES, XENGLUE_PAGE_SIZE, p);
 }
 static MP_DEFINE_CONST_FUN_OBJ_2(xen_map_page_obj, xen_map_page);
+
+// ---- video RAM: guest memory the device model populates and moves -----------
+
+// At most this many pages per call (512 MiB, QEMU's largest VGA memory).
+#define XENGLUE_MAX_VRAM_PAGES (131072)
+
+static mp_obj_t xen_populate_physmap(mp_obj_t self_in, mp_obj_t gfn_in, mp_obj_t count_in) {
+    xenglue_xen_t *self = XEN(self_in);
+    mp_int_t count = get_int(count_in);
+    if (count <= 0 || count > XENGLUE_MAX_VRAM_PAGES) {
+        mp_raise_OSError(MP_EINVAL);
+    }
+    errno = 0;
+    if (self->xch == NULL) {
+        self->xch = xc_interface_open(NULL, NULL, 0);
+        if (self->xch == NULL) {
+            raise_errno();
+        }
+    }
+    xen_pfn_t *pfns = malloc(sizeof(xen_pfn_t) * (size_t)count);
+    if (pfns == NULL) {
+        mp_raise_OSError(MP_ENOMEM);
+    }
+    xen_pfn_t gfn = (xen_pfn_t)get_u64(gfn_in);
+    for (mp_int_t i = 0; i < count; i++) {
+        pfns[i] = gfn + (xen_pfn_t)i;
+    }
+    int r = xc_domain_populate_physmap_exact(self->xch, self->domid, (unsigned long)count, 0, 0,
+        pfns);
+    int e = errno;
+    free(pfns);
+    errno = e;
+    return check(r);
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(xen_populate_physmap_obj, xen_populate_physmap);
+
+static mp_obj_t xen_relocate_memory(size_t n_args, const mp_obj_t *args) {
+    xenglue_xen_t *self = XEN(args[0]);
+    errno = 0;
+    return check(xendevicemodel_relocate_memory(self->dmod, self->domid,
+        (uint32_t)get_int(args[1]), get_u64(args[2]), get_u64(args[3])));
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(xen_relocate_memory_obj, 4, 4, xen_relocate_memory);
+
+static mp_obj_t xen_track_dirty_vram(mp_obj_t self_in, mp_obj_t first_in, mp_obj_t count_in) {
+    xenglue_xen_t *self = XEN(self_in);
+    mp_int_t count = get_int(count_in);
+    if (count < 0 || count > XENGLUE_MAX_VRAM_PAGES) {
+        mp_raise_OSError(MP_EINVAL);
+    }
+    const size_t bits = 8 * sizeof(unsigned long);
+    size_t words = ((size_t)count + bits - 1) / bits;
+    unsigned long *bitmap = calloc(words ? words : 1, sizeof(unsigned long));
+    if (bitmap == NULL) {
+        mp_raise_OSError(MP_ENOMEM);
+    }
+    errno = 0;
+    int r = xendevicemodel_track_dirty_vram(self->dmod, self->domid, get_u64(first_in),
+        (uint32_t)count, count ? bitmap : NULL);
+    if (r < 0) {
+        int e = errno;
+        free(bitmap);
+        mp_raise_OSError(e ? e : MP_EIO);
+    }
+    // Little-endian words: byte i / 8, bit i % 8 is page i.
+    size_t nbytes = ((size_t)count + 7) / 8;
+    byte *out = malloc(nbytes ? nbytes : 1);
+    if (out == NULL) {
+        free(bitmap);
+        mp_raise_OSError(MP_ENOMEM);
+    }
+    for (size_t i = 0; i < nbytes; i++) {
+        out[i] = (byte)(bitmap[i / sizeof(unsigned long)] >> (8 * (i % sizeof(unsigned long))));
+    }
+    free(bitmap);
+    mp_obj_t o = mp_obj_new_bytes(out, nbytes);
+    free(out);
+    return o;
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(xen_track_dirty_vram_obj, xen_track_dirty_vram);
 
 static mp_obj_t xen_evtchn_fd(mp_obj_t self_in) {
     return check(xenevtchn_fd(XEN(self_in)->xce));
@@ -463,6 +552,9 @@ static const mp_rom_map_elem_t xen_locals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_pending), MP_ROM_PTR(&xen_pending_obj) },
     { MP_ROM_QSTR(MP_QSTR_unmask), MP_ROM_PTR(&xen_unmask_obj) },
     { MP_ROM_QSTR(MP_QSTR_notify), MP_ROM_PTR(&xen_notify_obj) },
+    { MP_ROM_QSTR(MP_QSTR_populate_physmap), MP_ROM_PTR(&xen_populate_physmap_obj) },
+    { MP_ROM_QSTR(MP_QSTR_relocate_memory), MP_ROM_PTR(&xen_relocate_memory_obj) },
+    { MP_ROM_QSTR(MP_QSTR_track_dirty_vram), MP_ROM_PTR(&xen_track_dirty_vram_obj) },
 };
 static MP_DEFINE_CONST_DICT(xen_locals, xen_locals_table);
 
