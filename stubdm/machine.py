@@ -187,11 +187,16 @@ class Machine:
     ahci: None, or the ICH9 AHCI function as a dict: "disks" (a BlockDevice or
     None per SATA port), "mem" (GuestMemory), "slot" (0: the first free, after
     the NICs).
+    vga: None, or the standard VGA at 00:02.0 as a dict: "vram" (its video RAM:
+    stubdm.memory.GuestVram under Xen, vga.LocalVram without one), "surface"
+    (a stubdm.display.Surface, or None).
     """
 
     def __init__(self, platform, chardevs, ram_bytes, isa=True, pci_serial_slots=(), s3=True,
-                 ide=None, nics=(), nic_mem=None, ahci=None, nic_clock=None, com1=None):
+                 ide=None, nics=(), nic_mem=None, ahci=None, nic_clock=None, com1=None,
+                 vga=None):
         self.platform = platform
+        self.vga = None
         self.irqs = IrqLatch(platform)
         self.pio = IoBus("pio")
         self.mmio = IoBus("mmio")
@@ -255,6 +260,8 @@ class Machine:
             self.nics.append(nic)
             self.pci.attach(layout.devfn(slot), nic)
 
+        if vga is not None:
+            self._add_vga(vga)
         self.ide = None
         if ide is not None:
             self._add_ide(ide)
@@ -302,6 +309,19 @@ class Machine:
                 self._claim_ports(start, length, dev, name)
         self.ide = ide
 
+    def _add_vga(self, cfg):
+        from stubdm.devices import vga as vga_mod
+
+        dev = vga_mod.Vga(cfg["vram"], cfg.get("surface"))
+        self.vga = dev
+        self.pci.attach(layout.DEVFN_VGA, dev)
+        self._claim_ports(vga_mod.PORTS_START, vga_mod.PORTS_COUNT, dev.ports, "vga")
+        self._claim_ports(vga_mod.DISPI_PORTS, vga_mod.DISPI_PORT_COUNT, dev.dispi_ports,
+                          "vbe dispi")
+        self.mmio.add(vga_mod.WINDOW_START, vga_mod.WINDOW_SIZE, dev.window, "vga window")
+        self.platform.map_range(abi.XEN_DMOP_IO_RANGE_MEMORY, vga_mod.WINDOW_START,
+                                vga_mod.WINDOW_START + vga_mod.WINDOW_SIZE - 1)
+
     def _claim_ports(self, start, length, dev, name):
         self.pio.add(start, length, dev, name)
         self.platform.map_range(abi.XEN_DMOP_IO_RANGE_PORT, start, start + length - 1)
@@ -314,7 +334,15 @@ class Machine:
         r = self.bar_ranges.pop(key, None)
         if r is not None:
             bus.remove(r)
-            self.platform.unmap_range(xkind, r.start, r.end - 1)
+            if not (function is self.vga and index == 0):
+                self.platform.unmap_range(xkind, r.start, r.end - 1)
+        ram_bar = function is self.vga and index == 0
+        if ram_bar:
+            # The video RAM is guest memory under Xen: moved into the BAR, never
+            # claimed from the ioreq server (ioreqs that still come, e.g. from a
+            # trapped BAR under host_sim's QEMU engine, reach it on our bus).
+            if not function.vram_moved(new):
+                return
         if new is None:
             return
         try:
@@ -325,7 +353,8 @@ class Machine:
             log.guest_error("pci", str(e))
             return
         self.bar_ranges[key] = r
-        self.platform.map_range(xkind, new, new + size - 1)
+        if not ram_bar:
+            self.platform.map_range(xkind, new, new + size - 1)
 
     def _pm_moved(self, base):
         """PMBA changed: PM1a_CNT (2 bytes at base + 4) moves with it."""

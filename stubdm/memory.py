@@ -127,3 +127,89 @@ class Pinned:
                 pass
         self._starts = []
         self.views = []
+
+
+# The VGA's video RAM under Xen (stubdm/devices/vga.py): guest memory that
+# the device model populates above the guest's RAM, as qemu-xen does, and
+# moves into BAR0 wherever the guest puts it (relocate_memory). It is
+# mapped once, whole, through a mapcache of its own (one locked bucket the
+# size of the VRAM): moving pages in the guest's physmap keeps the frames,
+# so the mapping stays valid wherever the guest sees them.
+VRAM_ALIGN = 16 << 20
+
+
+def vram_home(ram_bytes, size):
+    """Where populated video RAM starts: above the guest's RAM, aligned to its
+    size (one mapcache bucket), below the PCI hole or else above 4 GiB."""
+    align = max(size, VRAM_ALIGN)
+    top = 0
+    for _start, end in ram_ranges(ram_bytes):
+        top = max(top, end)
+    home = (top + align - 1) // align * align
+    if top <= LOW_RAM_END and home + size > LOW_RAM_END:
+        home = (max(top, 1 << 32) + align - 1) // align * align
+    return home
+
+
+class GuestVram:
+    """Video RAM in guest memory: size, view (all of it), move(gpa), dirty()."""
+
+    def __init__(self, hyp, ram_bytes, size):
+        if size & (size - 1) or size < (1 << 20):
+            raise ValueError("video RAM must be a power of two of at least 1 MiB")
+        self.hyp = hyp
+        self.size = size
+        self.ram = ram_ranges(ram_bytes)
+        self.home = vram_home(ram_bytes, size)
+        self.gpa = self.home
+        self.tracking = None  # (first pfn, count) Xen tracks for us
+        self.track_failed = False
+        xen = hyp.xen
+        try:
+            xen.populate_physmap(self.home >> 12, size >> 12)
+        except OSError as e:
+            raise MemoryError("populating %d MiB of video RAM at %#x: %s"
+                              % (size >> 20, self.home, e))
+        shift = 20
+        while (1 << shift) < size:
+            shift += 1
+        try:
+            self.mc = glue.Mapcache(xen, shift, 1)
+            self.mc.add_ram(self.home, self.home + size)
+        except OSError:
+            raise MemoryError("mapcache for the video RAM")
+        self.view = self.mc.map_locked(self.home, size)
+        if self.view is None:
+            raise MemoryError("mapping the video RAM")
+
+    def overlaps_ram(self, gpa):
+        for start, end in self.ram:
+            if gpa < end and start < gpa + self.size:
+                return True
+        return False
+
+    def move(self, gpa):
+        """Put the video RAM at gpa (None: back home). False if refused."""
+        dst = self.home if gpa is None else gpa
+        if dst == self.gpa:
+            return True
+        if gpa is not None and (gpa % 4096 or self.overlaps_ram(gpa)):
+            return False
+        try:
+            self.hyp.xen.relocate_memory(self.size >> 12, self.gpa >> 12, dst >> 12)
+        except OSError:
+            return False
+        self.gpa = dst
+        self.tracking = None
+        return True
+
+    def dirty(self, first_page, count):
+        """Pages [first_page, +count) of video RAM the guest wrote since the last
+        call (Xen's track_dirty_vram), or None when Xen can't tell (all dirty)."""
+        if self.track_failed:
+            return None
+        try:
+            return self.hyp.xen.track_dirty_vram((self.gpa >> 12) + first_page, count)
+        except OSError:
+            self.track_failed = True  # e.g. a shadow-paging Xen: redraw everything
+            return None
