@@ -625,6 +625,7 @@ class DeviceModel:
             from stubdm.savestate import StateError
 
             self.paused = True
+            t0 = ticks_us()
             try:
                 data = self.save_devices()
                 f = open(self.save_stream, "wb")
@@ -636,8 +637,8 @@ class DeviceModel:
                 log.info("stubdm", "save: %s" % e)
                 self.readiness.announce("error")
                 return True
-            log.info("stubdm", "save: %d bytes of device state to %s"
-                     % (len(data), self.save_stream))
+            log.info("stubdm", "save: %d bytes of device state to %s in %d us"
+                     % (len(data), self.save_stream, ticks_diff(ticks_us(), t0)))
             self.readiness.announce("paused")
             return True
         return False

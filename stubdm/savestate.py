@@ -25,7 +25,7 @@ Stream format (all integers little-endian), version FORMAT_VERSION:
     count    u16      number of records
     count x  record:  u8 name length, name (ASCII), u16 record version,
                       u32 body length, body (one encoded dict of fields)
-    crc      u32      CRC-32 (binascii.crc32) of every byte before it
+    crc      u32      CRC-32 (zlib's) of every byte before it
 
 A record's version is the device's own (its class's STATE_VERSION, 1 if it has
 none): a reader refuses a record newer than the device it would load it into.
@@ -37,8 +37,12 @@ tags are N None, T/F booleans, i int (zigzag LEB128, any size), b bytes, s str
 bytes). No pickle: the stream comes from outside and is read by both runtimes
 (../shared/PORTABLE_PYTHON.md).
 """
-import binascii
 import struct
+
+try:
+    from binascii import crc32 as _crc32
+except ImportError:  # the stub domain's port builds MicroPython without binascii
+    _crc32 = None
 
 MAGIC = b"STUBDMDS"
 FORMAT_VERSION = 1
@@ -51,6 +55,29 @@ MAX_RECORDS = 1024
 
 class StateError(Exception):
     pass
+
+
+_CRC_TABLE = None
+
+
+def crc32(data):
+    """CRC-32 (IEEE 802.3, as zlib's and binascii's)."""
+    if _crc32 is not None:
+        return _crc32(data) & 0xFFFFFFFF
+    global _CRC_TABLE
+    if _CRC_TABLE is None:
+        t = []
+        for i in range(256):
+            c = i
+            for _ in range(8):
+                c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
+            t.append(c)
+        _CRC_TABLE = t
+    t = _CRC_TABLE
+    c = 0xFFFFFFFF
+    for b in data:
+        c = t[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
 
 
 # ---- the field encoding ------------------------------------------------------
@@ -209,7 +236,7 @@ def write_records(records):
         out.extend(nb)
         out.extend(struct.pack("<HI", version & 0xFFFF, len(body)))
         out.extend(body)
-    out.extend(struct.pack("<I", binascii.crc32(out) & 0xFFFFFFFF))
+    out.extend(struct.pack("<I", crc32(out)))
     return bytes(out)
 
 
@@ -228,7 +255,7 @@ def read_records(data):
     if fmt < 1:
         raise StateError("device state: format version %d is invalid" % fmt)
     crc = struct.unpack_from("<I", data, n - 4)[0]
-    if binascii.crc32(memoryview(data)[0:n - 4]) & 0xFFFFFFFF != crc:
+    if crc32(memoryview(data)[0:n - 4]) != crc:
         raise StateError("device state: checksum mismatch: the stream is truncated or "
                          "corrupted")
     if count > MAX_RECORDS:
