@@ -1,0 +1,406 @@
+"""The PV display path: stubdm's fbfront and kbdfront against host_sim's vfb/vkbd
+backends and its RFB server, looked at and typed into by a real VNC client
+(vncdotool), on CPython and MicroPython.
+
+What is drawn into fbfront (by a test adapter, tests/harness/display_dm.py) must
+be in the picture vncdo captures; keys and pointer moves vncdo sends must reach
+stubdm's i8042 as the scan codes and PS/2 packets a guest reads at 0x60/0x64.
+Hostile clients are refused and the server serves on."""
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+
+import pytest
+
+from host_sim import vnc
+from host_sim.scripted import MICROPYTHON, Session
+from host_sim.xs import XsError
+from stubdm.devices.i8042 import translate
+from stubdm.frontends import kbdfront
+
+HARNESS = os.path.join(os.path.dirname(__file__), "harness", "display_dm.py")
+FB = "/local/domain/2/device/vfb/0"
+KBD = "/local/domain/2/device/vkbd/0"
+VNCDO = os.path.join(os.path.dirname(sys.executable), "vncdo")
+RUNTIMES = ("cpython", "micropython")
+
+
+def _rd(s, path):
+    try:
+        return s.xs.read(path).decode()
+    except XsError:
+        return None
+
+
+def free_display():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port, "127.0.0.1:%d" % (port - 5900)
+
+
+def session(runtime, script=None):
+    if runtime == "micropython" and not os.access(MICROPYTHON, os.X_OK):
+        pytest.skip("build/out/micropython is not built: run scons")
+    port, addr = free_display()
+    s = Session(runtime=runtime, vnc=addr, dm_script=script)
+    try:
+        s.hv.pump_until(lambda: _rd(s, FB + "/state") == "4" and _rd(s, KBD + "/state") == "4",
+                        "the vfb and vkbd handshakes")
+    except Exception:
+        s.close()
+        raise
+    s.port = port
+    return s
+
+
+def need_vncdo():
+    if not os.access(VNCDO, os.X_OK):
+        pytest.skip("vncdotool is not installed (pip install -e .[dev])")
+
+
+def run_client(s, argv, timeout=30):
+    """Run a VNC client to its end while host_sim serves it."""
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    s.hv.pump_until(lambda: p.poll() is not None, argv[0], timeout=timeout)
+    out = p.stdout.read().decode(errors="replace")
+    assert p.returncode == 0, out
+    return out
+
+
+def vncdo(s, *cmds):
+    return run_client(s, [VNCDO, "-s", "127.0.0.1::%d" % s.port] + list(cmds))
+
+
+def png_pixels(path):
+    """(width, height, rows of (r, g, b)) of an 8-bit RGB or RGBA PNG."""
+    data = open(path, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, w, h, ctype = 8, b"", 0, 0, 0
+    while pos < len(data):
+        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + n]
+        if kind == b"IHDR":
+            w, h, depth, ctype = struct.unpack(">IIBB", body[:10])
+            assert depth == 8 and ctype in (2, 6)
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + n
+    bpp = 3 if ctype == 2 else 4
+    raw = zlib.decompress(idat)
+    stride = w * bpp
+    rows, prev = [], bytearray(stride)
+    for y in range(h):
+        f = raw[y * (stride + 1)]
+        line = bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - bpp] if i >= bpp else 0
+            b = prev[i]
+            c = prev[i - bpp] if i >= bpp else 0
+            if f == 1:
+                line[i] = (line[i] + a) & 0xFF
+            elif f == 2:
+                line[i] = (line[i] + b) & 0xFF
+            elif f == 3:
+                line[i] = (line[i] + (a + b) // 2) & 0xFF
+            elif f == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                pr = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+                line[i] = (line[i] + pr) & 0xFF
+        rows.append(bytes(line))
+        prev = line
+    return w, h, [[tuple(r[x * bpp:x * bpp + 3]) for x in range(w)] for r in rows]
+
+
+def paint(s, spec):
+    s.xs.write(FB + "/paint", spec)
+    s.hv.pump_until(lambda: _rd(s, FB + "/painted") == spec, "the painter")
+    # Its update events, as the backend hears them.
+    w = int(spec.split()[0])
+    s.hv.pump_until(lambda: s.vnc.vfb.width == w and s.vnc.vfb.stats["updates"] > 0,
+                    "the update events")
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_vnc_capture_shows_what_was_drawn(runtime, tmp_path):
+    need_vncdo()
+    s = session(runtime, HARNESS)
+    try:
+        # A mode other than the one the backend was given at connection: a resize event,
+        # then DesktopSize to the client.
+        paint(s, "800 600 0x203040 100 50 64 32 0xff8000")
+        assert s.vnc.vfb.stats["resizes"] == 1
+        out = str(tmp_path / "a.png")
+        vncdo(s, "capture", out)
+        w, h, px = png_pixels(out)
+        assert (w, h) == (800, 600)
+        assert px[0][0] == (0x20, 0x30, 0x40) and px[599][799] == (0x20, 0x30, 0x40)
+        assert px[50][100] == (0xFF, 0x80, 0x00) and px[81][163] == (0xFF, 0x80, 0x00)
+        assert px[49][100] == (0x20, 0x30, 0x40) and px[82][163] == (0x20, 0x30, 0x40)
+        assert px[50][164] == (0x20, 0x30, 0x40)
+        # Drawn again: the next capture shows the new picture, and stubdm-sim's own
+        # screenshot agrees with vncdo pixel for pixel.
+        paint(s, "800 600 0x000000 0 0 8 8 0x00ff00")
+        vncdo(s, "capture", out)
+        _w, _h, px2 = png_pixels(out)
+        assert px2[0][0] == (0, 0xFF, 0) and px2[7][7] == (0, 0xFF, 0)
+        assert px2[50][100] == (0, 0, 0) and px2[8][8] == (0, 0, 0)
+        w3, h3, frame = capture(s)
+        assert (w3, h3) == (800, 600)
+        assert frame[0:4] == b"\x00\xff\x00\x00" and frame[(50 * 800 + 100) * 4] == 0
+    finally:
+        s.close()
+
+
+def capture(s, address=None):
+    """host_sim.vnc.capture in a thread-free way: the client runs in a child process."""
+    addr = address or "127.0.0.1:%d" % (s.port - 5900)
+    code = ("import sys; from host_sim import vnc; w, h, f = vnc.capture(%r); "
+            "sys.stdout.buffer.write(b'%%d %%d\\n' %% (w, h) + f)" % addr)
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    chunks = []
+    os.set_blocking(p.stdout.fileno(), False)
+
+    def done():
+        try:
+            d = p.stdout.read()
+        except BlockingIOError:
+            d = None
+        if d:
+            chunks.append(d)
+        return p.poll() is not None and not d
+    s.hv.pump_until(done, "capture", timeout=30)
+    assert p.returncode == 0
+    data = b"".join(chunks)
+    head, _, frame = data.partition(b"\n")
+    w, h = (int(v) for v in head.split())
+    return w, h, frame
+
+
+def test_zrle_and_zlib_clients_see_the_same_frame(tmp_path):
+    """vncdotool decoding ZRLE (its own decoder) gives the picture Raw gives."""
+    need_vncdo()
+    s = session("cpython", HARNESS)
+    try:
+        paint(s, "640 480 0x102030 10 20 300 200 0x40c0ff")
+        pics = {}
+        for enc in ("RAW", "ZRLE"):
+            out = str(tmp_path / ("%s.png" % enc))
+            code = ("import sys; from vncdotool import api, client, rfb; "
+                    "client.VNCDoToolClient.encoding = rfb.Encoding.%s; "
+                    "c = api.connect('127.0.0.1::%d'); c.captureScreen(%r); c.disconnect(); "
+                    "api.shutdown()" % (enc, s.port, out))
+            run_client(s, [sys.executable, "-c", code])
+            pics[enc] = png_pixels(out)
+        assert pics["RAW"] == pics["ZRLE"]
+        _w, _h, px = pics["ZRLE"]
+        assert px[20][10] == (0x40, 0xC0, 0xFF) and px[0][0] == (0x10, 0x20, 0x30)
+    finally:
+        s.close()
+
+
+# ---- input: VNC client -> vkbd -> kbdfront -> stubdm's i8042 -> the guest -----
+def i8042_setup(g):
+    g.outb(0x64, 0x60)
+    g.outb(0x60, 0x47)  # interrupts, system flag, translation (as Linux/BIOS set it)
+    g.outb(0x64, 0xA8)  # aux port on
+    g.outb(0x64, 0xD4)
+    g.outb(0x60, 0xF4)  # mouse: enable data reporting
+    got = drain(g)
+    assert (0xFA, True) in got, got
+
+
+def drain(g):
+    out = []
+    for _ in range(256):
+        st = g.inb(0x64)
+        if not st & 1:
+            break
+        out.append((g.inb(0x60), bool(st & 0x20)))
+    return out
+
+
+def read_until(s, g, n, timeout=10):
+    got = []
+    t0 = time.monotonic()
+    while len(got) < n and time.monotonic() - t0 < timeout:
+        s.hv.pump(0.01)
+        got += drain(g)
+    return got
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_vnc_keys_and_pointer_reach_the_i8042(runtime):
+    need_vncdo()
+    s = session(runtime)
+    try:
+        g = s.guest
+        i8042_setup(g)
+        # 'a' (set 2 1c, f0 1c; set 1 after translation 1e, 9e), Enter, Up (e0 48 / e0 c8).
+        vncdo(s, "key", "a", "key", "enter", "key", "up")
+        got = read_until(s, g, 8)
+        assert got == [(0x1E, False), (0x9E, False), (0x1C, False), (0x9C, False),
+                       (0xE0, False), (0x48, False), (0xE0, False), (0xC8, False)], got
+        # An uppercase letter without Shift held: Shift is pressed around it.
+        vncdo(s, "key", "B")
+        got = read_until(s, g, 4)
+        assert [b for b, _ in got] == [0x2A, 0x30, 0xAA, 0xB0], got
+        # Pointer: absolute positions become PS/2 motion from the top-left corner
+        # (y grows upwards in PS/2); a click is the left button down, then up.
+        vncdo(s, "move", "30", "20")
+        got = read_until(s, g, 3)
+        assert got == [(0x28, True), (30, True), (0xEC, True)], got
+        vncdo(s, "move", "35", "10", "click", "1")
+        got = read_until(s, g, 9)
+        assert got[:3] == [(0x08, True), (5, True), (10, True)], got
+        assert got[3:] == [(0x09, True), (0, True), (0, True),
+                           (0x08, True), (0, True), (0, True)], got
+    finally:
+        s.close()
+
+
+def test_scancode_tables():
+    # Set 2 through the 8042's translation is set 1, for every key we have a code for.
+    for code in list(range(1, 84)) + [k for k, _c, _e in kbdfront._SET1_HIGH]:
+        for pressed in (1, 0):
+            s1 = kbdfront.scancodes(code, pressed, 1)
+            s2 = kbdfront.scancodes(code, pressed, 2)
+            assert s1 and s2, code
+            out, hb = bytearray(), 0
+            for b in s2:
+                if b in (0xE0, 0xE1):
+                    out.append(b)
+                elif b == 0xF0:
+                    hb = 0x80
+                else:
+                    out.append(translate(b) | hb)
+                    hb = 0
+            assert bytes(out) == s1, (code, pressed, s1.hex(), s2.hex())
+    assert kbdfront.scancodes(65, 1, 2) == b"\x83"  # F7
+    assert kbdfront.scancodes(119, 0, 1) == b""  # Pause has no break
+    assert kbdfront.scancodes(0x2FF, 1, 1) == b"" and kbdfront.scancodes(30, 1, 3) == b""
+    assert vnc.keysym_to_linux(ord("a")) == (30, False)
+    assert vnc.keysym_to_linux(ord("?")) == (53, True)
+    assert vnc.keysym_to_linux(0xFF0D) == (28, False)
+    assert vnc.keysym_to_linux(0xFFC9) == (88, False)  # F12
+    assert vnc.keysym_to_linux(ord("|")) == (43, True)
+
+
+# ---- hostile clients ------------------------------------------------------------
+def raw_client(s, data, read_reply=False, close=True):
+    c = socket.create_connection(("127.0.0.1", s.port))
+    c.setblocking(False)
+    buf = bytearray()
+    t0 = time.monotonic()
+    while len(buf) < 12 and time.monotonic() - t0 < 5:
+        s.hv.pump(0.01)
+        try:
+            buf += c.recv(4096)
+        except BlockingIOError:
+            pass
+    assert bytes(buf[:12]) == b"RFB 003.008\n"
+    c.sendall(data)
+    return c
+
+
+def gone(s, c, timeout=5):
+    """The server closed the connection (reads EOF) within timeout."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        s.hv.pump(0.01)
+        try:
+            d = c.recv(1 << 20)
+        except BlockingIOError:
+            continue
+        except ConnectionResetError:
+            return True
+        if not d:
+            return True
+    return False
+
+
+HANDSHAKE = b"RFB 003.008\n\x01\x01"
+
+
+def test_hostile_vnc_clients_are_dropped_and_the_server_serves_on():
+    s = session("cpython", HARNESS)
+    try:
+        paint(s, "640 480 0x336699 0 0 1 1 0x336699")
+        bad = [
+            b"HTTP/1.1 GET\n",  # not RFB
+            b"RFB 004.000\n",  # a version we don't speak
+            b"RFB 003.008\n\x02",  # security type VNC auth: not offered
+            HANDSHAKE + b"\x07" + bytes(64),  # unknown message type
+            HANDSHAKE + b"\x00\x00\x00\x00" + struct.pack(">BBBBHHHBBB3x", 8, 8, 0, 0, 7, 7,
+                                                          3, 5, 2, 0),  # colour map
+            HANDSHAKE + b"\x00\x00\x00\x00" + struct.pack(">BBBBHHHBBB3x", 32, 24, 0, 1, 300,
+                                                          255, 255, 16, 8, 0),  # max 300
+            HANDSHAKE + b"\x06\x00\x00\x00" + struct.pack(">I", 0xFFFFFFF0),  # cut text
+            HANDSHAKE + b"\x02\x00" + struct.pack(">H", 0xFFFF),  # 65535 encodings
+        ]
+        before = s.vnc.stats["bad_clients"]
+        for data in bad:
+            c = raw_client(s, data)
+            assert gone(s, c), data
+            c.close()
+        assert s.vnc.stats["bad_clients"] == before + len(bad)
+        # Truncated messages, then the client goes: nothing left behind.
+        for cut in (HANDSHAKE + b"\x03\x00\x00", HANDSHAKE + b"\x02\x00\x00\x10\x00",
+                    HANDSHAKE + b"\x06\x00\x00\x00\x00\x00\x10\x00abc"):
+            raw_client(s, cut).close()
+        # A huge rectangle is clamped to the frame; a flood of input is taken or
+        # dropped at the ring, never more than the ring.
+        c = raw_client(s, HANDSHAKE + b"\x03\x00\xff\xff\xff\xff\xff\xff\xff\xff"
+                       + (b"\x05\x01\x00\x10\x00\x10" + b"\x04\x01\x00\x00\x00\x00\x00\x61")
+                       * 5000)
+        want = 2 + 4 + 30 + 4  # security types, result, ServerInit, an update's header
+        hdr = b""
+        c.settimeout(0.01)
+        t0 = time.monotonic()
+        while len(hdr) < want and time.monotonic() - t0 < 10:
+            s.hv.pump(0.01)
+            try:
+                hdr += c.recv(want - len(hdr))
+            except socket.timeout:
+                pass
+        # ServerInit says 640x480; an update of 0 rectangles (the request lies outside).
+        assert struct.unpack(">HH", hdr[6:10]) == (640, 480)
+        assert hdr[36:40] == b"\x00\x00\x00\x00", hdr[36:40]
+        c.close()
+        # A client that asks for frames and never reads them: dropped at the bound,
+        # the loop not blocked meanwhile (vncdo below is served).
+        c = raw_client(s, HANDSHAKE + b"\x03\x00\x00\x00\x00\x00\x02\x80\x01\xe0" * 50)
+        for _ in range(50):
+            s.hv.pump(0.01)
+        w, h, frame = capture(s)
+        assert (w, h) == (640, 480) and frame[:4] == b"\x99\x66\x33\x00"
+        c.close()
+        for _ in range(20):
+            s.hv.pump(0.01)
+        assert not s.vnc.clients, "clients left over: %r" % list(s.vnc.clients)
+        assert s.proc.poll() is None
+    finally:
+        s.close()
+
+
+def test_screenshot_command(tmp_path):
+    """stubdm-sim screenshot FILE.png --vnc ADDR: the frame as a PNG."""
+    s = session("cpython", HARNESS)
+    try:
+        paint(s, "720 400 0x000000 8 16 8 16 0xaaaaaa")
+        out = str(tmp_path / "shot.png")
+        cli = shutil.which("stubdm-sim", path=os.path.dirname(sys.executable))
+        run_client(s, [cli, "screenshot", out, "--vnc", "127.0.0.1:%d" % (s.port - 5900)])
+        w, h, px = png_pixels(out)
+        assert (w, h) == (720, 400)
+        assert px[16][8] == (0xAA, 0xAA, 0xAA) and px[15][8] == (0, 0, 0)
+    finally:
+        s.close()
