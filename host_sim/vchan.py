@@ -283,6 +283,8 @@ class VchanSocketProxy:
         if not self.watching:
             self.xs.watch(self.path, "vchan-proxy")  # fires at once: connect then
             self.watching = True
+        else:
+            self._connect()  # the server may be there already; else its watch fires
 
     def _xs_event(self):
         for _ in range(64):
@@ -302,7 +304,7 @@ class VchanSocketProxy:
         except VchanError as e:
             self.log("qmp proxy: %s" % e)  # not there yet: the watch tries again
             return
-        self._pump()
+        self._flush_in()  # reads wait for the server's first event (it has seen us)
 
     def _sock_readable(self):
         if self.conn is None:

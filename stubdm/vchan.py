@@ -308,6 +308,9 @@ class VchanServer:
         live = self.mem[OFF_CLI_LIVE]
         if live == LIVE_OPEN and not self.connected:
             self.connected = True
+            # Our own indices as we know them: a client may have scribbled on them.
+            self._set_index(self._words[0], OFF_LEFT_CONS, self.rd_cons)
+            self._set_index(self._words[1], OFF_RIGHT_PROD, self.wr_prod)
             # A restarted client maps the same ring: what an old one left unread
             # is its, not the new one's (vchan-socket-proxy's discard_buffers).
             if self.on_connect is not None:
