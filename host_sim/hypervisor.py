@@ -14,6 +14,7 @@ import select
 import socket
 import struct
 import time
+import zlib
 
 from host_sim import proto
 from host_sim._simevtchn import ffi as _evtchn_ffi, lib as _evtchn_lib
@@ -754,6 +755,7 @@ class SimHypervisor:
         self.param_log = []
         self.dirty_range = None  # (first_pfn, nr) tracked, and the dirty gfns
         self.dirty = set()
+        self.dirty_hashes = {}  # gfn -> crc32 at the last call
         self.physmap_log = []
 
     def punch_vga_hole(self):
@@ -874,16 +876,28 @@ class SimHypervisor:
     def track_dirty_vram(self, first, nr):
         """XEN_DMOP_track_dirty_vram: nr = 0 stops tracking; a new range
         reports every page dirty once; then the pages written since the last
-        call (host_sim sees the scripted guest's writes)."""
+        call. Writes host_sim routes itself (the scripted guest's) are marked
+        as they happen; a guest that writes the memory straight (QEMU's vCPUs
+        through an mmap-ed BAR) is caught by comparing each page's hash with
+        the last call's, so a page written with what it held shows clean."""
         if nr == 0:
             self.dirty_range = None
             self.dirty = set()
+            self.dirty_hashes = {}
             return 0, b""
         if nr > (1 << 30) // PAGE or nr > proto.DIRTY_MAX_PAGES or first + nr - 1 > _MAX_GFN:
             return -_EINVAL, b""
         if self.dirty_range != (first, nr):
             self.dirty_range = (first, nr)
             self.dirty = set(range(first, first + nr))
+            self.dirty_hashes = {}
+        hashes = self.dirty_hashes
+        for g in range(first, first + nr):
+            mem = self.guest_memory(g * PAGE, PAGE)
+            h = zlib.crc32(mem) if mem is not None else None
+            if hashes.get(g, h) != h:
+                self.dirty.add(g)
+            hashes[g] = h
         bitmap = bytearray((nr + 7) // 8)
         for g in self.dirty:
             i = g - first
