@@ -181,6 +181,8 @@ def parse_args(argv):
     opts = {"domid": None, "ram_mib": 128, "vcpus": 1, "serial": [], "pci_serial": [],
             "defaults": True, "verbose": 1, "timers": True, "ide": [], "ide_native": False,
             "nics": [], "netdevs": {}, "ahci": None, "ahci_drives": []}
+    opts["vga"] = None  # video RAM MiB of the standard VGA (-device VGA), or None
+    opts["vga_dump"] = None
     from stubdm.driveargs import DriveArgError, DriveArgs
 
     drive_args = DriveArgs()
@@ -237,6 +239,27 @@ def parse_args(argv):
                     drive_args.device(value().split(",")[0], value())
             except DriveArgError as e:
                 raise ArgError(str(e))
+            i += 2
+        elif a == "-device" and value().split(",")[0] == "VGA":
+            opts["vga"] = parse_vga(value())
+            i += 2
+        elif a == "-vga":
+            # The older spelling (libxl's qemu-traditional args): std, none, cirrus.
+            v = value()
+            if v == "std":
+                opts["vga"] = VGA_DEFAULT_MB
+            elif v == "cirrus":
+                from stubdm import control
+
+                try:
+                    control.device_option("cirrus-vga", v)
+                except control.ControlError as e:
+                    raise ArgError(str(e))
+            elif v != "none":
+                raise ArgError("-vga %s: only std (the standard VGA) or none" % v)
+            i += 2
+        elif a == "-vga-dump":
+            opts["vga_dump"] = value()  # tests: the rendered frame, to a file
             i += 2
         elif a == "-device" and value().split(",")[0] in NIC_MODELS:
             opts["nics"].append(parse_nic(value()))
@@ -314,6 +337,53 @@ def parse_args(argv):
 
 
 AHCI_PORTS = 6
+VGA_DEFAULT_MB = 16  # libxl's videoram for stdvga
+
+
+def parse_vga(spec):
+    """-device VGA[,vgamem_mb=M]: the video RAM in MiB (QEMU rounds it up to a
+    power of two; 4 MiB at least, or Linux's bochs driver refuses the BAR)."""
+    mb = VGA_DEFAULT_MB
+    for p in spec.split(",")[1:]:
+        if p.startswith("vgamem_mb="):
+            try:
+                mb = int(p[10:])
+            except ValueError:
+                raise ArgError("-device VGA: vgamem_mb is not a number: " + p[10:])
+            if not 1 <= mb <= 256:
+                raise ArgError("-device VGA: vgamem_mb must be 1..256")
+        elif p.startswith("id=") or p.startswith("addr=0x2") or p == "addr=2":
+            pass
+        else:
+            raise ArgError("-device VGA: unknown property " + p)
+    size = 1
+    while size < mb:
+        size <<= 1
+    return max(size, 4)
+
+
+class VgaDump:
+    """-vga-dump FILE: each changed frame, whole, to FILE (b"STUBDMFB", <II width
+    height, then rows of B, G, R, X), replaced by a rename so a reader never sees
+    half a frame. For tests and debugging; a stub domain shows its frames through
+    the PV framebuffer."""
+
+    def __init__(self, path, surface):
+        self.path = path
+        self.surface = surface
+
+    def write(self):
+        s = self.surface
+        if not s.take_dirty() or s.width <= 0:
+            return
+        import os
+        import struct
+
+        tmp = self.path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(b"STUBDMFB" + struct.pack("<II", s.width, s.height))
+            f.write(s.buf[:s.stride * s.height])
+        os.rename(tmp, self.path)
 
 
 def parse_ahci(spec, have):
@@ -541,12 +611,14 @@ class DeviceModel:
         serials = serial_backends(opts)
         chardevs = [make_chardev(s) for s in serials]
         self.timers = opts["timers"]
+        self.vga_dump = None
+        vga = self.vga_config(opts, hyp, ram)
         self.machine = Machine(Platform(hyp, sid), chardevs, ram, True,
                                opts["pci_serial"], com1=bool(serials),
                                ide=self.ide_config(opts),
                                ahci=self.ahci_config(opts),
                                nics=self.open_nics(opts), nic_mem=self.mem,
-                               nic_clock=ticks_us if self.timers else None)
+                               nic_clock=ticks_us if self.timers else None, vga=vga)
         m = self.machine
         if self.kbd is not None:
             self.kbd.i8042 = getattr(m, "i8042", None)  # none with -nodefaults
@@ -685,11 +757,13 @@ class DeviceModel:
                 f.close()
         except OSError as e:
             raise ArgError("-incoming %s: can't read it: %s" % (spec, e))
+        t0 = ticks_us()
         try:
             load_machine(self.machine, data)
         except StateError as e:
             raise ArgError("-incoming %s: %s: the guest is not started" % (spec, e))
-        log.info("stubdm", "restored %d bytes of device state from %s" % (len(data), path))
+        log.info("stubdm", "restored %d bytes of device state from %s in %d us"
+                 % (len(data), path, ticks_diff(ticks_us(), t0)))
 
     def settle_pv(self, timeout_ms):
         """Serve xenstore and the frontends' events until every PV device the arguments
@@ -724,6 +798,26 @@ class DeviceModel:
                     hyp.unmask(port)
                     self.pv.on_port(port)
             self.xs.events()
+
+    def vga_config(self, opts, hyp, ram):
+        """The standard VGA: its video RAM populated in guest memory, and the surface
+        it draws into (fbfront's when the stub domain has a vfb; -vga-dump's; else
+        none: nothing shows the frame, so nothing is drawn)."""
+        if opts["vga"] is None:
+            return None
+        from stubdm.memory import GuestVram
+
+        try:
+            vram = GuestVram(hyp, ram, opts["vga"] << 20)
+        except MemoryError as e:
+            raise ArgError("-device VGA: " + str(e))
+        surface = self.fb
+        if opts["vga_dump"] is not None:
+            from stubdm.display import MemorySurface
+
+            surface = MemorySurface(max_bytes=4 << 20)
+            self.vga_dump = VgaDump(opts["vga_dump"], surface)
+        return {"vram": vram, "surface": surface}
 
     def ide_config(self, opts):
         """The PIIX3 IDE function (always there, as in QEMU's xenfv) and its drives."""
@@ -775,8 +869,17 @@ class DeviceModel:
         uarts = self.machine.uarts if self.timers else []
         armed = {}  # uart index -> when its RX character timeout was first seen armed
         events = 0  # since the last heap sample
+        vga = self.machine.vga
+        if vga is not None and vga.surface is None:
+            vga = None  # nothing shows the frame: nothing to draw
+        if vga is not None:
+            from stubdm.devices.vga import REFRESH_MS
+        next_frame = ticks_us()
         while not self.machine.reset_requested and not self.quit_requested:
             timeout = 1000
+            if vga is not None:
+                wait = ticks_diff(next_frame, ticks_us()) // 1000
+                timeout = wait if wait > 0 else 0
             if armed or any(u.rx_timer_armed for u in uarts):
                 timeout = RX_TIMEOUT_MS
             nic_due = self.machine.nic_timer_deadline() if self.timers else None
@@ -824,6 +927,12 @@ class DeviceModel:
             if self.paused:
                 continue  # saved: the device clocks stand still (as QEMU's vm_stop)
             self._rx_timeouts(uarts, armed)
+            if vga is not None and ticks_diff(ticks_us(), next_frame) >= 0:
+                # The display refresh, as QEMU's GUI timer: what changed, redrawn.
+                next_frame = ticks_us() + REFRESH_MS * 1000
+                vga.refresh()
+                if self.vga_dump is not None:
+                    self.vga_dump.write()
             if self.fb is not None:
                 self.fb.flush()  # what was drawn this turn, as update events
             if nic_due is not None and ticks_diff(ticks_us(), nic_due) >= 0:
@@ -867,11 +976,15 @@ class DeviceModel:
         if _mem_alloc is not None:
             self.sample_heap()
             heap = " heap_peak=%d heap_size=%d" % (self.heap_peak, _mem_alloc() + _mem_free())
+        vga = ""
+        if self.machine.vga is not None:
+            v = self.machine.vga.stats()
+            vga = " vga_frames=%d vga_busy_us=%d" % (v["frames"], v["busy_us"])
         sys.stderr.write(
             "stubdm-stats: ioreqs=%d buffered=%d busy_us=%d mapcache_hits=%d "
-            "mapcache_misses=%d mapcache_buckets=%d mapcache_footprint=%d%s\n"
+            "mapcache_misses=%d mapcache_buckets=%d mapcache_footprint=%d%s%s\n"
             % (lp.handled, lp.buffered, lp.busy_us, st["hits"], st["misses"],
-               st["buckets_mapped"], st["footprint"], heap)
+               st["buckets_mapped"], st["footprint"], vga, heap)
         )
 
 
