@@ -304,10 +304,16 @@ class Engine:
         # As libxl starts a stub domain's device model: every argument in xenstore
         # (<guest vm>/image/dm-argv/NNN), nothing on its command line. COM1 (QEMU's
         # here) gets null, the pci-serial the log: -nodefaults keeps what -serial asks.
+        # libxl's fixed lines and order (libxl__build_device_model_args_new, stub
+        # domain), then host_sim's pci-serial, the NICs' and disks' lines.
         self.dm_argv = [
-            "-xen-domid", str(GUEST_DOMID), "-m", str(self.memory), "-nodefaults",
-            "-device", "pci-serial,addr=%d" % (DEVFN_PCI_SERIAL >> 3),
+            "-xen-domid", str(GUEST_DOMID), "-no-shutdown", "-nodefaults", "-no-user-config",
+            "-name", "guest", "-display", "none",
             "-serial", "null", "-serial", "file:" + self.serial_log,
+            "-boot", "order=cda", "-smp", "1,maxcpus=1",
+        ] + ([] if self.nics else ["-net", "none"]) + [
+            "-machine", "xenfv,suppress-vmdesc=on", "-m", str(self.memory),
+            "-device", "pci-serial,addr=%d" % (DEVFN_PCI_SERIAL >> 3),
         ] + self.dm_extra
         self.pvenv = PvEnv(self.dir, guest_domid=GUEST_DOMID, dm_argv=self.dm_argv)
         env_extra = self.pvenv.env
