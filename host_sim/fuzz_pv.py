@@ -1,5 +1,5 @@
-"""A hostile backend for the device model's PV frontends, in-process: blkfront and netfront
-(and stubdm-echo) over fake grants, event channels and xenstore, with every response and
+"""A hostile backend for the device model's PV frontends, in-process: blkfront, netfront,
+fbfront and kbdfront (and stubdm-echo) over fake grants, event channels and xenstore, with every response and
 index the backend writes chosen to hurt: ids never sent or sent twice, statuses and
 lengths out of range, offsets past the page, rsp_prod far ahead or backwards, chains that
 never end. Checks, per event: no exception escapes, the handler is fast, no I/O is
@@ -225,7 +225,147 @@ class NetTarget:
         fe.on_event(fe.port)
 
 
-TARGETS = {"blkfront": BlkTarget, "netfront": NetTarget}
+class _Line:
+    def set_level(self, level):
+        pass
+
+
+class FbTarget:
+    """fbfront under a backend that lies about out_cons and in_prod and sends in events
+    of any type, while an adapter resizes and draws: the frontend must never write more
+    out events than the ring holds free, and every event it writes must be sound."""
+
+    name = "fbfront"
+
+    def __init__(self, rng):
+        from stubdm.frontends import fbfront
+        self.rng = rng
+        self.fb = fbfront
+        feats = {}
+        if rng.random() < 0.8:
+            feats["feature-resize"] = "1"
+        if rng.random() < 0.9:
+            feats["request-update"] = "1"
+        self.fe = connect(fbfront.FbFront, "vfb", "0", feats)
+        self.seen = 0  # out_prod the honest backend has checked up to
+
+    def step(self):
+        rng, fe = self.rng, self.fe
+        if fe.shared is None or fe.port is None:
+            self.__init__(rng)
+            return "reconnected"
+        page = fe.shared.mem
+        for _ in range(rng.randint(0, 3)):
+            op = rng.random()
+            if op < 0.2:
+                fe.resize(rng.choice((0, -1, 1, 640, 720, 1024, 1920, 4000, 1 << 20)),
+                          rng.choice((0, 1, 400, 480, 768, 1080, 3000)))
+            elif fe.width > 0:
+                w, h = rng.randint(1, fe.width), rng.randint(1, fe.height)
+                fe.update(rng.randint(0, fe.width - w), rng.randint(0, fe.height - h), w, h)
+            if fe.stride * fe.height > fe.max_bytes or (fe.buf is not None and
+                                                         len(fe.buf) < fe.stride * fe.height):
+                raise Finding("fbfront's geometry %dx%d stride %d exceeds its memory"
+                              % (fe.width, fe.height, fe.stride))
+        cons, prod = struct.unpack_from("<II", page, A.XENFB_PAGE_OFF_OUT_CONS)
+        was_honest = ((prod - cons) & 0xFFFFFFFF) <= A.XENFB_OUT_RING_LEN
+        fe.flush()
+        cons, prod = struct.unpack_from("<II", page, A.XENFB_PAGE_OFF_OUT_CONS)
+        honest = ((prod - cons) & 0xFFFFFFFF) <= A.XENFB_OUT_RING_LEN
+        if was_honest and not honest:
+            raise Finding("fbfront wrote %d out events into a ring of %d"
+                          % ((prod - cons) & 0xFFFFFFFF, A.XENFB_OUT_RING_LEN))
+        # The backend reads what is new, checks it, then lies or not about out_cons.
+        for i in range((prod - self.seen) & 0xFFFFFFFF if honest else 0):
+            off = A.event_offset(A.XENFB_OUT_RING_OFFS, A.XENFB_OUT_RING_LEN,
+                                 A.XENFB_OUT_EVENT_SIZE, self.seen + i)
+            ev = bytes(page[off:off + A.XENFB_RESIZE_SIZE])
+            if ev[0] == A.XENFB_TYPE_UPDATE:
+                _t, x, y, w, h = struct.unpack(A.XENFB_UPDATE_FMT, ev[:A.XENFB_UPDATE_SIZE])
+                if x < 0 or y < 0 or w <= 0 or h <= 0 or x + w > 1 << 16 or y + h > 1 << 16:
+                    raise Finding("fbfront sent update %d,%d %dx%d" % (x, y, w, h))
+            elif ev[0] == A.XENFB_TYPE_RESIZE:
+                _t, w, h, stride, depth, offset = struct.unpack(A.XENFB_RESIZE_FMT, ev)
+                if w <= 0 or h <= 0 or stride < w * 4 or stride * h > fe.max_bytes \
+                        or depth != 32 or offset != 0:
+                    raise Finding("fbfront sent resize %dx%d stride %d depth %d"
+                                  % (w, h, stride, depth))
+            else:
+                raise Finding("fbfront sent out event type %d" % ev[0])
+        self.seen = prod
+        pick = rng.random()
+        if pick < 0.7:
+            struct.pack_into("<I", page, A.XENFB_PAGE_OFF_OUT_CONS, prod)
+        elif pick > 0.9:
+            struct.pack_into("<I", page, A.XENFB_PAGE_OFF_OUT_CONS, rng.getrandbits(32))
+        # else it consumes nothing
+        # In events: refresh periods and junk, with honest or wild in_prod.
+        ic, ip = struct.unpack_from("<II", page, A.XENFB_PAGE_OFF_IN_CONS)
+        for i in range(rng.randint(0, 4)):
+            off = A.event_offset(A.XENFB_IN_RING_OFFS, A.XENFB_IN_RING_LEN,
+                                 A.XENFB_IN_EVENT_SIZE, ip + i)
+            page[off:off + 8] = struct.pack(A.XENFB_REFRESH_PERIOD_FMT,
+                                            rng.choice((1, 1, 0, 2, 255)),
+                                            rng.choice((0, 30, 0xFFFFFFFF)))
+        ip2 = (ip + rng.randint(0, 4)) if rng.random() < 0.9 else rng.getrandbits(32)
+        struct.pack_into("<I", page, A.XENFB_PAGE_OFF_IN_PROD, ip2 & 0xFFFFFFFF)
+        fe.on_event(fe.port)
+
+
+class KbdTarget:
+    """kbdfront under a backend writing any in event with any fields and any in_prod,
+    into a real i8042: nothing escapes, the i8042's queues stay bounded."""
+
+    name = "kbdfront"
+
+    def __init__(self, rng):
+        from stubdm.devices.i8042 import I8042
+        from stubdm.frontends.kbdfront import KbdFront
+        self.rng = rng
+        self.fe = connect(KbdFront, "vkbd", "0", {"feature-abs-pointer": "1",
+                                                  "width": str(rng.choice((1, 800, 32767))),
+                                                  "height": str(rng.choice((1, 600, 32767)))})
+        self.kbd = I8042(_Line(), _Line(), lambda: None)
+        self.fe.i8042 = self.kbd
+        self.kbd.write(4, 1, 0xA8)  # aux port on, mouse reporting on
+        self.kbd.write(4, 1, 0xD4)
+        self.kbd.write(0, 1, 0xF4)
+
+    def step(self):
+        rng, fe = self.rng, self.fe
+        if fe.shared is None:
+            self.__init__(rng)
+            return "reconnected"
+        page = fe.shared.mem
+        ic, ip = struct.unpack_from("<II", page, A.XENKBD_PAGE_OFF_IN_CONS)
+        for i in range(rng.randint(0, 8)):
+            off = A.event_offset(A.XENKBD_IN_RING_OFFS, A.XENKBD_IN_RING_LEN,
+                                 A.XENKBD_IN_EVENT_SIZE, ip + i)
+            t = rng.choice((1, 3, 3, 4, 5, 0, 2, 99))
+            big = rng.choice((0, 1, -1, 100, 1 << 20, -(1 << 31), (1 << 31) - 1))
+            if t == A.XENKBD_TYPE_KEY:
+                ev = struct.pack(A.XENKBD_KEY_FMT, t, rng.choice((0, 1, 2, 255)),
+                                 rng.choice((rng.randint(0, 0x120), 0x110, 0xFFFFFFFF)))
+            else:
+                ev = struct.pack("<B3xiii", t, big, rng.randint(-500, 40000), big)
+            page[off:off + len(ev)] = ev
+        ip2 = (ip + rng.randint(0, 8)) if rng.random() < 0.9 else rng.getrandbits(32)
+        struct.pack_into("<I", page, A.XENKBD_PAGE_OFF_IN_PROD, ip2 & 0xFFFFFFFF)
+        fe.on_event(fe.port)
+        # The guest reads now and then.
+        for _ in range(rng.randint(0, 20)):
+            if self.kbd.read(4, 1) & 1:
+                self.kbd.read(0, 1)
+        for dev in (self.kbd.kbd, self.kbd.mouse):
+            if len(dev.q) > 64:
+                raise Finding("i8042 queue of %d bytes" % len(dev.q))
+        if len(fe.down) > 0x300:
+            raise Finding("kbdfront holds %d keys down" % len(fe.down))
+
+
+TARGETS = {"blkfront": BlkTarget, "netfront": NetTarget, "fbfront": FbTarget,
+           "kbdfront": KbdTarget}
+ALL = ("blkfront", "netfront", "fbfront", "kbdfront")
 
 
 def run(requests, seed, targets=("blkfront", "netfront"), slow_ms=50.0, progress=None):
@@ -264,11 +404,11 @@ def cmd(args):
     import sys
 
     t0 = time.perf_counter()
-    n, findings = run(args.requests, args.seed,
+    n, findings = run(args.requests, args.seed, targets=ALL,
                       progress=lambda m: sys.stderr.write("fuzz-pv: %s\n" % m))
     dt = time.perf_counter() - t0
-    print("fuzz-pv: %d steps (blkfront, netfront) in %.1f s, %.0f/s, seed %d"
-          % (n, dt, n / dt, args.seed))
+    print("fuzz-pv: %d steps (%s) in %.1f s, %.0f/s, seed %d"
+          % (n, ", ".join(ALL), dt, n / dt, args.seed))
     for name, step, msg in findings:
         print("  finding: %s step %d: %s (rerun with --seed %d)" % (name, step, msg, args.seed))
     if not findings:
@@ -279,7 +419,7 @@ def cmd(args):
 def add_command(sub, common):
     p = sub.add_parser("fuzz-pv", parents=[common],
                        help="a hostile backend against the device model's PV frontends "
-                       "(blkfront, netfront), in-process")
+                       "(blkfront, netfront, fbfront, kbdfront), in-process")
     p.add_argument("--requests", type=int, default=20000, metavar="N",
                    help="backend steps per frontend (default 20000)")
     p.add_argument("--seed", type=int, default=1, metavar="S")

@@ -404,3 +404,34 @@ def test_screenshot_command(tmp_path):
         assert px[16][8] == (0xAA, 0xAA, 0xAA) and px[15][8] == (0, 0, 0)
     finally:
         s.close()
+
+
+# ---- fbfront and kbdfront under a hostile backend (host_sim/fuzz_pv.py) ------------
+@pytest.mark.parametrize("seed", [1, 2])
+def test_hostile_backend_finds_nothing_in_fbfront_and_kbdfront(seed):
+    from host_sim import fuzz_pv
+
+    n, findings = fuzz_pv.run(3000, seed, targets=("fbfront", "kbdfront"), slow_ms=200.0)
+    assert n == 6000 and findings == []
+
+
+def test_fuzzer_catches_an_overfull_out_ring(monkeypatch):
+    # A planted bug: fbfront sends each refresh's rectangles whatever room the ring has.
+    import struct as st
+
+    from host_sim import fuzz_pv
+    from stubdm import pv_abi as A
+    from stubdm.frontends import fbfront
+
+    def greedy(self):
+        page = self.shared.mem
+        prod = st.unpack_from("<I", page, A.XENFB_PAGE_OFF_OUT_PROD)[0]
+        for _ in range(A.XENFB_OUT_RING_LEN + 1):
+            ev = st.pack(A.XENFB_UPDATE_FMT, A.XENFB_TYPE_UPDATE, 0, 0, 1, 1)
+            self._put(page, prod, ev + bytes(A.XENFB_OUT_EVENT_SIZE - len(ev)))
+            prod += 1
+        self.rects = []
+        st.pack_into("<I", page, A.XENFB_PAGE_OFF_OUT_PROD, prod & 0xFFFFFFFF)
+    monkeypatch.setattr(fbfront.FbFront, "flush", greedy)
+    _, findings = fuzz_pv.run(3000, 1, targets=("fbfront",), slow_ms=1000.0)
+    assert findings and "out events" in findings[0][2], findings

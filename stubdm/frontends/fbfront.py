@@ -40,6 +40,7 @@ PD_PAGES = (FB_PAGES + A.XENFB_FRAMES_PER_PD_PAGE - 1) // A.XENFB_FRAMES_PER_PD_
 DEFAULT_WIDTH = 640
 DEFAULT_HEIGHT = 480
 DEPTH = 32
+MAX_DIM = 16384  # pixels a side: more is no mode (and past what viewers take)
 MAX_RECTS = 8  # per refresh; QEMU's backend keeps 8 before it redraws everything
 _M = 0xFFFFFFFF
 
@@ -158,7 +159,7 @@ class FbFront(Frontend):
 
     # ---- the Surface ----
     def fits(self, width, height):
-        if width <= 0 or height <= 0 or self.buf is None:
+        if not (0 < width <= MAX_DIM and 0 < height <= MAX_DIM) or self.buf is None:
             return False
         if width * BYTES_PER_PIXEL * height > self.max_bytes:
             return False
