@@ -130,16 +130,26 @@ for _i in range(16):
 _MASK32 = tuple(_MASK32)
 
 
-def font_path():
-    """build/out/vgafont.bin beside this tree (made by build/make_font.py), or None."""
+def font_paths():
+    """Where build/out/vgafont.bin (build/make_font.py) may be: beside the tree this
+    module came from (MicroPython's __file__ is relative to its path entry)."""
+    import sys
+
+    out = []
     try:
         here = __file__
     except NameError:
-        return None
-    i = here.rfind("/stubdm/devices/")
-    if i < 0:
-        return None
-    return here[:i] + "/build/out/vgafont.bin"
+        here = ""
+    i = here.rfind("stubdm/devices/")
+    if i >= 0:
+        top = here[:i]
+        if top.startswith("/"):
+            out.append(top + "build/out/vgafont.bin")
+        else:
+            for p in sys.path:
+                if p and p[0] == "/":
+                    out.append(p + "/" + top + "build/out/vgafont.bin")
+    return out
 
 
 _font_cache = []
@@ -150,11 +160,11 @@ def load_font():
     if _font_cache:
         return _font_cache[0]
     data = None
-    p = font_path()
-    if p is not None:
+    for p in font_paths():
         try:
             with open(p, "rb") as f:
                 data = f.read()
+            break
         except OSError:
             data = None
     if data is not None and len(data) != 256 * FONT_HEIGHT:
@@ -862,6 +872,7 @@ class Vga(PciFunction):
         if not ok:
             self.guest_error("video RAM BAR moved to %#x: refused (not free guest address "
                              "space)" % gpa)
+            self.vram.move(None)  # out of the guest's sight until the BAR moves again
         return ok
 
     # --- rendering --------------------------------------------------------------------
