@@ -1,7 +1,9 @@
 """Device state for save/restore: every device's state as a separate, versioned record.
 
 API (QMP's xen-save-devices-state / xen-load-devices-state and the xenstore command
-protocol's "save" call these; the caller stops the guest and drains the disks first):
+protocol's "save" call these; the caller stops the guest and drains the disks first:
+stubdm.main.DeviceModel.save_devices() does the draining and returns save_machine's
+bytes, DeviceModel.load_devices("file:PATH") is -incoming's load):
 
     save_machine(machine) -> bytes
         Every device of a stubdm.machine.Machine as records, in the stream format below.
