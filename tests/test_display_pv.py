@@ -435,3 +435,51 @@ def test_fuzzer_catches_an_overfull_out_ring(monkeypatch):
     monkeypatch.setattr(fbfront.FbFront, "flush", greedy)
     _, findings = fuzz_pv.run(3000, 1, targets=("fbfront",), slow_ms=1000.0)
     assert findings and "out events" in findings[0][2], findings
+
+
+# ---- the standard VGA drawing into fbfront: text at 0xb8000 in a VNC capture ------
+from tests.test_vga import (big_heap, c8, cell_of, glyph_pixels, needs_font,  # noqa: E402,F401
+                            program_mode3, set_cursor)
+
+
+@needs_font
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_vga_text_appears_in_a_vnc_capture(runtime, big_heap, tmp_path):  # noqa: F811
+    need_vncdo()
+    if runtime == "micropython" and not os.access(MICROPYTHON, os.X_OK):
+        pytest.skip("build/out/micropython is not built: run scons")
+    port, addr = free_display()
+    s = Session(runtime=runtime, vnc=addr, dm_args=["-device", "VGA,vgamem_mb=16"])
+    s.port = port
+    try:
+        s.hv.pump_until(lambda: _rd(s, FB + "/state") == "4", "the vfb handshake")
+        g = s.guest
+        program_mode3(g)
+        text = b"stubdm VGA text over VNC"
+        for i, ch in enumerate(text):
+            g.writeb(0xB8000 + 2 * (80 * 3 + i), ch)
+            g.writeb(0xB8000 + 2 * (80 * 3 + i) + 1, 0x4E)  # yellow on red
+        set_cursor(g, 80 * 24)
+        yellow, red = (255, 255, c8(0x15)), (c8(0x2A), 0, 0)
+        # The VGA resizes fbfront to 720x400 (a resize event) and draws the text.
+        s.hv.pump_until(lambda: s.vnc.vfb.width == 720 and s.vnc.vfb.height == 400,
+                        "the text mode's resize")
+        out = str(tmp_path / "text.png")
+        end = time.monotonic() + 20
+        while True:
+            vncdo(s, "capture", out)
+            w, h, px = png_pixels(out)
+            shown = (w, h) == (720, 400) and all(
+                cell_of(lambda x, y: px[y][x], i, 3) == glyph_pixels(ch, yellow, red)
+                for i, ch in enumerate(text))
+            if shown or time.monotonic() > end:
+                break
+        bad = [i for i, ch in enumerate(text)
+               if (w, h) != (720, 400)
+               or cell_of(lambda x, y: px[y][x], i, 3) != glyph_pixels(ch, yellow, red)]
+        assert shown, "the text never showed in the capture (%dx%d, cells %r differ); " \
+            "device model:\n%s" % (w, h, bad, s.dm_messages()[-2000:])
+        assert px[0][0] == (0, 0, 0)
+        assert "Traceback" not in s.dm_messages()
+    finally:
+        s.close()
