@@ -63,3 +63,21 @@ class IoBus:
             )
             return
         r.dev.write(addr - r.start, size, value)
+
+
+# Whole reps. A device on a bus may offer read_rep(offset, size, count, buf)
+# and write_rep(offset, size, count, buf) for `count` accesses of `size` bytes
+# to the one offset (a rep ins/outs to a port): item i is buf[i*size:
+# (i+1)*size], little-endian, in the order the guest makes them; buf is a
+# memoryview the device fills (read) or reads (write). Either returns True
+# when it has done exactly what the single accesses would have done, or
+# anything else, having done nothing, to get them one by one
+# (stubdm/ioreq.py).
+
+
+def fill_rep(buf, value, size, count):
+    """Every item of buf is `value`: a register that reads with no effect."""
+    if size == 1:
+        buf[0:count] = bytes((value & 0xFF,)) * count
+    else:
+        buf[0 : count * size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little") * count

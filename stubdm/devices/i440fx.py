@@ -8,6 +8,7 @@
 # Under Xen the guest's memory map belongs to the hypervisor, so PAM (shadow
 # RAM for 0xc0000-0xfffff) and SMRAM only hold what the guest wrote.
 from stubdm import log
+from stubdm.bus import fill_rep
 from stubdm.compat import const
 from stubdm.pci import PciFunction
 
@@ -137,6 +138,23 @@ class PciHostPorts:
                             % (size, value & _ones(size), 0xCF8 + offset))
             return
         self._data(offset - 4, size, value)
+
+    def read_rep(self, offset, size, count, buf):
+        if offset >= 4:
+            return False  # configuration data: the functions' own reads, one by one
+        fill_rep(buf, self.read(offset, size), size, count)  # these read with no effect
+        return True
+
+    def write_rep(self, offset, size, count, buf):
+        if offset == 0 and size == 4:
+            last = count * 4 - 4
+            self.config_address = int.from_bytes(buf[last : last + 4], "little")  # a latch
+            return True
+        if offset < 4 and offset != 1:
+            log.guest_error(self.name, "%d x %d-byte writes at 0x%x ignored"
+                            % (count, size, 0xCF8 + offset))
+            return True
+        return False
 
     def _data(self, offset, size, value):
         is_read = value is None

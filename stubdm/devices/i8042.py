@@ -293,57 +293,72 @@ class _Ps2Keyboard(_Ps2Device):
 
     def write(self, val):
         self.cqueue_reset()
+        self.cqueue(*self._command(val))
+
+    def write_many(self, buf, start, end):
+        """write() of buf[start:end]: each one's replies replace the last's,
+        so only the last byte's are queued (and the controller told once)."""
+        self.cqueue_reset()
+        reply = ()
+        cmd = self._command
+        for j in range(start, end):
+            reply = cmd(buf[j])
+        self.cqueue(*reply)
+
+    def _command(self, val):
+        """A byte from the host: the keyboard's state changes; its replies."""
         wc = self.write_cmd
         if wc == KBD_CMD_SET_MAKE_BREAK:
-            self.cqueue(KBD_REPLY_ACK)
+            reply = (KBD_REPLY_ACK,)
             self.write_cmd = -1
         elif wc == KBD_CMD_SCANCODE:
             if val == 0:
                 cur = self.scancode_set
-                self.cqueue(KBD_REPLY_ACK, translate(cur) if self.translate else cur)
+                reply = (KBD_REPLY_ACK, translate(cur) if self.translate else cur)
             elif 1 <= val <= 3:
                 self.scancode_set = val
-                self.cqueue(KBD_REPLY_ACK)
+                reply = (KBD_REPLY_ACK,)
             else:
-                self.cqueue(KBD_REPLY_RESEND)
+                reply = (KBD_REPLY_RESEND,)
             self.write_cmd = -1
         elif wc == KBD_CMD_SET_LEDS:
             self.ledstate = val
-            self.cqueue(KBD_REPLY_ACK)
+            reply = (KBD_REPLY_ACK,)
             self.write_cmd = -1
         elif wc == KBD_CMD_SET_RATE:
-            self.cqueue(KBD_REPLY_ACK)
+            reply = (KBD_REPLY_ACK,)
             self.write_cmd = -1
         elif val == 0x00:
-            self.cqueue(KBD_REPLY_ACK)
+            reply = (KBD_REPLY_ACK,)
         elif val == 0x05:
-            self.cqueue(KBD_REPLY_RESEND)
+            reply = (KBD_REPLY_RESEND,)
         elif val == KBD_CMD_GET_ID:
             # An MF2 keyboard; the ID's second byte is translated too.
-            self.cqueue(KBD_REPLY_ACK, KBD_REPLY_ID, 0x41 if self.translate else 0x83)
+            reply = (KBD_REPLY_ACK, KBD_REPLY_ID, 0x41 if self.translate else 0x83)
         elif val == KBD_CMD_ECHO:
-            self.cqueue(KBD_CMD_ECHO)
+            reply = (KBD_CMD_ECHO,)
         elif val == KBD_CMD_ENABLE:
             self.scan_enabled = 1
-            self.cqueue(KBD_REPLY_ACK)
+            reply = (KBD_REPLY_ACK,)
         elif val in (KBD_CMD_SCANCODE, KBD_CMD_SET_LEDS, KBD_CMD_SET_RATE, KBD_CMD_SET_MAKE_BREAK):
             self.write_cmd = val
-            self.cqueue(KBD_REPLY_ACK)
+            reply = (KBD_REPLY_ACK,)
         elif val == KBD_CMD_RESET_DISABLE:
             self._reset_keyboard()
             self.scan_enabled = 0
-            self.cqueue(KBD_REPLY_ACK)
+            reply = (KBD_REPLY_ACK,)
         elif val == KBD_CMD_RESET_ENABLE:
             self._reset_keyboard()
             self.scan_enabled = 1
-            self.cqueue(KBD_REPLY_ACK)
+            reply = (KBD_REPLY_ACK,)
         elif val == KBD_CMD_RESET:
             self._reset_keyboard()
-            self.cqueue(KBD_REPLY_ACK, KBD_REPLY_POR)
+            reply = (KBD_REPLY_ACK, KBD_REPLY_POR)
         elif val == KBD_CMD_SET_TYPEMATIC:
-            self.cqueue(KBD_REPLY_ACK)
+            reply = (KBD_REPLY_ACK,)
         else:
-            self.cqueue(KBD_REPLY_RESEND)
+            reply = (KBD_REPLY_RESEND,)
+        return reply
 
     _FIELDS = ("scan_enabled", "translate", "scancode_set", "ledstate", "need_high_bit")
 
@@ -686,6 +701,49 @@ class I8042:
             size = 1
         for i in range(size):
             self._write8(offset + i, (value >> (8 * i)) & 0xFF)
+
+    # -- whole reps to one port (stubdm/ioreq.py): what `count` single byte
+    # accesses do, with the controller's interrupt logic run once where
+    # repeating it changes nothing.
+
+    def read_rep(self, offset, size, count, buf):
+        if size != 1 or offset not in (OFF_DATA, OFF_CMD):
+            return False
+        i = 0
+        if offset == OFF_DATA:
+            # Each read with a byte latched takes it (and may latch the next);
+            # the queues are short. With none latched a read has no effect.
+            while i < count and self.status & STAT_OBF:
+                buf[i] = self._read_data()
+                i += 1
+            v = self.obdata
+        else:
+            v = self.status  # reading the status has no effect
+        if i < count:
+            buf[i:count] = bytes((v,)) * (count - i)
+        return True
+
+    def write_rep(self, offset, size, count, buf):
+        if size != 1 or offset not in (OFF_DATA, OFF_CMD):
+            return False
+        if offset == OFF_CMD:
+            for i in range(count):
+                self._write_command(buf[i])
+            return True
+        i = 0
+        while i < count and self.write_cmd != 0:
+            self._write_data(buf[i])  # a controller command's data byte, then the keyboard's
+            i += 1
+        if i == count:
+            return True
+        # The rest go to the keyboard. Each one's effects on the controller
+        # are the same every time (a reply pending, the keyboard interface
+        # enabled, the output buffer latched if it was empty): the keyboard
+        # takes them all, then the controller sees that once.
+        self.kbd.write_many(buf, i, count)
+        self.mode &= ~MODE_DISABLE_KBD
+        self._safe_update_irq()
+        return True
 
     def _read8(self, offset):
         if offset == OFF_DATA:

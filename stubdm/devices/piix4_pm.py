@@ -25,6 +25,7 @@
 #   QEMU's acpi_pm1_cnt_write: SLP_EN with type 0 powers off, type 1
 #   suspends; any other type is not in Xen's tables: a guest error, ignored.
 from stubdm import log
+from stubdm.bus import fill_rep
 from stubdm.compat import const
 from stubdm.pci import PciFunction
 
@@ -86,6 +87,12 @@ class Pm1Control:
         log.guest_error("piix4_pm", "PM1a_CNT read of %d bytes at +%d" % (size, offset))
         return (1 << (8 * size)) - 1
 
+    def read_rep(self, offset, size, count, buf):
+        if not (offset == 0 and size == 2 or size == 1 and offset in (0, 1)):
+            return False
+        fill_rep(buf, self.read(offset, size), size, count)  # reads have no effect
+        return True
+
     def write(self, offset, size, value):
         pm = self.pm
         if offset == 0 and size == 2:
@@ -123,6 +130,27 @@ class ApmPorts:
             elif o == 1:
                 self.pm.apms = b
 
+    def read_rep(self, offset, size, count, buf):
+        fill_rep(buf, self.read(offset, size), size, count)  # reads have no effect
+        return True
+
+    def write_rep(self, offset, size, count, buf):
+        if size != 1 or offset not in (0, 1):
+            return False
+        pm = self.pm
+        last = buf[count - 1]
+        if offset == 1:
+            pm.apms = last  # a plain latch
+            return True
+        # SMI_CMD: the command byte latches; only ACPI enable and disable
+        # act, and the last of them decides SCI_EN.
+        for i in range(count - 1, -1, -1):
+            if buf[i] in (APM_ACPI_ENABLE, APM_ACPI_DISABLE):
+                pm.apm_command(buf[i])
+                break
+        pm.apm_command(last)
+        return True
+
 
 class Gpe0Block:
     """GPE0_BLK, 4 bytes: GPE0_STS (write 1 to clear) then GPE0_EN, byte-wide as QEMU's."""
@@ -152,6 +180,27 @@ class Gpe0Block:
             elif o < GPE0_LEN:
                 pm.gpe_en[o - GPE0_LEN // 2] = b
         pm.update_sci()
+
+    def read_rep(self, offset, size, count, buf):
+        fill_rep(buf, self.read(offset, size), size, count)  # reads have no effect
+        return True
+
+    def write_rep(self, offset, size, count, buf):
+        # Status bytes: each write clears its ones, so all clear their union;
+        # enable bytes latch, so the last write's stand.
+        pm = self.pm
+        half = GPE0_LEN // 2
+        for j in range(size):
+            o = offset + j
+            if 0 <= o < half:
+                acc = 0
+                for i in range(j, count * size, size):
+                    acc |= buf[i]
+                pm.gpe_sts[o] &= ~acc & 0xFF
+            elif half <= o < GPE0_LEN:
+                pm.gpe_en[o - half] = buf[(count - 1) * size + j]
+        pm.update_sci()
+        return True
 
 
 class Piix4Pm(PciFunction):

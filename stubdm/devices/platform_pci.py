@@ -14,6 +14,7 @@
 #   offset 2: inb protocol version, outb log byte, outw product number;
 #   anything else reads all ones and is ignored on write.
 from stubdm import log
+from stubdm.bus import fill_rep
 from stubdm.compat import const
 from stubdm.pci import PciFunction
 
@@ -117,6 +118,26 @@ class XenPlatformPorts:
         else:
             log.guest_error(self.name, f"write size {size} at 0x{offset:x}")
 
+    def read_rep(self, offset, size, count, buf):
+        if size not in (1, 2, 4):
+            return False
+        fill_rep(buf, self.read(offset, size), size, count)  # reads have no effect
+        return True
+
+    def write_rep(self, offset, size, count, buf):
+        if size != 1:
+            return False
+        if offset == 0 and self.rom_lock_cb is None:
+            self.set_flags(buf[count - 1])  # a latch, with nobody told of it
+        elif offset == 2:
+            for i in range(count):
+                self.log_byte(buf[i])
+        elif offset != 0:
+            return True  # byte writes elsewhere do nothing
+        else:
+            return False
+        return True
+
     # --- shared with BAR0 ---------------------------------------------------
 
     def set_flags(self, value):
@@ -206,6 +227,23 @@ class XenPlatformIoBar:
     def write(self, offset, size, value):
         for i in range(size):
             self._write_byte(offset + i, (value >> (8 * i)) & 0xFF)
+
+    def read_rep(self, offset, size, count, buf):
+        fill_rep(buf, self.read(offset, size), size, count)  # reads have no effect
+        return True
+
+    def write_rep(self, offset, size, count, buf):
+        if size != 1:
+            return False
+        if offset not in (BAR_FLAGS, BAR_SUSE_UNPLUG, BAR_UNPLUG_OR_LOG):
+            return True  # nothing there acts on a write
+        p = self.ports
+        if offset == BAR_FLAGS and p.rom_lock_cb is None:
+            p.set_flags(buf[count - 1])
+            return True
+        for i in range(count):
+            self._write_byte(offset, buf[i])
+        return True
 
 
 class XenPlatformMmio:

@@ -55,6 +55,30 @@ class Port92:
         if b & FAST_RESET and not old & FAST_RESET:
             self.reset_cb()
 
+    def read_rep(self, offset, size, count, buf):
+        if size != 1 or offset:
+            return False
+        buf[0:count] = bytes((self.value,)) * count  # reading has no effect
+        return True
+
+    def write_rep(self, offset, size, count, buf):
+        if size != 1 or offset:
+            return False
+        # Only edges act (an A20 change, a rising fast-reset bit): find them
+        # in the bytes rather than storing each.
+        a20 = self.a20_cb
+        old = self.value
+        for i in range(count):
+            b = buf[i]
+            if b != old:
+                self.value = b
+                if a20 is not None and (old ^ b) & A20_GATE:
+                    a20(1 if b & A20_GATE else 0)
+                if b & FAST_RESET and not old & FAST_RESET:
+                    self.reset_cb()
+                old = self.value  # as a callback left it
+        return True
+
     def state(self):
         return {"value": self.value}
 
