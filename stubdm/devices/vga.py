@@ -1298,3 +1298,49 @@ class Vga(PciFunction):
     def stats(self):
         return {"frames": self.frames, "busy_us": self.busy_us, "last_us": self.last_us,
                 "vram": self.vram_size}
+
+    # --- save/restore -----------------------------------------------------------------
+    # The registers; the video RAM is guest memory under Xen (saved with the guest's RAM)
+    # and what was drawn is derived: the whole screen is drawn again after a load.
+
+    _STATE_INTS = ("msr", "fcr", "sr_index", "gr_index", "ar_index", "ar_flip_flop",
+                   "cr_index", "dac_state", "dac_read_index", "dac_write_index",
+                   "dac_sub_index", "latch", "dispi_index", "bank_offset", "qext_byteswap")
+    _STATE_BYTES = ("sr", "gr", "ar", "cr", "dac_cache", "palette")
+    _STATE_FLAGS = ("dispi_enabled", "dac_8bit")
+
+    def state(self):
+        d = super().state()
+        for k in self._STATE_INTS:
+            d[k] = getattr(self, k)
+        for k in self._STATE_BYTES:
+            d[k] = bytes(getattr(self, k))
+        for k in self._STATE_FLAGS:
+            if hasattr(self, k):
+                d[k] = bool(getattr(self, k))
+        d["dispi"] = list(self.dispi)
+        return d
+
+    def load_state(self, d):
+        dispi = d["dispi"]
+        if len(dispi) != len(self.dispi):
+            raise ValueError(self.name + ": saved VBE registers have the wrong count")
+        for k in self._STATE_BYTES:
+            v = bytes(d[k])
+            if len(v) != len(getattr(self, k)):
+                raise ValueError(self.name + ": saved %s has the wrong size" % k)
+        super().load_state(d)
+        for k in self._STATE_BYTES:
+            getattr(self, k)[:] = bytes(d[k])
+        for k in self._STATE_INTS:
+            setattr(self, k, int(d[k]) & 0xFFFFFFFF)
+        for k in self._STATE_FLAGS:
+            if hasattr(self, k):
+                setattr(self, k, bool(d.get(k, False)))
+        self.dispi = [int(v) & 0xFFFF for v in dispi]
+        self.dispi[DISPI_ID] = dispi[DISPI_ID] & 0xFFFF
+        self._dispi_layout()
+        self._reset_display()
+        for i in range(self.pages):
+            self.marked[i] = 1
+        self.any_marked = True
