@@ -727,8 +727,14 @@ class I8042:
         if size != 1 or offset not in (OFF_DATA, OFF_CMD):
             return False
         if offset == OFF_CMD:
+            bad = 0
             for i in range(count):
-                self._write_command(buf[i])
+                if not self._write_command(buf[i]):
+                    bad += 1
+                    last = buf[i]
+            if bad:
+                log.guest_error(self.name, "%d unsupported controller commands, the last 0x%02x"
+                                % (bad, last))
             return True
         i = 0
         while i < count and self.write_cmd != 0:
@@ -757,7 +763,8 @@ class I8042:
         if offset == OFF_DATA:
             self._write_data(val)
         elif offset == OFF_CMD:
-            self._write_command(val)
+            if not self._write_command(val):
+                log.guest_error(self.name, "unsupported controller command 0x%02x" % val)
         else:
             log.guest_error(self.name, "write of undecoded offset %d" % offset)
 
@@ -844,4 +851,5 @@ class I8042:
         elif val == CCMD_NO_OP:
             pass
         else:
-            log.guest_error(self.name, "unsupported controller command 0x%02x" % val)
+            return False  # unsupported: the caller logs it
+        return True
