@@ -19,7 +19,7 @@ device state: it refuses to start the guest unless the whole stream reads back; 
 the RAM and host_sim's part are put back before the guest's next access.
 
 The file is itself a savestate stream (versioned records, CRC-32): records sim/config,
-sim/platform, sim/ram, dm.
+sim/platform, sim/ram, sim/populated (the video RAM the device model populated), dm.
 """
 import os
 import sys
@@ -99,6 +99,18 @@ def _ram_pages(hv):
     return bytes(bitmap), b"".join(out)
 
 
+def _populated_pages(hv):
+    """The pages the device model populated beyond RAM (the VGA's video RAM), non-zero
+    ones only: they are guest memory, as Xen's save stream carries them."""
+    gfns, pages = [], []
+    for gfn in sorted(hv.populated):
+        mem = hv.guest_memory(gfn * PAGE, PAGE)
+        if mem is not None and bytes(mem) != _ZERO:
+            gfns.append(gfn)
+            pages.append(bytes(mem))
+    return {"gfns": gfns, "pages": zlib.compress(b"".join(pages), 1)}
+
+
 def save(s, path, resume=True):
     """Save session s (a start() session) to path; the guest continues afterwards when
     resume. Returns figures: dict of seconds and bytes."""
@@ -129,6 +141,7 @@ def save(s, path, resume=True):
             "regs": [[k[0], k[1], v] for k, v in sorted(em.regs.items())]}),
         ("sim/ram", FILE_VERSION, {"size": s.hv.ram_size, "bitmap": bitmap,
                                    "pages": zlib.compress(pages, 1)}),
+        ("sim/populated", FILE_VERSION, _populated_pages(s.hv)),
         ("dm", FILE_VERSION, {"state": dm}),
     ]
     data = savestate.write_records(records)
@@ -207,6 +220,23 @@ def restore(path, runtime="cpython", **kw):
         if bitmap[i >> 3] & (1 << (i & 7)):
             mv[i * PAGE:(i + 1) * PAGE] = pages[j * PAGE:(j + 1) * PAGE]
             j += 1
+    pop = recs.get("sim/populated", {"gfns": [], "pages": zlib.compress(b"")})
+    try:
+        gfns = [int(x) for x in pop["gfns"]]
+        data = zlib.decompress(bytes(pop["pages"]))
+    except (KeyError, TypeError, ValueError, zlib.error) as e:
+        s.close()
+        raise SaveError("restore: %s: malformed populated pages: %s" % (path, e))
+    if len(data) != len(gfns) * PAGE:
+        s.close()
+        raise SaveError("restore: %s: populated pages record is inconsistent" % path)
+    for i in range(len(gfns)):
+        mem = s.hv.guest_memory(gfns[i] * PAGE, PAGE) if gfns[i] in s.hv.populated else None
+        if mem is None:
+            s.close()
+            raise SaveError("restore: %s: gfn %#x was populated when saved, not now (another "
+                            "machine?)" % (path, gfns[i]))
+        mem[:] = data[i * PAGE:(i + 1) * PAGE]
     p = recs["sim/platform"]
     g = s.guest
     em = g.emulated

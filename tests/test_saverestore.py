@@ -453,3 +453,43 @@ def test_qemu_vfio_user_client_does_not_migrate_the_device(tmp_path):
     names = [d["name"] for d in desc["devices"]]
     assert "0000:00:01.1/ide" in names  # QEMU's own devices are there
     assert not [n for n in names if n.startswith("0000:00:05.0")]  # ours is not
+
+
+def _vga_first_half(g):
+    g.pci_write(2, 0, 0x10, 0xF0000000)
+    g.pci_write(2, 0, 0x18, 0xF1000000)
+    g.pci_write(2, 0, 0x04, 0x0003, size=2)
+    g.outb(0x3C2, 0x01)
+    for index, value in ((4, 0), (3, 32), (1, 320), (2, 200), (6, 320), (4, 0x41)):
+        g.outw(0x1CE, index)
+        g.outw(0x1CF, value)
+    g.outb(0x3C8, 7)  # a palette entry, written half-way (two of its three bytes)
+    g.outb(0x3C9, 0x11)
+    g.outb(0x3C9, 0x22)
+    for y in range(10, 20):
+        g.memwrite(0xF0000000 + (y * 320 + 30) * 4, b"\x10\x20\x30\x00" * 50)
+
+
+def _vga_second_half(g):
+    out = {"dispi": [g.readw(0xF1000500 + 2 * i) for i in range(10)],
+           "pixels": g.memread(0xF0000000 + 10 * 320 * 4, 10 * 320 * 4)}
+    g.outb(0x3C9, 0x33)  # the palette entry's last byte
+    g.outb(0x3C7, 7)
+    out["palette"] = [g.inb(0x3C9) for _ in range(3)]
+    return out
+
+
+def test_vga_round_trip(tmp_path):
+    """The standard VGA: its VBE mode, a half-written palette entry, and the video RAM
+    (guest memory the device model populated, in its BAR) survive a save and restore."""
+    _runtimes("cpython", "micropython")
+    path = str(tmp_path / "vga.sav")
+    with sr.start(["-device", "VGA,vgamem_mb=4"], runtime="cpython") as s:
+        _vga_first_half(s.guest)
+        sr.save(s, path)
+        want = _vga_second_half(s.guest)
+    assert want["dispi"][1:4] == [320, 200, 32] and want["dispi"][4] & 1
+    assert want["pixels"][30 * 4:80 * 4] == b"\x10\x20\x30\x00" * 50
+    assert want["palette"] == [0x11, 0x22, 0x33]
+    with sr.restore(path, runtime="micropython") as s2:
+        assert _vga_second_half(s2.guest) == want
