@@ -327,11 +327,29 @@ def default_machine(platform, chardevs, ram_bytes):
     # And the ICH9 AHCI (libxl's hdtype="ahci") with a disk and a CD-ROM on ports 0 and 1.
     sata = [MemoryDisk(bytearray(1 << 20)), MemoryDisk(bytearray(1 << 20), readonly=True,
                                                        cdrom=True)]
+    kw = {}
     try:
-        m = Machine(platform, chardevs, ram_bytes, True, (0,),
-                    ide={"drives": drives, "mem": mem}, ahci={"disks": sata, "mem": mem},
-                    nics=[("rtl8139", 0, FuzzNet(), None), ("e1000", 0, FuzzNet(), None)],
-                    nic_mem=mem)
+        # The standard VGA: its video RAM in the fuzzer's memory, drawn into a surface
+        # of 4 MiB (big modes are refused by it, as by a small fbfront).
+        from stubdm.devices.vga import LocalVram
+        from stubdm.display import MemorySurface
+
+        kw["vga"] = {"vram": LocalVram(16 << 20), "surface": MemorySurface(4 << 20)}
+    except ImportError:
+        pass  # a stubdm from before the VGA
+    try:
+        try:
+            m = Machine(platform, chardevs, ram_bytes, True, (0,),
+                        ide={"drives": drives, "mem": mem}, ahci={"disks": sata, "mem": mem},
+                        nics=[("rtl8139", 0, FuzzNet(), None), ("e1000", 0, FuzzNet(), None)],
+                        nic_mem=mem, **kw)
+        except TypeError:
+            if not kw:
+                raise
+            m = Machine(platform, chardevs, ram_bytes, True, (0,),
+                        ide={"drives": drives, "mem": mem}, ahci={"disks": sata, "mem": mem},
+                        nics=[("rtl8139", 0, FuzzNet(), None), ("e1000", 0, FuzzNet(), None)],
+                        nic_mem=mem)
     except TypeError:  # a stubdm from before IDE and AHCI (an old tree under test)
         m = Machine(platform, chardevs, ram_bytes, True, (0,))
     m.fuzz_mem = mem
@@ -572,6 +590,9 @@ class Rig:
                     u.rx_timeout()
             else:
                 u.receive_break()
+        vga = getattr(m, "vga", None)
+        if what == "refresh" and vga is not None:
+            vga.refresh()  # the main loop's display refresh, between guest accesses
         kbc = getattr(m, "i8042", None)
         if kbc is not None:
             if what == "key":
@@ -624,6 +645,7 @@ class Generator:
         self.bar_functions = [f for f in self.functions if f.bars()]
         self.uarts = len(getattr(m, "uarts", []))
         self.kbd = getattr(m, "i8042", None) is not None
+        self.vga = getattr(m, "vga", None) is not None and name_matches("vga", device)
         self.pending = []
 
     def _refresh(self):
@@ -673,7 +695,7 @@ class Generator:
             return [self._chaos()]
         if r < 0.93:
             return [self._memwrite()]
-        if r < 0.97 and self.device is None:
+        if r < 0.97 and (self.device is None or self.vga):
             return [self._event()]
         if self.targets:
             return [self._reg(rng.choice(self.targets))]
@@ -968,6 +990,8 @@ class Generator:
             choices += ["rx", "rx", "tick", "tick", "break"]
         if self.kbd:
             choices += ["key", "mouse"]
+        if self.vga:
+            choices += ["refresh"]
         if not choices:
             return self._memwrite()
         what = rng.choice(choices)
@@ -976,6 +1000,8 @@ class Generator:
                     bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 20))))
         if what in ("tick", "break"):
             return ("E", what, rng.randrange(self.uarts), None)
+        if what == "refresh":
+            return ("E", "refresh", 0, None)
         if what == "key":
             return ("E", "key", 0, bytes(rng.choice((0x1E, 0x9E, 0xE0, 0x2A, 0xAA, 0x1C, 0x9C))
                                          for _ in range(rng.randint(1, 3))))

@@ -317,7 +317,7 @@ class Machine:
         self.pci.attach(layout.DEVFN_VGA, dev)
         self._claim_ports(vga_mod.PORTS_START, vga_mod.PORTS_COUNT, dev.ports, "vga")
         self._claim_ports(vga_mod.DISPI_PORTS, vga_mod.DISPI_PORT_COUNT, dev.dispi_ports,
-                          "vbe dispi")
+                          "vga dispi")
         self.mmio.add(vga_mod.WINDOW_START, vga_mod.WINDOW_SIZE, dev.window, "vga window")
         self.platform.map_range(abi.XEN_DMOP_IO_RANGE_MEMORY, vga_mod.WINDOW_START,
                                 vga_mod.WINDOW_START + vga_mod.WINDOW_SIZE - 1)

@@ -299,6 +299,21 @@ class _Ports:
             if offset + i < PORTS_COUNT:
                 self.vga.port_write(PORTS_START + offset + i, (value >> (8 * i)) & 0xFF)
 
+    def write_rep(self, offset, size, count, buf):
+        # rep outs (a BIOS loading the DAC through 0x3c9): each item in order.
+        if offset + size > PORTS_COUNT:
+            return False
+        write = self.vga.port_write
+        port = PORTS_START + offset
+        if size == 1:
+            for i in range(count):
+                write(port, buf[i])
+            return True
+        for i in range(count):
+            for k in range(size):
+                write(port + k, buf[i * size + k])
+        return True
+
 
 class _DispiPorts:
     """0x1ce (index), 0x1cf and 0x1d0 (data): 16-bit registers."""
@@ -309,8 +324,10 @@ class _DispiPorts:
     def read(self, offset, size):
         v = self.vga
         if offset == 0:
-            return v.dispi_index
-        return v.dispi_read(v.dispi_index)
+            out = v.dispi_index
+        else:
+            out = v.dispi_read(v.dispi_index)
+        return out & 0xFF if size == 1 else out
 
     def write(self, offset, size, value):
         v = self.vga
