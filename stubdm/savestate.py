@@ -366,7 +366,7 @@ def load_machine(machine, data):
     for name, dev in devices:
         try:
             dev.load_state(by_name[name][1])
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        except Exception as e:  # the fields come from outside: whatever they make fail
             raise StateError("device state: record %s refused: %s: %s"
                              % (name, type(e).__name__, e))
     machine.suspended = bool(by_name["machine"][1].get("suspended", False))
@@ -374,4 +374,8 @@ def load_machine(machine, data):
     for _name, dev in devices:
         resume = getattr(dev, "resume", None)
         if resume is not None:
-            resume()
+            try:
+                resume()
+            except Exception as e:
+                raise StateError("device state: %s can't resume: %s: %s"
+                                 % (_name, type(e).__name__, e))

@@ -493,3 +493,66 @@ def test_vga_round_trip(tmp_path):
     assert want["palette"] == [0x11, 0x22, 0x33]
     with sr.restore(path, runtime="micropython") as s2:
         assert _vga_second_half(s2.guest) == want
+
+
+def _inprocess_machine():
+    from stubdm import block
+    from stubdm.machine import Machine
+
+    class Platform:
+        def __getattr__(self, name):
+            return lambda *a: None
+
+    class Mem:
+        def read(self, a, n):
+            return None
+
+        def lock(self, a, n):
+            return None
+
+        def write(self, a, b):
+            return False
+
+    disks = [block.MemoryDisk(bytearray(64 * 1024)),
+             block.MemoryDisk(bytearray(64 * 1024), cdrom=True, readonly=True),
+             block.MemoryDisk(bytearray(64 * 1024))]
+    return Machine(Platform(), [None, None], 64 << 20, pci_serial_slots=(0,),
+                   ide={"drives": [(0, 0, disks[0]), (1, 0, disks[1])], "mem": Mem()},
+                   ahci={"disks": [disks[2]], "mem": Mem()})
+
+
+def test_hostile_fields_refused_not_crashed():
+    """A stream whose checksum is right but whose fields are anything at all (it comes
+    from outside): every load either succeeds or raises StateError, nothing else."""
+    import random
+
+    from stubdm import log
+
+    log.verbose = 0
+    good = savestate.save_machine(_inprocess_machine())
+    recs = savestate.read_records(good)
+    rnd = random.Random(7)
+    odd = (None, True, -1, 1 << 80, b"", b"\xff" * 300, "x", [], {}, [1, 2, 3], {"a": 1})
+
+    def mutate(v, depth=0):
+        if isinstance(v, dict) and v and depth < 4:
+            k = rnd.choice(sorted(v))
+            return dict(v, **{k: mutate(v[k], depth + 1)})
+        if isinstance(v, list) and v and depth < 4:
+            i = rnd.randrange(len(v))
+            return v[:i] + [mutate(v[i], depth + 1)] + v[i + 1:]
+        if isinstance(v, int) and not isinstance(v, bool) and rnd.random() < 0.5:
+            return v ^ (1 << rnd.randrange(40))
+        return rnd.choice(odd)
+
+    outcomes = {"loaded": 0, "refused": 0}
+    for _ in range(400):
+        i = rnd.randrange(len(recs))
+        n, v, f = recs[i]
+        bad = savestate.write_records(recs[:i] + [(n, v, mutate(f))] + recs[i + 1:])
+        try:
+            savestate.load_machine(_inprocess_machine(), bad)
+            outcomes["loaded"] += 1
+        except savestate.StateError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 50 and outcomes["loaded"] > 20
