@@ -11,6 +11,7 @@
 import struct
 
 from stubdm import log
+from stubdm.bus import fill_rep
 from stubdm.compat import const
 from stubdm.devices import netutil
 from stubdm.net import MAX_FRAME, MIN_FRAME
@@ -313,6 +314,25 @@ class _IoWindow:
             self.nic.reg_write(self.ioaddr & 0x1FFFC, value)
         else:
             log.guest_error(self.nic.name, "I/O BAR write of %d bytes at %#x" % (size, offset))
+
+    # Whole reps (stubdm/bus.py): IOADDR latches; IODATA is a register
+    # access each time (reads may clear, writes may start work): one by one.
+
+    def read_rep(self, offset, size, count, buf):
+        if offset == 4 and size == 4:
+            return False
+        fill_rep(buf, self.read(offset, size), size, count)  # no effect
+        return True
+
+    def write_rep(self, offset, size, count, buf):
+        if offset == 4 and size == 4:
+            return False
+        if offset == 0 and size == 4:
+            self.write(0, 4, int.from_bytes(buf[count * 4 - 4 : count * 4], "little"))
+        else:
+            log.guest_error(self.nic.name, "I/O BAR: %d writes of %d bytes at %#x"
+                            % (count, size, offset))
+        return True
 
 
 class E1000(PciFunction):
