@@ -91,7 +91,30 @@ class StubdmFunction:
 
     # ---- the vfio-user back-end interface ----
     def bar_regions(self):
-        return self.bars
+        out = []
+        for index, size, is_io in self.bars:
+            mm = None if is_io else self._ram_bar(index, size)
+            out.append((index, size, is_io) if mm is None else (index, size, is_io, mm))
+        return out
+
+    def _ram_bar(self, index, size):
+        """The VGA's BAR0 as an mmap-able region: the video RAM the device model
+        populated (host_sim's populated pages, in one file), so QEMU maps it into
+        the guest and VRAM traffic sends no messages (DESIGN.md 15)."""
+        from host_sim.vfio_user import MmapRegion
+        from stubdm import layout
+
+        if self.devfn != layout.DEVFN_VGA or index != 0:
+            return None
+        pop = self.hv.populated
+        pages = size // 4096
+        for gfn in sorted(pop):
+            first = pop[gfn]
+            if all(pop.get(gfn + i) == first + i for i in range(pages)):
+                return MmapRegion(self.hv.pop_fd, first * 4096)
+        self.engine.note("00:02.0 BAR0: no populated video RAM of %d KiB: trapped" % (size >> 10))
+        return None
+
 
     def config_read(self, offset, size):
         return self._cfg(offset, size)
