@@ -35,7 +35,10 @@ MAX_MAP_PAGES = 64  # host_sim maps at most this many grants side by side
 
 try:  # the glue's locked add: the notify bytes are shared with the server
     from stubdm.glue_cffi import atomic_add32 as _add32
+    from stubdm.glue_cffi import barrier as _barrier
 except Exception:  # the glue is not built: a plain store (tests without it)
+    from host_sim.backends.ring import full_barrier as _barrier
+
     def _add32(buf, n):
         v = struct.unpack_from("<I", buf, 0)[0]
         struct.pack_into("<I", buf, 0, (v + n) & _M)
@@ -43,6 +46,36 @@ except Exception:  # the glue is not built: a plain store (tests without it)
 
 class VchanError(Exception):
     pass
+
+
+class Busy(VchanError):
+    pass
+
+
+class _Timer:
+    """A one-shot timerfd (host_sim's loop polls descriptors, it has no timers)."""
+
+    def __init__(self):
+        import ctypes
+
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self._libc.timerfd_create(1, 0o4000)  # CLOCK_MONOTONIC, TFD_NONBLOCK
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "timerfd_create")
+        self._spec = ctypes.c_long * 4
+
+    def arm(self, ms):
+        spec = self._spec(0, 0, ms // 1000, (ms % 1000) * 1000000)
+        self._libc.timerfd_settime(self.fd, 0, spec, None)
+
+    def clear(self):
+        try:
+            os.read(self.fd, 8)
+        except OSError:
+            pass
+
+    def close(self):
+        os.close(self.fd)
 
 
 def _int(xs, key, lo, hi):
@@ -98,6 +131,11 @@ class VchanClient:
             self.close(quiet=True)
             raise VchanError("%s: left ring's indices are %d apart" % (
                 path, (self.wr_prod - self.peer_cons) & _M))
+        if mem[V.OFF_CLI_LIVE] == V.LIVE_CLOSED:
+            # The last client's close is not seen yet (the server sets 2 when it
+            # is): connecting now would look to it like that client carrying on.
+            self.close(quiet=True)
+            raise Busy("%s: the server has not yet seen the last client go" % path)
         self._word = mem[V.OFF_CLI_LIVE:V.OFF_CLI_LIVE + 4]
         mem[V.OFF_CLI_LIVE] = V.LIVE_OPEN
         self._set_bit_srv(V.NOTIFY_WRITE)
@@ -127,6 +165,9 @@ class VchanClient:
             _add32(self._word, bit << 24)
 
     def _send_notify(self, bit):
+        # io.c's xen_mb(): our index store must be visible before we read the bit,
+        # or we and a server arming it at once both miss (a store-load reorder).
+        _barrier()
         if self.ring.mem[V.OFF_CLI_NOTIFY] & bit:
             _add32(self._word, (-(bit << 16)) & _M)
             self.notify()
@@ -170,6 +211,7 @@ class VchanClient:
             if n == 0:
                 return b""
         n = min(n, limit)
+        _barrier()  # the data only after its prod
         size = self.read_size
         i = self.rd_cons & (size - 1)
         first = size - i
@@ -206,6 +248,7 @@ class VchanClient:
         else:
             buf[i:size] = data[:first]
             buf[:n - first] = data[first:n]
+        _barrier()  # the data before its prod
         self.wr_prod = (self.wr_prod + n) & _M
         struct.pack_into("<I", mem, V.OFF_LEFT_PROD, self.wr_prod)
         self._send_notify(V.NOTIFY_WRITE)
@@ -260,7 +303,14 @@ class VchanSocketProxy:
         self.vchan = None
         self.inbuf = b""
         self.stats = {"connections": 0, "to_vchan": 0, "from_vchan": 0, "dropped": 0}
+        self.timer = _Timer()
+        hv.add_fd(self.timer.fd, self._retry)
         self._listen(True)
+
+    def _retry(self):
+        self.timer.clear()
+        if self.conn is not None and self.vchan is None:
+            self._connect()
 
     def _listen(self, on):
         fd = self.listener.fileno()
@@ -301,6 +351,9 @@ class VchanSocketProxy:
         try:
             self.vchan = VchanClient(self.hv, self.xs, self.domid, self.path, self.log,
                                      on_event=self._vchan_event)
+        except Busy:
+            self.timer.arm(2)  # the server is a moment behind: again shortly
+            return
         except VchanError as e:
             self.log("qmp proxy: %s" % e)  # not there yet: the watch tries again
             return
@@ -380,6 +433,8 @@ class VchanSocketProxy:
         self._listen(False)
         self.listener.close()
         self.hv.remove_fd(self._xs_fd)
+        self.hv.remove_fd(self.timer.fd)
+        self.timer.close()
         try:
             self.xs.close()
         except Exception:

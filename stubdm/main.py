@@ -917,6 +917,8 @@ class DeviceModel:
                 self.loop.on_port(port)
             if self.held and not self.paused:
                 self.resume_held()
+            if self.qmp is not None:
+                self.qmp.poll()
             if xs_fd >= 0:
                 xs_backlog = self.xs.events() >= XS_EVENTS_PER_TURN
             if _mem_alloc is not None:

@@ -13,6 +13,7 @@ import json
 
 from stubdm import log
 from stubdm.compat import const
+from stubdm.vchan import OFF_CLI_LIVE as V_OFF_CLI_LIVE
 from stubdm.vchan import VchanServer
 
 # libxl reads the version from the greeting: >= 2.8 for blockdev-change-medium
@@ -281,6 +282,13 @@ class QmpServer:
         if self.chan.connected:
             self._flush()
         return True
+
+    def poll(self):
+        """Look at the ring without an event (the main loop, each turn): what a lost
+        or late notification left there is served within a turn."""
+        if self.chan.mem is not None and (self.chan.connected or
+                                          self.chan.mem[V_OFF_CLI_LIVE] == 1):
+            self.on_port(self.chan.port)
 
     def _connected(self):
         self.stats["sessions"] += 1

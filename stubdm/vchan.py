@@ -317,6 +317,9 @@ class VchanServer:
                 self.on_connect()
         elif live != LIVE_OPEN and self.connected:
             self.connected = False
+            # Seen: back to "not yet connected" (init.c's 2), so that a client that
+            # comes next knows its predecessor's close was noticed.
+            self.mem[OFF_CLI_LIVE] = LIVE_WAITING
             self._discard()
             if self.on_disconnect is not None:
                 self.on_disconnect()
