@@ -193,7 +193,7 @@ class PixelFormat:
     def convert(self, bgrx):
         """Pixels B, G, R, X -> this format."""
         if self.native:
-            return bytes(bgrx)
+            return bgrx
         n = len(bgrx) // 4
         if self.perm is not None:
             out = bytearray(n * 4)
@@ -251,21 +251,27 @@ class Client:
         self.flush()
 
     def flush(self):
-        while self.outbox:
-            try:
-                n = self.sock.send(self.outbox[:1 << 20])
-            except BlockingIOError:
-                break
-            except OSError as e:
-                raise VncError("send: %s" % e)
-            if n <= 0:
-                break
-            del self.outbox[:n]
-            self.bytes_sent += n
-            self.last_taken = time.monotonic()
-        if self.outbox and time.monotonic() - self.last_taken > STALL_S:
+        out = self.outbox
+        pos = 0
+        try:
+            with memoryview(out) as mv:  # sends without copying the queue's tail
+                while pos < len(out):
+                    try:
+                        n = self.sock.send(mv[pos:pos + (4 << 20)])
+                    except BlockingIOError:
+                        break
+                    except OSError as e:
+                        raise VncError("send: %s" % e)
+                    if n <= 0:
+                        break
+                    pos += n
+                    self.bytes_sent += n
+                    self.last_taken = time.monotonic()
+        finally:
+            del out[:pos]
+        if out and time.monotonic() - self.last_taken > STALL_S:
             raise VncError("client took nothing for %.0f s" % STALL_S)
-        return not self.outbox
+        return not out
 
     # -- input --
     def readable(self):
@@ -402,15 +408,16 @@ class Client:
     # -- updates --
     def encode(self, x, y, w, h, bgrx):
         """One rectangle's header and data in the client's encoding and format."""
+        # (header, data): queued one after the other, not joined (a frame is MiBs).
         px = self.pf.convert(bgrx)
         if self.encoding == ENC_ZRLE:
-            return struct.pack(">HHHHi", x, y, w, h, ENC_ZRLE) + self._zrle(w, h, px)
+            return (struct.pack(">HHHHi", x, y, w, h, ENC_ZRLE), self._zrle(w, h, px))
         if self.encoding == ENC_ZLIB:
             if self.zlib is None:
                 self.zlib = zlib.compressobj(1)
             z = self.zlib.compress(px) + self.zlib.flush(zlib.Z_SYNC_FLUSH)
-            return struct.pack(">HHHHiI", x, y, w, h, ENC_ZLIB, len(z)) + z
-        return struct.pack(">HHHHi", x, y, w, h, ENC_RAW) + px
+            return (struct.pack(">HHHHiI", x, y, w, h, ENC_ZLIB, len(z)), z)
+        return (struct.pack(">HHHHi", x, y, w, h, ENC_RAW), px)
 
     def _zrle(self, w, h, px):
         if self.zrle is None:
@@ -613,7 +620,7 @@ class VncServer:
         resized = (w, h) != c.size
         if resized and c.desktop_size:
             c.size = (w, h)
-            rects.append(struct.pack(">HHHHi", 0, 0, w, h, ENC_DESKTOP_SIZE))
+            rects.append((struct.pack(">HHHHi", 0, 0, w, h, ENC_DESKTOP_SIZE), b""))
             c.shadow = None
             inc, rx, ry, rw, rh = 0, 0, 0, w, h
         cw, ch = c.size
@@ -623,7 +630,7 @@ class VncServer:
         if x1 <= x0 or y1 <= y0:
             if not inc or rects:
                 c.pending = None
-                c.send(struct.pack(">BxH", 0, len(rects)) + b"".join(rects))
+                c.send(struct.pack(">BxH", 0, len(rects)) + b"".join(r[0] for r in rects))
             return
         shadow = c.shadow
         if not inc or shadow is None or shadow[0] != w or shadow[1] != h:
@@ -637,11 +644,21 @@ class VncServer:
         c.shadow = (w, h, cur)
         c.pending = None
         c.updates += 1
-        data = struct.pack(">BxH", 0, len(rects)) + b"".join(rects)
         self.stats["updates"] += 1
         self.stats["rects"] += len(rects)
-        self.stats["bytes"] += len(data)
-        c.send(data)
+        parts = [struct.pack(">BxH", 0, len(rects))]
+        for head, body in rects:
+            parts.append(head)
+            parts.append(body)
+        total = 0
+        for p in parts:
+            total += len(p)
+        if len(c.outbox) + total > MAX_OUTBOX:
+            raise VncError("client does not read (%d bytes queued)" % len(c.outbox))
+        for p in parts:
+            c.outbox += p
+        self.stats["bytes"] += total
+        c.flush()
 
     # -- input --
     def key(self, c, keysym, down):
