@@ -53,6 +53,10 @@ _TAKE_MAX = 2 * 4096
 _UNMASKED = 0x80000000
 
 
+def _name(what):
+    return what() if callable(what) else what
+
+
 class SimError(Exception):
     pass
 
@@ -75,6 +79,7 @@ class IoreqServer:
         self.enabled = False
         self.ranges = {abi.XEN_DMOP_IO_RANGE_PORT: [], abi.XEN_DMOP_IO_RANGE_MEMORY: []}
         self.pcidevs = set()
+        self.page = None  # a view of the ioreq page, made at the first request
 
     def claims(self, kind, addr):
         for start, end in self.ranges[kind]:
@@ -264,6 +269,10 @@ class SimHypervisor:
         self._fdmap = {self.listener.fileno(): self.listener}
 
     def close(self):
+        for s in self.servers.values():
+            if s.page is not None:
+                s.page.release()
+                s.page = None
         for c in self.conns:
             c.sock.close()
         for h in self.handles.values():
@@ -293,6 +302,10 @@ class SimHypervisor:
         """Serve whatever the device model sent; wait up to timeout seconds."""
         events = self._poll.poll(int(timeout * 1000))
         for fd, _ in events:
+            cb = self._extra_fds.get(fd)
+            if cb is not None:
+                cb()
+                continue
             obj = self._fdmap.get(fd)
             if obj is self.listener:
                 s, _ = self.listener.accept()
@@ -302,9 +315,8 @@ class SimHypervisor:
                 self._poll.register(s.fileno(), select.POLLIN)
             elif isinstance(obj, Conn):
                 self._serve(obj)
-            elif fd in self._extra_fds:
-                self._extra_fds[fd]()
-        self.run_deferred()
+        if self._deferred:
+            self.run_deferred()
         return bool(events)
 
     def filenos(self):
@@ -336,10 +348,19 @@ class SimHypervisor:
                 fn()
 
     def pump_until(self, cond, what="start-up", timeout=None):
-        """Serve the device model until cond() holds; `what` names what we wait for."""
+        """Serve the device model until cond() holds; `what` names what we wait for
+        (or is a function giving the name: called only to report a failure)."""
+        if cond():
+            return
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
-        while not cond():
+        wait = min(limit, 0.2)
+        while True:
+            # Serve first, look at the device model's health after: an answer
+            # usually comes in the first wait, and then that is all it costs.
+            self.pump(wait)
+            if cond():
+                return
             if not self.alive():
                 # What it sent before it exited (an answer, then exit on a
                 # reset) may still be unread: serve that first.
@@ -348,12 +369,13 @@ class SimHypervisor:
                         break
                 if cond():
                     return
-                raise DeviceModelGone("the device model exited (waiting for %s)" % what)
+                raise DeviceModelGone("the device model exited (waiting for %s)"
+                                      % _name(what))
             left = deadline - time.monotonic()
             if left <= 0:
                 raise DeviceModelHung("the device model gave no answer in %.1f s (waiting for %s)"
-                                      % (limit, what))
-            self.pump(min(left, 0.2))
+                                      % (limit, _name(what)))
+            wait = min(left, 0.2)
 
     def _drop(self, c):
         self._poll.unregister(c.sock.fileno())
@@ -607,12 +629,12 @@ class SimHypervisor:
         """The device model set bits in a handle's shared memory: EVTCHNOP_send for
         each port it notified (one of its own: the hypercall checks that too), and
         the events of ports it unmasked while they were pending."""
+        ports, send, dom = h.ports, self.evtchn.send, self.dm_domid
         for v in h.take():
-            if v & _UNMASKED:
-                if v ^ _UNMASKED in h.ports:
-                    h.redeliver(v ^ _UNMASKED)
-            elif v in h.ports:
-                self.evtchn.send(self.dm_domid, v)
+            if v in ports:
+                send(dom, v)
+            elif v & _UNMASKED and v ^ _UNMASKED in ports:
+                h.redeliver(v ^ _UNMASKED)
 
     def _evtchn_close(self, h):
         self.remove_fd(h.kick_fd)
@@ -625,8 +647,9 @@ class SimHypervisor:
         p = self.evtchn.ports.get((self.domid, remote))
         if p is None or p.state != INTERDOMAIN:
             return False
-        self.evtchn.raise_event(p.peer)
-        return p.peer.handle is not None and p.peer.handle.id in self.handles
+        q = p.peer
+        self.evtchn.raise_event(q)
+        return q.handle is not None and not q.handle.closed
 
     def server_for(self, kind, addr):
         for s in self.servers.values():
@@ -681,28 +704,33 @@ class SimHypervisor:
         return None
 
     def send_ioreq(self, s, vcpu, type_, addr, data, size, count=1, is_read=0, ptr=0, df=0):
-        """Put a request in vCPU's slot, wake the device model, wait for the answer."""
-        page = self.page_of(s.ioreq_gfn)
+        """Put a request in vCPU's slot, wake the device model, wait for the answer
+        (as Xen's vCPU does: the state IORESP_READY, seen after the event)."""
+        page = s.page
+        if page is None:
+            page = s.page = self.page_of(s.ioreq_gfn)
         off = vcpu * abi.IOREQ_SIZE
+        flags_at = off + abi.IOREQ_OFF_FLAGS
         port = s.vcpu_ports[vcpu]
         req = abi.pack_ioreq(addr, data, count, size, port, abi.STATE_IOREQ_NONE, ptr,
                              is_read, df, type_)
         page[off : off + abi.IOREQ_SIZE] = req
         # Publish the state last: the device model reads the rest after READY.
-        page[off + abi.IOREQ_OFF_FLAGS] = req[abi.IOREQ_OFF_FLAGS] | abi.STATE_IOREQ_READY
-        self.notified.discard(port)
+        page[flags_at] = req[abi.IOREQ_OFF_FLAGS] | abi.STATE_IOREQ_READY
+        notified = self.notified
+        notified.discard(port)
         if not self.signal(port):
             raise DeviceModelGone("vcpu %d: no device model bound to port %d" % (vcpu, port))
 
         def answered():
-            return port in self.notified and (
-                page[off + abi.IOREQ_OFF_FLAGS] & abi.STATE_MASK == abi.STATE_IORESP_READY
+            return port in notified and (
+                page[flags_at] & abi.STATE_MASK == abi.STATE_IORESP_READY
             )
 
-        self.pump_until(answered, "an ioreq of type %d at %#x" % (type_, addr))
+        self.pump_until(answered, lambda: "an ioreq of type %d at %#x" % (type_, addr))
         data = struct.unpack_from("<Q", page, off + abi.IOREQ_OFF_DATA)[0]
-        page[off + abi.IOREQ_OFF_FLAGS] = req[abi.IOREQ_OFF_FLAGS]  # back to NONE
-        self.notified.discard(port)
+        page[flags_at] = req[abi.IOREQ_OFF_FLAGS]  # back to NONE
+        notified.discard(port)
         self.stats["ioreqs"] += 1
         return data
 
