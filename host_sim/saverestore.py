@@ -182,10 +182,13 @@ def read(path):
     return out
 
 
-def restore(path, runtime="cpython", **kw):
+def restore(path, runtime="cpython", libxl=False, **kw):
     """A new session running the machine saved in path (on any runtime): the guest
     continues where it was. SaveError if the file can't be fully read; the device
-    model's refusal (DeviceModelGone) if it can't take the device state."""
+    model's refusal (DeviceModelGone) if it can't take the device state.
+    libxl: start the device model as libxl restores a stub domain's: its arguments in
+    dm-argv with -incoming $STUBDOM_RESTORE_INCOMING_ARG, the state on its console 2
+    (-restore-stream here); else with -incoming file: on its command line."""
     recs = read(path)
     cfg = recs["sim/config"]
     ram = recs["sim/ram"]
@@ -209,7 +212,14 @@ def restore(path, runtime="cpython", **kw):
     with open(blob, "wb") as f:
         f.write(bytes(recs["dm"]["state"]))
     try:
-        s = start(dm_args + ["-incoming", "file:" + blob], ram_mib, runtime, **kw)
+        if libxl:
+            from stubdm.control import INCOMING_CONSOLE
+
+            argv = ["-xen-domid", "1", "-m", str(ram_mib)] + dm_args + ["-incoming",
+                                                                      INCOMING_CONSOLE]
+            s = start(["-restore-stream", blob], ram_mib, runtime, dm_argv=argv, **kw)
+        else:
+            s = start(dm_args + ["-incoming", "file:" + blob], ram_mib, runtime, **kw)
     finally:
         os.unlink(blob)
     s.saved_config = (dm_args, ram_mib)

@@ -7,6 +7,8 @@ from stubdm import log
 from stubdm.hypervisor import HypervisorError
 
 # Keys dm-argv/001 ... as libxl writes them (libxl__write_stub_dmargs).
+# -incoming's value libxl writes for a stub domain (libxl_dm.c): its console 2.
+INCOMING_CONSOLE = "$STUBDOM_RESTORE_INCOMING_ARG"
 MAX_ARGS = 999
 
 
@@ -95,14 +97,14 @@ def toolstack_option(argv, i, opts):
                                "with xen_platform_pci=0 needs pc)" % (a, kind))
         return 2
     if a == "-incoming":
-        # QEMU's file: URI (host_sim, a dom0 device model). A Linux stub domain gets
-        # libxl's $STUBDOM_RESTORE_INCOMING_ARG and replaces it with its console 2; a
-        # dom0 QEMU gets fd:N. Neither is wired here: refused by name.
+        # What libxl writes for a stub domain: $STUBDOM_RESTORE_INCOMING_ARG, the stub
+        # domain's console 2 (the restore stream; -restore-stream off MiniOS). QEMU's
+        # file: URI too (host_sim, a dom0 device model). fd:N is a dom0 QEMU's: refused.
         if v is None:
             raise ControlError("-incoming needs a value")
-        if not v.startswith("file:") or len(v) < 6:
-            raise ControlError("-incoming %s: only file:PATH is supported (console 2 and "
-                               "fd: are not wired)" % v[:64])
+        if v != INCOMING_CONSOLE and (not v.startswith("file:") or len(v) < 6):
+            raise ControlError("-incoming %s: only %s (console 2) or file:PATH"
+                               % (v[:64], INCOMING_CONSOLE))
         opts["incoming"] = v
         return 2
     if a in ("-vnc", "-sdl", "-spice", "-chardev", "-mon", "-usb", "-usbdevice"):

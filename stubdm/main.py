@@ -59,6 +59,10 @@ Options (QEMU's spelling, as libxl passes them in dm-argv):
                       QEMU's qtest, whose virtual clock stands still)
   -incoming file:PATH start from the device state saved in PATH (refused, and the
                       guest not started, unless all of it reads back)
+  -incoming $STUBDOM_RESTORE_INCOMING_ARG
+                      the same from the restore stream (a stub domain's console 2)
+  -restore-stream PATH
+                      where that stream is off MiniOS
   -save-stream PATH   where the xenstore command "save" writes the device state
                       (a stub domain's console 1; default /var/lib/xen/qemu-save.N)
   -d LEVEL            log verbosity: 0 quiet, 1 guest errors (default), 2 debug
@@ -313,6 +317,9 @@ def parse_args(argv):
             i += 1
         elif a == "-save-stream":
             opts["save_stream"] = value()
+            i += 2
+        elif a == "-restore-stream":
+            opts["restore_stream"] = value()
             i += 2
         elif a == "-d":
             opts["verbose"] = number(value(), 0, 2, "-d")
@@ -636,7 +643,7 @@ class DeviceModel:
         self.save_stream = opts.get("save_stream") or "/var/lib/xen/qemu-save.%d" % opts[
             "domid"]
         if opts.get("incoming"):
-            self.load_devices(opts["incoming"])
+            self.load_devices(opts["incoming"], opts.get("restore_stream"))
         hyp.set_ioreq_server_state(sid, 1)
         self.readiness = None
         if self.pv is not None:
@@ -742,13 +749,20 @@ class DeviceModel:
                     self.loop.on_port(port)
         return savestate.save_machine(self.machine)
 
-    def load_devices(self, spec):
-        """-incoming: the device state from spec (file:PATH), all of it read back before
-        the guest may run; ArgError (the device model exits, the guest never starts)
-        if not."""
+    def load_devices(self, spec, restore_stream=None):
+        """-incoming: the device state from spec (file:PATH, or libxl's console 2: the
+        restore stream), all of it read back before the guest may run; ArgError (the
+        device model exits, the guest never starts) if not."""
+        from stubdm.control import INCOMING_CONSOLE
         from stubdm.savestate import StateError, load_machine
 
-        path = spec[5:]
+        if spec == INCOMING_CONSOLE:
+            if restore_stream is None:
+                raise ArgError("-incoming %s: the restore stream (console 2) is not wired "
+                               "on this platform: give -restore-stream PATH" % spec)
+            path = restore_stream
+        else:
+            path = spec[5:]
         try:
             f = open(path, "rb")
             try:

@@ -604,3 +604,28 @@ def test_save_drains_ahci_requests_in_flight(tmp_path):
         assert a.r(0x138) == 0 and a.r(0x110) & 1  # done: PxCI clear, D2H FIS interrupt
         assert a.command(1, 0x25, 500, 8, ABUF + 0x10000)
         assert g.memread(ABUF + 0x10000, 8 * 512) == pattern(8 * 512, 6)
+
+
+@pytest.mark.parametrize("runtime", ("cpython", "micropython"))
+def test_restore_as_libxl_restores_a_stub_domain(tmp_path, runtime):
+    """libxl's way: the arguments from dm-argv with -incoming $STUBDOM_RESTORE_INCOMING_ARG
+    and the state on the stub domain's console 2; without a console 2 it says so."""
+    skip_unless_runtime(runtime)
+    disk = str(tmp_path / "demo.img")
+    with open(disk, "wb") as f:
+        f.truncate(sr.DEMO_DISK_SECTORS * 512)
+    path = str(tmp_path / "demo.sav")
+    with sr.start(sr._demo_args(disk), runtime="cpython") as s:
+        d = sr.Demo(s.guest)
+        d.first_half()
+        sr.save(s, path)
+        want = d.second_half()
+    with sr.restore(path, runtime=runtime, libxl=True) as s2:
+        assert "-incoming" not in s2.proc.args  # in xenstore, as libxl writes it
+        assert sr.Demo(s2.guest).second_half() == want
+    assert "in the FIFO 16B!" in want[1]
+    from host_sim.scripted import Session
+
+    with pytest.raises(DeviceModelGone, match="give -restore-stream"):
+        Session(dm_argv=["-xen-domid", "1", "-m", "64", "-incoming",
+                         "$STUBDOM_RESTORE_INCOMING_ARG"], runtime=runtime)
