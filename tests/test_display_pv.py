@@ -483,3 +483,118 @@ def test_vga_text_appears_in_a_vnc_capture(runtime, big_heap, tmp_path):  # noqa
         assert "Traceback" not in s.dm_messages()
     finally:
         s.close()
+
+
+# ---- the frontends alone, against fuzz_pv's fake backend plumbing -----------------
+def _i8042():
+    from stubdm.devices.i8042 import I8042
+
+    class Line:
+        def set_level(self, level):
+            pass
+    k = I8042(Line(), Line(), lambda: None)
+    k.write(4, 1, 0xA8)
+    k.write(4, 1, 0xD4)
+    k.write(0, 1, 0xF4)
+    assert k.read(0, 1) == 0xFA
+    return k
+
+
+def _kbd_event(fe, ev):
+    from stubdm import pv_abi as A
+    page = fe.shared.mem
+    prod = struct.unpack_from("<I", page, A.XENKBD_PAGE_OFF_IN_PROD)[0]
+    off = A.event_offset(A.XENKBD_IN_RING_OFFS, A.XENKBD_IN_RING_LEN, A.XENKBD_IN_EVENT_SIZE,
+                         prod)
+    page[off:off + len(ev)] = ev
+    struct.pack_into("<I", page, A.XENKBD_PAGE_OFF_IN_PROD, prod + 1)
+    fe.on_event(fe.port)
+
+
+def _read_all(k):
+    out = []
+    while k.read(4, 1) & 1:
+        out.append(k.read(0, 1))
+    return out
+
+
+def test_kbdfront_relative_motion_wheel_and_hostile_events():
+    from host_sim import fuzz_pv
+    from stubdm import pv_abi as A
+
+    fe = fuzz_pv.connect(kbdfront.KbdFront, "vkbd", "0", {})  # no feature-abs-pointer
+    assert "request-abs-pointer" not in str(fe.xs.values)
+    k = fe.i8042 = _i8042()
+    k.write(4, 1, 0xD4)
+    k.write(0, 1, 0xF3)  # IntelliMouse knock: sample rates 200, 100, 80 -> a wheel
+    for rate in (200, 100, 80):
+        k.write(4, 1, 0xD4)
+        k.write(0, 1, rate)
+        k.write(4, 1, 0xD4)
+        k.write(0, 1, 0xF3) if rate != 80 else None
+    _read_all(k)
+    _kbd_event(fe, struct.pack(A.XENKBD_MOTION_FMT, A.XENKBD_TYPE_MOTION, 5, 7, 1))
+    assert _read_all(k) == [0x28, 5, 0xF9, 1]  # y down 7 -> PS/2 -7; wheel down 1
+    # A position never requested, a key code past KEY_MAX, a pressed value of 2,
+    # an in_prod far ahead: dropped, nothing reaches the i8042.
+    _kbd_event(fe, struct.pack(A.XENKBD_POSITION_FMT, A.XENKBD_TYPE_POS, 10, 10, 0))
+    _kbd_event(fe, struct.pack(A.XENKBD_KEY_FMT, A.XENKBD_TYPE_KEY, 1, 0x300))
+    _kbd_event(fe, struct.pack(A.XENKBD_KEY_FMT, A.XENKBD_TYPE_KEY, 2, 30))
+    struct.pack_into("<I", fe.shared.mem, A.XENKBD_PAGE_OFF_IN_PROD, 10 ** 6)
+    fe.on_event(fe.port)
+    assert _read_all(k) == [] and fe.stats["bad"] == 4
+    # Buttons as keys; the backend going releases what is held.
+    _kbd_event(fe, struct.pack(A.XENKBD_KEY_FMT, A.XENKBD_TYPE_KEY, 1, kbdfront.BTN_RIGHT))
+    assert _read_all(k) == [0x0A, 0, 0, 0]
+    _kbd_event(fe, struct.pack(A.XENKBD_KEY_FMT, A.XENKBD_TYPE_KEY, 1, 30))
+    assert _read_all(k) == [0x1C]  # set 2, translation off: as the keyboard sends it
+    fe.disconnect()
+    got = []
+    while k.read(4, 1) & 1:
+        aux = bool(k.read(4, 1) & 0x20)
+        got.append((k.read(0, 1), aux))
+    assert [b for b, aux in got if not aux] == [0xF0, 0x1C]  # the held key let go
+    assert [b for b, aux in got if aux] == [0x08, 0, 0, 0]  # and the button
+
+
+def test_fbfront_without_feature_resize_keeps_its_geometry():
+    from host_sim import fuzz_pv
+    from stubdm import pv_abi as A
+    from stubdm.frontends import fbfront
+
+    fe = fuzz_pv.connect(fbfront.FbFront, "vfb", "0", {"request-update": "1"})
+    page = fe.shared.mem
+    _c, _p, _oc, _op, w, h, stride, mem_len, depth = struct.unpack_from(A.XENFB_PAGE_HEAD_FMT,
+                                                                       page, 0)
+    assert (w, h, stride, mem_len, depth) == (640, 480, 2560, fbfront.FB_BYTES, 32)
+    assert fe.xs.values[fe.path + "/feature-update"] == "1"
+    # The first flush: the whole frame; then nothing until something changes.
+    out_prod = struct.unpack_from("<I", page, A.XENFB_PAGE_OFF_OUT_PROD)[0]
+    assert out_prod == 1
+    assert not fe.resize(800, 600)  # larger than the backend knows
+    assert fe.resize(320, 200) and fe.stride == 2560  # in the corner of the 640x480
+    fe.flush()
+    off = A.event_offset(A.XENFB_OUT_RING_OFFS, A.XENFB_OUT_RING_LEN,
+                         A.XENFB_OUT_EVENT_SIZE, 1)
+    assert struct.unpack(A.XENFB_UPDATE_FMT, bytes(page[off:off + 20])) == \
+        (A.XENFB_TYPE_UPDATE, 0, 0, 320, 200)
+    # Nobody looking: updates held, one full frame when someone looks again.
+    struct.pack_into("<I", page, A.XENFB_PAGE_OFF_OUT_CONS, 2)
+    ip = struct.unpack_from("<I", page, A.XENFB_PAGE_OFF_IN_PROD)[0]
+    for i, period in enumerate((0, 30)):
+        off = A.event_offset(A.XENFB_IN_RING_OFFS, A.XENFB_IN_RING_LEN,
+                             A.XENFB_IN_EVENT_SIZE, ip + i)
+        page[off:off + 8] = struct.pack(A.XENFB_REFRESH_PERIOD_FMT,
+                                        A.XENFB_TYPE_REFRESH_PERIOD, period)
+        struct.pack_into("<I", page, A.XENFB_PAGE_OFF_IN_PROD, ip + i + 1)
+        fe.on_event(fe.port)
+        if period == 0:
+            assert not fe.wants_frames()
+            fe.update(1, 1, 2, 2)
+            fe.flush()
+            assert struct.unpack_from("<I", page, A.XENFB_PAGE_OFF_OUT_PROD)[0] == 2
+    assert fe.wants_frames()
+    assert struct.unpack_from("<I", page, A.XENFB_PAGE_OFF_OUT_PROD)[0] == 3
+    off = A.event_offset(A.XENFB_OUT_RING_OFFS, A.XENFB_OUT_RING_LEN,
+                         A.XENFB_OUT_EVENT_SIZE, 2)
+    assert struct.unpack(A.XENFB_UPDATE_FMT, bytes(page[off:off + 20]))[1:] == (0, 0, 320, 200)
