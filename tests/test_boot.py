@@ -89,7 +89,7 @@ def test_device_model_failure_is_reported_quickly(sig, within):
         dm = qemu = None
         deadline = time.monotonic() + 60
         while (dm is None or qemu is None) and time.monotonic() < deadline:
-            dm = _children(p.pid, "stubdm -xen-domid")
+            dm = _children(p.pid, "python -m stubdm$")  # its command line is the runtime
             qemu = _children(p.pid, "qemu-system")
             time.sleep(0.2)
         assert dm is not None and qemu is not None, "device model or QEMU not found"
