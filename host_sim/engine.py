@@ -115,7 +115,6 @@ class StubdmFunction:
         self.engine.note("00:02.0 BAR0: no populated video RAM of %d KiB: trapped" % (size >> 10))
         return None
 
-
     def config_read(self, offset, size):
         return self._cfg(offset, size)
 
@@ -472,53 +471,88 @@ class Engine:
             self.close()
 
     def _loop(self, interactive):
+        # The hot path of every guest access: one poll, one handler, nothing
+        # rebuilt per round. The fd table is made again only when a server's
+        # or host_sim's descriptors change; process exits arrive as pidfds.
         poller = select.poll()
         qout = None if interactive else self.qemu_proc.stdout.fileno()
         if qout is not None:
             os.set_blocking(qout, False)
-            poller.register(qout, select.POLLIN)
-        registered = set()
+        exits = {}  # pidfd -> Popen
+        for proc in (self.qemu_proc, self.dm):
+            if proc is not None:
+                try:
+                    exits[os.pidfd_open(proc.pid)] = proc
+                except (AttributeError, OSError):
+                    pass  # no pidfds here: poll() it every round instead
+        polled = [p for p in (self.qemu_proc, self.dm) if p is not None
+                  and p not in exits.values()]
+        changed = [True]
+
+        def fds_changed():
+            changed[0] = True
+
+        for _devfn, _fn, srv in self.servers:
+            srv.on_fds_changed = fds_changed
+        by_fd = {}
+        hv_fds = []
         deadline = time.monotonic() + self.timeout if self.timeout else None
-        while True:
-            for _devfn, _fn, srv in self.servers:
-                for fd in srv.filenos():
-                    if fd not in registered:
+        try:
+            while True:
+                hv_now = self.hv.filenos() if self.hv is not None else []
+                if changed[0] or hv_now != hv_fds:
+                    changed[0] = False
+                    hv_fds = hv_now
+                    want = {}
+                    for _devfn, _fn, srv in self.servers:
+                        for fd in srv.filenos():
+                            if fd >= 0:
+                                want[fd] = srv
+                    # host_sim's own sockets and backends (the device model's
+                    # messages, TAPs, xenstore watches) wake us too.
+                    for fd in hv_fds:
+                        want.setdefault(fd, None)
+                    for fd in by_fd:
+                        if fd not in want:
+                            poller.unregister(fd)
+                    for fd in want:
+                        if fd not in by_fd:
+                            poller.register(fd, select.POLLIN)
+                    by_fd = want
+                    for fd in exits:
                         poller.register(fd, select.POLLIN)
-                        registered.add(fd)
-            by_fd = {}
-            for _devfn, _fn, srv in self.servers:
-                for fd in srv.filenos():
-                    by_fd[fd] = srv
-            # host_sim's own sockets and backends (TAPs, xenstore watches) wake us too.
-            hv_fds = set(self.hv.filenos()) if self.hv is not None and self.pvenv else set()
-            for fd in hv_fds:
-                if fd not in registered:
-                    poller.register(fd, select.POLLIN)
-                    registered.add(fd)
-                by_fd.setdefault(fd, None)
-            for fd in list(registered):
-                if fd not in by_fd:
-                    poller.unregister(fd)
-                    registered.discard(fd)
-            events = poller.poll(100)
-            for fd, ev in events:
-                if fd == qout:
-                    self._qemu_output(qout)
-                elif by_fd.get(fd) is not None:
-                    by_fd[fd].handle_readable(fd)
-            if self.hv is not None:  # None: no device model (host_sim/bench.py)
-                self.hv.pump(0)
-            if self.failure is not None:
-                raise self.failure
-            if self.dm is not None and self.dm.poll() is not None:
-                raise DeviceModelGone("the device model exited with status %d"
-                                      % self.dm.returncode)
-            if self.qemu_proc.poll() is not None:
-                if qout is not None:
-                    self._qemu_output(qout)
-                return self._result()
-            if deadline is not None and time.monotonic() > deadline:
-                raise EngineError("the guest did not finish in %d s" % self.timeout)
+                    if qout is not None:
+                        poller.register(qout, select.POLLIN)
+                events = poller.poll(100)
+                hv_ready = not events
+                exited = False
+                for fd, ev in events:
+                    srv = by_fd.get(fd, 0)
+                    if srv:
+                        srv.handle_readable(fd)
+                    elif srv is None:
+                        hv_ready = True
+                    elif fd == qout:
+                        self._qemu_output(qout)
+                    elif fd in exits:
+                        exited = True
+                if self.hv is not None and (hv_ready or self.hv._deferred):
+                    self.hv.pump(0)  # None: no device model (host_sim/bench.py)
+                if self.failure is not None:
+                    raise self.failure
+                if exited or polled:
+                    if self.dm is not None and self.dm.poll() is not None:
+                        raise DeviceModelGone("the device model exited with status %d"
+                                              % self.dm.returncode)
+                    if self.qemu_proc.poll() is not None:
+                        if qout is not None:
+                            self._qemu_output(qout)
+                        return self._result()
+                if deadline is not None and time.monotonic() > deadline:
+                    raise EngineError("the guest did not finish in %d s" % self.timeout)
+        finally:
+            for fd in exits:
+                os.close(fd)
 
     def _qemu_output(self, fd):
         while True:

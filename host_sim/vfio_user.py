@@ -91,6 +91,11 @@ import struct
 
 __all__ = ["VfioUserServer", "MmapRegion"]
 
+try:  # the hot path in C (host_sim/vfio_floor/vfu_fast.c), where it is built
+    from host_sim._vfu_fast import ffi as _ffi, lib as _lib
+except ImportError:
+    _ffi = _lib = None
+
 # Commands (hw/vfio-user/protocol.h).
 VERSION = 1
 DMA_MAP = 2
@@ -177,6 +182,7 @@ MSG_CTRUNC = int(socket.MSG_CTRUNC)
 SOL_SOCKET = int(socket.SOL_SOCKET)
 SCM_RIGHTS = int(socket.SCM_RIGHTS)
 U64 = 1 << 64
+U64_MASK = U64 - 1
 
 _CAPS = {"capabilities": {"max_msg_fds": MAX_MSG_FDS,
                           "max_data_xfer_size": MAX_DATA_XFER,
@@ -262,7 +268,12 @@ def _close_fds(fds):
 
 
 class VfioUserServer:
-    def __init__(self, path, backend, log=print):
+    def __init__(self, path, backend, log=print, fast=None):
+        """fast: True, False or None (the default: C's hot path when
+        host_sim._vfu_fast is built, `scons vfu-fast`); ValueError for a bad BAR."""
+        if fast and _lib is None:
+            raise ValueError("host_sim._vfu_fast is not built (scons vfu-fast)")
+        self._fast = _lib is not None if fast is None else bool(fast)
         self.path = path
         self.backend = backend
         self.log = log
@@ -281,6 +292,11 @@ class VfioUserServer:
                 self._mmap[index] = mm
         sizes[PCI_CONFIG_REGION_INDEX] = CONFIG_SIZE
         self._region_size = sizes
+        if self._fast:
+            self._cbuf = _ffi.new("uint8_t[]", RECV_SIZE)
+            self._cacc = _ffi.new("vfu_access_t *")
+            self._cout = _ffi.new("uint8_t[]", 64)
+            self._csizes = _ffi.new("uint64_t[]", sizes[:6])
         self._has_reset = callable(getattr(backend, "reset", None))
         # Replace a stale socket file, never anything else.
         try:
@@ -305,6 +321,7 @@ class VfioUserServer:
         self._intx_masked = False
         self._dma = []  # [(iova, size)] mapped by the current client
         self._reply_fds = None  # fds a handler wants sent with its reply
+        self.on_fds_changed = None
         self._reset_connection_state()
         self.stats = {"reads": 0, "writes": 0, "posted": 0, "irqs": 0}
         self._handlers = {
@@ -320,8 +337,13 @@ class VfioUserServer:
 
     # --- event-loop interface ----------------------------------------------
 
+    def _fds_changed(self):
+        if self.on_fds_changed is not None:
+            self.on_fds_changed()
+
     def filenos(self):
-        """The fds to poll for reading: listener, connection, INTx unmask eventfd."""
+        """The fds to poll for reading: listener, connection, INTx unmask eventfd.
+        on_fds_changed() (when set) is called whenever this list changes."""
         out = [self._listen_fd]
         if self._conn is not None:
             out.append(self._conn_fd)
@@ -340,7 +362,10 @@ class VfioUserServer:
     def handle_readable(self, fd):
         try:
             if fd == self._conn_fd and self._conn is not None:
-                self._read_connection()
+                if self._fast and self._versioned and not self._buf and not self._pending_fds:
+                    self._read_fast(fd)
+                else:
+                    self._read_connection()
             elif fd == self._listen_fd:
                 self._accept()
             elif fd == self._intx_unmask and fd is not None:
@@ -380,6 +405,7 @@ class VfioUserServer:
             self._listener.close()
             self._listener = None
             self._listen_fd = -1
+            self._fds_changed()
             try:
                 if stat.S_ISSOCK(os.lstat(self.path).st_mode):
                     os.unlink(self.path)
@@ -416,6 +442,7 @@ class VfioUserServer:
         self._conn = conn
         self._conn_fd = conn.fileno()
         self._reset_connection_state()
+        self._fds_changed()
 
     def disconnect(self):
         """Drop the client and everything it set up (fds, DMA mappings)."""
@@ -428,6 +455,7 @@ class VfioUserServer:
             conn.close()
         except OSError:
             pass
+        self._fds_changed()
         fds = [fd for _, fd in self._pending_fds]
         _close_fds(fds)
         self._reset_connection_state()
@@ -460,7 +488,57 @@ class VfioUserServer:
             if level == SOL_SOCKET and kind == SCM_RIGHTS:
                 n = len(cdata) // 4
                 fds.extend(struct.unpack_from("<%di" % n, cdata))
-        if mflags & MSG_CTRUNC:
+        self._consume(conn, data, fds, mflags & MSG_CTRUNC)
+
+    def _read_fast(self, fd):
+        """_read_connection through host_sim._vfu_fast: a plain BAR access is
+        parsed and answered in C around the backend's call; anything else
+        goes the general way (_consume)."""
+        acc = self._cacc
+        k = _lib.vfu_recv(fd, self._cbuf, RECV_SIZE, self._csizes, acc)
+        if k == _lib.VFU_READ:
+            try:
+                v = self.backend.region_read(acc.region, acc.offset, acc.count) & U64_MASK
+            except Exception as e:
+                self.log("vfio-user: region read: %s: %s" % (type(e).__name__, e))
+                if not acc.posted:
+                    self._error(acc.msg_id, REGION_READ, errno.EIO)
+                return
+            self.stats["reads"] += 1
+            if not acc.posted:
+                self._fast_reply(fd, REGION_READ, v, HDR_SIZE + RW.size + acc.count)
+        elif k == _lib.VFU_WRITE:
+            try:
+                self.backend.region_write(acc.region, acc.offset, acc.count, acc.value)
+            except Exception as e:
+                self.log("vfio-user: region write: %s: %s" % (type(e).__name__, e))
+                if not acc.posted:
+                    self._error(acc.msg_id, REGION_WRITE, errno.EIO)
+                return
+            if acc.posted:
+                self.stats["posted"] += 1
+            else:
+                self.stats["writes"] += 1
+                self._fast_reply(fd, REGION_WRITE, 0, HDR_SIZE + RW.size)
+        elif k == _lib.VFU_BYTES:
+            self._consume(self._conn, _ffi.buffer(self._cbuf, acc.len)[:],
+                          list(acc.fds[0:acc.nfds]), acc.ctrunc)
+        elif k not in (-errno.EAGAIN, -errno.EINTR):
+            self.log("vfio-user: receive failed: %s" % os.strerror(-k))
+            self.disconnect()
+
+    def _fast_reply(self, fd, cmd, value, n):
+        sent = _lib.vfu_reply(fd, self._cacc, cmd, value, self._cout)
+        if sent != n:
+            if sent < 0:
+                self.log("vfio-user: send failed: %s" % os.strerror(-sent))
+                self.disconnect()
+            else:  # the client is slow to read: the bounded wait of _send
+                self._send(_ffi.buffer(self._cout, n)[sent:])
+
+    def _consume(self, conn, data, fds, ctrunc):
+        """Received bytes (and the fds that came with them): handle every whole message."""
+        if ctrunc:
             _close_fds(fds)
             self._protocol_error("too many file descriptors in one message")
             return
@@ -927,6 +1005,8 @@ class VfioUserServer:
 
     def _intx_set_unmask(self, fd):
         old, self._intx_unmask = self._intx_unmask, fd
+        if old != fd:
+            self._fds_changed()
         if old is not None and old != fd:
             _close_fds([old])
         if fd is not None:

@@ -242,12 +242,18 @@ class Client:
         return self.call(vu.DEVICE_SET_IRQS, payload, fds)
 
 
-@pytest.fixture
-def serial_server(tmp_path):
+@pytest.fixture(params=["c-hot-path", "python"])
+def serial_server(tmp_path, request):
+    """Every protocol test runs twice: with the hot path in C (host_sim._vfu_fast)
+    and in Python alone; the answers must be the same."""
+    fast = request.param == "c-hot-path"
+    if fast and vu._lib is None:
+        pytest.skip("host_sim._vfu_fast is not built (.venv/bin/scons -Q vfu-fast)")
     uart, fn, chardev = make_serial()
     backend = PciBackend(fn)
     logs = []
-    srv = VfioUserServer(str(tmp_path / "vfu.sock"), backend, log=logs.append)
+    srv = VfioUserServer(str(tmp_path / "vfu.sock"), backend, log=logs.append, fast=fast)
+    assert srv._fast == fast
     backend.attach_server(srv)
     clients = []
 
