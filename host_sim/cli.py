@@ -108,8 +108,8 @@ def cmd_boot(args):
     if args.dm == "qemu-xen":
         from host_sim import qemu_xen
 
-        if disks or cdroms or nics:
-            print("stubdm-sim: --disk, --cdrom and --nic serve stubdm's devices only",
+        if disks or cdroms:
+            print("stubdm-sim: --disk and --cdrom serve stubdm's devices only",
                   file=sys.stderr)
             return EXIT_USAGE
         cls = qemu_xen.engine_class()

@@ -100,12 +100,18 @@ def write_dom0_layout(xs, domid, name, ram_mib):
     return dm
 
 
-def start_process(args, env, log_path):
-    """qemu-xen in a process group of its own (killpg ends it all)."""
+def start_process(args, env, log_path, pass_fds=()):
+    """qemu-xen in a process group of its own (killpg ends it all). With fds to
+    pass (TAPs), it also dies with us: a TAP it holds keeps the run's namespace."""
     err = open(log_path, "wb")
+    kw = {}
+    if pass_fds:
+        from host_sim.qtest_qemu import die_with_parent
+
+        kw = {"pass_fds": tuple(pass_fds), "preexec_fn": die_with_parent}
     try:
         return subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=err,
-                                stderr=err, start_new_session=True)
+                                stderr=err, start_new_session=True, **kw)
     finally:
         err.close()
 
@@ -319,13 +325,20 @@ def _engine_classes():
             self.hv.on_intx = self._intx
             self.serial_log = os.path.join(self.dir, "pci-serial.log")
             self.dm_log = os.path.join(self.dir, "qemu-xen.log")
+            nic_args, tap_fds = self._nics()
             extra = ["-chardev", "file,id=pciser,path=" + self.serial_log,
                      "-device", "pci-serial,addr=%02x.0,chardev=pciser"
-                     % (eng.DEVFN_PCI_SERIAL >> 3)] + ENGINE_NICS + list(self.dm_extra)
+                     % (eng.DEVFN_PCI_SERIAL >> 3)] + nic_args + list(self.dm_extra)
             args = dm_args(GUEST_DOMID, self.memory, qmp=os.path.join(self.dir, "qmp.sock"),
                            extra=extra)
-            self.dm = start_process(args, dm_env(sock, self.xenstored.socket_path),
-                                    self.dm_log)
+            try:
+                self.dm = start_process(args, dm_env(sock, self.xenstored.socket_path),
+                                        self.dm_log, pass_fds=tap_fds)
+            finally:
+                for fd in tap_fds:
+                    os.close(fd)  # qemu-xen's now
+            if self.ns is not None:
+                self._start_peers()
             self.hv.alive = lambda: self.dm.poll() is None
 
             def ready():
@@ -341,6 +354,31 @@ def _engine_classes():
             except SimError as e:
                 raise QemuXenFailed(describe_failure("did not start: %s" % e, self.dm,
                                                      self.dm_log))
+
+        def _nics(self):
+            """qemu-xen's NIC lines and the TAP fds they name. With --nic, each NIC on a
+            TAP in the run's namespace, its peer at 10.0.(2+D).2 as with stubdm (a dom0
+            device model's NIC is a TAP: libxl's -netdev type=tap); else ENGINE_NICS."""
+            if not self.nics:
+                return list(ENGINE_NICS), []
+            from host_sim.netns import Namespace
+
+            self.ns = Namespace()
+            self.peers = []
+            args, fds = [], []
+            try:
+                for d, (model, mac) in enumerate(self.nics):
+                    mac = mac or "00:16:3e:00:01:%02x" % d
+                    fd = self.ns.open_tap("tap%d" % d, "10.0.%d.2/24" % (2 + d))
+                    fds.append(fd)
+                    args += ["-netdev", "tap,id=net%d,fd=%d,vhost=off" % (d, fd),
+                             "-device", "%s,id=nic%d,netdev=net%d,mac=%s,addr=%02x.0"
+                             % (model, d, d, mac, 5 + d)]
+            except Exception:
+                for fd in fds:
+                    os.close(fd)
+                raise
+            return args, fds
 
         def start_servers(self):
             devfns = set()
