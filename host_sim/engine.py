@@ -403,7 +403,9 @@ class Engine:
         for srv in self.hv.servers.values():
             for seg, bus, dev, fn in sorted(srv.pcidevs):
                 devfn = (dev << 3) | fn
-                if seg == 0 and bus == 0 and dev >= 4 and devfn not in devfns:
+                # The VGA at 02.0 too (QEMU's pc machine leaves slot 2 free
+                # with -nodefaults).
+                if seg == 0 and bus == 0 and (dev >= 4 or dev == 2) and devfn not in devfns:
                     devfns.append(devfn)
         self.guest_slots = {}
         used = set(d >> 3 for d in devfns if d != DEVFN_IDE)
