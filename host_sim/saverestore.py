@@ -128,6 +128,7 @@ def save(s, path, resume=True):
                         % _last_words(s))
     with open(s.save_stream, "rb") as f:
         dm = f.read()
+    os.unlink(s.save_stream)  # the device model's console 1: read, nothing left behind
     bitmap, pages = _ram_pages(s.hv)
     g = s.guest
     em = g.emulated
