@@ -598,3 +598,33 @@ def test_fbfront_without_feature_resize_keeps_its_geometry():
     off = A.event_offset(A.XENFB_OUT_RING_OFFS, A.XENFB_OUT_RING_LEN,
                          A.XENFB_OUT_EVENT_SIZE, 2)
     assert struct.unpack(A.XENFB_UPDATE_FMT, bytes(page[off:off + 20]))[1:] == (0, 0, 320, 200)
+
+
+def test_pixel_formats_and_change_detection(tmp_path):
+    bgrx = bytes([0, 0, 255, 0, 0, 255, 0, 0, 255, 0, 0, 0, 255, 255, 255, 0])  # R G B W
+    rgb565 = vnc.PixelFormat.parse(struct.pack(vnc.PIXEL_FORMAT_FMT, 16, 16, 0, 1, 31, 63,
+                                               31, 11, 5, 0))
+    assert rgb565.convert(bgrx) == struct.pack("<4H", 0xF800, 0x07E0, 0x001F, 0xFFFF)
+    be = vnc.PixelFormat.parse(struct.pack(vnc.PIXEL_FORMAT_FMT, 32, 24, 1, 1, 255, 255, 255,
+                                           0, 8, 16))  # big-endian, R in the low byte
+    assert be.convert(bgrx) == struct.pack(">4I", 0xFF, 0xFF00, 0xFF0000, 0xFFFFFF)
+    assert be.cpixel == 3 and be.cpix_off == 1
+    bgr233 = vnc.PixelFormat.parse(struct.pack(vnc.PIXEL_FORMAT_FMT, 8, 8, 0, 1, 7, 7, 3,
+                                               0, 3, 6))
+    assert bgr233.convert(bgrx) == bytes([0x07, 0x38, 0xC0, 0xFF])
+    for bad in ((24, 24, 0, 1, 255, 255, 255, 16, 8, 0), (32, 24, 0, 0, 255, 255, 255, 16, 8, 0),
+                (32, 24, 0, 1, 254, 255, 255, 16, 8, 0), (16, 16, 0, 1, 31, 63, 31, 12, 5, 0)):
+        with pytest.raises(vnc.VncError):
+            vnc.PixelFormat.parse(struct.pack(vnc.PIXEL_FORMAT_FMT, *bad))
+    w, h = 200, 40
+    old = bytes(w * h * 4)
+    new = bytearray(old)
+    new[(3 * w + 150) * 4] = 1
+    new[(20 * w + 7) * 4 + 2] = 9
+    assert vnc.changed(w, old, bytes(new), 0, 0, w, h) == [(150, 0, 1, 16), (7, 16, 1, 16)]
+    assert vnc.changed(w, old, old, 0, 0, w, h) == []
+    png = vnc.png_bytes(2, 1, b"\x00\x00\xff\x00\xff\x00\x00\x00")
+    path = str(tmp_path / "px.png")
+    with open(path, "wb") as f:
+        f.write(png)
+    assert png_pixels(path) == (2, 1, [[(255, 0, 0), (0, 0, 255)]])
