@@ -159,6 +159,7 @@ class PixelFormat:
         self.native = (bpp, depth, 1 if big else 0, 1 if true else 0, rmax, gmax, bmax,
                        rs, gs, bs) == NATIVE
         self.perm = None
+        self._tables = None
         if bpp == 32 and self.max == (255, 255, 255) and all(s % 8 == 0 for s in self.shift) \
                 and len(set(self.shift)) == 3:
             # Each channel is one byte: a permutation of B, G, R.
@@ -202,20 +203,26 @@ class PixelFormat:
             out[gi::4] = bgrx[1::4]
             out[bi::4] = bgrx[0::4]
             return bytes(out)
-        (rm, gm, bm), (rs, gs, bs) = self.max, self.shift
-        nb = self.bytes
-        order = "big" if self.big else "little"
-        out = bytearray(n * nb)
-        cache = {}
-        for i in range(n):
-            px = bgrx[4 * i:4 * i + 3]
-            v = cache.get(px)
-            if v is None:
-                b, g, r = px[0], px[1], px[2]
-                v = (((r * rm + 127) // 255) << rs | ((g * gm + 127) // 255) << gs
-                     | ((b * bm + 127) // 255) << bs).to_bytes(nb, order)
-                cache[px] = v
-            out[i * nb:(i + 1) * nb] = v
+        # Any other true-colour format, still without a loop over pixels: per output
+        # byte, each channel's share through a 256-entry table (bytes.translate),
+        # the three shares OR-ed as big integers.
+        if self._tables is None:
+            self._tables = []
+            for k in range(self.bytes):
+                per = []
+                for c in range(3):
+                    mx, sh = self.max[c], self.shift[c]
+                    per.append(bytes([((((v * mx + 127) // 255) << sh) >> (8 * k)) & 0xFF
+                                      for v in range(256)]))
+                self._tables.append(per)
+        chans = (bgrx[2::4], bgrx[1::4], bgrx[0::4])  # R, G, B
+        out = bytearray(n * self.bytes)
+        for k in range(self.bytes):
+            acc = 0
+            for c in range(3):
+                acc |= int.from_bytes(bytes(chans[c]).translate(self._tables[k][c]), "big")
+            pos = self.bytes - 1 - k if self.big else k
+            out[pos::self.bytes] = acc.to_bytes(n, "big")
         return bytes(out)
 
 
