@@ -58,6 +58,11 @@ def test_boot_takes_its_arguments_from_xenstore(runtime):
     assert keys == ["%03d" % i for i in range(1, len(keys) + 1)]
     assert argv[:2] == ["-xen-domid", "1"] and "-nodefaults" in argv
     assert argv[argv.index("-m") + 1] == str(e.memory)
+    # libxl's fixed lines, which the device model takes (or ignores, saying why).
+    for opt, val in (("-machine", "xenfv,suppress-vmdesc=on"), ("-display", "none"),
+                     ("-net", "none"), ("-name", "guest")):
+        assert argv[argv.index(opt) + 1] == val
+    assert "-no-shutdown" in argv and "-no-user-config" in argv
     assert perms[0] == "n0" and "r2" in perms  # dom0's, readable by the stub domain
     assert "0000:00:04.0" in out
     assert b"argv-from-xenstore" in e.pci_serial_output
