@@ -9,8 +9,10 @@
 # Keys become scan codes in the set the guest chose for the keyboard (1 or 2;
 # the i8042 then translates set 2 to set 1 if its command byte says so, as the
 # hardware does). The PS/2 mouse is relative: an absolute position becomes the
-# motion from the last one, scaled to the guest's screen (the display
-# surface's size when we know it), starting from the top-left corner.
+# motion from the last one, scaled from the backend's published range (width,
+# height) to the guest's screen (the display surface's size), or taken as the
+# screen's pixels when the backend publishes no range; starting from the
+# top-left corner.
 #
 # The backend is hostile: its in_prod is range-checked, events are copied
 # before they are parsed, key codes and coordinates are bounded; what makes no
@@ -32,8 +34,6 @@ KEY_PAUSE = 119
 KEY_MAX = 0x2FF
 MAX_COORD = 1 << 16  # absolute coordinates and sizes beyond this are nonsense
 MAX_REL = 1 << 16
-DEFAULT_WIDTH = 800  # kbdif.h's default pointer range (XENFB_WIDTH/HEIGHT)
-DEFAULT_HEIGHT = 600
 
 # Linux key codes 84..143 that are not set-1 code = key code: (key code, set-1
 # code, 0xE0-prefixed). 1..83 are their own set-1 codes.
@@ -124,8 +124,8 @@ class KbdFront(Frontend):
         self.shared = None
         self.port = None
         self.abs = False
-        self.range_w = DEFAULT_WIDTH
-        self.range_h = DEFAULT_HEIGHT
+        self.range_w = 0  # the backend's absolute range; 0: the display's pixels
+        self.range_h = 0
         self.last_x = 0
         self.last_y = 0
         self.buttons = 0
@@ -152,8 +152,10 @@ class KbdFront(Frontend):
         be = self.backend
         w = self.xs.read_int(be + "/" + A.XENKBD_FIELD_WIDTH, 1, MAX_COORD)
         h = self.xs.read_int(be + "/" + A.XENKBD_FIELD_HEIGHT, 1, MAX_COORD)
-        self.range_w = w if w is not None else DEFAULT_WIDTH
-        self.range_h = h if h is not None else DEFAULT_HEIGHT
+        # No range published: positions are the display's pixels (QEMU's xenfb scales
+        # them to its surface), 0 here.
+        self.range_w = w if w is not None else 0
+        self.range_h = h if h is not None else 0
         self.last_x = self.last_y = 0
 
     def disconnect(self):
@@ -229,17 +231,20 @@ class KbdFront(Frontend):
             if not self.abs:
                 self._bad("absolute position, never requested")
                 return
-            if not (0 <= ax <= self.range_w and 0 <= ay <= self.range_h
-                    and -MAX_REL <= dz <= MAX_REL):
-                self._bad("position %d,%d outside %dx%d" % (ax, ay, self.range_w,
-                                                            self.range_h))
+            rw = self.range_w or MAX_COORD
+            rh = self.range_h or MAX_COORD
+            if not (0 <= ax <= rw and 0 <= ay <= rh and -MAX_REL <= dz <= MAX_REL):
+                self._bad("position %d,%d outside %dx%d" % (ax, ay, rw, rh))
                 return
-            gw, gh = self.range_w, self.range_h
             d = self.display
-            if d is not None and d.width > 0 and d.height > 0:
-                gw, gh = d.width, d.height
-            x = (ax * gw + self.range_w // 2) // self.range_w
-            y = (ay * gh + self.range_h // 2) // self.range_h
+            if self.range_w == 0 or self.range_h == 0:
+                x, y = ax, ay  # already the display's pixels
+            else:
+                gw, gh = rw, rh
+                if d is not None and d.width > 0 and d.height > 0:
+                    gw, gh = d.width, d.height
+                x = (ax * gw + rw // 2) // rw
+                y = (ay * gh + rh // 2) // rh
             dx, dy = x - self.last_x, y - self.last_y
             self.last_x, self.last_y = x, y
             self.stats["pos"] += 1
