@@ -471,7 +471,8 @@ class VncServer:
         self.kind, self.addr = parse_address(address)
         self.clients = {}
         self.stats = {"clients": 0, "refused": 0, "updates": 0, "rects": 0, "bytes": 0,
-                      "keys": 0, "pointer": 0, "bad_clients": 0}
+                      "keys": 0, "pointer": 0, "bad_clients": 0, "raw": 0, "zlib": 0,
+                      "zrle": 0}
         if self.kind == "unix":
             try:
                 os.unlink(self.addr)
@@ -653,6 +654,7 @@ class VncServer:
         c.updates += 1
         self.stats["updates"] += 1
         self.stats["rects"] += len(rects)
+        self.stats[{ENC_ZLIB: "zlib", ENC_ZRLE: "zrle"}.get(c.encoding, "raw")] += 1
         parts = [struct.pack(">BxH", 0, len(rects))]
         for head, body in rects:
             parts.append(head)

@@ -628,3 +628,23 @@ def test_pixel_formats_and_change_detection(tmp_path):
     with open(path, "wb") as f:
         f.write(png)
     assert png_pixels(path) == (2, 1, [[(255, 0, 0), (0, 0, 255)]])
+
+
+def test_gvnccapture_sees_the_frame(tmp_path):
+    """A second, independent client (gtk-vnc's gvnccapture, Debian's gvncviewer), which
+    asks for ZRLE: the same picture."""
+    gv = shutil.which("gvnccapture")
+    if gv is None:
+        pytest.skip("gvnccapture is not installed (Debian package gvncviewer; build/setup.sh)")
+    s = session("cpython", HARNESS)
+    try:
+        paint(s, "800 600 0x203040 100 50 64 32 0xff8000")
+        out = str(tmp_path / "gv.png")
+        run_client(s, [gv, "127.0.0.1:%d" % (s.port - 5900), out])
+        w, h, px = png_pixels(out)
+        assert (w, h) == (800, 600)
+        assert px[0][0] == (0x20, 0x30, 0x40) and px[50][100] == (0xFF, 0x80, 0x00)
+        assert px[81][163] == (0xFF, 0x80, 0x00) and px[82][163] == (0x20, 0x30, 0x40)
+        assert s.vnc.stats["zrle"] >= 1, s.vnc.stats
+    finally:
+        s.close()
