@@ -395,6 +395,7 @@ class Vga(PciFunction):
         # BAR0 ioreqs): Xen's dirty tracking sees only the guest's own writes.
         self.pages = (vram.size + PAGE - 1) // PAGE
         self.marked = bytearray(self.pages)
+        self._no_pages = bytes(self.pages)
         self.any_marked = False
         self.plane2_written = True
         self.frames = 0
@@ -446,6 +447,7 @@ class Vga(PciFunction):
         self.text_shadow = None
         self.font_copy = None
         self.glyphs = {}
+        self.row_cache = {}
         self.cursor_drawn = -1
         self.colour_cache = None
         self.palette_dirty = True
@@ -926,6 +928,7 @@ class Vga(PciFunction):
             out.append(self._colour(v))
         self.colour_cache = out
         self.glyphs = {}
+        self.row_cache = {}
         return out
 
     def _mode(self):
@@ -978,7 +981,16 @@ class Vga(PciFunction):
         return self._merge_dirty(self.vram.dirty(first, count), first, count)
 
     def _merge_dirty(self, bitmap, first, count):
-        flags = bytearray(count)
+        end = min(first + count, self.pages)
+        if self.any_marked and end - first == count:
+            flags = bytearray(self.marked[first:end])  # one copy, not a loop
+        else:
+            flags = bytearray(count)
+            if self.any_marked:
+                m = self.marked
+                for p in range(first, end):
+                    if m[p]:
+                        flags[p - first] = 1
         if bitmap is None:
             for i in range(count):
                 flags[i] = 1
@@ -989,19 +1001,11 @@ class Vga(PciFunction):
                     for k in range(8):
                         if b & (1 << k) and i * 8 + k < count:
                             flags[i * 8 + k] = 1
-        if self.any_marked:
-            m = self.marked
-            end = min(first + count, self.pages)
-            for p in range(first, end):
-                if m[p]:
-                    flags[p - first] = 1
         return flags
 
     def _clear_marks(self):
         if self.any_marked:
-            m = self.marked
-            for p in range(self.pages):
-                m[p] = 0
+            self.marked[:] = self._no_pages
             self.any_marked = False
 
     def _resize(self, s, geom, w, h):
@@ -1016,6 +1020,7 @@ class Vga(PciFunction):
         self.geom = geom
         self.text_shadow = None
         self.glyphs = {}
+        self.row_cache = {}
         self.cursor_drawn = -1
         return True
 
@@ -1092,6 +1097,7 @@ class Vga(PciFunction):
             if self.font_copy is None or self.font_copy != new_copy:
                 self.font_copy = new_copy
                 self.glyphs = {}
+                self.row_cache = {}
                 full = True
         font_0_rows, font_1_rows = self.font_copy[1], self.font_copy[2]
         cursor = -1
@@ -1169,24 +1175,38 @@ class Vga(PciFunction):
         return out
 
     def _glyph(self, chv, at, font, ch, cw, colours, nine, line_gfx):
+        """A cell's pixels, ch rows of cw * 4 bytes; its rows come from a cache of
+        font-row patterns per attribute (many characters share rows)."""
         fg = colours[at & 0x0F]
         bg = colours[at >> 4]
-        dup = 2 if cw >= 16 else 1
+        rows = self.row_cache.get(at)
+        if rows is None:
+            if len(self.row_cache) >= 64:
+                self.row_cache = {}
+            rows = {}
+            self.row_cache[at] = rows
+        dup = cw >= 16
+        ninth = nine and line_gfx and 0xC0 <= chv <= 0xDF
         parts = []
         for y in range(ch):
             bits = font[chv * 32 + y] if y < 32 else 0
-            row = []
-            for k in range(8):
-                px = fg if bits & (0x80 >> k) else bg
-                row.append(px)
-                if dup == 2:
-                    row.append(px)
-            if nine:
-                px = fg if line_gfx and 0xC0 <= chv <= 0xDF and bits & 1 else bg
-                row.append(px)
-                if dup == 2:
-                    row.append(px)
-            parts.append(b"".join(row))
+            key = bits | 0x100 if ninth and bits & 1 else bits
+            row = rows.get(key)
+            if row is None:
+                px = []
+                for k in range(8):
+                    p = fg if bits & (0x80 >> k) else bg
+                    px.append(p)
+                    if dup:
+                        px.append(p)
+                if nine:
+                    p = fg if key & 0x100 else bg
+                    px.append(p)
+                    if dup:
+                        px.append(p)
+                row = b"".join(px)
+                rows[key] = row
+            parts.append(row)
         return b"".join(parts)
 
     def _draw_cursor(self, buf, base, stride, row_bytes, ch, colour):
@@ -1224,6 +1244,8 @@ class Vga(PciFunction):
         last = (start + h * line - 1) // PAGE
         dirty = self._take_dirty(first, last - first + 1)
         self._clear_marks()
+        if not full and dirty == bytes(len(dirty)):
+            return 0  # nothing written: the common case, one compare
         stride = s.stride
         buf = s.buf
         rects = 0
@@ -1356,6 +1378,21 @@ class Vga(PciFunction):
                 setattr(self, k, bool(d.get(k, False)))
         self.dispi = [int(v) & 0xFFFF for v in dispi]
         self.dispi[DISPI_ID] = dispi[DISPI_ID] & 0xFFFF
+        # A saved stream is as hostile as the guest: indices back in range, the
+        # mode through the same fixup as a guest's, the bank inside VRAM.
+        self.sr_index &= 7
+        self.gr_index &= 0x0F
+        self.cr_index &= 0xFF
+        self.ar_index &= 0x3F
+        self.ar_flip_flop &= 1
+        self.dac_read_index &= 0xFF
+        self.dac_write_index &= 0xFF
+        self.dac_sub_index %= 3
+        self.dac_state &= 0xFF
+        self.msr &= 0xFF
+        self.fcr &= 0xFF
+        self._dispi_fixup()
+        self.bank_offset &= ((self.vram_size >> 16) - 1) << 16
         self._dispi_layout()
         self._reset_display()
         for i in range(self.pages):
