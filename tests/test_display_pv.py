@@ -648,3 +648,60 @@ def test_gvnccapture_sees_the_frame(tmp_path):
         assert s.vnc.stats["zrle"] >= 1, s.vnc.stats
     finally:
         s.close()
+
+
+def test_zlib_encoding_stream():
+    """Zlib (6), which neither client above asks for: one zlib stream per client across
+    updates, each rectangle a length and sync-flushed data of its raw pixels."""
+    s = session("cpython", HARNESS)
+    try:
+        paint(s, "320 200 0x112233 0 0 10 10 0x445566")
+        c = raw_client(s, HANDSHAKE + struct.pack(">BxHi", 2, 1, 6)
+                       + struct.pack(">BBHHHH", 3, 0, 0, 0, 320, 200))
+        c.setblocking(True)
+        c.settimeout(0.02)
+        buf = bytearray()
+
+        def need(n):
+            end = time.monotonic() + 10
+            while len(buf) < n and time.monotonic() < end:
+                s.hv.pump(0.01)
+                try:
+                    buf.extend(c.recv(1 << 16))
+                except socket.timeout:
+                    pass
+            assert len(buf) >= n, (n, s.vnc.stats)
+            out = bytes(buf[:n])
+            del buf[:n]
+            return out
+        need(2 + 4 + 30)  # security types, result, ServerInit
+        z = zlib.decompressobj()
+        updates = []
+        for step in range(2):
+            hdr = need(4)
+            assert hdr[0] == 0
+            rects = []
+            for _ in range(struct.unpack(">xxH", hdr)[0]):
+                x, y, w, h, enc, n = struct.unpack(">HHHHiI", need(16))
+                assert enc == 6
+                rects.append(((x, y, w, h), z.decompress(need(n))))
+            updates.append(rects)
+            if step == 0:
+                paint(s, "320 200 0x112233 0 0 20 30 0x445566")
+                c.sendall(struct.pack(">BBHHHH", 3, 1, 0, 0, 320, 200))
+        [((r0, p0))] = updates[0]
+        assert r0 == (0, 0, 320, 200) and len(p0) == 320 * 200 * 4
+        frame = bytearray(p0)
+        for (x, y, w, h), px in updates[1]:
+            assert len(px) == w * h * 4
+            for r in range(h):
+                frame[((y + r) * 320 + x) * 4:((y + r) * 320 + x + w) * 4] = \
+                    px[r * w * 4:(r + 1) * w * 4]
+        fg, bg = b"\x66\x55\x44\x00", b"\x33\x22\x11\x00"
+        want = b"".join((fg * 20 + bg * 300) if r < 30 else bg * 320 for r in range(200))
+        assert bytes(frame) == want
+        # Only what changed went: the box's growth, in bands of rows, not the frame.
+        assert sum(w * h for (_x, _y, w, h), _p in updates[1]) <= 20 * 32
+        c.close()
+    finally:
+        s.close()

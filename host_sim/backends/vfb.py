@@ -128,7 +128,7 @@ class VfbBack(Backend):
         fb = self.fb
         c, o = off // CHUNK_BYTES, off % CHUNK_BYTES
         if o + n <= CHUNK_BYTES:
-            return fb[c][o:o + n]
+            return bytes(fb[c][o:o + n])  # a copy: the frontend draws on under a view
         out = bytearray()
         while n > 0 and c < len(fb):
             k = min(n, CHUNK_BYTES - o)
