@@ -11,6 +11,11 @@ one boot per configuration, in one invocation (DESIGN.md section 11):
   space with one 8-byte I/O BAR; reads return 0, writes are dropped) and no
   device model process: stubdm minus the floor is what host_sim and the
   device model add;
+- the floor's physical limit (bench pio, where `scons` built it):
+  build/out/vfio_floor, a minimal vfio-user server in C
+  (host_sim/vfio_floor/vfio_floor.c) giving the same answers, so the
+  transport floor minus it is what host_sim's Python server and engine loop
+  cost; with a C ping-pong over a socketpair, the socket's own round trip;
 - QEMU: its own `-device pci-serial` at 00:04.0, the upper bound.
 
 The boot figure is the host's wall clock from QEMU's start to the guest
@@ -53,6 +58,7 @@ INIT_LINE = re.compile(r"stubdm-init: kernel (\S+); init at ([0-9.]+)s(?:; \d+ m
 STATS_LINE = re.compile(r"^stubdm-stats:(.*)$", re.M)
 
 STUBDM, FLOOR, QEMU = "stubdm", "floor", "qemu"
+CFLOOR = "c-floor"  # build/out/vfio_floor: the floor's physical limit
 # qemu-xen (host_sim/qemu_xen.py): Xen's own device model through the same
 # engine, its pci-serial at 00:04.0; in the default set where it is installed.
 QEMU_XEN = "qemu-xen"
@@ -278,6 +284,82 @@ class FloorEngine(_Timed, Engine):
         self.guest_slots = {engine.DEVFN_PCI_SERIAL: (UART_SLOT, 0)}  # engine.qemu_args
 
 
+VFIO_FLOOR = os.path.join(ROOT, "build", "out", "vfio_floor")
+CFLOOR_STATS = re.compile(r"^VFIO-FLOOR reads=(\d+) writes=(\d+) posted=(\d+) busy_ns=(\d+)",
+                          re.M)
+
+
+def vfio_floor_missing():
+    """None if build/out/vfio_floor is there, else why not."""
+    if os.access(VFIO_FLOOR, os.X_OK):
+        return None
+    return "no %s (run .venv/bin/scons -Q)" % os.path.relpath(VFIO_FLOOR, ROOT)
+
+
+class CFloorServer:
+    """build/out/vfio_floor serving one socket, in the Engine's server slot
+    (it runs its own loop: nothing for the Engine to poll)."""
+
+    def __init__(self, path):
+        why = vfio_floor_missing()
+        if why:
+            raise BenchError(why)
+        self.path = path
+        self.stats = None
+        self.proc = subprocess.Popen([VFIO_FLOOR, path], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     preexec_fn=engine.die_with_parent)
+        if self.proc.stdout.readline().strip() != b"VFIO-FLOOR ready":
+            self.close()
+            raise BenchError("vfio_floor did not start: %s"
+                             % self.proc.stderr.read().decode(errors="replace").strip())
+
+    def filenos(self):
+        return []
+
+    def handle_readable(self, fd):
+        pass
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:  # it ends by itself once QEMU hangs up
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        out = self.proc.stdout.read().decode(errors="replace")
+        m = CFLOOR_STATS.search(out)
+        if m:
+            self.stats = dict(zip(("reads", "writes", "posted", "busy_ns"),
+                                  map(int, m.groups())))
+
+
+class CFloorEngine(_Timed, Engine):
+    """The same QEMU and guest with build/out/vfio_floor at 00:04.0: the physical
+    floor of a TCG exit, QEMU's vfio-user client and a socket round trip."""
+
+    def start_dm(self):
+        self.hv = None
+        self.dm = None
+
+    def start_servers(self):
+        srv = CFloorServer(os.path.join(self.dir, "cfloor%02x.sock" % engine.DEVFN_PCI_SERIAL))
+        self.floor = srv
+        self.servers.append((engine.DEVFN_PCI_SERIAL, None, srv))
+        self.guest_slots = {engine.DEVFN_PCI_SERIAL: (UART_SLOT, 0)}
+
+
+def socket_pingpong_us(n=20000):
+    """One request/reply round trip between two processes over a unix socket
+    (vfio_floor --pingpong, in C), in us; None without the tool."""
+    if vfio_floor_missing():
+        return None
+    r = subprocess.run([VFIO_FLOOR, "--pingpong", str(n)], capture_output=True, text=True,
+                       timeout=60)
+    m = re.search(r"PINGPONG n=(\d+) ns=(\d+)", r.stdout)
+    return int(m.group(2)) / int(m.group(1)) / 1e3 if m else None
+
+
 class QemuEngine(_Timed, Engine):
     """The same QEMU command line, with QEMU's own pci-serial at 00:04.0."""
 
@@ -310,8 +392,9 @@ def _qemu_xen_engine():
     return QemuXenBenchEngine
 
 
-ENGINES = {STUBDM: StubdmEngine, FLOOR: FloorEngine, QEMU: QemuEngine}
+ENGINES = {STUBDM: StubdmEngine, FLOOR: FloorEngine, QEMU: QemuEngine, CFLOOR: CFloorEngine}
 LABELS = {STUBDM: "stubdm (%s) via host_sim", FLOOR: "transport floor (null vfio-user)",
+          CFLOOR: "minimal C vfio-user server",
           QEMU: "QEMU's own pci-serial", QEMU_XEN: "qemu-xen's pci-serial via host_sim"}
 
 
@@ -357,6 +440,8 @@ def run_one(config, qemu, kernel, initrd, run, runtime="cpython", timeout=BOOT_T
         r["stats"] = dm_stats(getattr(e, "messages", ""))
     if config == FLOOR:
         r["null_accesses"] = e.function.reads + e.function.writes
+    if config == CFLOOR:
+        r["cfloor_stats"] = e.floor.stats
     return r
 
 
@@ -474,7 +559,11 @@ def bench_pio(qemu, kernel, initrd, count=20000, runtime="cpython", out=None,
     Returns {config: result dict} (with 'pio' from parse_pio, and rates).
     """
     out = out or sys.stdout
-    configs = configs or default_configs()
+    if not configs:
+        # The floor's physical limit, beside the floor, where it is built.
+        configs = default_configs()
+        if vfio_floor_missing() is None:
+            configs = configs[:2] + (CFLOOR,) + configs[2:]
     _need(qemu, kernel, initrd)
     load = _load()
     work = tempfile.mkdtemp(prefix="stubdm-bench-")
@@ -503,6 +592,8 @@ def bench_pio(qemu, kernel, initrd, count=20000, runtime="cpython", out=None,
             results[c] = r
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if CFLOOR in results:
+        results[CFLOOR]["pingpong_us"] = socket_pingpong_us()
     _print_pio(results, count, runtime, qemu, out, configs)
     out.write(_load_line(load))
     return results
@@ -549,8 +640,34 @@ def _print_pio(results, count, runtime, qemu, out, configs):
         if x.get("ioreq_us") is not None:
             w("qemu-xen: ioreq round trip in host_sim (send_ioreq, all ioreqs) %.2f us, "
               "%d ioreqs in the run\n" % (x["ioreq_us"], x["ioreqs"]))
+    if FLOOR in results and CFLOOR in results:
+        f, c = results[FLOOR], results[CFLOOR]
+        w("transport floor against its physical limit (the same guest loop, QEMU and "
+          "socket; DESIGN.md section 11):%s read      write\n" % (" " * 1))
+        rows = [("minimal C vfio-user server (build/out/vfio_floor): TCG exit, QEMU's client, "
+                 "socket", c["read_us"], c["write_us"])]
+        pp = c.get("pingpong_us")
+        if pp is not None:
+            rows.append(("  of which a socket round trip between two processes (C ping-pong)",
+                         pp, pp))
+        st = c.get("cfloor_stats") or {}
+        if st.get("reads") or st.get("writes"):
+            cs = st["busy_ns"] / 1e3 / (st["reads"] + st["writes"] + st["posted"])
+            rows.append(("  of which the C server, request in to reply sent (the send wakes QEMU)", cs, cs))
+        rows.append(("host_sim's vfio-user server and engine loop (floor - C server)",
+                     f["read_us"] - c["read_us"], f["write_us"] - c["write_us"]))
+        for name, rd, wr in rows:
+            w("  %-84s %7.2f us %7.2f us\n" % (name, rd, wr))
+        w("ratio floor/C server time per access: reads %.2f, writes %.2f (best rounds: %.2f, "
+          "%.2f)\n" % (f["read_us"] / c["read_us"], f["write_us"] / c["write_us"],
+                       f["best_read_us"] / c["best_read_us"],
+                       f["best_write_us"] / c["best_write_us"]))
     if STUBDM in results and FLOOR in results:
         s, f = results[STUBDM], results[FLOOR]
+        w("ratio stubdm/floor time per access: reads %.2f, writes %.2f (best rounds: %.2f, "
+          "%.2f)\n" % (s["read_us"] / f["read_us"], s["write_us"] / f["write_us"],
+                       s["best_read_us"] / f["best_read_us"],
+                       s["best_write_us"] / f["best_write_us"]))
         st = s.get("stats") or {}
         n = st.get("ioreqs", 0)
         dm_us = st["busy_us"] / n if n else None

@@ -1,8 +1,9 @@
 """stubdm-sim bench boot / bench pio (host_sim/bench.py) and the guest's pio_bench tool.
 
 The parsing and set-up checks are quick; test_bench_pio_three_configurations
-boots the guest three times (stubdm, the vfio-user floor, QEMU's pci-serial),
-about 30 s.
+boots the guest once per configuration (stubdm, the vfio-user floor, the
+minimal C vfio-user server, QEMU's pci-serial, qemu-xen's where installed),
+about a minute.
 """
 import gzip
 import os
@@ -102,8 +103,11 @@ def test_bench_pio_three_configurations():
                        env=env, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
-    for name in ("stubdm (cpython) via host_sim", "transport floor (null vfio-user)",
-                 "QEMU's own pci-serial"):
+    names = ["stubdm (cpython) via host_sim", "transport floor (null vfio-user)",
+             "QEMU's own pci-serial"]
+    if bench.vfio_floor_missing() is None:
+        names.append("minimal C vfio-user server")
+    for name in names:
         m = re.search(r"^\s+%s\s+(\d+)\s+([0-9.]+)\s+([0-9.]+)\s+(\d+)\s+([0-9.]+)\s+([0-9.]+)"
                       r"\s*$" % re.escape(name), out, re.M)
         assert m, out
@@ -114,3 +118,139 @@ def test_bench_pio_three_configurations():
     assert m and float(m.group(1)) > 0 and float(m.group(2)) > 0, out
     # The split: the device model's own time per ioreq came from its exit line.
     assert re.search(r"device model, READY to IORESP_READY .* ([0-9.]+) us", out), out
+    # The floor against its physical limit, and the done-when ratios, in the same run.
+    assert re.search(r"^ratio stubdm/floor time per access: reads [0-9.]+, writes [0-9.]+",
+                     out, re.M), out
+    if bench.vfio_floor_missing() is None:
+        assert re.search(r"^ratio floor/C server time per access: reads [0-9.]+, writes "
+                         r"[0-9.]+", out, re.M), out
+        m = re.search(r"socket round trip between two processes \(C ping-pong\)\s+([0-9.]+) us",
+                      out)
+        assert m and float(m.group(1)) > 0, out
+
+
+def _exchange(path, requests, pump=None):
+    """Send each raw request to the vfio-user server at path; the raw replies
+    (b"" for a request that gets none)."""
+    import select
+    import socket
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    out = []
+    try:
+        for req in requests:
+            s.sendall(req)
+            got = b""
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
+                if pump:
+                    pump()
+                if select.select([s], [], [], 0.01)[0]:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    got += chunk
+                    if len(got) >= 16 and len(got) >= int.from_bytes(got[4:8], "little"):
+                        break
+                elif not (req[8] & 0x10) or got:
+                    continue
+                else:
+                    break  # a posted write: nothing comes back
+            out.append(got)
+    finally:
+        s.close()
+    return out
+
+
+def _floor_requests():
+    import struct
+
+    hdr = struct.Struct("<HHIII")
+    reqs = []
+
+    def msg(cmd, payload=b"", flags=0):
+        reqs.append(hdr.pack(len(reqs) + 1, cmd, 16 + len(payload), flags, 0) + payload)
+
+    msg(4, struct.pack("<IIII", 16, 0, 0, 0))  # before VERSION: EINVAL
+    msg(1, struct.pack("<HH", 0, 0) + b'{"capabilities":{"max_msg_fds":16,'
+        b'"max_data_xfer_size":1048576,"pgsizes":4096,"max_dma_maps":65535}}\0')
+    msg(4, struct.pack("<IIII", 16, 0, 0, 0))
+    for i in range(10):  # 9: no such region
+        msg(5, struct.pack("<IIIIQQ", 32, 0, i, 0, 0, 0))
+    for i in range(4):
+        msg(7, struct.pack("<IIII", 16, 0, i, 0))
+    msg(9, struct.pack("<QII", 0, 7, 256))  # the whole config space, as QEMU reads it
+    msg(10, struct.pack("<QII", 0x10, 7, 4) + b"\xff\xff\xff\xff")  # BAR sizing
+    msg(9, struct.pack("<QII", 0x10, 7, 4))
+    msg(10, struct.pack("<QII", 0x04, 7, 2) + b"\xff\xff")
+    msg(9, struct.pack("<QII", 0x04, 7, 2))
+    msg(9, struct.pack("<QII", 7, 0, 1))
+    msg(10, struct.pack("<QII", 7, 0, 1) + b"\x55")
+    msg(10, struct.pack("<QII", 6, 0, 2) + b"\x55\x66", flags=0x10)  # posted
+    msg(9, struct.pack("<QII", 0, 0, 8))
+    msg(9, struct.pack("<QII", 4, 0, 8))  # beyond the BAR: EINVAL
+    msg(9, struct.pack("<QII", 0, 3, 1))  # no BAR3: EINVAL
+    msg(9, struct.pack("<QII", 0, 0, 0))  # count 0: EINVAL
+    msg(2, struct.pack("<IIQQQ", 32, 3, 0, 0xC0000, 0x1000))  # DMA_MAP, no fd
+    msg(3, struct.pack("<IIQQ", 24, 0, 0xC0000, 0x1000))
+    msg(8, struct.pack("<IIIII", 20, 0x21, 0, 0, 0))  # INTx disable
+    msg(99)  # unknown: ENOSYS
+    return reqs
+
+
+@pytest.mark.skipif(bench.vfio_floor_missing() is not None,
+                    reason=bench.vfio_floor_missing() or "")
+def test_c_floor_server_answers_as_the_python_floor(tmp_path):
+    # The floor's physical limit is only a limit if it does the same work:
+    # byte for byte the Python server's replies for NullSerialFunction.
+    from host_sim.vfio_user import VfioUserServer
+
+    reqs = _floor_requests()
+    srv = VfioUserServer(str(tmp_path / "py.sock"), bench.NullSerialFunction(),
+                         log=lambda m: None)
+
+    def pump():
+        import select
+        for fd in select.select(srv.filenos(), [], [], 0)[0]:
+            srv.handle_readable(fd)
+
+    try:
+        want = _exchange(srv.path, reqs, pump)
+    finally:
+        srv.close()
+    c = bench.CFloorServer(str(tmp_path / "c.sock"))
+    try:
+        got = _exchange(c.path, reqs)
+    finally:
+        c.close()
+    assert [g for g in got] == [w for w in want]
+    assert want[1].endswith(b"\0") and len(want[17]) == 16 + 16 + 256
+    assert want[0][8] == 0x21 and want[-1][8] == 0x21  # error replies: EINVAL, ENOSYS
+    # It counted what it served and left: reads (config and BAR), writes, posted.
+    assert c.stats["reads"] == 5 and c.stats["writes"] == 3 and c.stats["posted"] == 1
+    assert c.proc.returncode == 0
+
+
+@pytest.mark.skipif(bench.vfio_floor_missing() is not None,
+                    reason=bench.vfio_floor_missing() or "")
+def test_c_floor_refuses_bad_sizes_and_pingpong_measures():
+    import socket
+    import struct
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="stubdm-test-")
+    c = bench.CFloorServer(os.path.join(d, "c.sock"))
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(c.path)
+        s.sendall(struct.pack("<HHIII", 1, 9, 8, 0, 0))  # size below the header
+        s.settimeout(5)
+        assert s.recv(64) == b""  # closed, and the server exits
+        s.close()
+        c.proc.wait(5)
+    finally:
+        c.close()
+        os.rmdir(d)
+    us = bench.socket_pingpong_us(200)
+    assert us is not None and 0 < us < 10000
