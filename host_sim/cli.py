@@ -164,6 +164,12 @@ def bench_ioreq(args):
     print("  round trips: %.0f per second, %.1f us each" % (n / dt, dt / n * 1e6))
     print("  device model time per ioreq (READY to IORESP_READY): %.2f us" % busy)
     print("  host_sim transport and hypervisor side: %.1f us" % (dt / n * 1e6 - busy))
+    from host_sim import bench as _bench
+
+    pp = _bench.socket_pingpong_us()
+    print("  physical floor: a request/reply between two processes over a unix socket, in C "
+          "(build/out/vfio_floor --pingpong): %s" % ("%.1f us" % pp if pp is not None else
+                                                     _bench.vfio_floor_missing()))
     hits, misses = rst.get("mapcache_hits", 0), rst.get("mapcache_misses", 0)
     print("  rep outsb of 64 bytes from guest RAM: %.0f per second, %.1f us each, "
           "%.1f us in the device model" % (reps / rdt, rdt / reps * 1e6,
