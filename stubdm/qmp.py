@@ -9,9 +9,7 @@
 # copied back; events (STOP, RESUME, SHUTDOWN, DEVICE_TRAY_MOVED) go to every
 # negotiated session. A client that sends bad JSON, a non-object, an unknown
 # command or bad arguments gets QEMU's error for it and the session goes on.
-import json
-
-from stubdm import log
+from stubdm import log, qjson
 from stubdm.compat import const
 from stubdm.vchan import OFF_CLI_LIVE as V_OFF_CLI_LIVE
 from stubdm.vchan import VchanServer
@@ -104,123 +102,6 @@ class Splitter:
                     out.append(bytes(self.buf))
                     self._reset()
         return out
-
-
-MAX_DEPTH = const(32)  # nesting a QMP request may have (libxl's are 3 deep)
-
-
-def _ws(b, i):
-    n = len(b)
-    while i < n and b[i] in _WS:
-        i += 1
-    return i
-
-
-def _string(b, i):
-    # b[i] is the opening quote; returns the index after the closing one.
-    n = len(b)
-    i += 1
-    while i < n:
-        c = b[i]
-        if c == 0x22:
-            return i + 1
-        if c < 0x20:
-            raise ValueError("control character in a string")
-        if c == 0x5C:
-            i += 1
-            if i >= n:
-                break
-            e = b[i]
-            if e == 0x75:  # \uXXXX
-                h = b[i + 1:i + 5]
-                if len(h) != 4 or [x for x in h if x not in _HEX]:
-                    raise ValueError("bad \\u escape")
-                i += 4
-            elif e not in _ESCAPES:
-                raise ValueError("bad escape")
-        i += 1
-    raise ValueError("unterminated string")
-
-
-def _number(b, i):
-    n = len(b)
-    s = i
-    if i < n and b[i] == 0x2D:
-        i += 1
-    if i < n and b[i] == 0x30:
-        i += 1
-    elif i < n and 0x31 <= b[i] <= 0x39:
-        while i < n and 0x30 <= b[i] <= 0x39:
-            i += 1
-    else:
-        raise ValueError("bad number")
-    if i < n and b[i] == 0x2E:
-        i += 1
-        d = i
-        while i < n and 0x30 <= b[i] <= 0x39:
-            i += 1
-        if i == d:
-            raise ValueError("bad fraction")
-    if i < n and b[i] in b"eE":
-        i += 1
-        if i < n and b[i] in b"+-":
-            i += 1
-        d = i
-        while i < n and 0x30 <= b[i] <= 0x39:
-            i += 1
-        if i == d:
-            raise ValueError("bad exponent")
-    if i - s > 64:
-        raise ValueError("number too long")
-    return i
-
-
-def _value(b, i, depth):
-    i = _ws(b, i)
-    if i >= len(b):
-        raise ValueError("value expected")
-    c = b[i]
-    if c == 0x22:
-        return _string(b, i)
-    if c == 0x7B or c == 0x5B:
-        if depth >= MAX_DEPTH:
-            raise ValueError("nesting too deep")
-        close = 0x7D if c == 0x7B else 0x5D
-        i = _ws(b, i + 1)
-        if i < len(b) and b[i] == close:
-            return i + 1
-        while True:
-            if c == 0x7B:
-                i = _ws(b, i)
-                if i >= len(b) or b[i] != 0x22:
-                    raise ValueError("member name expected")
-                i = _ws(b, _string(b, i))
-                if i >= len(b) or b[i] != 0x3A:
-                    raise ValueError("':' expected")
-                i += 1
-            i = _ws(b, _value(b, i, depth + 1))
-            if i < len(b) and b[i] == 0x2C:
-                i += 1
-                continue
-            if i < len(b) and b[i] == close:
-                return i + 1
-            raise ValueError("',' or end expected")
-    for word in (b"true", b"false", b"null"):
-        if b[i:i + len(word)] == word:
-            return i + len(word)
-    return _number(b, i)
-
-
-def check_json(b):
-    """Raise ValueError unless b is exactly one JSON text (RFC 8259), as QEMU's
-    parser wants it; MicroPython's json.loads alone is laxer (it skips missing
-    commas and colons)."""
-    if _ws(b, _value(b, 0, 0)) != len(b):
-        raise ValueError("trailing characters")
-
-
-_HEX = b"0123456789abcdefABCDEF"
-_ESCAPES = b'"\\/bfnrt'
 
 
 def _args(req, spec):
@@ -319,7 +200,7 @@ class QmpServer:
     def _send(self, obj):
         if len(self.out) > MAX_PENDING_OUT:
             return  # the client reads nothing: it loses replies, we keep our memory
-        self.out += json.dumps(obj).encode() + b"\r\n"
+        self.out += qjson.dumps(obj).encode() + b"\r\n"
         self._flush()
 
     def _flush(self):
@@ -346,9 +227,8 @@ class QmpServer:
             if text is None:
                 raise QmpError("JSON parse error, message too long")
             try:
-                check_json(text)
-                req = json.loads(text.decode())
-            except Exception:
+                req = qjson.loads(text)
+            except ValueError:
                 raise QmpError("JSON parse error, invalid JSON")
             if not isinstance(req, dict):
                 raise QmpError("QMP input must be a JSON object")
