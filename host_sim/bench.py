@@ -653,7 +653,8 @@ def _print_pio(results, count, runtime, qemu, out, configs):
         st = c.get("cfloor_stats") or {}
         if st.get("reads") or st.get("writes"):
             cs = st["busy_ns"] / 1e3 / (st["reads"] + st["writes"] + st["posted"])
-            rows.append(("  of which the C server, request in to reply sent (the send wakes QEMU)", cs, cs))
+            rows.append(("  of which the C server, request in to reply sent (the send wakes QEMU)",
+                         cs, cs))
         rows.append(("host_sim's vfio-user server and engine loop (floor - C server)",
                      f["read_us"] - c["read_us"], f["write_us"] - c["write_us"]))
         for name, rd, wr in rows:
