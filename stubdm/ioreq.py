@@ -122,31 +122,23 @@ class Dispatcher:
                 buf = _reverse_items(buf, size, count)  # item i at data - i*size
             if whole and mem.write(lo, buf):
                 return data
-            step = -size if df else size
-            for i in range(count):  # some of it is not RAM: as far as it goes
-                gpa = (data + i * step) & _ALL_ONES
-                o = (count - 1 - i) * size if df else i * size
-                if not mem.write(gpa, buf[o : o + size]):
-                    log.guest_error(bus.name, "rep read into %#x: not guest RAM" % gpa)
-                    break
+            # Some of it is not RAM: the items as far as RAM goes, in one block.
+            n = self._ram_items(data, size, count, df)
+            if n:
+                o = (count - n) * size if df else 0
+                mem.write(data - (n - 1) * size if df else data, buf[o : o + n * size])
+            gpa = (data + (-n if df else n) * size) & _ALL_ONES
+            log.guest_error(bus.name, "rep read into %#x: not guest RAM" % gpa)
             return data
         block = mem.read(lo, total) if whole else None
         if block is None:
-            # Not all RAM: the items up to the first that is not, one by one.
-            step = -size if df else size
-            got = bytearray(total)
-            n = 0
-            while n < count:
-                gpa = (data + n * step) & _ALL_ONES
-                b = mem.read(gpa, size)
-                if b is None:
-                    log.guest_error(bus.name, "rep write from %#x: not guest RAM" % gpa)
-                    break
-                got[n * size : (n + 1) * size] = b
-                n += 1
+            # Not all RAM: the items up to the first that is not.
+            n = self._ram_items(data, size, count, df)
+            gpa = (data + (-n if df else n) * size) & _ALL_ONES
+            log.guest_error(bus.name, "rep write from %#x: not guest RAM" % gpa)
+            block = mem.read(data - (n - 1) * size if df else data, n * size) if n else b""
             count = n
-            block = memoryview(got)[: n * size]
-        elif df:
+        if df and count:
             block = _reverse_items(block, size, count)
         if count:
             if type_ == abi.IOREQ_TYPE_PIO:
@@ -154,6 +146,21 @@ class Dispatcher:
             else:
                 self._mmio_rep_write(bus, addr, size, count, block, df)
         return data
+
+    def _ram_items(self, data, size, count, df):
+        """How many items from item 0 on are guest RAM (a block of n items is
+        RAM exactly when each is): found by halving, a few reads, not count."""
+        mem = self.mem
+        lo, hi = 0, count  # item counts: lo known RAM, hi + 1 known not
+        while lo < hi:
+            n = (lo + hi + 1) // 2
+            start = data - (n - 1) * size if df else data
+            if 0 <= start and start + n * size <= _ALL_ONES + 1 and \
+                    mem.read(start, n * size) is not None:
+                lo = n
+            else:
+                hi = n - 1
+        return lo
 
     # Rep items are handed to devices in the order the guest makes them:
     # item i at buf[i*size:(i+1)*size], little-endian. A device may take a

@@ -198,7 +198,7 @@ def compare(device, seed, n):
 
 
 DEVICES = ["com1", "pci_serial", "i8042", "port92", "apm", "gpe0", "xen platform",
-           "xen_platform", "pci host", "piix4_pm", "e1000"]
+           "xen_platform", "pci host", "piix4_pm", "e1000", "ide0", "ide1"]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -20,6 +20,7 @@
 #   mode; host_sim's QEMU engine, which reaches PCI functions only, uses it so
 #   that Linux's ata_piix drives the same channels through BARs.
 from stubdm import log
+from stubdm.bus import fill_rep
 from stubdm.compat import const
 from stubdm.devices import ata
 from stubdm.pci import CMD_MASTER, PciFunction
@@ -312,6 +313,15 @@ class IdeChannel:
         if offset == _STATUS:
             self.irq_line.set_level(0)  # reading status acknowledges INTRQ (ATA-6 5.2.9)
         return v & 0xFF
+
+    def read_rep(self, offset, size, count, buf):
+        # A rep of byte reads of one register: the task file reads with no
+        # effect but status's (INTRQ acknowledged, the same each time); the
+        # data register is 16/32-bit and reads all ones as a byte.
+        if size != 1 or not 0 <= offset < CMD_BLOCK_LEN:
+            return False
+        fill_rep(buf, self.read(offset, 1), 1, count)
+        return True
 
     def write(self, offset, size, value):
         if size == 1 and 0 < offset < _SELECT:  # the hot path: task-file registers
