@@ -80,7 +80,9 @@ class EventChannels:
 
     def send(self, dom, port):
         """EVTCHNOP_send from dom's port: raise an event on the peer."""
-        p = self.get(dom, port)
+        p = self.ports.get((dom, port))
+        if p is None:
+            p = self.get(dom, port)  # raises
         if p.state != INTERDOMAIN:
             self.stats["dropped"] += 1
             return

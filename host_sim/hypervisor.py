@@ -621,20 +621,25 @@ class SimHypervisor:
         self.handles[hid] = h
         if c is not None:
             c.handles.append(h)
-        self.add_fd(h.kick_fd, lambda: self._evtchn_kicked(h))
+        self.add_fd(h.kick_fd, self._evtchn_kicked(h))
         self._sent_once = h
         return hid, b"", h.peer_fds()
 
     def _evtchn_kicked(self, h):
-        """The device model set bits in a handle's shared memory: EVTCHNOP_send for
-        each port it notified (one of its own: the hypercall checks that too), and
-        the events of ports it unmasked while they were pending."""
-        ports, send, dom = h.ports, self.evtchn.send, self.dm_domid
-        for v in h.take():
-            if v in ports:
-                send(dom, v)
-            elif v & _UNMASKED and v ^ _UNMASKED in ports:
-                h.redeliver(v ^ _UNMASKED)
+        """What to do when the device model kicks handle h: it set bits in their
+        shared memory. EVTCHNOP_send for each port it notified (one of its own: the
+        hypercall checks that too), and the events of ports it unmasked while they
+        were pending. (Every ioreq's answer comes this way: kept to few calls.)"""
+        ports, send, dom, take = h.ports, self.evtchn.send, self.dm_domid, h.take
+
+        def kicked():
+            for v in take():
+                if v in ports:
+                    send(dom, v)
+                elif v & _UNMASKED and v ^ _UNMASKED in ports:
+                    h.redeliver(v ^ _UNMASKED)
+
+        return kicked
 
     def _evtchn_close(self, h):
         self.remove_fd(h.kick_fd)
@@ -727,7 +732,11 @@ class SimHypervisor:
                 page[flags_at] & abi.STATE_MASK == abi.STATE_IORESP_READY
             )
 
-        self.pump_until(answered, lambda: "an ioreq of type %d at %#x" % (type_, addr))
+        # The first wait inline (pump_until's checks come after it), as most
+        # answers come within it.
+        self.pump(0.2)
+        if not answered():
+            self.pump_until(answered, lambda: "an ioreq of type %d at %#x" % (type_, addr))
         data = struct.unpack_from("<Q", page, off + abi.IOREQ_OFF_DATA)[0]
         page[flags_at] = req[abi.IOREQ_OFF_FLAGS]  # back to NONE
         notified.discard(port)
