@@ -13,7 +13,7 @@ import time
 import pytest
 
 from host_sim.backends.blkback import vbd_device
-from host_sim.scripted import Session
+from host_sim.scripted import PORT_BINARY, Session
 from stubdm import abi
 from stubdm import vchan as V
 from tests.ide_guest import IdeGuest
@@ -35,6 +35,18 @@ def isos(tmp_path_factory):
     a.write_bytes(b"".join(b"A%07d" % i * 256 for i in range(64)))
     b.write_bytes(b"".join(b"B%07d" % i * 256 for i in range(64)))
     return str(a), str(b)
+
+
+@pytest.fixture(scope="module", params=("cpython", "micropython", "port"))
+def dm_runtime(request):
+    """Both runtimes, and the stub domain's own port (MiniOS's MicroPython, built for
+    Linux: the device model frozen in, no json module)."""
+    from tests.conftest import skip_unless_runtime
+
+    if request.param == "port" and not os.access(PORT_BINARY, os.X_OK):
+        pytest.skip("%s is not built: run scons" % PORT_BINARY)
+    skip_unless_runtime(request.param)
+    return request.param
 
 
 @pytest.fixture(scope="module")
