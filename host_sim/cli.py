@@ -295,6 +295,8 @@ def main(argv=None):
     bench_pv.add_command(bsub, common)
     from host_sim import bench_disk
     bench_disk.add_command(bsub, common)
+    from host_sim import bench_net
+    bench_net.add_command(bsub, common)
     fuzz_pv.add_command(sub, common)
     from host_sim import saverestore
     saverestore.add_command(sub, common)
