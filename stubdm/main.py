@@ -552,12 +552,24 @@ def pv_drivers():
     from stubdm import pv_echo
     from stubdm.frontends.blkfront import BlkFront
     from stubdm.frontends.echo import EchoFrontend
-    from stubdm.frontends.fbfront import FbFront
-    from stubdm.frontends.kbdfront import KbdFront
     from stubdm.frontends.netfront import NetFront
 
-    return (("vbd", BlkFront), ("vif", NetFront), ("vfb", FbFront), ("vkbd", KbdFront),
+    return (("vbd", BlkFront), ("vif", NetFront), ("vfb", _fbfront), ("vkbd", _kbdfront),
             (pv_echo.TYPE, EchoFrontend))
+
+
+# The display's frontends are imported only for a stub domain that has them (their
+# code is heap on MicroPython): the bus calls these as it would a class.
+def _fbfront(bus, devid):
+    from stubdm.frontends.fbfront import FbFront
+
+    return FbFront(bus, devid)
+
+
+def _kbdfront(bus, devid):
+    from stubdm.frontends.kbdfront import KbdFront
+
+    return KbdFront(bus, devid)
 
 
 def open_pv(hyp):
