@@ -705,3 +705,20 @@ def test_zlib_encoding_stream():
         c.close()
     finally:
         s.close()
+
+
+def test_unix_socket_server(tmp_path):
+    """--vnc unix:PATH: the same server on a unix socket, gone with the session."""
+    path = str(tmp_path / "vnc.sock")
+    s = Session(runtime="cpython", vnc="unix:" + path, dm_script=HARNESS)
+    try:
+        s.hv.pump_until(lambda: _rd(s, FB + "/state") == "4", "the vfb handshake")
+        paint(s, "640 480 0x0000ff 1 2 3 4 0xffffff")
+        w, h, frame = capture(s, "unix:" + path)
+        assert (w, h) == (640, 480)
+        assert frame[:4] == b"\xff\x00\x00\x00"
+        assert frame[(2 * 640 + 1) * 4:][:4] == b"\xff\xff\xff\x00"
+        assert s.vnc.address() == "unix:" + path
+    finally:
+        s.close()
+    assert not os.path.exists(path)
