@@ -2,8 +2,9 @@
 fbfront and kbdfront (and stubdm-echo) over fake grants, event channels and xenstore,
 with every response and index the backend writes chosen to hurt: ids never sent or sent
 twice, statuses and lengths out of range, offsets past the page, rsp_prod far ahead or
-backwards, chains that never end. Checks, per event: no exception escapes, the handler is fast, no I/O is
-reported successful that the backend did not complete, and nothing completes twice.
+backwards, chains that never end. Checks, per event: no exception escapes, the handler
+is fast, no I/O is reported successful that the backend did not complete, and nothing
+completes twice.
 
     stubdm-sim fuzz-pv --requests N --seed S     (also run by tests/test_fuzz_pv.py)
 """
