@@ -10,6 +10,7 @@
 # The network (stubdm/net.py) is handed in, and so is guest memory (DMA only
 # through it) and nothing else: the INTx pin is this PCI function's own.
 from stubdm import log
+from stubdm.bus import fill_rep
 from stubdm.compat import const, ticks_us
 from stubdm.devices import netutil
 from stubdm.net import MAX_FRAME, MIN_FRAME
@@ -326,6 +327,28 @@ class Rtl8139(PciFunction):
         if size == 1:
             return r[offset]
         return int.from_bytes(r[offset:end], "little")
+
+    # Whole reps to one register (stubdm/bus.py). Reads have no effect but
+    # the timer's (it moves on: one by one) and a C+ transmission left to
+    # finish (done at the next access: one by one). Writes to registers
+    # without hooks only store bits: the last write is what count leave.
+
+    def read_rep(self, offset, size, count, buf):
+        if self.tx_more or offset < 0 or offset + size > REG_SIZE or (
+                offset < TCTR + 4 and offset + size > TCTR):
+            return False
+        fill_rep(buf, self.read(offset, size), size, count)
+        return True
+
+    def write_rep(self, offset, size, count, buf):
+        if self.tx_more or offset < 0 or offset + size > REG_SIZE:
+            return False
+        for a in range(offset, offset + size):
+            if _HOOKED[a]:
+                return False
+        last = (count - 1) * size
+        self.write(offset, size, int.from_bytes(buf[last : last + size], "little"))
+        return True
 
     def write(self, offset, size, value):
         if offset < 0 or offset + size > REG_SIZE:
