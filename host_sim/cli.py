@@ -112,6 +112,9 @@ def cmd_boot(args):
             print("stubdm-sim: --disk and --cdrom serve stubdm's devices only",
                   file=sys.stderr)
             return EXIT_USAGE
+        if args.vnc:
+            print("stubdm-sim: --vnc shows stubdm's PV framebuffer only", file=sys.stderr)
+            return EXIT_USAGE
         cls = qemu_xen.engine_class()
     e = cls(qemu, kernel, initrd, memory=args.memory, run=args.run,
                       runtime=args.dm_runtime, quiet=not args.verbose, timeout=args.timeout,
