@@ -49,6 +49,8 @@ MAX_OUTBOX = 64 << 20  # bytes queued for a client that does not read: then it g
 STALL_S = 10.0  # a client that takes nothing for this long goes
 READ_CHUNK = 1 << 16
 BAND = 16  # rows compared together when finding what changed
+MAX_SIDE = 8192  # pixels of a frame side shown to clients (the rest is cut off)
+MAX_FRAME_BYTES = 64 << 20
 NAME = b"stubdm"
 
 # The server's own format: 32 bpp, depth 24, little-endian, true colour, R<<16 G<<8 B:
@@ -599,7 +601,11 @@ class VncServer:
         vfb = self.vfb
         if vfb is None or vfb.fb is None or vfb.width <= 0 or vfb.height <= 0:
             return (640, 480)
-        return (min(vfb.width, 0xFFFF), min(vfb.height, 0xFFFF))
+        # The frontend (another domain) picks the geometry: what a client is shown is
+        # bounded, so that it can't make every client's copy of the frame huge.
+        w = min(vfb.width, MAX_SIDE)
+        h = min(vfb.height, MAX_SIDE, MAX_FRAME_BYTES // (4 * w))
+        return (w, h)
 
     def frame(self):
         w, h = self.size()
