@@ -435,8 +435,30 @@ class Uart16550:
                 self.chardev.write(bytes(buf))
             return True
         if offset == REG_FCR:
-            for i in range(count):  # each value may flush the FIFOs: in turn
-                self._write8(REG_FCR, buf[i])
+            # Each write may flush the FIFOs (its reset bits, or a change of
+            # FIFO enable); a flush of an empty FIFO changes nothing, so one
+            # flush each does what any number of them do. The last value stays.
+            fcr = self.fcr
+            rx = tx = 0
+            for i in range(count):
+                v = buf[i]
+                if (v ^ fcr) & FCR_FE:
+                    rx = tx = 1
+                else:
+                    rx |= v & FCR_RFR
+                    tx |= v & FCR_XFR
+                fcr = v & FCR_STICKY
+            if rx:
+                self.lsr &= ~(LSR_DR | LSR_BI)
+                self.rx_timer_armed = False
+                self.timeout_ipending = 0
+                self.rx.reset()
+            if tx:
+                self.lsr |= LSR_THRE
+                self.thr_ipending = 1
+                self.tx.reset()
+            self._write_fcr(fcr)
+            self._update_irq()
             return True
         if offset == REG_IER and not dlab:
             # Only the THRI edges act (on thr_ipending); the last edge decides.
