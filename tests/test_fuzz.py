@@ -131,9 +131,13 @@ def test_report_names_seed_and_reproducer(capsys):
 def test_clean_machine_survives_a_long_run():
     # The real machine, every device the machine has: a few hundred thousand
     # requests must find nothing. Slow here means 100 ms, not the issue's 10 ms:
-    # a 4096-item rep to COM1 or the i8042 costs 5-20 ms of CPU today (one Python
-    # device access per item; still open in issue 7, `stubdm-sim fuzz` reports it
-    # at 10 ms). 100 ms still catches a hang or a storm of calls in one request.
+    # whole-rep paths (tests/test_rep_bulk.py) bring a 4096-item rep to COM1, the
+    # i8042, port 0x92, APM, GPE0 and the platform ports under 4 ms, but a page of
+    # items where each one is real work is still one device access each (IDE
+    # command bytes, each a command: 9-15 ms; rtl8139 TSD bytes, each a frame
+    # sent: up to 38 ms; PCI config data; VGA's ports and windows), and a loaded
+    # machine doubles CPU times. `stubdm-sim fuzz` reports them at 10 ms.
+    # 100 ms still catches a hang or a storm of calls in one request.
     fz = fuzz.Fuzzer(seed=2026, requests=200000, shrink_seconds=5, slow_s=0.1)
     problems = fz.run()
     fuzz.report(fz, problems, sys.stdout)
