@@ -841,7 +841,10 @@ class DeviceModel:
         if opts["vga_dump"] is not None:
             from stubdm.display import MemorySurface
 
-            surface = MemorySurface(max_bytes=4 << 20)
+            try:
+                surface = MemorySurface(max_bytes=4 << 20)
+            except MemoryError:
+                raise ArgError("-vga-dump: no room for a 4 MiB surface in the heap")
             self.vga_dump = VgaDump(opts["vga_dump"], surface)
         return {"vram": vram, "surface": surface}
 

@@ -33,7 +33,16 @@ def read_dump(path):
     return w, h, data[16:]
 
 
-def test_bochs_binds_sets_a_mode_and_fbcon_draws(tmp_path, dm_runtime):
+@pytest.fixture
+def big_heap(monkeypatch):
+    # -vga-dump's 4 MiB surface lives in the device model's heap (a stub domain's
+    # fbfront pages do not).
+    from host_sim import scripted
+
+    monkeypatch.setattr(scripted, "MICROPYTHON_HEAP", "24M")
+
+
+def test_bochs_binds_sets_a_mode_and_fbcon_draws(tmp_path, dm_runtime, big_heap):
     dump = str(tmp_path / "frame")
     # The DRM stack in DESIGN.md 15's order (busybox modprobe would follow
     # modules.dep's, which lists a module's dependencies unordered).

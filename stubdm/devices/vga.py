@@ -430,12 +430,7 @@ class Vga(PciFunction):
         self.latch = 0
         self.dispi_index = 0
         self.dispi = [0] * DISPI_NUM
-        self.dispi[DISPI_ID] = DISPI_ID5
-        self.dispi[DISPI_BPP] = 8
-        self.dispi[DISPI_XRES] = 640
-        self.dispi[DISPI_YRES] = 480
-        self.dispi[DISPI_VIRT_WIDTH] = 640
-        self.dispi[DISPI_VIRT_HEIGHT] = 480
+        self.dispi[DISPI_ID] = DISPI_ID5  # the rest 0 until the guest sets a mode
         self.dispi_enabled = False  # ENABLE's bit 0, latched with the mode it set
         self.bank_offset = 0
         self.vbe_line = 0
@@ -511,8 +506,6 @@ class Vga(PciFunction):
             return self.sr_index
         if port == 0x3C5:
             return self.sr[self.sr_index]
-        if port == 0x3C6:
-            return 0xFF  # the PEL mask always reads all ones (QEMU)
         if port == 0x3C7:
             return self.dac_state
         if port == 0x3C8:
@@ -541,7 +534,9 @@ class Vga(PciFunction):
             self.ar_flip_flop = 0
             self.st01 ^= ST01_RETRACE
             return self.st01
-        return 0xFF
+        if 0x3C0 <= port <= 0x3CF:
+            return 0  # the PEL mask and the unused ports there read 0 (QEMU's)
+        return 0xFF  # not decoded (QEMU claims none of these)
 
     def port_write(self, port, v):
         if self._port_invalid(port):
@@ -620,6 +615,8 @@ class Vga(PciFunction):
     def dispi_read(self, index):
         if index >= DISPI_NUM:
             return 0
+        if index == DISPI_VIDEO_MEMORY_64K:
+            return (self.vram_size >> 16) & 0xFFFF
         if self.dispi[DISPI_ENABLE] & DISPI_GETCAPS:
             if index == DISPI_XRES:
                 return DISPI_MAX_XRES
@@ -627,8 +624,6 @@ class Vga(PciFunction):
                 return DISPI_MAX_YRES
             if index == DISPI_BPP:
                 return DISPI_MAX_BPP
-        if index == DISPI_VIDEO_MEMORY_64K:
-            return (self.vram_size >> 16) & 0xFFFF
         return self.dispi[index]
 
     def dispi_write(self, index, value):
@@ -645,10 +640,10 @@ class Vga(PciFunction):
                        DISPI_Y_OFFSET):
             d[index] = value
             self._dispi_fixup()
-            if self.dispi_enabled:
-                self._dispi_layout()
         elif index == DISPI_BANK:
             mask = (self.vram_size >> 16) - 1
+            if d[DISPI_BPP] == 4:
+                mask >>= 2  # planar: each bank is 64 KiB of each of four planes
             if value & ~mask:
                 self.guest_error("DISPI bank %d past video RAM (%d banks)" % (value, mask + 1))
             d[DISPI_BANK] = value & mask
@@ -658,75 +653,70 @@ class Vga(PciFunction):
         elif index == DISPI_VIDEO_MEMORY_64K or index == DISPI_VIRT_HEIGHT:
             pass  # read-only (VIRT_HEIGHT follows from the others)
 
-    def _bytes_pp(self, bpp):
-        return (bpp + 7) >> 3
-
-    def _line_bytes(self, width, bpp):
-        return width >> 1 if bpp == 4 else width * self._bytes_pp(bpp)
+    def _bits(self):
+        bpp = self.dispi[DISPI_BPP]
+        return 16 if bpp == 15 else bpp
 
     def _dispi_fixup(self):
-        """Bring the mode registers inside what the hardware and video RAM can show
-        (as QEMU's vbe_fixup_regs): every frame a guest can ask for lies in VRAM."""
+        """Bring the mode registers inside what the hardware and video RAM can show,
+        as the Bochs interface has no way to refuse (QEMU's vbe_fixup_regs): every
+        frame a guest can ask for lies in VRAM. Only while enabled."""
         d = self.dispi
+        if not d[DISPI_ENABLE] & DISPI_ENABLED:
+            return
         if d[DISPI_BPP] not in DISPI_BPPS:
-            if d[DISPI_BPP] not in (0,):
-                self.guest_error("DISPI depth %d: not 4/8/15/16/24/32, 8 used" % d[DISPI_BPP])
+            self.guest_error("DISPI depth %d: not 4/8/15/16/24/32, 8 used" % d[DISPI_BPP])
             d[DISPI_BPP] = 8
-        bpp = d[DISPI_BPP]
-        x = min(d[DISPI_XRES], DISPI_MAX_XRES) & ~7
+        bits = self._bits()
+        x = d[DISPI_XRES] & ~7
         if x == 0:
             x = 8
+        x = min(x, DISPI_MAX_XRES)
         d[DISPI_XRES] = x
-        vw = min(d[DISPI_VIRT_WIDTH], DISPI_MAX_XRES) & ~7
+        vw = min(d[DISPI_VIRT_WIDTH] & ~7, DISPI_MAX_XRES)
         if vw < x:
             vw = x
-        line = self._line_bytes(vw, bpp)
-        if line > self.vram_size:
-            # Even one line does not fit: the narrowest legal mode.
-            self.guest_error("DISPI mode %dx%d at %d bpp is larger than video RAM"
-                             % (x, d[DISPI_YRES], bpp))
-            x = vw = 8
-            d[DISPI_XRES] = 8
-            line = self._line_bytes(vw, bpp)
         d[DISPI_VIRT_WIDTH] = vw
+        line = vw * bits // 8
         max_y = self.vram_size // line
-        y = min(d[DISPI_YRES], DISPI_MAX_YRES)
+        y = d[DISPI_YRES]
         if y == 0:
             y = 1
+        y = min(y, DISPI_MAX_YRES)
         if y > max_y:
             self.guest_error("DISPI mode %dx%d at %d bpp is larger than video RAM"
-                             % (x, y, bpp))
+                             % (x, y, d[DISPI_BPP]))
             y = max_y
         d[DISPI_YRES] = y
-        d[DISPI_VIRT_HEIGHT] = min(max_y, 0xFFFF)
-        if d[DISPI_X_OFFSET] > vw - x:
-            d[DISPI_X_OFFSET] = vw - x
-        vh = d[DISPI_VIRT_HEIGHT]
-        if d[DISPI_Y_OFFSET] > vh - y:
-            d[DISPI_Y_OFFSET] = vh - y
+        d[DISPI_X_OFFSET] = min(d[DISPI_X_OFFSET], DISPI_MAX_XRES)
+        d[DISPI_Y_OFFSET] = min(d[DISPI_Y_OFFSET], DISPI_MAX_YRES)
         if self._dispi_start() + y * line > self.vram_size:
             d[DISPI_Y_OFFSET] = 0
-            d[DISPI_X_OFFSET] = 0
+            if self._dispi_start() + y * line > self.vram_size:
+                d[DISPI_X_OFFSET] = 0
+        d[DISPI_VIRT_HEIGHT] = max_y & 0xFFFF
+        self._dispi_layout()
 
     def _dispi_start(self):
         d = self.dispi
-        bpp = d[DISPI_BPP]
-        line = self._line_bytes(d[DISPI_VIRT_WIDTH], bpp)
-        if bpp == 4:
-            return d[DISPI_Y_OFFSET] * line + (d[DISPI_X_OFFSET] >> 1)
-        return d[DISPI_Y_OFFSET] * line + d[DISPI_X_OFFSET] * self._bytes_pp(bpp)
+        bits = self._bits()
+        line = d[DISPI_VIRT_WIDTH] * bits // 8
+        return d[DISPI_X_OFFSET] * bits // 8 + d[DISPI_Y_OFFSET] * line
 
     def _dispi_layout(self):
         d = self.dispi
-        self.vbe_line = self._line_bytes(d[DISPI_VIRT_WIDTH], d[DISPI_BPP])
-        self.vbe_start = self._dispi_start()
+        self.vbe_line = d[DISPI_VIRT_WIDTH] * self._bits() // 8
+        self.vbe_start = self._dispi_start() & ~3  # a dword address, as the CRTC's
 
     def _dispi_enable(self, value):
         d = self.dispi
         was = self.dispi_enabled
         if value & DISPI_ENABLED and not was:
+            d[DISPI_VIRT_WIDTH] = 0
+            d[DISPI_X_OFFSET] = 0
+            d[DISPI_Y_OFFSET] = 0
+            d[DISPI_ENABLE] |= DISPI_ENABLED
             self._dispi_fixup()
-            self._dispi_layout()
             if not value & DISPI_NOCLEARMEM:
                 n = d[DISPI_YRES] * self.vbe_line
                 view = self.vram.view
@@ -751,12 +741,11 @@ class Vga(PciFunction):
             self.cr[0x07] |= 0x10
             self.cr[0x09] |= 0x40
             if d[DISPI_BPP] == 4:
-                self.sr[4] &= ~SR04_CHAIN4
+                self.sr[1] &= ~SR01_DOTCLOCK_DIV2
                 self.gr[5] &= ~0x60
             else:
-                self.sr[4] |= SR04_CHAIN4
                 self.gr[5] = (self.gr[5] & ~0x60) | 0x40
-            self.sr[2] = 0x0F
+            self.cr[0x09] &= ~0x9F  # no double scan
             self.dispi_enabled = True
         elif not value & DISPI_ENABLED:
             self.bank_offset = 0
@@ -787,15 +776,20 @@ class Vga(PciFunction):
             return -1
         return offset
 
+    def _vbe_linear(self):
+        # QEMU 11.1 leaves the sequencer alone at a VBE mode set and maps the bank
+        # linearly for the packed depths (checked against qemu-xen).
+        return self.dispi_enabled and self.dispi[DISPI_BPP] != 4
+
     def mem_readb(self, offset):
         addr = self._window_addr(offset)
         view = self.vram.view
         if addr < 0 or view is None:
             return 0xFF
         size = self.vram_size
-        if self.sr[4] & SR04_CHAIN4:
+        if self.sr[4] & SR04_CHAIN4 or self._vbe_linear():
             return view[addr] if addr < size else 0xFF
-        if not self.gr[5] & GR05_ODD_EVEN and self.sr[4] & SR04_ODD_EVEN_OFF:
+        if not self.gr[5] & GR05_ODD_EVEN:
             # Planar: load the latches from all four planes.
             o = addr * 4
             if o + 4 > size:
@@ -820,20 +814,25 @@ class Vga(PciFunction):
         if addr < 0 or view is None:
             return
         size = self.vram_size
+        if self._vbe_linear():
+            if addr < size:  # a VBE packed mode's bank: bytes as they are
+                view[addr] = val
+                self.mark(addr, 1)
+                self.plane2_written = True
+            return
         if self.sr[4] & SR04_CHAIN4:
             if addr < size and self.sr[2] & (1 << (addr & 3)):
                 view[addr] = val
                 self.mark(addr, 1)
                 self.plane2_written = True  # chain-4 bytes are every plane's
             return
-        if not self.gr[5] & GR05_ODD_EVEN and self.sr[4] & SR04_ODD_EVEN_OFF:
+        if not self.gr[5] & GR05_ODD_EVEN:
             self._planar_write(addr, val, view, size)
             return
-        plane = addr & 1
-        if self.sr[2] & (1 << plane) or self.sr[2] & (4 << plane):
-            # The map mask picks plane 0/1 or 2/3 (odd/even pairs).
-            if not self.sr[2] & (1 << plane):
-                plane |= 2
+        # Odd/even: the address bit picks plane 0/1 (2/3 with GR4 bit 1, as
+        # QEMU's), written if the map mask has it.
+        plane = (self.gr[4] & 2) | (addr & 1)
+        if self.sr[2] & (1 << plane):
             o = ((addr & ~1) << 1) | plane
             if o < size:
                 view[o] = val
@@ -944,10 +943,10 @@ class Vga(PciFunction):
         cols = cr[1] + 1
         cheight = (cr[9] & 0x1F) + 1
         vde = cr[0x12] | ((cr[7] & 0x02) << 7) | ((cr[7] & 0x40) << 3)
-        rows = (vde + 1 + cheight - 1) // cheight
+        rows = (vde + 1) // cheight
         cw = 8 if self.sr[1] & SR01_CHAR8 else 9
         if self.sr[1] & SR01_DOTCLOCK_DIV2:
-            cw *= 2
+            cw = 16  # doubled 8-dot cells (QEMU draws no 18-dot ones)
         return (KIND_TEXT, cols, rows, (cw, cheight))
 
     def refresh(self):
@@ -1045,7 +1044,7 @@ class Vga(PciFunction):
     # Text --------------------------------------------------------------------------
 
     def _refresh_text(self, s, cols, rows, cw, ch):
-        if cols > TEXT_MAX_COLS or rows > TEXT_MAX_ROWS:
+        if cols > TEXT_MAX_COLS or rows > TEXT_MAX_ROWS or rows < 1:
             if self.geom != ("text too big", cols, rows):
                 self.guest_error("text mode %dx%d: more than %dx%d is not drawn"
                                  % (cols, rows, TEXT_MAX_COLS, TEXT_MAX_ROWS))
@@ -1116,7 +1115,7 @@ class Vga(PciFunction):
         buf = s.buf
         row_bytes = cw * BYTES_PER_PIXEL
         blink_mask = 0x7F if self.ar[0x10] & AR10_BLINK else 0xFF
-        nine = cw == 9 or cw == 18
+        nine = cw == 9
         line_gfx = self.ar[0x10] & AR10_LINE_GRAPHICS
         glyphs = self.glyphs
         rects = 0
@@ -1232,14 +1231,27 @@ class Vga(PciFunction):
         if not self._resize(s, geom, w, h):
             self._clear_marks()
             return 0
+        if bpp == 4:
+            if self.geom != ("vbe4",):
+                log.unimp("vga", "VBE 4 bpp (planar) modes are not drawn")
+            self.geom = ("vbe4",)
+            self._clear_marks()
+            return 0
         if self.palette_dirty:
             self.palette_dirty = False
             if bpp <= 8:
                 full = True
         line = self.vbe_line
         start = self.vbe_start
-        if start + h * line > self.vram_size or line <= 0:
-            return 0  # fixup keeps this from happening; never read past VRAM
+        row_bytes = (w * self._bits() + 7) // 8
+        if line <= 0 or start + (h - 1) * line + row_bytes > self.vram_size:
+            # An X offset past the virtual width (the fixup allows it) would run
+            # the last row off the end of VRAM: never read there.
+            if self.geom != ("vbe off vram",) + geom:
+                self.guest_error("VBE frame at %#x runs past video RAM: not drawn" % start)
+            self.geom = ("vbe off vram",) + geom
+            self._clear_marks()
+            return 0
         first = start // PAGE
         last = (start + h * line - 1) // PAGE
         dirty = self._take_dirty(first, last - first + 1)
@@ -1251,7 +1263,7 @@ class Vga(PciFunction):
         rects = 0
         y = 0
         pal = None
-        if bpp == 8 or bpp == 4:
+        if bpp == 8:
             pal = [self._colour(i) for i in range(256)]
         while y < h:
             if not full:
@@ -1323,14 +1335,8 @@ class Vga(PciFunction):
                     row[4 * x] = (b << 3) | (b >> 2)
                     row[4 * x + 2] = (r << 3) | (r >> 2)
                 buf[o:o + w * 4] = row
-            elif bpp == 8:
+            else:
                 buf[o:o + w * 4] = b"".join([pal[view[a + x]] for x in range(w)])
-            else:  # 4 bpp packed, two pixels a byte, high nibble first
-                parts = []
-                for x in range(w):
-                    v = view[a + (x >> 1)]
-                    parts.append(pal[(v >> 4) if not x & 1 else (v & 0x0F)])
-                buf[o:o + w * 4] = b"".join(parts)
 
     # --- figures ----------------------------------------------------------------------
 
