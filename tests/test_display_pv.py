@@ -722,3 +722,89 @@ def test_unix_socket_server(tmp_path):
     finally:
         s.close()
     assert not os.path.exists(path)
+
+
+# ---- host_sim's vfb backend against a hostile frontend (the test plays it) -----------
+def _hostile_vfb(s, geometry, pd_ref=None, npages=4):
+    """A frontend's xenfb_page with the given (width, height, line_length, mem_length,
+    depth), its directory and frame pages granted; returns (backend, page memoryview)."""
+    import mmap
+
+    from host_sim.backends.vfb import VfbBack
+    from stubdm import pv_abi as A
+
+    class HostileTarget(VfbBack):
+        TYPE = "test-vfb"  # a type the device model does not drive: we are its frontend
+
+    be = s.add_pv_device("test-vfb", 0, HostileTarget)
+    fe = "/local/domain/2/device/test-vfb/0"
+    g = s.hv.grants
+    (pref, ppage), = g.share(2, 0, 1, True)
+    (dref, dpage), = g.share(2, 0, 1, True)
+    fb = g.share(2, 0, npages, True)
+    fd = g.memory_of(2).fd
+    page = mmap.mmap(fd, 4096, offset=ppage * 4096)
+    dirm = mmap.mmap(fd, 4096, offset=dpage * 4096)
+    struct.pack_into(A.XENFB_PAGE_HEAD_FMT, page, 0, 0, 0, 0, 0, *geometry)
+    struct.pack_into("<Q", page, A.XENFB_PAGE_OFF_PD, dref if pd_ref is None else pd_ref)
+    for i, (r, _p) in enumerate(fb):
+        struct.pack_into("<Q", dirm, 8 * i, r)
+    port = s.hv.evtchn.alloc_unbound(2, 0)
+    for k, v in (("page-gref", pref), ("event-channel", port), ("feature-update", 1),
+                 ("state", 3)):
+        s.xs.write(fe + "/" + k, str(v))
+    s.hv.pump_until(lambda: be.state in (4, 5), "the backend's answer")
+    return be, page
+
+
+@pytest.mark.parametrize("geometry,pd_ref,why", [
+    ((64, 64, 256, 16384, 16), None, "depth 16"),
+    ((64, 64, 0, 16384, 32), None, "stride 0"),
+    ((64, 64, 65536, 16384, 32), None, "stride past the memory"),
+    ((64, 64, 256, 1 << 30, 32), None, "mem_length past the directory"),
+    ((64, 64, 256, 16384, 32), 99999, "a directory page never granted"),
+    ((64, 64, 256, 16384, 32), 1 << 40, "a directory entry that is no reference"),
+])
+def test_vfb_backend_refuses_a_hostile_frontend(geometry, pd_ref, why):
+    with Session(xenstore=True) as s:
+        be, _page = _hostile_vfb(s, geometry, pd_ref)
+        assert be.state == 5, why  # Closing: not connected
+        assert be.fb is None and be.page_map is None and be.port is None
+        assert all(gr.maps == 0 for (d, _r), gr in s.hv.grants.grants.items() if d == 2)
+
+
+def test_vfb_backend_clips_and_drops_bad_events():
+    from stubdm import pv_abi as A
+
+    with Session(xenstore=True) as s:
+        # A width past what the stride holds, a height past the memory: limited.
+        be, page = _hostile_vfb(s, (1000, 1000, 256, 16384, 32))
+        assert be.state == 4 and (be.width, be.height) == (64, 64)
+        assert s.xs.read("/local/domain/0/backend/test-vfb/2/0/request-update") == b"1"
+
+        def out(*events, prod=None):
+            p0 = struct.unpack_from("<I", page, A.XENFB_PAGE_OFF_OUT_PROD)[0]
+            for i, ev in enumerate(events):
+                off = A.event_offset(A.XENFB_OUT_RING_OFFS, A.XENFB_OUT_RING_LEN,
+                                     A.XENFB_OUT_EVENT_SIZE, p0 + i)
+                page[off:off + len(ev)] = ev
+            struct.pack_into("<I", page, A.XENFB_PAGE_OFF_OUT_PROD,
+                             (p0 + len(events)) if prod is None else prod)
+            be.serve()  # as the event would have it
+
+        be.take_dirty()
+        # Clipped as QEMU's xenfb clips: the origin into the frame, the size to its edge.
+        out(struct.pack(A.XENFB_UPDATE_FMT, 2, -5, -5, 20, 90),
+            struct.pack(A.XENFB_UPDATE_FMT, 2, 100, 100, 5, 5),  # outside: ignored
+            struct.pack(A.XENFB_RESIZE_FMT, 3, 64, 64, 0, 32, 0),  # stride 0: ignored
+            struct.pack(A.XENFB_RESIZE_FMT, 3, 64, 64, 256, 32, 1 << 20),  # offset: ignored
+            b"\x09")  # unknown type: an error, logged
+        assert be.take_dirty() == (False, [(0, 0, 20, 64)])
+        assert be.stats["clipped"] == 1 and be.stats["bad_events"] == 2
+        assert (be.width, be.height, be.stride, be.offset) == (64, 64, 256, 0)
+        out(struct.pack(A.XENFB_RESIZE_FMT, 3, 32, 32, 128, 32, 0))  # a good one
+        assert (be.width, be.height, be.stride) == (32, 32, 128)
+        cons = struct.unpack_from("<I", page, A.XENFB_PAGE_OFF_OUT_CONS)[0]
+        out(prod=cons + 1000)  # more events than the ring: the batch is dropped
+        assert be.stats["bad_events"] == 3 and be.state == 4
+        assert struct.unpack_from("<I", page, A.XENFB_PAGE_OFF_OUT_CONS)[0] == cons + 1000
