@@ -1127,39 +1127,52 @@ class Vga(PciFunction):
                 if not (text_pages[a0 // PAGE] or text_pages[a1 // PAGE]) and \
                         old_cursor // cols != r and cursor // cols != r:
                     continue
+            # Which cells changed; then the span from the first to the last one is
+            # drawn a scan line at a time (one slice per line, not per cell).
             x0 = -1
             x1 = -1
+            cells = []
+            base_i = r * cols
             for c in range(cols):
                 o = ((start + r * line + c) & 0xFFFF) * 4
                 chv = view[o]
                 at = view[o + 1] & blink_mask
-                i = (r * cols + c) * 2
-                cell = r * cols + c
+                cells.append(chv | (at << 8))
+                i = (base_i + c) * 2
+                cell = base_i + c
                 if not full and shadow[i] == chv and shadow[i + 1] == at and \
                         cell != cursor and cell != old_cursor:
                     continue
                 shadow[i] = chv
                 shadow[i + 1] = at
-                key = chv | (at << 8)
-                g = glyphs.get(key)
-                if g is None:
-                    rows_src = font_1_rows if at & 0x08 else font_0_rows
-                    g = self._glyph(chv, at, rows_src, ch, cw, colours, nine, line_gfx)
-                    if len(glyphs) >= GLYPH_CACHE_MAX:
-                        glyphs.clear()
-                    glyphs[key] = g
-                base = r * ch * stride + c * row_bytes
-                for y in range(ch):
-                    buf[base + y * stride:base + y * stride + row_bytes] = \
-                        g[y * row_bytes:(y + 1) * row_bytes]
-                if cell == cursor:
-                    self._draw_cursor(buf, base, stride, row_bytes, ch, colours[at & 0x0F])
                 if x0 < 0:
                     x0 = c
                 x1 = c
-            if x0 >= 0:
-                s.update(x0 * cw, r * ch, (x1 - x0 + 1) * cw, ch)
-                rects += 1
+            if x0 < 0:
+                continue
+            span = []
+            for c in range(x0, x1 + 1):
+                key = cells[c]
+                g = glyphs.get(key)
+                if g is None:
+                    at = key >> 8
+                    rows_src = font_1_rows if at & 0x08 else font_0_rows
+                    g = self._glyph(key & 0xFF, at, rows_src, ch, cw, colours, nine, line_gfx)
+                    if len(glyphs) >= GLYPH_CACHE_MAX:
+                        glyphs.clear()
+                    glyphs[key] = g
+                span.append(g)
+            base = r * ch * stride + x0 * row_bytes
+            n = (x1 - x0 + 1) * row_bytes
+            for y in range(ch):
+                o = base + y * stride
+                buf[o:o + n] = b"".join([g[y] for g in span])
+            if cursor >= 0 and cursor // cols == r and x0 <= cursor % cols <= x1:
+                c = cursor % cols
+                self._draw_cursor(buf, r * ch * stride + c * row_bytes, stride, row_bytes, ch,
+                                  colours[(cells[c] >> 8) & 0x0F])
+            s.update(x0 * cw, r * ch, (x1 - x0 + 1) * cw, ch)
+            rects += 1
         self.cursor_drawn = cursor
         return rects
 
@@ -1206,7 +1219,7 @@ class Vga(PciFunction):
                 row = b"".join(px)
                 rows[key] = row
             parts.append(row)
-        return b"".join(parts)
+        return parts  # one bytes object a scan line
 
     def _draw_cursor(self, buf, base, stride, row_bytes, ch, colour):
         cr = self.cr
