@@ -745,6 +745,30 @@ def test_trigger_fd_never_blocks(serial_server):
     assert c.read_int(7, 0, 2) == 0x1B36
 
 
+@pytest.mark.parametrize("per_send", [1, 64])
+def test_client_that_stops_reading_is_dropped(serial_server, monkeypatch, per_send):
+    # A peer flooding requests and never reading the replies: once the socket
+    # is full the server waits a bounded time, then drops it and serves on.
+    # One request per send takes the C hot path's reply; 64 the general one.
+    srv, *_, connect, logs = serial_server
+    monkeypatch.setattr(vu, "SEND_TIMEOUT", 0.2)
+    c = connect()
+    c.sock.setblocking(False)
+    burst = (HDR.pack(5, vu.REGION_READ, 32, 0, 0) + RW.pack(7, 0, 1)) * per_send
+    deadline = time.monotonic() + 30
+    while srv.connected and time.monotonic() < deadline:
+        try:
+            c.sock.send(burst)
+        except BlockingIOError:
+            pass
+        except OSError:
+            break
+        c.pump(0)
+    assert not srv.connected
+    assert any("does not read its replies" in line for line in logs), logs[-3:]
+    still_usable(srv)
+
+
 def test_serve_forever(tmp_path):
     import threading
     uart, fn, chardev = make_serial()
