@@ -383,14 +383,18 @@ class VgaDump:
         s = self.surface
         if not s.take_dirty() or s.width <= 0:
             return
-        import os
         import struct
 
-        tmp = self.path + ".tmp"
+        try:
+            import os
+        except ImportError:
+            os = None  # the stub domain's port: written in place
+        tmp = self.path + ".tmp" if os is not None else self.path
         with open(tmp, "wb") as f:
             f.write(b"STUBDMFB" + struct.pack("<II", s.width, s.height))
             f.write(s.buf[:s.stride * s.height])
-        os.rename(tmp, self.path)
+        if os is not None:
+            os.rename(tmp, self.path)
 
 
 def parse_ahci(spec, have):
@@ -841,10 +845,15 @@ class DeviceModel:
         if opts["vga_dump"] is not None:
             from stubdm.display import MemorySurface
 
-            try:
-                surface = MemorySurface(max_bytes=4 << 20)
-            except MemoryError:
-                raise ArgError("-vga-dump: no room for a 4 MiB surface in the heap")
+            surface = None
+            for mb in (4, 2):  # 1024x768x32 fits 4 MiB; a small heap (the port's) gets text
+                try:
+                    surface = MemorySurface(max_bytes=mb << 20)
+                    break
+                except MemoryError:
+                    pass
+            if surface is None:
+                raise ArgError("-vga-dump: no room for a surface in the heap")
             self.vga_dump = VgaDump(opts["vga_dump"], surface)
         return {"vram": vram, "surface": surface}
 

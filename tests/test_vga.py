@@ -564,3 +564,14 @@ def test_scripted_vbe_mode_in_bar0(dm_runtime, big_heap, tmp_path):
         g.memwrite(bar0 + 20 * w * 4, b"\x00\xff\x00\x00" * 8)
         wait_dump(s, dump, lambda fw, fh, p: p(0, 20) == (0, 255, 0))
         assert "refused" in s.dm_messages()
+
+
+@needs_font
+def test_scripted_text_mode_on_the_port(big_heap, tmp_path):
+    """The stub domain's own port (built for Linux): no files, the font frozen in
+    (build/out/pyfont), a fixed heap that holds a text frame's surface."""
+    from host_sim import scripted
+
+    if not os.access(scripted.PORT_BINARY, os.X_OK):
+        pytest.skip("the port is not built: run scons")
+    test_scripted_text_mode("port", None, tmp_path)

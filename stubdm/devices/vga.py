@@ -160,7 +160,13 @@ def load_font():
     if _font_cache:
         return _font_cache[0]
     data = None
-    for p in font_paths():
+    try:
+        from stubdm_vgafont import FONT  # frozen into the stub domain's port
+
+        data = FONT
+    except ImportError:
+        pass
+    for p in ([] if data is not None else font_paths()):
         try:
             with open(p, "rb") as f:
                 data = f.read()

@@ -17,3 +17,7 @@ for _dir, _subdirs, _files in os.walk(os.path.join(_root, "stubdm")):
         _rel = os.path.relpath(os.path.join(_dir, _f), _root)
         if _f.endswith(".py") and _rel not in _cpython_only:
             module(_rel, base_path=_root, opt=1)
+# The VGA's font (build/make_font.py, scons vgafont): the port has no files to read.
+_pyfont = os.path.join(_root, "build", "out", "pyfont")
+if os.path.exists(os.path.join(_pyfont, "stubdm_vgafont.py")):
+    module("stubdm_vgafont.py", base_path=_pyfont, opt=1)
