@@ -12,7 +12,7 @@ SUDO=
 
 PKGS="libxen-dev debootstrap dpkg-dev gcc libc6-dev make pkg-config libffi-dev xz-utils \
 ca-certificates python3 python3-venv python3-dev procps xenstore-utils libxenstore4 \
-iproute2 iputils-ping util-linux xorriso console-setup-linux gvncviewer"
+iproute2 iputils-ping util-linux xorriso console-setup-linux gvncviewer git"
 missing=
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
