@@ -36,7 +36,11 @@ def _pv_disk(path, devid, readonly, cdrom, context):
     bus = getattr(context, "pv", None)
     if bus is None:
         raise DriveError("%s is a PV disk, and there is no xenstore to find it" % path)
-    fe = bus.device("vbd", devid)
+    fe = None
+    for n in _stub_devids(devid):
+        fe = bus.device("vbd", n)
+        if fe is not None:
+            break
     if fe is None:
         raise DriveError("%s: the stub domain has no vbd %d (device/vbd/%d)"
                          % (path, devid, devid))
@@ -47,3 +51,18 @@ def _pv_disk(path, devid, readonly, cdrom, context):
     if needed is not None and fe not in needed:
         needed.append(fe)
     return fe
+
+
+def _stub_devids(devid):
+    """The vbd numbers /dev/xvdX may be in a stub domain. libxl gives the stub domain
+    the guest's disks with the guest's own vdev (libxl__spawn_stub_dm: dm_config->disks
+    = guest_config->disks) and names them /dev/xvd('a' + disk index) in dm-argv, as
+    Linux's xen-blkfront names them: xvdX itself, hdX (IDE majors 3 and 22, 64 minors
+    a unit) or sdX (major 8, 16 minors a disk)."""
+    i = (devid - (202 << 8)) >> 4  # the letter, from vbd_devid's xvd encoding
+    out = [devid]
+    if i < 4:
+        out.append(((3 if i < 2 else 22) << 8) | ((i & 1) << 6))
+    if i < 16:
+        out.append((8 << 8) | (i << 4))
+    return out

@@ -451,3 +451,25 @@ def test_save_devices_state_through_qmp(session, tmp_path):
         assert (await qmp.execute("query-status"))["status"] == "running"
     run(session, body)
     assert os.path.getsize(out) > 0
+
+
+def test_libxl_layout_the_stub_domains_cd_is_the_guests_hdc(isos, tmp_path):
+    """As libxl builds a stub domain (libxl__spawn_stub_dm: the guest's disks with the
+    guest's vdev): the CD is the stub domain's vbd 5632 (hdc) and dm-argv calls it
+    /dev/xvdc, as Linux's blkfront would. The device model finds it, the guest reads
+    it, and QMP's fdset for it is libxl's stub-devid:5632."""
+    _t, _devid, cls, kw = vbd_device(isos[1], "xvdc", cdrom=True)
+    kw = dict(kw, frontend_keys=dict(kw["frontend_keys"], **{"virtual-device": str(DEVID)}))
+    kw["backend_keys"] = dict(kw["backend_keys"], dev="hdc")
+    sock = str(tmp_path / "q.sock")
+    args = ["-drive", "if=none,readonly=on,id=ide-%d,file=/dev/xvdc,format=host_device" % DEVID,
+            "-device", "ide-cd,id=ide-%d,drive=ide-%d,bus=ide.1,unit=0" % (DEVID, DEVID)]
+    with Session(dm_args=args, qmp=sock, pv_devices=[("vbd", DEVID, cls, kw)]) as s:
+        s.qmp_path = sock
+        ide = IdeGuest(s.guest)
+        assert atapi_unit_ready(ide)[0]
+        assert atapi_read(ide, 5, 1) == open(isos[1], "rb").read()[5 * 2048:6 * 2048]
+
+        async def body(qmp):
+            assert find_fdset(await qmp.execute("query-fdsets"), DEVID) is not None
+        run(s, body)
