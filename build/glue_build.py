@@ -202,6 +202,11 @@ int hs_sim_raise(hs_sim_evtchn_t *h, uint32_t port);
 int hs_sim_redeliver(hs_sim_evtchn_t *h, uint32_t port);
 void hs_sim_reset(hs_sim_evtchn_t *h, uint32_t port);
 int hs_sim_take(hs_sim_evtchn_t *h, uint32_t *out, int max);
+struct pollfd { int fd; short events; short revents; };
+int hs_sim_wait_answer(hs_sim_evtchn_t *h, uint32_t port, const uint8_t *state,
+                       struct pollfd *fds, int nfds, int timeout_ms, uint32_t *out, int max,
+                       int *nout);
+#define POLLIN ...
 #define HS_SIM_UNMASKED ...
 #define HS_EVTCHN_SHM_SIZE ...
 #define HS_EVTCHN_PORTS ...
@@ -213,7 +218,8 @@ def make_sim_ffi():
     libsim = os.path.join(ROOT, "host_sim", "libsim")
     ffi = cffi.FFI()
     ffi.cdef(SIM_CDEF)
-    ffi.set_source(SIM_MODULE, '#include "hostsim_evtchn_sim.h"\n#include "hostsim_proto.h"\n',
+    ffi.set_source(SIM_MODULE, "#include <poll.h>\n#include \"hostsim_evtchn_sim.h\"\n"
+                   "#include \"hostsim_proto.h\"\n",
                    sources=[os.path.join(libsim, "hostsim_evtchn_sim.c")],
                    include_dirs=[libsim], extra_compile_args=["-O2", "-Wall"])
     return ffi

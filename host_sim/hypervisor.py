@@ -267,12 +267,21 @@ class SimHypervisor:
         self._poll = select.poll()
         self._poll.register(self.listener.fileno(), select.POLLIN)
         self._fdmap = {self.listener.fileno(): self.listener}
+        # send_ioreq's wait in C: the fds above as pollfd arrays, one per handle
+        # (its kick first), made again when the set changes; the slots' state bytes.
+        self._cfds = {}
+        self._nout = _evtchn_ffi.new("int *")
+        self._special_buf = _evtchn_ffi.from_buffer(self.special)
+        self._special_c = _evtchn_ffi.cast("uint8_t *", self._special_buf)
 
     def close(self):
         for s in self.servers.values():
             if s.page is not None:
                 s.page.release()
                 s.page = None
+        # Pointers into the special pages are used only while a handle is open.
+        self._special_c = None
+        _evtchn_ffi.release(self._special_buf)
         for c in self.conns:
             c.sock.close()
         for h in self.handles.values():
@@ -313,6 +322,7 @@ class SimHypervisor:
                 self.conns.append(c)
                 self._fdmap[s.fileno()] = c
                 self._poll.register(s.fileno(), select.POLLIN)
+                self._cfds = {}
             elif isinstance(obj, Conn):
                 self._serve(obj)
         if self._deferred:
@@ -329,11 +339,13 @@ class SimHypervisor:
         self._extra_fds[fd] = callback
         self._fdmap[fd] = None
         self._poll.register(fd, select.POLLIN)
+        self._cfds = {}
 
     def remove_fd(self, fd):
         if self._extra_fds.pop(fd, None) is not None:
             self._poll.unregister(fd)
             self._fdmap.pop(fd, None)
+            self._cfds = {}
 
     def defer(self, fn):
         """Run fn() at the end of this pump (event callbacks must not re-enter the loop)."""
@@ -380,6 +392,7 @@ class SimHypervisor:
     def _drop(self, c):
         self._poll.unregister(c.sock.fileno())
         del self._fdmap[c.sock.fileno()]
+        self._cfds = {}
         self.conns.remove(c)
         c.sock.close()
         # libsim opens one connection per process: the device model is gone,
@@ -630,16 +643,29 @@ class SimHypervisor:
         shared memory. EVTCHNOP_send for each port it notified (one of its own: the
         hypercall checks that too), and the events of ports it unmasked while they
         were pending. (Every ioreq's answer comes this way: kept to few calls.)"""
-        ports, send, dom, take = h.ports, self.evtchn.send, self.dm_domid, h.take
+        serve, take = self._evtchn_serve, h.take
 
         def kicked():
-            for v in take():
-                if v in ports:
-                    send(dom, v)
-                elif v & _UNMASKED and v ^ _UNMASKED in ports:
-                    h.redeliver(v ^ _UNMASKED)
+            serve(h, take())
 
         return kicked
+
+    def _evtchn_serve(self, h, taken):
+        ports, send, dom = h.ports, self.evtchn.send, self.dm_domid
+        for v in taken:
+            if v in ports:
+                send(dom, v)
+            elif v & _UNMASKED and v ^ _UNMASKED in ports:
+                h.redeliver(v ^ _UNMASKED)
+
+    def _cfds_for(self, h):
+        fds = [h.kick_fd] + [fd for fd in self._fdmap if fd != h.kick_fd]
+        arr = _evtchn_ffi.new("struct pollfd[]", len(fds))
+        for i, fd in enumerate(fds):
+            arr[i].fd = fd
+            arr[i].events = _evtchn_lib.POLLIN
+        self._cfds[h] = cfds = (arr, len(fds))
+        return cfds
 
     def _evtchn_close(self, h):
         self.remove_fd(h.kick_fd)
@@ -714,9 +740,16 @@ class SimHypervisor:
         page = s.page
         if page is None:
             page = s.page = self.page_of(s.ioreq_gfn)
+            s.states = {}
         off = vcpu * abi.IOREQ_SIZE
         flags_at = off + abi.IOREQ_OFF_FLAGS
         port = s.vcpu_ports[vcpu]
+        # Xen's side of the vCPU's event channel, and the device model's end.
+        p = self.evtchn.ports.get((self.domid, port))
+        q = p.peer if p is not None and p.state == INTERDOMAIN else None
+        h = q.handle if q is not None else None
+        if h is None or h.closed:
+            raise DeviceModelGone("vcpu %d: no device model bound to port %d" % (vcpu, port))
         req = abi.pack_ioreq(addr, data, count, size, port, abi.STATE_IOREQ_NONE, ptr,
                              is_read, df, type_)
         page[off : off + abi.IOREQ_SIZE] = req
@@ -724,19 +757,35 @@ class SimHypervisor:
         page[flags_at] = req[abi.IOREQ_OFF_FLAGS] | abi.STATE_IOREQ_READY
         notified = self.notified
         notified.discard(port)
-        if not self.signal(port):
-            raise DeviceModelGone("vcpu %d: no device model bound to port %d" % (vcpu, port))
+        q.sent += 1
+        _evtchn_lib.hs_sim_raise(h.c, q.port)
 
         def answered():
             return port in notified and (
                 page[flags_at] & abi.STATE_MASK == abi.STATE_IORESP_READY
             )
 
-        # The first wait inline (pump_until's checks come after it), as most
-        # answers come within it.
-        self.pump(0.2)
-        if not answered():
-            self.pump_until(answered, lambda: "an ioreq of type %d at %#x" % (type_, addr))
+        # The first wait in C: when the device model's notify of this port is all
+        # that comes, no Python runs until the answer. Anything else is served here
+        # and by pump_until, whose checks come after.
+        state = s.states.get(vcpu)
+        if state is None:
+            state = s.states[vcpu] = self._special_c + (
+                (s.ioreq_gfn - SPECIAL_GFN) * PAGE + flags_at)
+        cfds = self._cfds.get(h) or self._cfds_for(h)
+        nout = self._nout
+        if _evtchn_lib.hs_sim_wait_answer(h.c, q.port, state, cfds[0], cfds[1], 200, h._taken,
+                                          _TAKE_MAX, nout):
+            # The device model's EVTCHNOP_send on its end, counted as send() does.
+            self.evtchn.stats["sent"] += 1
+            p.sent += 1
+        else:
+            if nout[0]:
+                self._evtchn_serve(h, h._taken[0 : nout[0]])
+                if self._deferred:
+                    self.run_deferred()
+            if not answered():
+                self.pump_until(answered, lambda: "an ioreq of type %d at %#x" % (type_, addr))
         data = struct.unpack_from("<Q", page, off + abi.IOREQ_OFF_DATA)[0]
         page[flags_at] = req[abi.IOREQ_OFF_FLAGS]  # back to NONE
         notified.discard(port)

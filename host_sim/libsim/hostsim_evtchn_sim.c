@@ -3,6 +3,7 @@
 #include "hostsim_evtchn_sim.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <stdint.h>
 #include <unistd.h>
 
@@ -120,4 +121,20 @@ int hs_sim_take(hs_sim_evtchn_t *h, uint32_t *out, int max) {
     }
     int n = take_bits(h, HS_EVTCHN_OFF_SEND, 0, out, 0, max);
     return take_bits(h, HS_EVTCHN_OFF_UNMASK, HS_SIM_UNMASKED, out, n, max);
+}
+
+int hs_sim_wait_answer(hs_sim_evtchn_t *h, uint32_t port, const uint8_t *state,
+                       struct pollfd *fds, int nfds, int timeout_ms, uint32_t *out, int max,
+                       int *nout) {
+    *nout = 0;
+    int r;
+    while ((r = poll(fds, (nfds_t)nfds, timeout_ms)) < 0 && errno == EINTR) {
+    }
+    if (r != 1 || nfds < 1 || fds[0].fd != h->kick_fd || fds[0].revents != POLLIN) {
+        return 0;
+    }
+    int n = hs_sim_take(h, out, max);
+    *nout = n;
+    // ioreq.h's IORESP_READY in the state bits, seen after the event (as Xen's vCPU).
+    return n == 1 && out[0] == port && (__atomic_load_n(state, __ATOMIC_ACQUIRE) & 0xF) == 3;
 }
