@@ -390,6 +390,10 @@ def _dirty_log(s, req):
 def _eject(s, req):
     a = _args(req, (("device", "str", False), ("id", "str", False), ("force", "bool", False)))
     qid, medium = s.medium_by_id(a)
+    if medium.locked and not a.get("force", False):
+        # QEMU's answer while the guest holds the door (PREVENT ALLOW MEDIUM REMOVAL).
+        raise QmpError("Device '%s' is locked and force was not specified, wait for tray "
+                       "to open and try again" % qid)
     if medium.has_medium():
         medium.eject()
         s.event("DEVICE_TRAY_MOVED", {"device": "", "id": qid, "tray-open": True})
@@ -400,6 +404,9 @@ def _change_medium(s, req):
                     ("format", "str", False), ("read-only-mode", "str", False),
                     ("force", "bool", False)))
     qid, medium = s.medium_by_id(a)
+    if medium.locked and not a.get("force", False) and medium.has_medium():
+        raise QmpError("Device '%s' is locked and force was not specified, wait for tray "
+                       "to open and try again" % qid)
     fmt = a.get("format", "raw")
     if fmt not in ("raw", "host_device"):
         raise QmpError("Unknown driver '%s'" % fmt[:32])

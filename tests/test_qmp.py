@@ -126,8 +126,7 @@ def test_greeting_status_and_stop_holds_the_guest(session):
         # A vCPU's request now waits: no answer while stopped...
         hv = session.hv
         srv = hv.server_for(abi.IOREQ_TYPE_PIO, COM1_SCR)
-        page = srv.page or hv.page_of(srv.ioreq_gfn)
-        srv.page = page
+        page = hv.page_of(srv.ioreq_gfn)
         port = srv.vcpu_ports[0]
         flags_at = abi.IOREQ_OFF_FLAGS
         req = abi.pack_ioreq(COM1_SCR, 0x5A, 1, 1, port, abi.STATE_IOREQ_NONE, 0, 0, 0,
@@ -270,6 +269,38 @@ def test_media_change_libxl_sequence_and_params(session, isos):
     assert not ready and asc == 0x3A
 
 
+def test_eject_while_the_guest_holds_the_door(session, isos):
+    """PREVENT MEDIUM REMOVAL from the guest (as Linux's sr does while mounted): eject
+    is refused as QEMU refuses it; after ALLOW it ejects."""
+    ide = IdeGuest(session.guest)
+    be = [x for x in session.backends if x.TYPE == "vbd"][0]
+
+    def insert(path):
+        run(session, lambda qmp: cdrom_insert(
+            qmp, lambda p: session.xs.write(be.path + "/params", p), DEVID, path))
+    insert(isos[1])  # a medium other than the last (a params write that changes it)
+    assert atapi_unit_ready(ide)[0]
+    qid = "ide-%d" % DEVID
+    errors = []
+
+    async def body(qmp):
+        try:
+            await qmp.execute("eject", {"id": qid})
+        except ExecuteError as e:
+            errors.append(str(e))
+    assert ide.packet(1, 0, [0x1E, 0, 0, 0, 1])[1] & 1 == 0  # PREVENT
+    run(session, body)
+    assert len(errors) == 1 and "is locked and force was not specified" in errors[0]
+    assert atapi_unit_ready(ide)[0]  # the medium is still there
+    assert ide.packet(1, 0, [0x1E, 0, 0, 0, 0])[1] & 1 == 0  # ALLOW
+    run(session, body)
+    assert len(errors) == 1
+    ready, _key, asc = atapi_unit_ready(ide)
+    assert not ready and asc == 0x3A
+    insert(isos[0])  # back for the tests after
+    assert atapi_unit_ready(ide)[0]
+
+
 def test_hostile_vchan_indices_drop_the_connection_not_the_model(session):
     """A dom0 client (here: the test, mapping the ring as domain 0) that publishes a
     left prod a ring and more ahead: the device model logs it, drops that ring and
@@ -278,6 +309,10 @@ def test_hostile_vchan_indices_drop_the_connection_not_the_model(session):
     from host_sim.xs import Xs
 
     hv = session.hv
+    t0 = time.monotonic()
+    while session.qmp_proxy.vchan is not None:  # the last session's close, served
+        hv.pump(0.01)
+        assert time.monotonic() - t0 < 10
     path = "%s/device-model/%d/qmp-vchan" % (session.paths["stub"], hv.domid)
     xs = Xs(session.xenstored.socket_path)
     try:

@@ -1124,6 +1124,7 @@ class AtapiCdrom(AtaBase):
             self._start_stop(cdb)
         elif op == SCSI_ALLOW_REMOVAL:
             self.locked = bool(cdb[4] & 1)
+            self.disk.locked = self.locked  # the host's eject asks (QMP eject's force)
             self._good()
         elif op == SCSI_READ_CAPACITY:
             r = bytearray(8)
@@ -1527,6 +1528,7 @@ class AtapiCdrom(AtaBase):
         sense = d["sense"]
         self.sense_key, self.asc, self.ascq = sense[0] & 0xF, sense[1] & 0xFF, sense[2] & 0xFF
         self.locked = bool(d["locked"])
+        self.disk.locked = self.locked
         self.tray_open = bool(d["tray_open"])
         self.event = d["event"] & 0xFF
         self.packet_dma = bool(d["packet_dma"])
