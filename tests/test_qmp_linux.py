@@ -33,7 +33,8 @@ pytestmark = [
 
 GUEST = (
     "mkdir -p /mnt; mount -t iso9660 -o ro /dev/sr0 /mnt && cat /mnt/which.txt; umount /mnt; "
-    "echo STEP-EJECT; i=0; "
+    # Nothing holds sr0 open (Linux locks the door while it is) when the host ejects.
+    "echo STEP-EJECT; sleep 3; i=0; "
     "while dd if=/dev/sr0 of=/dev/null bs=2048 count=1 2>/dev/null; do "
     "i=$((i+1)); [ $i -ge 300 ] && break; sleep 0.2; done; "
     "dd if=/dev/sr0 of=/dev/null bs=2048 count=1 2>&1 | head -1 | sed 's/^/SR0-EMPTY: /'; "
