@@ -36,7 +36,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -54,6 +53,7 @@ BLOCK = 1 << 16
 PATTERN_BYTES = 1 << 20
 TIMEOUT = 3600.0
 PINGS = 20
+STALL_S = 30  # a transfer that moves nothing this long is given up (the guest's NIC stalled)
 MODELS = ("rtl8139", "e1000")
 MAC = "00:16:3e:00:01:00"  # the engine's default for NIC 0 (libxl's 00:16:3e prefix)
 
@@ -86,7 +86,7 @@ def _connect(addr, port, timeout=20.0):
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return socket.create_connection((addr, port), timeout=60)
+            return socket.create_connection((addr, port), timeout=STALL_S)
         except OSError:
             if time.monotonic() > deadline:
                 raise
@@ -151,7 +151,7 @@ def _serve(conn, pat):
             else:
                 reply = "%s error unknown request %r" % (MARK, " ".join(words)[:80])
         except (OSError, ValueError) as e:
-            reply = "%s error %s" % (MARK, e)
+            reply = "%s error %s: %s" % (MARK, words[0], e or type(e).__name__)
         try:
             conn.sendall(reply.encode() + b"\n")
         except OSError:
@@ -203,27 +203,30 @@ def guest_script(size, runs, check):
         "ping -c 2 -W 5 %s >/dev/null; " % PEER,  # ARP and the first packets, untimed
         st,
         "r=0; while [ $r -lt %d ]; do r=$((r+1)); " % runs,
-        "nc -l -p %d -e dd of=/dev/null bs=%d 2>/dev/null & " % (DOWN_PORT, BLOCK),
-        "m b; echo 'down %d %d %s' | nc %s %d; m e; wait; " % (size, DOWN_PORT, GUEST, PEER,
-                                                              CONTROL_PORT),
-        "nc -l -p %d -e dd if=/dev/zero bs=%d count=%d 2>/dev/null & "
+        # The peer answers once the server's dd is done (or it gave up on a stall:
+        # then the server is ended, so the next round can start).
+        "nc -l -p %d -e dd of=/dev/null bs=%d 2>/dev/null & s=$!; " % (DOWN_PORT, BLOCK),
+        "m b; echo 'down %d %d %s' | nc %s %d; m e; kill $s 2>/dev/null; wait; "
+        % (size, DOWN_PORT, GUEST, PEER, CONTROL_PORT),
+        "nc -l -p %d -e dd if=/dev/zero bs=%d count=%d 2>/dev/null & s=$!; "
         % (UP_PORT, BLOCK, blocks),
-        "m b; echo 'up %d %s 0' | nc %s %d; m e; wait; " % (UP_PORT, GUEST, PEER, CONTROL_PORT),
+        "m b; echo 'up %d %s 0' | nc %s %d; m e; kill $s 2>/dev/null; wait; "
+        % (UP_PORT, GUEST, PEER, CONTROL_PORT),
         "done; ",
         "echo 'ping %s %d' | nc %s %d; " % (GUEST, PINGS, PEER, CONTROL_PORT),
     ]
     if check:
         lines += [
             "rm -f /tmp/d.sha; nc -l -p %d -e sh -c 'dd bs=%d 2>/dev/null | sha256sum "
-            "> /tmp/d.sha' 2>/dev/null & " % (CHECK_DOWN_PORT, BLOCK),
-            "echo 'down %d %d %s' | nc %s %d; wait; " % (size, CHECK_DOWN_PORT, GUEST, PEER,
-                                                         CONTROL_PORT),
+            "> /tmp/d.sha' 2>/dev/null & s=$!; " % (CHECK_DOWN_PORT, BLOCK),
+            "echo 'down %d %d %s' | nc %s %d; kill $s 2>/dev/null; wait; "
+            % (size, CHECK_DOWN_PORT, GUEST, PEER, CONTROL_PORT),
             "echo %s downsha $(cut -d' ' -f1 /tmp/d.sha); " % MARK,
             "dd if=/dev/urandom of=/tmp/up bs=%d count=%d 2>/dev/null; " % (BLOCK, blocks),
             "echo %s upsha $(sha256sum /tmp/up | cut -d' ' -f1); " % MARK,
-            "nc -l -p %d -e dd if=/tmp/up bs=%d 2>/dev/null & " % (CHECK_UP_PORT, BLOCK),
-            "echo 'up %d %s 1' | nc %s %d; wait; rm -f /tmp/up; " % (CHECK_UP_PORT, GUEST,
-                                                                    PEER, CONTROL_PORT),
+            "nc -l -p %d -e dd if=/tmp/up bs=%d 2>/dev/null & s=$!; " % (CHECK_UP_PORT, BLOCK),
+            "echo 'up %d %s 1' | nc %s %d; kill $s 2>/dev/null; wait; rm -f /tmp/up; "
+            % (CHECK_UP_PORT, GUEST, PEER, CONTROL_PORT),
         ]
     return "".join(lines)
 
@@ -413,7 +416,7 @@ def bench_net(qemu, kernel, initrd, model="e1000", size_mib=64, runs=5, check=Tr
         raise BenchError("no NIC model %r (%s)" % (model, ", ".join(MODELS)))
     size = size_mib << 20
     script = guest_script(size, runs, check)
-    results, skipped = {}, {}
+    results, skipped, failed = {}, {}, {}
     load0 = os.getloadavg()
     for config in configs:
         if config == "qemu-xen":
@@ -422,7 +425,13 @@ def bench_net(qemu, kernel, initrd, model="e1000", size_mib=64, runs=5, check=Tr
                 skipped[config] = why
                 continue
         t0 = time.monotonic()
-        results[config] = run_one(config, qemu, kernel, initrd, model, script, size, runtime)
+        try:
+            results[config] = run_one(config, qemu, kernel, initrd, model, script, size,
+                                      runtime)
+        except BenchError as e:
+            # One configuration failing (a stalled NIC) leaves the others' figures.
+            failed[config] = str(e)
+            continue
         results[config]["wall"] = time.monotonic() - t0
     load1 = os.getloadavg()
     names = {"stubdm": "stubdm %s (%s): netfront, netback, TAP" % (model, runtime),
@@ -448,6 +457,8 @@ def bench_net(qemu, kernel, initrd, model="e1000", size_mib=64, runs=5, check=Tr
             _f(m.get("us_pkt"), "%.1f"), _f(m.get("ms_mib"), "%.1f")))
     for c, why in skipped.items():
         out.write("  %-50s skipped: %s\n" % (names[c], why))
+    for c, why in failed.items():
+        out.write("  %-50s FAILED: %s\n" % (names[c], why.strip().splitlines()[0][:200]))
     s = med.get("stubdm")
     for other, label in (("qemu", "ratio stubdm / QEMU's own"),
                          ("qemu-xen", "ratio stubdm / qemu-xen")):
@@ -471,6 +482,10 @@ def bench_net(qemu, kernel, initrd, model="e1000", size_mib=64, runs=5, check=Tr
             out.write("  %s: sha256 of %d MiB each way: %s\n" % (c, size_mib,
                                                                  check_text(r, size)))
     out.write("  load average %.2f %.2f %.2f before, %.2f %.2f %.2f after\n" % (load0 + load1))
+    for c, why in failed.items():
+        out.write("\n%s failed:\n%s\n" % (c, why))
+    if "stubdm" in failed:
+        raise BenchError("stubdm failed")
     return results
 
 
