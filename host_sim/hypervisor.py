@@ -359,14 +359,16 @@ class SimHypervisor:
             for fn in work:
                 fn()
 
-    def pump_until(self, cond, what="start-up", timeout=None):
+    def pump_until(self, cond, what="start-up", timeout=None, limit=None):
         """Serve the device model until cond() holds; `what` names what we wait for
-        (or is a function giving the name: called only to report a failure)."""
+        (or is a function giving the name: called only to report a failure); limit:
+        the time to report, when some of it was spent before the call."""
         if cond():
             return
-        limit = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + limit
-        wait = min(limit, 0.2)
+        timeout = self.timeout if timeout is None else timeout
+        limit = timeout if limit is None else limit
+        deadline = time.monotonic() + timeout
+        wait = max(min(timeout, 0.2), 0)
         while True:
             # Serve first, look at the device model's health after: an answer
             # usually comes in the first wait, and then that is all it costs.
@@ -774,8 +776,9 @@ class SimHypervisor:
                 (s.ioreq_gfn - SPECIAL_GFN) * PAGE + flags_at)
         cfds = self._cfds.get(h) or self._cfds_for(h)
         nout = self._nout
-        if _evtchn_lib.hs_sim_wait_answer(h.c, q.port, state, cfds[0], cfds[1], 200, h._taken,
-                                          _TAKE_MAX, nout):
+        first = min(0.2, self.timeout)
+        if _evtchn_lib.hs_sim_wait_answer(h.c, q.port, state, cfds[0], cfds[1],
+                                          int(first * 1000), h._taken, _TAKE_MAX, nout):
             # The device model's EVTCHNOP_send on its end, counted as send() does.
             self.evtchn.stats["sent"] += 1
             p.sent += 1
@@ -785,7 +788,9 @@ class SimHypervisor:
                 if self._deferred:
                     self.run_deferred()
             if not answered():
-                self.pump_until(answered, lambda: "an ioreq of type %d at %#x" % (type_, addr))
+                # The first wait is part of the time the device model has.
+                self.pump_until(answered, lambda: "an ioreq of type %d at %#x" % (type_, addr),
+                                timeout=self.timeout - first, limit=self.timeout)
         data = struct.unpack_from("<Q", page, off + abi.IOREQ_OFF_DATA)[0]
         page[flags_at] = req[abi.IOREQ_OFF_FLAGS]  # back to NONE
         notified.discard(port)
