@@ -100,7 +100,7 @@ def test_bench_pio_three_configurations():
         pytest.skip(why)
     env = dict(os.environ, PYTHONPATH=ROOT)
     r = subprocess.run([sys.executable, "-m", "host_sim", "bench", "pio", "--count", "2000"],
-                       env=env, capture_output=True, text=True, timeout=180)
+                       env=env, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
     names = ["stubdm (cpython) via host_sim", "transport floor (null vfio-user)",
