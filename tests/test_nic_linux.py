@@ -27,18 +27,17 @@ FIRST_NIC_SLOT = 6  # after the engine's pci-serial (04) and a guest slot it may
 
 
 class NicEngine(engine.Engine):
-    """The engine with NICs given to the device model as libxl writes them but
-    no xenstore (so stubdm/nics.py serves each with its built-in peer): `nics`
-    is [(model, mac)]. The engine fronts every function the device model
-    places."""
+    """The engine with NICs given to the device model as libxl writes the -device
+    lines, each on a -netdev user (which stubdm/nics.py serves with its built-in
+    peer: the engine's xenstore has no vif for it): `nics` is [(model, mac)]. The
+    engine fronts every function the device model places."""
 
     def __init__(self, *args, nics=(), **kw):
         extra = list(kw.pop("dm_extra", ()))
         for i, (model, mac) in enumerate(nics):
             extra += ["-device", "%s,id=nic%d,netdev=net%d,mac=%s,addr=%d"
                       % (model, i, i, mac, FIRST_NIC_SLOT + i),
-                      "-netdev", "type=tap,id=net%d,ifname=vif1.%d-emu,br=xenbr0,"
-                      "script=no,downscript=no" % (i, i)]
+                      "-netdev", "type=user,id=net%d" % i]
         super().__init__(*args, dm_extra=extra, **kw)
 
 
