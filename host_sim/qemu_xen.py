@@ -101,17 +101,17 @@ def write_dom0_layout(xs, domid, name, ram_mib):
 
 
 def start_process(args, env, log_path, pass_fds=()):
-    """qemu-xen in a process group of its own (killpg ends it all). With fds to
-    pass (TAPs), it also dies with us: a TAP it holds keeps the run's namespace."""
-    err = open(log_path, "wb")
-    kw = {}
-    if pass_fds:
-        from host_sim.qtest_qemu import die_with_parent
+    """qemu-xen in a process group of its own (killpg ends it all), and dying
+    with us: a runner killed with SIGKILL can't end the group, and qemu-xen
+    spins once host_sim's socket is gone (a TAP it holds would also keep the
+    run's namespace)."""
+    from host_sim.qtest_qemu import die_with_parent
 
-        kw = {"pass_fds": tuple(pass_fds), "preexec_fn": die_with_parent}
+    err = open(log_path, "wb")
     try:
         return subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=err,
-                                stderr=err, start_new_session=True, **kw)
+                                stderr=err, start_new_session=True,
+                                pass_fds=tuple(pass_fds), preexec_fn=die_with_parent)
     finally:
         err.close()
 

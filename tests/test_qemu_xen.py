@@ -365,6 +365,32 @@ def test_closing_host_sim_ends_qemu_xens_group(qx):
     assert _gone(pid) and time.monotonic() - t < 10
 
 
+@needs_qemu_xen
+def test_a_runner_killed_with_sigkill_leaves_no_qemu_xen(tmp_path):
+    # Nobody is left to end the group: qemu-xen must die with its runner,
+    # or it spins at full speed on host_sim's closed socket.
+    code = textwrap.dedent("""
+        import sys, time
+        from host_sim import qemu_xen
+        s = qemu_xen.QemuXenSession(ram_mib=64)
+        print(s.proc.pid, flush=True)
+        time.sleep(300)
+    """)
+    runner = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        pid = int(runner.stdout.readline())
+        assert not _gone(pid)
+        runner.kill()
+        runner.wait(10)
+        deadline = time.monotonic() + 10
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _gone(pid), "qemu-xen outlived its runner"
+    finally:
+        runner.kill()
+
+
 # ---------------------------------------------------------------- the command line
 
 def _cli(*argv, timeout=300):
