@@ -789,8 +789,17 @@ class SimHypervisor:
                     self.run_deferred()
             if not answered():
                 # The first wait is part of the time the device model has.
-                self.pump_until(answered, lambda: "an ioreq of type %d at %#x" % (type_, addr),
-                                timeout=self.timeout - first, limit=self.timeout)
+                try:
+                    self.pump_until(answered,
+                                    lambda: "an ioreq of type %d at %#x" % (type_, addr),
+                                    timeout=self.timeout - first, limit=self.timeout)
+                except DeviceModelGone:
+                    # A device model that shut the domain down (a reset or
+                    # poweroff port) may exit before its notify of the answer
+                    # is seen: on Xen this vCPU never runs again, so there is
+                    # no one to give the answer to. Any other exit is an error.
+                    if self.shutdown_reason is None:
+                        raise
         data = struct.unpack_from("<Q", page, off + abi.IOREQ_OFF_DATA)[0]
         page[flags_at] = req[abi.IOREQ_OFF_FLAGS]  # back to NONE
         notified.discard(port)
