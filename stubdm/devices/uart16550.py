@@ -415,8 +415,8 @@ class Uart16550:
             return False
         dlab = self.lcr & LCR_DLAB
         if offset == REG_THR and not dlab:
-            if self.mcr & MCR_LOOP or (self.fcr & FCR_FE and self.tx.num):
-                return False  # loopback, or older bytes queued first: one by one
+            if self.fcr & FCR_FE and self.tx.num:
+                return False  # older bytes queued first: one by one
             # Each byte goes into THR (the TX FIFO, when on), out at once, and
             # THR is empty again: the line sees the bytes, THRE ends pending.
             last = buf[count - 1]
@@ -430,9 +430,25 @@ class Uart16550:
                 tx.head = (tx.head + count) % tx.size
             self.lsr |= LSR_THRE | LSR_TEMT
             self.thr_ipending = 1
-            self._update_irq()
-            if self.chardev is not None:
+            if self.mcr & MCR_LOOP:
+                # Loopback: each byte is received; what finds the FIFO full
+                # (or, without FIFOs, RBR unread) is an overrun.
+                if self.fcr & FCR_FE:
+                    rx = self.rx
+                    k = min(count, rx.size - rx.num)
+                    for i in range(k):
+                        rx.push(buf[i])
+                    if k < count:
+                        self.lsr |= LSR_OE
+                    self.rx_timer_armed = True
+                else:
+                    if self.lsr & LSR_DR or count > 1:
+                        self.lsr |= LSR_OE
+                    self.rbr = last
+                self.lsr |= LSR_DR
+            elif self.chardev is not None:
                 self.chardev.write(bytes(buf))
+            self._update_irq()
             return True
         if offset == REG_FCR:
             # Each write may flush the FIFOs (its reset bits, or a change of
