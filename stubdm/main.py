@@ -753,7 +753,7 @@ class DeviceModel:
                 poller = select.poll()
                 poller.register(self.hyp.evtchn_fd(), select.POLLIN)
             if ticks_diff(ticks_us(), t0) // 1000 >= timeout_ms:
-                raise savestate.StateError("disk requests still in flight after %d ms: %s"
+                raise savestate.StateError("requests still in flight after %d ms: %s"
                                            % (timeout_ms, ", ".join(
                                                savestate.busy_devices(self.machine))))
             for _obj, ev in poller.poll(10):

@@ -22,6 +22,21 @@
 # longer are refused by both sides.
 MAX_FRAME = 0xFFFF
 MIN_FRAME = 14
+# A NIC holds at most one TX batch for the network (a TSO burst: 64 segments).
+MAX_HELD_FRAMES = 256
+
+
+def load_txq(saved, name):
+    """A NIC's saved frames waiting for the network, checked (ValueError if bad)."""
+    q = list(saved)
+    if len(q) > MAX_HELD_FRAMES:
+        raise ValueError(name + ": %d saved TX frames, at most %d" % (len(q), MAX_HELD_FRAMES))
+    out = []
+    for f in q:
+        if not isinstance(f, (bytes, bytearray)) or not MIN_FRAME <= len(f) <= MAX_FRAME:
+            raise ValueError(name + ": a saved TX frame is not a frame")
+        out.append(bytes(f))
+    return out
 
 
 class MemoryNet:

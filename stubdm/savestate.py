@@ -16,7 +16,8 @@ bytes, DeviceModel.load_devices("file:PATH") is -incoming's load):
         then are the records applied; a device that refuses its record (another
         configuration) also raises StateError, and the caller must not start the guest.
     busy_devices(machine) -> [name, ...]
-        Devices with disk requests in flight (save_machine refuses while there are any).
+        Devices with disk requests in flight, NICs with frames on their netfront's TX
+        ring (save_machine refuses while there are any).
     encode(value) -> bytes, decode(data) -> value
         The field encoding on its own (tests, host_sim's wrapper).
 
@@ -309,8 +310,12 @@ def _records_of(machine):
 
 
 def busy_devices(machine):
-    """Devices with disk requests in flight: drain them (serve the disks' events) first."""
+    """Devices with disk requests in flight, and NICs whose frames are still on
+    their PV network's TX ring: drain them (serve the events) first."""
     out = []
+    for nic in getattr(machine, "nics", ()):
+        if getattr(nic.net, "tx_busy", None):
+            out.append(nic.name)
     ide = machine.ide
     if ide is not None:
         for ch in ide.channels:
@@ -326,7 +331,7 @@ def busy_devices(machine):
 def save_machine(machine):
     busy = busy_devices(machine)
     if busy:
-        raise StateError("can't save: disk requests in flight on " + ", ".join(busy))
+        raise StateError("can't save: requests in flight on " + ", ".join(busy))
     records = [("machine", 1, {"suspended": bool(machine.suspended)})]
     for name, dev in _records_of(machine):
         if not hasattr(dev, "state") or not hasattr(dev, "load_state"):

@@ -14,7 +14,7 @@ from stubdm import log
 from stubdm.bus import fill_rep
 from stubdm.compat import const
 from stubdm.devices import netutil
-from stubdm.net import MAX_FRAME, MIN_FRAME
+from stubdm.net import MAX_FRAME, MIN_FRAME, load_txq
 from stubdm.pci import PciFunction
 
 VENDOR_INTEL = const(0x8086)
@@ -1069,10 +1069,14 @@ class E1000(PciFunction):
         d["stats"] = list(self.st)
         d["phy"] = [(k, self.phy[k]) for k in sorted(self.phy)]
         d["eeprom"] = list(self.eeprom.words)
+        # Frames whose descriptors are done but that wait for room on the
+        # network: the guest was told they were sent.
+        d["txq"] = list(self.txq)
         return d
 
     def load_state(self, d):
         super().load_state(d)
+        txq = load_txq(d.get("txq", ()), self.name)
         regs = d["regs"]
         r = _Regs()
         for k, v in regs:
@@ -1090,4 +1094,5 @@ class E1000(PciFunction):
             if k in self.phy:
                 self.phy[k] = v & 0xFFFF
         self.eeprom.words = [w & 0xFFFF for w in d["eeprom"]][:64]
+        self.txq = txq
         self._update_irq()

@@ -13,7 +13,7 @@ from stubdm import log
 from stubdm.bus import fill_rep
 from stubdm.compat import const, ticks_us
 from stubdm.devices import netutil
-from stubdm.net import MAX_FRAME, MIN_FRAME
+from stubdm.net import MAX_FRAME, MIN_FRAME, load_txq
 from stubdm.pci import PciFunction
 
 VENDOR_REALTEK = const(0x10EC)
@@ -837,10 +837,18 @@ class Rtl8139(PciFunction):
         d["nic"] = (self.isr, self.imr, self.rx_bufsize, self.rx_ptr, self.rx_addr,
                     self.cplus, self.cp_tx_index, self.cp_rx_index)
         d["eeprom"] = list(self.eeprom.words)
+        # Frames the NIC took from the guest that wait for room on the network,
+        # and the completions it reports once they are sent: part of the NIC.
+        d["txq"] = list(self.txq)
+        d["tx_done"] = [i for _kind, i in self.tx_done]
         return d
 
     def load_state(self, d):
         super().load_state(d)
+        txq = load_txq(d.get("txq", ()), self.name)
+        done = [int(i) for i in d.get("tx_done", ())]
+        if len(done) > 4 or [i for i in done if not 0 <= i < 4]:
+            raise ValueError(self.name + ": saved TX completions out of range")
         regs = d["regs"]
         if len(regs) != REG_SIZE:
             raise ValueError(self.name + ": saved registers have the wrong size")
@@ -853,4 +861,6 @@ class Rtl8139(PciFunction):
         self.cp_tx_index %= CP_RING_MAX
         self.cp_rx_index %= CP_RING_MAX
         self.eeprom.words = [w & 0xFFFF for w in d["eeprom"]][:64]
+        self.txq = txq
+        self.tx_done = [("slot", i) for i in done]
         self._update_irq()

@@ -493,3 +493,24 @@ def test_octet_counters_are_64_bit_and_clear_with_their_high_half():
     assert rig.r(0x4088) == 3 * (len(f) + 4)  # the low half alone does not clear
     assert rig.r(0x408C) == 0  # GORCH: clears the pair
     assert rig.r(0x4088) == 0
+
+
+def test_frames_waiting_for_the_network_survive_save_and_restore():
+    # The guest was told these were sent (DD set): a save must carry them.
+    rig = Rig(tx_room=1)
+    rig.up()
+    frames = [with_checksums(tcp_frame(bytes([0x40 + i]) * (60 + i))) for i in range(3)]
+    for i, f in enumerate(frames):
+        rig.mem.write(BUFS + 0x8000 + 0x800 * i, f)
+    rig.post([legacy(BUFS + 0x8000 + 0x800 * i, len(f)) for i, f in enumerate(frames)])
+    assert rig.net.sent == frames[:1] and rig.tx_status(1) & E.TXD_STAT_DD
+    saved = rig.nic.state()
+    back = Rig()
+    for start, end in rig.mem.ranges:  # the guest's RAM, descriptors and buffers
+        back.mem.write(start, rig.mem.read(start, end - start))
+    back.nic.load_state(saved)
+    back.net.room(1)  # the network has room again
+    assert back.net.sent == frames[1:]
+    bad = dict(saved, txq=[b"short"])
+    with pytest.raises(ValueError):
+        Rig().nic.load_state(bad)

@@ -509,3 +509,24 @@ def test_a_poll_gathers_a_bounded_amount():
         rig.r16(R.ISR)
     assert not any(rig.desc(TX_RING, i)[0] & R.DESC_OWN for i in range(R.CP_RING_MAX))
     assert rig.net.sent == []  # each too long without large send: dropped
+
+
+def test_frames_waiting_for_the_network_survive_save_and_restore():
+    rig = Rig(tx_room=1)
+    rig.cp_open()
+    frame = with_checksums(tcp_frame(b"s" * 20))
+    rig.mem.write(BUFS, frame)
+    for i in range(3):
+        rig.tx_desc(i, R.DESC_OWN | R.DESC_FS | R.DESC_LS | len(frame), BUFS)
+    rig.w8(R.TPPOLL, R.TPPOLL_NPQ)
+    assert len(rig.net.sent) == 1
+    saved = rig.nic.state()
+    back = Rig(tx_room=0)
+    for start, end in rig.mem.ranges:  # the guest's RAM, descriptors and buffers
+        back.mem.write(start, rig.mem.read(start, end - start))
+    back.nic.load_state(saved)
+    back.net.room(5)
+    assert len(back.net.sent) == 2  # what waited, then the rest of the ring
+    assert not back.desc(TX_RING, 2)[0] & R.DESC_OWN
+    with pytest.raises(ValueError):
+        Rig().nic.load_state(dict(saved, tx_done=[7]))
