@@ -171,7 +171,9 @@ def _runtimes(a, b):
 
 
 @pytest.mark.parametrize("saved_on,restored_on", [("cpython", "micropython"),
-                                                  ("micropython", "cpython")])
+                                                  ("micropython", "cpython"),
+                                                  ("port", "cpython"),
+                                                  ("cpython", "port")])
 def test_round_trip_across_runtimes(images, tmp_path, saved_on, restored_on):
     _runtimes(saved_on, restored_on)
     path = str(tmp_path / "guest.sav")
