@@ -130,6 +130,8 @@ void free(void *);
 #define PROT_WRITE ...
 void stubdm_barrier(void);
 void stubdm_atomic_add32(void *p, uint32_t v);
+void *stubdm_own_pages(uint32_t count, uint64_t *frames);
+int stubdm_free_own_pages(void *addr, uint32_t count, const uint64_t *frames);
 """
 
 
@@ -163,6 +165,25 @@ static void stubdm_barrier(void) { __sync_synchronize(); }
 // Xen renormalises the buffered ring's pointers with a 64-bit cmpxchg, so
 // the consumer must advance read_pointer atomically, never store it.
 static void stubdm_atomic_add32(void *p, uint32_t v) { __atomic_fetch_add((uint32_t *)p, v, __ATOMIC_SEQ_CST); }
+// Pages of our own memory by frame number (fbif.h's page-ref): host_sim's
+// call; in dom0 (Xen's libraries) a process has no frame numbers of its own.
+#include <errno.h>
+#ifdef STUBDM_GLUE_SIM
+#include "hostsim_internal.h"
+static void *stubdm_own_pages(uint32_t count, uint64_t *frames) {
+    return hostsim_own_pages(count, frames);
+}
+static int stubdm_free_own_pages(void *addr, uint32_t count, const uint64_t *frames) {
+    return hostsim_free_own_pages(addr, count, frames);
+}
+#else
+static void *stubdm_own_pages(uint32_t count, uint64_t *frames) {
+    (void)count; (void)frames; errno = ENOSYS; return NULL;
+}
+static int stubdm_free_own_pages(void *addr, uint32_t count, const uint64_t *frames) {
+    (void)addr; (void)count; (void)frames; errno = ENOSYS; return -1;
+}
+#endif
 """
 
 
@@ -180,6 +201,7 @@ def make_ffi(variant):
         # libxenctrl's populate call and the VRAM dm_ops (the VGA's video RAM)
         kwargs["sources"].append(os.path.join(ROOT, "host_sim", "libsim", "hostsim_xenlibs.c"))
         kwargs["include_dirs"].append(os.path.join(ROOT, "host_sim", "libsim"))
+        kwargs["define_macros"] = [("STUBDM_GLUE_SIM", "1")]
     elif variant == "xen":
         kwargs["libraries"] += ["xendevicemodel", "xenforeignmemory", "xenevtchn", "xengnttab",
                                 "xenctrl"]

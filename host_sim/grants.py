@@ -11,6 +11,12 @@ What Xen enforces (xen/common/grant_table.c, v1 entries) and host_sim with it:
 
 The pages a domain shares are its own memory (a memfd per domain, page
 allocated, zeroed as gntalloc's are), never another domain's RAM.
+
+A domain's frame number here is a page index in its memfd. Pages it takes for
+itself (own_alloc: MiniOS's alloc_pages) it may name to a backend by frame
+number (fbif.h's page-ref and pd[]); only a privileged domain maps them, by
+foreign mapping (map_foreign: xenforeignmemory_map), and a frame outside that
+domain's memory is refused as Xen refuses it, whatever its owner offered.
 """
 import ctypes
 import errno
@@ -48,6 +54,8 @@ class DomainMemory:
         self.fd = os.memfd_create("host_sim-dom%d-mem" % domid, 0)
         os.ftruncate(self.fd, npages * PAGE)
         self.free = list(range(npages - 1, -1, -1))  # pop() gives the lowest first
+        self.held = {}  # frame -> foreign mappings of it
+        self.dying = set()  # frames freed while foreign-mapped
 
     def alloc(self):
         if not self.free:
@@ -59,6 +67,28 @@ class DomainMemory:
 
     def release(self, page):
         self.free.append(page)
+
+    def foreign_hold(self, frames, delta):
+        """A foreign mapping holds its frames (as Xen's page references do): one freed
+        while mapped goes back to the free list only at the last unmap."""
+        for f in frames:
+            n = self.held.get(f, 0) + delta
+            if n > 0:
+                self.held[f] = n
+                continue
+            self.held.pop(f, None)
+            if f in self.dying:
+                self.dying.discard(f)
+                self.release(f)
+
+    def release_own(self, page):
+        if page in self.held:
+            self.dying.add(page)
+        else:
+            self.release(page)
+
+    def owns(self, frame):
+        return isinstance(frame, int) and 0 <= frame < self.npages
 
     def close(self):
         os.close(self.fd)
@@ -120,13 +150,41 @@ class MultiMapping:
             self.table._unmapped(g)
 
 
+class ForeignMapping:
+    """Frames of a foreign domain mapped side by side (xenforeignmemory_map); .mem."""
+
+    def __init__(self, mem, frames, addr, writable):
+        self.dom_mem = mem
+        self.frames = frames
+        self.addr = addr
+        npages = self.npages = len(frames)
+        self.mem = memoryview((ctypes.c_char * (npages * PAGE)).from_address(addr)).cast("B")
+        if not writable:
+            self.mem = self.mem.toreadonly()
+
+    def unmap(self):
+        if self.addr is None:
+            return
+        self.mem.release()
+        _libc.munmap(self.addr, self.npages * PAGE)
+        self.addr = None
+        self.dom_mem.foreign_hold(self.frames, -1)
+
+
+# Domains with the foreign-mapping privilege (dom0's toolstack and backends).
+PRIVILEGED = frozenset([0])
+# Frames per foreign map at once (privcmd takes any count; this bounds a hostile one).
+MAX_FOREIGN = 1 << 16
+
+
 class GrantTables:
     def __init__(self, log=None, pages_per_domain=4096):
         self.log = log or (lambda msg: None)
         self.pages_per_domain = pages_per_domain
         self.memory = {}  # domid -> DomainMemory
         self.grants = {}  # (dom, ref) -> Grant
-        self.stats = {"shared": 0, "maps": 0, "copies": 0, "refused": 0}
+        self.stats = {"shared": 0, "maps": 0, "copies": 0, "refused": 0,
+                      "foreign_maps": 0}
 
     def memory_of(self, dom):
         m = self.memory.get(dom)
@@ -181,7 +239,7 @@ class GrantTables:
 
     def _end(self, g):
         del self.grants[(g.dom, g.ref)]
-        self.memory_of(g.dom).release(g.page)
+        self.memory_of(g.dom).release_own(g.page)
 
     def _check(self, mapper, dom, ref, writable):
         if not (isinstance(ref, int) and 0 <= ref < NR_GRANTS):
@@ -251,6 +309,56 @@ class GrantTables:
             self._refuse(errno.EINVAL, "copy of %r+%r crosses the page" % (offset, len(data)))
         self.stats["copies"] += 1
         os.pwrite(self.memory_of(dom).fd, data, g.page * PAGE + offset)
+
+    # ---- a domain's own pages, named by frame number ----
+    def own_alloc(self, dom, count):
+        """count fresh pages of dom's memory for dom itself: their frame numbers."""
+        if count <= 0:
+            raise GrantError(errno.EINVAL, "allocation of %d pages" % count)
+        mem = self.memory_of(dom)
+        out = []
+        try:
+            for _ in range(count):
+                out.append(mem.alloc())
+        except GrantError:
+            for page in out:
+                mem.release(page)
+            raise
+        return out
+
+    def own_free(self, dom, frames):
+        mem = self.memory_of(dom)
+        for page in frames:
+            mem.release_own(page)
+
+    def map_foreign(self, mapper, dom, frames, writable=True):
+        """xenforeignmemory_map: a privileged domain maps dom's frames; ForeignMapping."""
+        if mapper not in PRIVILEGED or mapper == dom:
+            self._refuse(errno.EPERM, "domain %d may not map domain %d's memory"
+                         % (mapper, dom))
+        mem = self.memory_of(dom)
+        if not 0 < len(frames) <= MAX_FOREIGN:
+            self._refuse(errno.EINVAL, "foreign map of %d frames" % len(frames))
+        for i, f in enumerate(frames):
+            if not mem.owns(f):
+                self._refuse(errno.EINVAL, "domain %d: frame %r (entry %d) is not domain "
+                             "%d's memory" % (mapper, f, i, dom))
+        n = len(frames) * PAGE
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        base = _libc.mmap(None, n, 0, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+        if base in (None, _MAP_FAILED):
+            raise GrantError(ctypes.get_errno(), "reserving %d bytes" % n)
+        for i, f in enumerate(frames):
+            p = _libc.mmap(base + i * PAGE, PAGE, prot, mmap.MAP_SHARED | _MAP_FIXED, mem.fd,
+                           f * PAGE)
+            if p in (None, _MAP_FAILED):
+                err = ctypes.get_errno()
+                _libc.munmap(base, n)
+                raise GrantError(err, "mapping frame %d" % f)
+        self.stats["foreign_maps"] += len(frames)
+        frames = list(frames)
+        mem.foreign_hold(frames, 1)
+        return ForeignMapping(mem, frames, base, writable)
 
     def release_domain(self, dom):
         """A domain is destroyed: its grants go once nobody maps them."""

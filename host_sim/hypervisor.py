@@ -204,6 +204,7 @@ class Conn:
         self.buf = b""
         self.handles = []  # event channel handles opened over this connection
         self.grants = set()  # references this connection's domain shared through it
+        self.own = set()  # frames of its own memory it took through it
 
 
 class Region:
@@ -405,6 +406,7 @@ class SimHypervisor:
                 self._evtchn_close(h)
         for ref in sorted(c.grants):
             self.grants.unshare(self.dm_domid, ref)
+        self.grants.own_free(self.dm_domid, sorted(c.own))
 
     def _serve(self, c):
         try:
@@ -592,6 +594,22 @@ class SimHypervisor:
                 c.grants.update(ref for ref, _ in shared)
             body = b"".join(struct.pack("<IQ", ref, page * PAGE) for ref, page in shared)
             return 0, body, [self.grants.memory_of(dom).fd]
+        if op == proto.OWN_ALLOC:
+            (count,) = args
+            if c is None or not 0 < count <= proto.OWN_MAX_PAGES:
+                return -_EINVAL, b"", []
+            frames = self.grants.own_alloc(dom, count)
+            c.own.update(frames)
+            return 0, struct.pack("<%dQ" % count, *frames), [self.grants.memory_of(dom).fd]
+        if op == proto.OWN_FREE:
+            (count,) = args
+            if c is None or not 0 < count <= proto.OWN_MAX_PAGES or len(payload) < 4 + 8 * count:
+                return -_EINVAL, b"", []
+            frames = struct.unpack_from("<%dQ" % count, payload, 4)
+            mine = sorted(set(frames) & c.own)
+            c.own.difference_update(mine)
+            self.grants.own_free(dom, mine)
+            return (0 if len(mine) == count else -_ENOENT), b"", []
         if op == proto.GNTSHR_UNSHARE:
             (count,) = args
             if not 0 < count <= proto.GNTSHR_MAX_PAGES or len(payload) < 4 + 4 * count:

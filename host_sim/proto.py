@@ -34,6 +34,8 @@ TRACK_DIRTY_VRAM = 26
 HVM_PARAM = 27
 SET_MEM_TYPE = 28
 PIN_MEMORY_CACHEATTR = 29
+OWN_ALLOC = 30
+OWN_FREE = 31
 
 # Request payload layouts (struct formats, little-endian, packed).
 REQUEST_FORMATS = {
@@ -65,6 +67,8 @@ REQUEST_FORMATS = {
     HVM_PARAM: "<HIIQ",
     SET_MEM_TYPE: "<HIQI",
     PIN_MEMORY_CACHEATTR: "<HQQI",
+    OWN_ALLOC: "<I",
+    OWN_FREE: "<I",
 }
 # Runs per POPULATE_PHYSMAP message, pages per TRACK_DIRTY_VRAM message.
 POPULATE_MAX_RUNS = 255
@@ -72,10 +76,12 @@ DIRTY_MAX_PAGES = 32768
 
 EVTCHN_OPS = frozenset([EVTCHN_OPEN, EVTCHN_BIND_INTERDOMAIN, EVTCHN_UNBIND, EVTCHN_CLOSE,
                         EVTCHN_BIND_UNBOUND])
-GNTSHR_OPS = frozenset([GNTSHR_SHARE, GNTSHR_UNSHARE])
+GNTSHR_OPS = frozenset([GNTSHR_SHARE, GNTSHR_UNSHARE, OWN_ALLOC, OWN_FREE])
 # Pages per share/unshare message (the reply carries 12 bytes a page within
 # the 4096-byte payload); libsim splits bigger requests.
 GNTSHR_MAX_PAGES = 256
+# Pages per OWN_ALLOC/OWN_FREE message (8 bytes a page).
+OWN_MAX_PAGES = 256
 
 # Requests with no reply (none now: notifications go by the handle's shared
 # memory, hostsim_proto.h's HS_EVTCHN_*).

@@ -21,6 +21,7 @@ else:
 # libraries would only print their own errors before failing.
 PRIVCMD = ("/dev/xen/privcmd", "/proc/xen/privcmd")
 ENODEV = 19
+ENOSYS = 38
 
 PAGE_SHIFT = 12
 _PAGE_SIZE = 1 << PAGE_SHIFT
@@ -62,6 +63,7 @@ class Xen:
         self._pages = []  # the mapped frames, for the life of the process
         self.xgs = None  # the grant-share handle, opened on first use
         self._shares = {}  # address -> pointer of each live share
+        self._owned = {}  # address -> pointer of each live own_pages
 
     def create_ioreq_server(self, bufioreq):
         _check(lib.xendevicemodel_create_ioreq_server(self.dmod, self.domid, bufioreq, self._id))
@@ -179,6 +181,28 @@ class Xen:
         addr = int(ffi.cast("uintptr_t", p))
         self._shares[addr] = p
         return addr, tuple(refs), memoryview(ffi.buffer(p, count * _PAGE_SIZE))
+
+    def own_pages(self, count):
+        if VARIANT == "xen":
+            # A dom0 process has no frames of its own to name: MiniOS and host_sim only.
+            raise OSError(ENOSYS, "pages by frame number: unsupported in dom0 (a stub "
+                          "domain's own memory only)")
+        if not 0 < count <= 1 << 20:
+            raise OSError(22, os.strerror(22))
+        frames = ffi.new("uint64_t[]", count)
+        p = lib.stubdm_own_pages(count, frames)
+        if p == ffi.NULL:
+            _raise()
+        addr = int(ffi.cast("uintptr_t", p))
+        self._owned[addr] = p
+        return addr, tuple(frames), memoryview(ffi.buffer(p, count * _PAGE_SIZE))
+
+    def free_own_pages(self, addr, frames):
+        p = self._owned.pop(addr, None)
+        if p is None:
+            raise OSError(22, os.strerror(22))
+        return _check(lib.stubdm_free_own_pages(p, len(frames),
+                                                ffi.new("uint64_t[]", list(frames))))
 
     def unshare(self, addr, count):
         p = self._shares.pop(addr, None)

@@ -150,6 +150,13 @@ class Hypervisor:
                                      writable)
         return SharedPages(self, addr, refs, mem)
 
+    # ---- our own pages, named by frame number (fbif.h's page-ref and pd[]) ----
+    def own_pages(self, count):
+        """count fresh pages of our own memory and their frame numbers: an OwnPages.
+        A stub domain only (MiniOS, host_sim): in dom0 it is ENOSYS."""
+        addr, frames, mem = self._call("own_pages", self.xen.own_pages, count)
+        return OwnPages(self, addr, frames, mem)
+
     # barrier() and bufioreq_consume(page, n) (advance the buffered page's
     # read_pointer by n, atomically) are the glue's own, bound in __init__.
 
@@ -173,3 +180,23 @@ class SharedPages:
             self.hyp.xen.unshare(self.addr, len(self.refs))
         except OSError as e:
             raise HypervisorError("unshare", _err(e))
+
+
+class OwnPages:
+    """Pages of our own memory: .frames (one per page), .mem (all of them). A backend
+    with foreign-mapping privilege maps them by frame number."""
+
+    def __init__(self, hyp, addr, frames, mem):
+        self.hyp = hyp
+        self.addr = addr
+        self.frames = frames
+        self.mem = mem
+
+    def free(self):
+        if self.mem is None:
+            return
+        self.mem = None
+        try:
+            self.hyp.xen.free_own_pages(self.addr, self.frames)
+        except OSError as e:
+            raise HypervisorError("free_own_pages", _err(e))

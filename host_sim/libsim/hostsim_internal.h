@@ -15,6 +15,13 @@ int hostsim_connect(void);
 // Map pages guest frames at addr (a hint unless flags has MAP_FIXED).
 void *hostsim_map(uint32_t dom, void *addr, int prot, int flags, size_t pages,
                   const xen_pfn_t arr[], int err[]);
+// count fresh zeroed pages of the caller's own domain's memory, for itself
+// (MiniOS's alloc_pages), mapped side by side; frames[i] gets page i's frame
+// number, which a backend with foreign-mapping privilege may map. NULL with
+// errno on failure.
+void *hostsim_own_pages(uint32_t count, uint64_t *frames);
+// Gives them back (addr and frames as hostsim_own_pages gave them).
+int hostsim_free_own_pages(void *addr, uint32_t count, const uint64_t *frames);
 // The guest's memory map changed (populate, relocate): fetch it afresh.
 void hostsim_regions_changed(void);
 

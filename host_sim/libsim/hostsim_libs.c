@@ -963,3 +963,87 @@ int xengntshr_unshare(xengntshr_handle *xgs, void *start_address, uint32_t count
     errno = EINVAL;
     return -1;
 }
+
+// ---- the domain's own pages, by frame number (HS_OP_OWN_ALLOC) ----
+static int hs_free_frames(const uint64_t *frames, uint32_t count) {
+    int ret = 0;
+    while (count > 0) {
+        uint32_t k = count < HS_OWN_MAX_PAGES ? count : HS_OWN_MAX_PAGES;
+        uint8_t buf[4 + 8 * HS_OWN_MAX_PAGES];
+        memcpy(buf, &k, 4);
+        memcpy(buf + 4, frames, 8 * k);
+        if (hs_call(HS_OP_OWN_FREE, buf, 4 + 8 * k, NULL, 0, NULL, NULL, NULL, 0) < 0) {
+            ret = -1;
+        }
+        frames += k;
+        count -= k;
+    }
+    return ret;
+}
+
+void *hostsim_own_pages(uint32_t count, uint64_t *frames) {
+    if (count == 0 || count > (1u << 20)) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (hs_connect() < 0) {
+        return NULL;
+    }
+    size_t len = (size_t)count << HS_PAGE_SHIFT;
+    uint8_t *base = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) {
+        return NULL;
+    }
+    uint32_t done = 0;
+    while (done < count) {
+        uint32_t k = count - done < HS_OWN_MAX_PAGES ? count - done : HS_OWN_MAX_PAGES;
+        uint8_t reply[8 * HS_OWN_MAX_PAGES];
+        uint32_t rlen = 0;
+        int fds[HS_MAX_FDS];
+        int nfds = 0;
+        if (hs_call(HS_OP_OWN_ALLOC, &k, 4, reply, sizeof(reply), &rlen, fds, &nfds, 0) < 0) {
+            goto fail;
+        }
+        int ok = nfds >= 1 && rlen == 8 * k;
+        if (ok) {
+            memcpy(&frames[done], reply, 8 * k);
+        }
+        for (uint32_t i = 0; ok && i < k; i++) {
+            void *p = mmap(base + ((size_t)(done + i) << HS_PAGE_SHIFT), HS_PAGE_SIZE,
+                           PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fds[0],
+                           (off_t)(frames[done + i] << HS_PAGE_SHIFT));
+            ok = p != MAP_FAILED;
+        }
+        for (int i = 0; i < nfds; i++) {
+            close(fds[i]);
+        }
+        if (!ok) {
+            if (rlen == 8 * k) {
+                hs_free_frames(&frames[done], k);
+            }
+            errno = EPROTO;
+            goto fail;
+        }
+        done += k;
+    }
+    return base;
+fail: {
+    int e = errno;
+    if (done) {
+        hs_free_frames(frames, done);
+    }
+    munmap(base, len);
+    errno = e;
+    return NULL;
+}
+}
+
+int hostsim_free_own_pages(void *addr, uint32_t count, const uint64_t *frames) {
+    if (addr == NULL || count == 0 || count > (1u << 20)) {
+        errno = EINVAL;
+        return -1;
+    }
+    int r = hs_free_frames(frames, count);
+    munmap(addr, (size_t)count << HS_PAGE_SHIFT);
+    return r;
+}

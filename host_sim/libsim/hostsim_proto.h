@@ -46,12 +46,18 @@ enum {
     HS_OP_HVM_PARAM = 27,  // u16 domid, u32 index, u32 set, u64 value -> u64 value
     HS_OP_SET_MEM_TYPE = 28,  // u16 domid, u32 type, u64 first_pfn, u32 nr
     HS_OP_PIN_MEMORY_CACHEATTR = 29,  // u16 domid, u64 start, u64 end, u32 type
+    // Fresh pages of the caller's domain's own memory, for itself, named by
+    // frame number (fbif.h's page-ref, pd[]): -> count * u64 frame (the page
+    // at frame * 4096 in the fd); one fd: the domain's memory.
+    HS_OP_OWN_ALLOC = 30,  // u32 count
+    HS_OP_OWN_FREE = 31,  // u32 count, count * u64 frame
 };
 
 #define HS_POPULATE_MAX_RUNS 255
 #define HS_DIRTY_MAX_PAGES 32768
 
 #define HS_GNTSHR_MAX_PAGES 256
+#define HS_OWN_MAX_PAGES 256
 
 // An event channel handle's events go by no message at all, as Xen's go by
 // shared_info and an upcall. HS_OP_EVTCHN_OPEN hands the device model:

@@ -42,7 +42,7 @@ ifeq ($(STUBDM_XEN_LIBS),sim)
 SRC_USERMOD_LIB_C += $(STUBDM_LIBSIM_DIR)/hostsim_libs.c
 # libxenctrl's populate call and the VRAM dm_ops (stubdm/devices/vga.py)
 SRC_USERMOD_LIB_C += $(STUBDM_LIBSIM_DIR)/hostsim_xenlibs.c
-CFLAGS_USERMOD += -I$(STUBDM_LIBSIM_DIR)
+CFLAGS_USERMOD += -I$(STUBDM_LIBSIM_DIR) -DSTUBDM_GLUE_SIM
 LDFLAGS_USERMOD += -lxenstore
 else ifeq ($(STUBDM_XEN_LIBS),xen)
 LDFLAGS_USERMOD += -lxendevicemodel -lxenforeignmemory -lxenevtchn -lxengnttab -lxenctrl \

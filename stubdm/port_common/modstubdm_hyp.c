@@ -32,6 +32,12 @@
 //                                     memory granted to remote_domid
 //     .unshare(address, count)     ends that share (the grantee may still map
 //                                     it: the pages then stay until it unmaps)
+//     .own_pages(count)            -> (address, frames tuple, writable memoryview):
+//                                     count fresh pages of our own memory and
+//                                     their frame numbers (fbif.h's page-ref;
+//                                     MiniOS: virt_to_mfn; host_sim: page index
+//                                     in the domain's memory; dom0: ENOSYS)
+//     .free_own_pages(address, frames)  gives them back
 //     .populate_physmap(gfn, count)  fresh pages at gfn.. (video RAM above the
 //                                     guest's RAM; libxenctrl's _exact call)
 //     .relocate_memory(count, src_gfn, dst_gfn)   move them (the VRAM BAR)
@@ -490,6 +496,115 @@ static int glue_unshare(xenglue_xen_t *self, void *addr, uint32_t count) {
 }
 #endif
 
+// ---- our own pages by frame number ----
+#if defined(STUBDM_PLATFORM_MINIOS)
+static void *glue_own_pages(uint32_t count, uint64_t *frames) {
+    int order = 0;
+    while ((1u << order) < count) {
+        order++;
+    }
+    void *p = (void *)alloc_pages(order);
+    if (p == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    memset(p, 0, XENGLUE_PAGE_SIZE << order);
+    for (uint32_t i = 0; i < count; i++) {
+        frames[i] = virt_to_mfn((char *)p + (size_t)i * XENGLUE_PAGE_SIZE);
+    }
+    return p;
+}
+
+static int glue_free_own_pages(void *addr, uint32_t count, const uint64_t *frames) {
+    (void)frames;
+    int order = 0;
+    while ((1u << order) < count) {
+        order++;
+    }
+    free_pages(addr, order);
+    return 0;
+}
+#elif defined(STUBDM_GLUE_SIM)
+#include "hostsim_internal.h"
+static void *glue_own_pages(uint32_t count, uint64_t *frames) {
+    return hostsim_own_pages(count, frames);
+}
+
+static int glue_free_own_pages(void *addr, uint32_t count, const uint64_t *frames) {
+    return hostsim_free_own_pages(addr, count, frames);
+}
+#else
+// dom0: a process has no frame numbers of its own to give a backend.
+static void *glue_own_pages(uint32_t count, uint64_t *frames) {
+    (void)count;
+    (void)frames;
+    errno = ENOSYS;
+    return NULL;
+}
+
+static int glue_free_own_pages(void *addr, uint32_t count, const uint64_t *frames) {
+    (void)addr;
+    (void)count;
+    (void)frames;
+    errno = ENOSYS;
+    return -1;
+}
+#endif
+
+static mp_obj_t xen_own_pages(mp_obj_t self_in, mp_obj_t count_in) {
+    (void)self_in;
+    mp_int_t count = get_int(count_in);
+    if (count <= 0 || count > 65536) {
+        mp_raise_OSError(MP_EINVAL);
+    }
+    uint64_t *frames = malloc(sizeof(uint64_t) * (size_t)count);
+    if (frames == NULL) {
+        mp_raise_OSError(MP_ENOMEM);
+    }
+    errno = 0;
+    void *p = glue_own_pages((uint32_t)count, frames);
+    if (p == NULL) {
+        int e = errno;
+        free(frames);
+        mp_raise_OSError(e ? e : MP_EIO);
+    }
+    mp_obj_t t = mp_obj_new_tuple((size_t)count, NULL);
+    mp_obj_tuple_t *tt = MP_OBJ_TO_PTR(t);
+    for (mp_int_t i = 0; i < count; i++) {
+        tt->items[i] = mp_obj_new_int_from_ull(frames[i]);
+    }
+    free(frames);
+    mp_obj_t out[3] = {
+        mp_obj_new_int_from_ull((uintptr_t)p),
+        t,
+        mp_obj_new_memoryview(RW_BYTES, (size_t)count * XENGLUE_PAGE_SIZE, p),
+    };
+    return mp_obj_new_tuple(3, out);
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(xen_own_pages_obj, xen_own_pages);
+
+static mp_obj_t xen_free_own_pages(mp_obj_t self_in, mp_obj_t addr, mp_obj_t frames_in) {
+    (void)self_in;
+    size_t n;
+    mp_obj_t *items;
+    mp_obj_get_array(frames_in, &n, &items);
+    if (n == 0 || n > 65536) {
+        mp_raise_OSError(MP_EINVAL);
+    }
+    uint64_t *frames = malloc(sizeof(uint64_t) * n);
+    if (frames == NULL) {
+        mp_raise_OSError(MP_ENOMEM);
+    }
+    for (size_t i = 0; i < n; i++) {
+        frames[i] = get_u64(items[i]);
+    }
+    errno = 0;
+    int r = glue_free_own_pages((void *)(uintptr_t)get_u64(addr), (uint32_t)n, frames);
+    free(frames);
+    return check(r);
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(xen_free_own_pages_obj, xen_free_own_pages);
+
 static mp_obj_t xen_share_pages(size_t n_args, const mp_obj_t *args) {
     xenglue_xen_t *self = XEN(args[0]);
     mp_int_t count = get_int(args[2]);
@@ -535,6 +650,8 @@ static const mp_rom_map_elem_t xen_locals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_unbind), MP_ROM_PTR(&xen_unbind_obj) },
     { MP_ROM_QSTR(MP_QSTR_share_pages), MP_ROM_PTR(&xen_share_pages_obj) },
     { MP_ROM_QSTR(MP_QSTR_unshare), MP_ROM_PTR(&xen_unshare_obj) },
+    { MP_ROM_QSTR(MP_QSTR_own_pages), MP_ROM_PTR(&xen_own_pages_obj) },
+    { MP_ROM_QSTR(MP_QSTR_free_own_pages), MP_ROM_PTR(&xen_free_own_pages_obj) },
     { MP_ROM_QSTR(MP_QSTR_create_ioreq_server), MP_ROM_PTR(&xen_create_ioreq_server_obj) },
     { MP_ROM_QSTR(MP_QSTR_get_ioreq_server_info), MP_ROM_PTR(&xen_get_ioreq_server_info_obj) },
     { MP_ROM_QSTR(MP_QSTR_map_io_range), MP_ROM_PTR(&xen_map_io_range_obj) },
