@@ -33,6 +33,16 @@ class FakeShared:
         self.mem = None
 
 
+class FakeOwn:
+    def __init__(self, count):
+        self.buf = bytearray(count * PAGE)
+        self.mem = memoryview(self.buf)
+        self.frames = tuple(range(5000, 5000 + count))
+
+    def free(self):
+        self.mem = None
+
+
 class FakeHyp:
     def __init__(self):
         self.notifies = 0
@@ -40,6 +50,9 @@ class FakeHyp:
 
     def share_pages(self, domid, count, writable=True):
         return FakeShared(count)
+
+    def own_pages(self, count):
+        return FakeOwn(count)
 
     def bind_unbound_port(self, domid):
         self.next_port += 1

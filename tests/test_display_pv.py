@@ -727,7 +727,8 @@ def test_unix_socket_server(tmp_path):
 # ---- host_sim's vfb backend against a hostile frontend (the test plays it) -----------
 def _hostile_vfb(s, geometry, pd_ref=None, npages=4):
     """A frontend's xenfb_page with the given (width, height, line_length, mem_length,
-    depth), its directory and frame pages granted; returns (backend, page memoryview)."""
+    depth), its directory and frame pages in its own memory, named by frame number
+    (fbif.h); returns (backend, page memoryview)."""
     import mmap
 
     from host_sim.backends.vfb import VfbBack
@@ -739,18 +740,17 @@ def _hostile_vfb(s, geometry, pd_ref=None, npages=4):
     be = s.add_pv_device("test-vfb", 0, HostileTarget)
     fe = "/local/domain/2/device/test-vfb/0"
     g = s.hv.grants
-    (pref, ppage), = g.share(2, 0, 1, True)
-    (dref, dpage), = g.share(2, 0, 1, True)
-    fb = g.share(2, 0, npages, True)
+    ppage, dpage = g.own_alloc(2, 2)
+    fb = g.own_alloc(2, npages)
     fd = g.memory_of(2).fd
     page = mmap.mmap(fd, 4096, offset=ppage * 4096)
     dirm = mmap.mmap(fd, 4096, offset=dpage * 4096)
     struct.pack_into(A.XENFB_PAGE_HEAD_FMT, page, 0, 0, 0, 0, 0, *geometry)
-    struct.pack_into("<Q", page, A.XENFB_PAGE_OFF_PD, dref if pd_ref is None else pd_ref)
-    for i, (r, _p) in enumerate(fb):
-        struct.pack_into("<Q", dirm, 8 * i, r)
+    struct.pack_into("<Q", page, A.XENFB_PAGE_OFF_PD, dpage if pd_ref is None else pd_ref)
+    for i, f in enumerate(fb):
+        struct.pack_into("<Q", dirm, 8 * i, f)
     port = s.hv.evtchn.alloc_unbound(2, 0)
-    for k, v in (("page-gref", pref), ("event-channel", port), ("feature-update", 1),
+    for k, v in (("page-ref", ppage), ("event-channel", port), ("feature-update", 1),
                  ("state", 3)):
         s.xs.write(fe + "/" + k, str(v))
     s.hv.pump_until(lambda: be.state in (4, 5), "the backend's answer")
@@ -762,15 +762,16 @@ def _hostile_vfb(s, geometry, pd_ref=None, npages=4):
     ((64, 64, 0, 16384, 32), None, "stride 0"),
     ((64, 64, 65536, 16384, 32), None, "stride past the memory"),
     ((64, 64, 256, 1 << 30, 32), None, "mem_length past the directory"),
-    ((64, 64, 256, 16384, 32), 99999, "a directory page never granted"),
-    ((64, 64, 256, 16384, 32), 1 << 40, "a directory entry that is no reference"),
+    ((64, 64, 256, 16384, 32), 4096, "a directory frame just past the domain's memory"),
+    ((64, 64, 256, 16384, 32), 1 << 40, "a directory frame far outside it"),
 ])
 def test_vfb_backend_refuses_a_hostile_frontend(geometry, pd_ref, why):
     with Session(xenstore=True) as s:
+        assert s.hv.grants.memory_of(2).npages == 4096  # what makes frame 4096 outside
         be, _page = _hostile_vfb(s, geometry, pd_ref)
         assert be.state == 5, why  # Closing: not connected
         assert be.fb is None and be.page_map is None and be.port is None
-        assert all(gr.maps == 0 for (d, _r), gr in s.hv.grants.grants.items() if d == 2)
+        assert not s.hv.grants.memory_of(2).held  # nothing of domain 2 left mapped
 
 
 def test_vfb_backend_clips_and_drops_bad_events():

@@ -9,10 +9,12 @@ stride and memory hold), maps the page directory and through it the frame
 pages read-only, and tells the frontend its refresh period (30 ms while a
 viewer is connected, XENFB_NO_REFRESH when the last one leaves).
 
-One difference from QEMU, matching stubdm's fbfront: the shared page and the
-page directory name grants ("page-gref", grant references in pd[]), not
-frame numbers; the mappings are grant mappings. Depth 32 only (the surface
-format stubdm draws): any other depth is refused.
+As fbif.h and QEMU have it, "page-ref" and pd[] (and the directory's entries)
+are frame numbers of the frontend's own memory, mapped with dom0's
+foreign-mapping privilege (host_sim's map_foreign, xenforeignmemory_map), not
+grants: a frame outside the frontend domain's memory is refused, so the
+connection fails. Depth 32 only (the surface format stubdm draws): any other
+depth is refused.
 
 The frontend is hostile: its geometry, its directory and its out events are
 range-checked; a bad update is clipped or dropped (logged), a bad resize is
@@ -20,7 +22,7 @@ ignored, an index past the ring's size drops that batch.
 """
 import struct
 
-from host_sim.backends.base import BACKEND_DOMID, MAX_PORT, MAX_REF, Backend, BackendError
+from host_sim.backends.base import BACKEND_DOMID, MAX_PORT, Backend, BackendError
 from host_sim.evtchn import EvtchnError
 from host_sim.grants import GrantError
 from stubdm import pv_abi as A
@@ -30,8 +32,7 @@ REFRESH_MS = 30  # QEMU's GUI_REFRESH_INTERVAL_DEFAULT
 MAX_FB_PAGES = A.XENFB_PD_USABLE * A.XENFB_FRAMES_PER_PD_PAGE
 UP_QUEUE = 8  # rectangles kept per refresh before it becomes the whole frame
 _M = 0xFFFFFFFF
-MAP_CHUNK = 64  # grants host_sim maps side by side at once
-CHUNK_BYTES = MAP_CHUNK * PAGE
+MAX_FRAME = (1 << 64) - 1  # xen_pfn_t
 
 
 class VfbBack(Backend):
@@ -59,14 +60,12 @@ class VfbBack(Backend):
     # ---- connection: not a ring.h ring ----
     def _connect(self):
         fe = self.frontend
-        ref = self._read_int(fe + "/page-gref", 0, MAX_REF)
+        v = self._read(fe + "/page-ref")
+        frame = int(v) if v is not None and v.isdigit() and len(v) <= 20 else None
         port = self._read_int(fe + "/event-channel", 1, MAX_PORT)
-        if ref is None or port is None:
-            raise BackendError("%s: frontend wrote no valid page-gref/event-channel" % self.name)
-        try:
-            self.page_map = self.hv.grants.map(BACKEND_DOMID, self.frontend_domid, ref)
-        except GrantError as e:
-            raise BackendError("%s: mapping the shared page: %s" % (self.name, e))
+        if frame is None or frame > MAX_FRAME or port is None:
+            raise BackendError("%s: frontend wrote no valid page-ref/event-channel" % self.name)
+        self.page_map = self._map_frames([frame], True, "the shared page")
         self.ring_map = self.page_map  # the base unmaps it at disconnection
         page = self.page_map.mem
         _ic, _ip, _oc, _op, w, h, stride, mem_len, depth = struct.unpack_from(
@@ -93,50 +92,28 @@ class VfbBack(Backend):
             self.send_refresh_period(REFRESH_MS)
         self._tell("connect")
 
-    def _map_fb(self, page, npages):
-        ndirs = (npages * A.XENFB_PD_ENTRY_SIZE + PAGE - 1) // PAGE
-        refs = []
-        for i in range(ndirs):
-            r = struct.unpack_from("<Q", page, A.XENFB_PAGE_OFF_PD + 8 * i)[0]
-            if r > MAX_REF:
-                raise BackendError("%s: pd[%d] = %#x is no grant reference" % (self.name, i, r))
-            try:
-                d = self.hv.grants.map(BACKEND_DOMID, self.frontend_domid, r, False)
-            except GrantError as e:
-                raise BackendError("%s: mapping directory page %d: %s" % (self.name, i, e))
-            try:
-                n = min(A.XENFB_FRAMES_PER_PD_PAGE, npages - len(refs))
-                refs += list(struct.unpack_from("<%dQ" % n, d.mem, 0))
-            finally:
-                d.unmap()
-        for i in range(npages):
-            if refs[i] > MAX_REF:
-                raise BackendError("%s: directory entry %d = %#x is no grant reference"
-                                   % (self.name, i, refs[i]))
-        # host_sim maps at most MAP_CHUNK grants side by side: the frame is in chunks.
-        self.fb_map = []
+    def _map_frames(self, frames, writable, what):
         try:
-            for i in range(0, npages, MAP_CHUNK):
-                self.fb_map.append(self.hv.grants.map_many(
-                    BACKEND_DOMID, self.frontend_domid, refs[i:i + MAP_CHUNK], False))
+            return self.hv.grants.map_foreign(BACKEND_DOMID, self.frontend_domid, frames,
+                                              writable)
         except GrantError as e:
-            raise BackendError("%s: mapping the framebuffer: %s" % (self.name, e))
-        self.fb = [m.mem for m in self.fb_map]
+            raise BackendError("%s: mapping %s: %s" % (self.name, what, e))
+
+    def _map_fb(self, page, npages):
+        # As QEMU's xenfb_map_fb: the directory pages, then the frames they list.
+        ndirs = (npages * A.XENFB_PD_ENTRY_SIZE + PAGE - 1) // PAGE
+        pd = list(struct.unpack_from("<%dQ" % ndirs, page, A.XENFB_PAGE_OFF_PD))
+        d = self._map_frames(pd, False, "the page directory")
+        try:
+            frames = list(struct.unpack_from("<%dQ" % npages, d.mem, 0))
+        finally:
+            d.unmap()
+        self.fb_map = self._map_frames(frames, False, "the framebuffer")
+        self.fb = self.fb_map.mem
 
     def _fbread(self, off, n):
-        """n bytes of the frame memory at off (the chunks are not contiguous)."""
-        fb = self.fb
-        c, o = off // CHUNK_BYTES, off % CHUNK_BYTES
-        if o + n <= CHUNK_BYTES:
-            return bytes(fb[c][o:o + n])  # a copy: the frontend draws on under a view
-        out = bytearray()
-        while n > 0 and c < len(fb):
-            k = min(n, CHUNK_BYTES - o)
-            out += fb[c][o:o + k]
-            n -= k
-            c += 1
-            o = 0
-        return out
+        """n bytes of the frame memory at off (a copy: the frontend draws on)."""
+        return bytes(self.fb[off:off + n])
 
     def _configure(self, width, height, depth, offset, stride):
         """QEMU's xenfb_configure_fb checks; True if the geometry is taken."""
@@ -164,8 +141,8 @@ class VfbBack(Backend):
     def _disconnect(self):
         was = self.fb is not None
         self.fb = None
-        for m in self.fb_map or ():
-            m.unmap()
+        if self.fb_map is not None:
+            self.fb_map.unmap()
         self.fb_map = None
         self.page_map = None
         super()._disconnect()

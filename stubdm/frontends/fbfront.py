@@ -2,18 +2,18 @@
 # as the Surface the display adapter draws into (stubdm/display.py). dom0's
 # backend shows the frame (to VNC clients) straight from the pages we share.
 #
-# The frame lives in FB_BYTES of the stub domain's own memory, shared with the
-# backend once when the device is found and kept for the frontend's life, so
-# the adapter draws into the same buffer whether or not a backend is
-# connected (a reconnecting backend maps the same pages again). One page holds
-# struct xenfb_page: the in/out event rings, the geometry, and pd[]: the
-# references of the page-directory pages, each listing 512 frame pages.
+# The frame lives in FB_BYTES of the stub domain's own memory, taken once when
+# the device is found and kept for the frontend's life, so the adapter draws
+# into the same buffer whether or not a backend is connected (a reconnecting
+# backend maps the same pages again). One page holds struct xenfb_page: the
+# in/out event rings, the geometry, and pd[]: the frame numbers of the
+# page-directory pages, each listing the frame numbers of 512 frame pages.
 #
-# Frame numbers versus grants: fbif.h's backend (QEMU's xenfb) reads
-# "page-ref" and pd[] as frame numbers it maps with foreign-mapping privilege.
-# The device model's glue offers its own pages only as grants, so fbfront
-# publishes "page-gref" (kbdif.h's name for the same page as a grant) and
-# grant references in pd[]; host_sim's vfb backend maps those.
+# Frame numbers, not grants (fbif.h, as MiniOS's fbfront does): "page-ref" is
+# the frame number of the xenfb_page, pd[] and the directory hold frame
+# numbers; dom0's backend (QEMU's xenfb) maps them with its foreign-mapping
+# privilege. So the pages are our own (hyp.own_pages), granted to nobody.
+# ("page-gref" is kbdif.h's key, for the keyboard's grant: kbdfront.)
 #
 # Out events (sent only as the backend asks, fbif.h): XENFB_TYPE_UPDATE when
 # the backend wrote request-update (we offer feature-update), the rectangles
@@ -58,9 +58,9 @@ class FbFront(Frontend):
         self.height = 0
         self.stride = 0
         self.buf = None
-        self.fb = None  # SharedPages: the frame
-        self.dir = None  # SharedPages: the page directory
-        self.shared = None  # SharedPages: struct xenfb_page
+        self.fb = None  # OwnPages: the frame
+        self.dir = None  # OwnPages: the page directory
+        self.shared = None  # OwnPages: struct xenfb_page
         self.port = None
         self.feature_resize = False
         self.update_wanted = False
@@ -74,33 +74,34 @@ class FbFront(Frontend):
         self.stats = {"updates": 0, "resizes": 0, "merged": 0, "held": 0, "in_events": 0,
                       "bad_in": 0}
 
-    # ---- memory: shared once, for the frontend's life ----
+    # ---- memory: taken once, for the frontend's life ----
     def start(self):
         if not super().start():
             return False
         hyp = self.hyp
         try:
-            self.fb = hyp.share_pages(self.backend_id, FB_PAGES, False)
-            self.dir = hyp.share_pages(self.backend_id, PD_PAGES, False)
-            self.shared = hyp.share_pages(self.backend_id, 1)
-        except Exception as e:  # HypervisorError: out of grants or memory
-            self._fail("sharing the framebuffer: %s" % e)
-            self._unshare()
+            self.fb = hyp.own_pages(FB_PAGES)
+            self.dir = hyp.own_pages(PD_PAGES)
+            self.shared = hyp.own_pages(1)
+        except Exception as e:  # HypervisorError: out of memory, or dom0 (none of its own)
+            self._fail("the framebuffer's memory: %s" % e)
+            self._free_memory()
             return False
         self.buf = self.fb.mem
-        refs = self.fb.refs
+        frames = self.fb.frames
         dmem = self.dir.mem
+        dmem[0:len(dmem)] = bytes(len(dmem))
         for i in range(FB_PAGES):
-            struct.pack_into("<Q", dmem, i * A.XENFB_PD_ENTRY_SIZE, refs[i])
+            struct.pack_into("<Q", dmem, i * A.XENFB_PD_ENTRY_SIZE, frames[i])
         if self.width == 0:
             self._geometry(DEFAULT_WIDTH, DEFAULT_HEIGHT)
         return True
 
-    def _unshare(self):
+    def _free_memory(self):
         for sh in (self.fb, self.dir, self.shared):
             if sh is not None:
                 try:
-                    sh.unshare()
+                    sh.free()
                 except Exception:
                     pass
         self.fb = self.dir = self.shared = None
@@ -108,7 +109,7 @@ class FbFront(Frontend):
 
     def stop(self):
         super().stop()
-        self._unshare()
+        self._free_memory()
 
     # ---- the handshake ----
     def setup(self):
@@ -123,10 +124,10 @@ class FbFront(Frontend):
         w, h, s = self.width, self.height, self.stride
         self.pub_width, self.pub_height, self.pub_stride = w, h, s
         struct.pack_into(A.XENFB_PAGE_HEAD_FMT, page, 0, 0, 0, 0, 0, w, h, s, FB_BYTES, DEPTH)
-        drefs = self.dir.refs
+        dframes = self.dir.frames
         for i in range(PD_PAGES):
             struct.pack_into("<Q", page, A.XENFB_PAGE_OFF_PD + i * A.XENFB_PD_ENTRY_SIZE,
-                             drefs[i])
+                             dframes[i])
         self.rects = []
         self.resize_pending = False
         self.full_pending = True  # the backend sees the whole frame once connected
@@ -136,7 +137,7 @@ class FbFront(Frontend):
 
     def publish(self, tx):
         xs, p = self.xs, self.path
-        xs.write(p + "/page-gref", self.shared.refs[0], tx)
+        xs.write(p + "/page-ref", self.shared.frames[0], tx)
         xs.write(p + "/event-channel", self.port, tx)
         xs.write(p + "/protocol", "x86_64-abi", tx)
         xs.write(p + "/feature-update", 1, tx)
