@@ -154,7 +154,8 @@ class Hypervisor:
     def own_pages(self, count):
         """count fresh pages of our own memory and their frame numbers: an OwnPages.
         A stub domain only (MiniOS, host_sim): in dom0 it is ENOSYS."""
-        addr, frames, mem = self._call("own_pages", self.xen.own_pages, count)
+        addr, frames, mem = self._call("own_pages (frame numbers of our own memory: a stub "
+                                       "domain's, none in dom0)", self.xen.own_pages, count)
         return OwnPages(self, addr, frames, mem)
 
     # barrier() and bufioreq_consume(page, n) (advance the buffered page's
