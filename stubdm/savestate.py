@@ -314,7 +314,8 @@ def busy_devices(machine):
     their PV network's TX ring: drain them (serve the events) first."""
     out = []
     for nic in getattr(machine, "nics", ()):
-        if getattr(nic.net, "tx_busy", None):
+        in_flight = getattr(nic.net, "tx_in_flight", None)  # netfront's; MemoryNet has none
+        if in_flight is not None and in_flight():
             out.append(nic.name)
     ide = machine.ide
     if ide is not None:

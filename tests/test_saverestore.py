@@ -631,3 +631,25 @@ def test_restore_as_libxl_restores_a_stub_domain(tmp_path, runtime):
     with pytest.raises(DeviceModelGone, match="give -restore-stream"):
         Session(dm_argv=["-xen-domid", "1", "-m", "64", "-incoming",
                          "$STUBDOM_RESTORE_INCOMING_ARG"], runtime=runtime)
+
+
+def test_a_save_waits_for_frames_on_a_netfronts_tx_ring():
+    class Net:
+        def __init__(self, n):
+            self.n = n
+
+        def tx_in_flight(self):
+            return self.n
+
+    class Nic:
+        def __init__(self, name, n):
+            self.name, self.net = name, Net(n)
+
+    class M:
+        ide = ahci = None
+        nics = [Nic("e1000", 2), Nic("rtl8139", 0)]
+
+    assert savestate.busy_devices(M()) == ["e1000"]
+    with pytest.raises(savestate.StateError) as e:
+        savestate.save_machine(M())
+    assert "e1000" in str(e.value)

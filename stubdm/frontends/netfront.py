@@ -139,6 +139,10 @@ class NetFront(Frontend):
         self._set_link(False)
 
     # ---- the network a NIC sees ----
+    def tx_in_flight(self):
+        """Slots on the TX ring the backend has not answered (a save waits for 0)."""
+        return len(self.tx_busy)
+
     def set_receiver(self, fn):
         self.receiver = fn
 
