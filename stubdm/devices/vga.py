@@ -155,6 +155,15 @@ if _STEP:
     _T15_R = bytes(((((v >> 2) & 0x1F) << 3) | (((v >> 2) & 0x1F) >> 2)) for v in range(256))
 
 
+def _row_dirty(dirty, a, line, first):
+    """Whether the scan line at VRAM offset a (line bytes) touches a page marked in
+    dirty (one flag per page, from page `first`)."""
+    for p in range(a // PAGE - first, (a + line - 1) // PAGE - first + 1):
+        if dirty[p]:
+            return True
+    return False
+
+
 def _or_bytes(x, y):
     n = len(x)
     return (int.from_bytes(x, "little") | int.from_bytes(y, "little")).to_bytes(n, "little")
@@ -1315,31 +1324,13 @@ class Vga(PciFunction):
         if bpp == 8:
             pal = [self._colour(i) for i in range(256)]
         while y < h:
-            if not full:
-                a = start + y * line
-                p0 = a // PAGE - first
-                p1 = (a + line - 1) // PAGE - first
-                hit = False
-                for p in range(p0, p1 + 1):
-                    if dirty[p]:
-                        hit = True
-                        break
-                if not hit:
-                    y += 1
-                    continue
+            if not full and not _row_dirty(dirty, start + y * line, line, first):
+                y += 1
+                continue
+            # A run of changed rows: one draw and one update for all of them.
             y0 = y
-            while y < h:
-                if not full:
-                    a = start + y * line
-                    p0 = a // PAGE - first
-                    p1 = (a + line - 1) // PAGE - first
-                    hit = False
-                    for p in range(p0, p1 + 1):
-                        if dirty[p]:
-                            hit = True
-                            break
-                    if not hit:
-                        break
+            y += 1
+            while y < h and (full or _row_dirty(dirty, start + y * line, line, first)):
                 y += 1
             self._draw_rows(view, buf, stride, start, line, w, y0, y, bpp, pal)
             s.update(0, y0, w, y - y0)
