@@ -31,6 +31,7 @@ import struct
 
 from stubdm import log, pv_abi as A
 from stubdm.display import BYTES_PER_PIXEL
+from stubdm.frontends.ring import take_in_events
 from stubdm.frontends.xenbus import Frontend
 
 PAGE = 4096
@@ -271,29 +272,21 @@ class FbFront(Frontend):
     def on_event(self, port):
         if self.shared is None:
             return
-        page = self.shared.mem
-        cons, prod = struct.unpack_from("<II", page, A.XENFB_PAGE_OFF_IN_CONS)
-        n = (prod - cons) & _M
-        if n > A.XENFB_IN_RING_LEN:
-            log.guest_error("fbfront", "%s: backend's in_prod %d is %d events past in_cons"
-                            % (self.name, prod, n))
+        events = take_in_events(self.shared.mem, A.XENFB_PAGE_OFF_IN_CONS,
+                                A.XENFB_IN_RING_OFFS, A.XENFB_IN_RING_LEN,
+                                A.XENFB_IN_EVENT_SIZE, self.hyp.barrier, "fbfront", self.name)
+        if events is None:
             self.stats["bad_in"] += 1
-            struct.pack_into("<I", page, A.XENFB_PAGE_OFF_IN_CONS, prod)
             return
-        self.hyp.barrier()  # the events only after their in_prod
-        for i in range(n):
-            off = A.event_offset(A.XENFB_IN_RING_OFFS, A.XENFB_IN_RING_LEN,
-                                 A.XENFB_IN_EVENT_SIZE, cons + i)
-            ev = bytes(page[off:off + A.XENFB_REFRESH_PERIOD_SIZE])
+        for ev in events:
             self.stats["in_events"] += 1
             if ev[0] == A.XENFB_TYPE_REFRESH_PERIOD:
-                period = struct.unpack(A.XENFB_REFRESH_PERIOD_FMT, ev)[1]
+                period = struct.unpack(A.XENFB_REFRESH_PERIOD_FMT,
+                                       ev[0:A.XENFB_REFRESH_PERIOD_SIZE])[1]
                 if period != A.XENFB_NO_REFRESH and self.refresh_period == A.XENFB_NO_REFRESH:
                     self.full_pending = True
                 self.refresh_period = period
             # Unknown in events are ignored (fbif.h).
-        self.hyp.barrier()
-        struct.pack_into("<I", page, A.XENFB_PAGE_OFF_IN_CONS, prod)
         # The backend also signals when it consumed out events: room for held rects.
         self.flush()
 

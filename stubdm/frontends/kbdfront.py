@@ -20,10 +20,10 @@
 import struct
 
 from stubdm import log, pv_abi as A
+from stubdm.frontends.ring import take_in_events
 from stubdm.frontends.xenbus import Frontend
 
 PAGE = 4096
-_M = 0xFFFFFFFF
 BTN_LEFT = 0x110
 BTN_RIGHT = 0x111
 BTN_MIDDLE = 0x112
@@ -182,22 +182,14 @@ class KbdFront(Frontend):
         sh = self.shared
         if sh is None:
             return
-        page = sh.mem
-        cons, prod = struct.unpack_from("<II", page, A.XENKBD_PAGE_OFF_IN_CONS)
-        n = (prod - cons) & _M
-        if n > A.XENKBD_IN_RING_LEN:
-            log.guest_error("kbdfront", "%s: backend's in_prod %d is %d events past in_cons"
-                            % (self.name, prod, n))
+        events = take_in_events(sh.mem, A.XENKBD_PAGE_OFF_IN_CONS, A.XENKBD_IN_RING_OFFS,
+                                A.XENKBD_IN_RING_LEN, A.XENKBD_IN_EVENT_SIZE,
+                                self.hyp.barrier, "kbdfront", self.name)
+        if events is None:
             self.stats["bad"] += 1
-            struct.pack_into("<I", page, A.XENKBD_PAGE_OFF_IN_CONS, prod)
             return
-        self.hyp.barrier()  # the events only after their in_prod
-        for i in range(n):
-            off = A.event_offset(A.XENKBD_IN_RING_OFFS, A.XENKBD_IN_RING_LEN,
-                                 A.XENKBD_IN_EVENT_SIZE, cons + i)
-            self.event(bytes(page[off:off + 16]))
-        self.hyp.barrier()  # done with the slots before giving them back
-        struct.pack_into("<I", page, A.XENKBD_PAGE_OFF_IN_CONS, prod)
+        for ev in events:
+            self.event(ev[0:16])
 
     def event(self, ev):
         """One in event (its first 16 bytes)."""

@@ -205,3 +205,25 @@ class FrontRing:
     def _break(self, why):
         self.broken = why
         log.guest_error(self.name, "backend broke the ring: " + why)
+
+
+def take_in_events(page, cons_off, ring_offs, ring_len, event_size, barrier, who, name):
+    """The events a backend has put on a fbif.h/kbdif.h in ring (in_cons at cons_off,
+    in_prod after it), copied out and given back: a list of event_size-byte records,
+    or None when in_prod is more than a ring ahead (logged; what it published is
+    skipped, as nothing of it can be trusted)."""
+    cons, prod = struct.unpack_from("<II", page, cons_off)
+    n = (prod - cons) & _M
+    if n > ring_len:
+        log.guest_error(who, "%s: backend's in_prod %d is %d events past in_cons"
+                        % (name, prod, n))
+        struct.pack_into("<I", page, cons_off, prod)
+        return None
+    barrier()  # the events only after their in_prod
+    events = []
+    for i in range(n):
+        off = pv_abi.event_offset(ring_offs, ring_len, event_size, cons + i)
+        events.append(bytes(page[off:off + event_size]))
+    barrier()  # copied before the slots are given back
+    struct.pack_into("<I", page, cons_off, prod)
+    return events
