@@ -77,18 +77,19 @@ class BenchError(Exception):
 
 # ---------------------------------------------------------------- the guest tool
 
-def build_tool(outdir):
-    """Compile pio_bench.c statically into outdir; its path. BenchError if gcc can't."""
+def build_tool(outdir, src=TOOL_SRC):
+    """Compile a guest tool (build/guest_tools/*.c; pio_bench.c by default) statically
+    into outdir; its path. BenchError if gcc can't."""
     gcc = shutil.which("gcc")
     if gcc is None:
         raise BenchError("no gcc on this host (apt-get install gcc libc6-dev)")
-    out = os.path.join(outdir, "pio_bench")
-    r = subprocess.run([gcc, "-static", "-O2", "-s", "-o", out, TOOL_SRC],
+    out = os.path.join(outdir, os.path.splitext(os.path.basename(src))[0])
+    r = subprocess.run([gcc, "-static", "-O2", "-s", "-o", out, src],
                        capture_output=True, text=True)
     if r.returncode != 0 or not os.path.exists(out):
         err = (r.stderr or r.stdout).strip().splitlines()
         raise BenchError("gcc -static could not build %s: %s"
-                         % (os.path.relpath(TOOL_SRC, ROOT), err[-1] if err else "failed"))
+                         % (os.path.relpath(src, ROOT), err[-1] if err else "failed"))
     return out
 
 

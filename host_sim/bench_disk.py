@@ -19,7 +19,6 @@ NCQ serves in parallel). Ratios are stubdm's over QEMU's.
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,17 +36,7 @@ TIMEOUT = 600.0
 
 
 def build_tool(outdir):
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        raise BenchError("no gcc on this host (apt-get install gcc libc6-dev)")
-    out = os.path.join(outdir, "disk_bench")
-    r = subprocess.run([gcc, "-static", "-O2", "-s", "-o", out, TOOL_SRC],
-                       capture_output=True, text=True)
-    if r.returncode != 0 or not os.path.exists(out):
-        err = (r.stderr or r.stdout).strip().splitlines()
-        raise BenchError("gcc -static could not build disk_bench.c: %s"
-                         % (err[-1] if err else "failed"))
-    return out
+    return bench.build_tool(outdir, TOOL_SRC)
 
 
 def parse(text):
