@@ -74,6 +74,8 @@ xc_interface *xc_interface_open(struct xentoollog_logger *logger,
 int xc_domain_populate_physmap_exact(xc_interface *xch, uint32_t domid,
     unsigned long nr_extents, unsigned int extent_order, unsigned int mem_flags,
     xen_pfn_t *extent_start);
+int xc_hvm_param_set(xc_interface *handle, uint32_t dom, uint32_t param, uint64_t value);
+int xc_hvm_param_get(xc_interface *handle, uint32_t dom, uint32_t param, uint64_t *value);
 
 xenforeignmemory_handle *xenforeignmemory_open(struct xentoollog_logger *logger,
                                                unsigned int open_flags);

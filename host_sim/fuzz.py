@@ -139,6 +139,12 @@ class FakePlatform:
         self.shutdown_calls += 1
         self.shutdowns.append(reason)
 
+    def set_acpi_s_state(self, state):
+        # Xen's HVM_PARAM_ACPI_S_STATE takes 3 (suspend) and 0 (wake) only.
+        self.calls += 1
+        if state not in (0, 3):
+            self._refuse("set_acpi_s_state(%r)" % state, errno.EINVAL)
+
     def __getattr__(self, name):
         # A platform call added after this fuzzer was written: counted, accepted.
         if name.startswith("_"):

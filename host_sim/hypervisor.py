@@ -39,6 +39,10 @@ _PHYSMAP_OPS = frozenset([proto.POPULATE_PHYSMAP, proto.RELOCATE_MEMORY, proto.T
 VGA_HOLE = (0xA0000, 0xC0000)
 # HVM params (xen/include/public/hvm/params.h): HVM_NR_PARAMS in Xen 4.17-4.21.
 HVM_NR_PARAMS = 39
+HVM_PARAM_ACPI_S_STATE = 14
+HVM_PARAM_ALTP2M = 35  # read-only to a set_param
+# Deprecated: a set_param of these is EINVAL (hvm_allow_set_param).
+_PARAMS_DEPRECATED = frozenset([4, 13, 20, 21, 22, 23, 24, 25, 26, 30])
 # LIBXL_MAXMEM_CONSTANT: the slack libxl adds to a domain's maximum memory
 # over its RAM and video RAM (option ROMs come out of it).
 MAXMEM_SLACK = 1 << 20
@@ -67,6 +71,10 @@ class DeviceModelGone(SimError):
 
 class DeviceModelHung(SimError):
     pass
+
+
+class DomainSuspended(SimError):
+    """A vCPU access while the domain is in S3: on Xen its vCPUs are paused."""
 
 
 class IoreqServer:
@@ -871,6 +879,8 @@ class SimHypervisor:
         self.cacheattrs = []
         self.hvm_params = {}
         self.param_log = []
+        self.s3_suspended = False  # d->arch.hvm.is_s3_suspended
+        self.s3_resets = 0  # times hvm_s3_suspend reset the vCPUs
         self.dirty_range = None  # (first_pfn, nr) tracked, and the dirty gfns
         self.dirty = set()
         self.dirty_hashes = {}  # gfn -> crc32 at the last call
@@ -1033,12 +1043,33 @@ class SimHypervisor:
                 self.dirty.add(g)
 
     def hvm_param(self, index, is_set, value):
-        """HVMOP_get_param / set_param, as a dom0 device model may use them
-        (never set: 0)."""
+        """HVMOP_get_param / set_param as the device model's domain sees them
+        (xen/arch/x86/hvm/hvm.c; never set: 0). ACPI_S_STATE is not stored: 3
+        suspends the domain (hvm_s3_suspend: vCPUs paused and reset), 0 wakes
+        it, anything else is EINVAL; reading it says whether it is suspended."""
         if index >= HVM_NR_PARAMS:
             return -_EINVAL, 0
         self.param_log.append(("set" if is_set else "get", index, value))
+        if index == HVM_PARAM_ACPI_S_STATE:
+            if not is_set:
+                return 0, 3 if self.s3_suspended else 0
+            if value == 3:
+                if not self.s3_suspended:
+                    self.s3_suspended = True
+                    self.s3_resets += 1
+                    self.log("domain suspended (S3): vCPUs paused and reset")
+            elif value == 0:
+                if self.s3_suspended:
+                    self.s3_suspended = False
+                    self.log("domain woken from S3")
+            else:
+                return -_EINVAL, 0
+            return 0, value
         if is_set:
+            if index == HVM_PARAM_ALTP2M:
+                return -_EEXIST, 0
+            if index in _PARAMS_DEPRECATED:
+                return -_EINVAL, 0
             self.hvm_params[index] = value
             return 0, value
         return 0, self.hvm_params.get(index, 0)

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 
-from host_sim.hypervisor import VGA_HOLE, SimError, SimHypervisor  # noqa: F401
+from host_sim.hypervisor import VGA_HOLE, DomainSuspended, SimError, SimHypervisor  # noqa: F401
 from host_sim import proto
 from host_sim.qtest_qemu import die_with_parent
 from stubdm import abi
@@ -173,7 +173,13 @@ class ScriptedGuest:
             return ("none",)
         return ("pio", s)
 
+    def _running(self):
+        if self.hv.s3_suspended:
+            raise DomainSuspended("vcpu %d: the domain is in S3, its vCPUs do not run until "
+                                  "the toolstack wakes it" % self.vcpu)
+
     def _pio(self, port, size, value=None):
+        self._running()
         is_read = value is None
         mask = (1 << (8 * size)) - 1
         if not is_read and port == 0xCF8 and size == 4:
@@ -193,6 +199,7 @@ class ScriptedGuest:
         return data & mask if is_read else None
 
     def _rep(self, port, gpa, size, count, df, is_read):
+        self._running()
         if not is_read and port == 0xCF8 and size == 4 and count:
             # Xen's intercept hands hvm_access_cf8 the first item, which it
             # records before the whole request goes to the ioreq server.
@@ -262,6 +269,7 @@ class ScriptedGuest:
         return self.hv.guest_memory(addr, n) is not None
 
     def _mem_read(self, addr, size):
+        self._running()
         mem = self.hv.guest_memory(addr, size)  # RAM (not the VGA hole), populated pages
         if mem is not None:
             return int.from_bytes(mem, "little")
@@ -274,6 +282,7 @@ class ScriptedGuest:
         return self.hv.send_ioreq(s, self.vcpu, abi.IOREQ_TYPE_COPY, addr, 0, size, is_read=1)
 
     def _mem_write(self, addr, size, value):
+        self._running()
         mem = self.hv.guest_memory(addr, size)
         if mem is not None:
             if not self.hv.write_discarded(addr, size):  # ram_ro drops writes

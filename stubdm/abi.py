@@ -74,6 +74,10 @@ SHUTDOWN_reboot = const(1)
 SHUTDOWN_suspend = const(2)
 SHUTDOWN_crash = const(3)
 
+# The ACPI sleep state HVM param (xen/include/public/hvm/params.h): the device
+# model sets 3 when the guest enters S3 (Xen pauses and resets the vCPUs), 0 to wake it.
+HVM_PARAM_ACPI_S_STATE = const(14)
+
 
 def pack_ioreq(addr, data, count, size, vp_eport, state, data_is_ptr, dir_, df, type_):
     flags = (state & STATE_MASK) | (FLAG_DATA_IS_PTR if data_is_ptr else 0)

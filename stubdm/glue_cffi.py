@@ -121,16 +121,29 @@ class Xen:
         self._pages.append(p)
         return memoryview(ffi.buffer(p, _PAGE_SIZE))
 
+    def _xc(self):
+        # libxenctrl, opened on first use (the VGA's populate, the S3 param)
+        if getattr(self, "xch", None) is None:
+            xch = lib.xc_interface_open(ffi.NULL, ffi.NULL, 0)
+            if xch == ffi.NULL:
+                _raise()
+            self.xch = xch
+        return self.xch
+
+    def set_hvm_param(self, index, value):
+        return _check(lib.xc_hvm_param_set(self._xc(), self.domid, index, value))
+
+    def get_hvm_param(self, index):
+        v = ffi.new("uint64_t *")
+        _check(lib.xc_hvm_param_get(self._xc(), self.domid, index, v))
+        return v[0]
+
     def populate_physmap(self, gfn, count):
         if not 0 < count <= 131072:
             raise OSError(22, os.strerror(22))
-        if getattr(self, "xch", None) is None:
-            self.xch = lib.xc_interface_open(ffi.NULL, ffi.NULL, 0)
-            if self.xch == ffi.NULL:
-                self.xch = None
-                _raise()
+        xch = self._xc()
         pfns = ffi.new("xen_pfn_t[]", [gfn + i for i in range(count)])
-        return _check(lib.xc_domain_populate_physmap_exact(self.xch, self.domid, count, 0, 0,
+        return _check(lib.xc_domain_populate_physmap_exact(xch, self.domid, count, 0, 0,
                                                            pfns))
 
     def relocate_memory(self, count, src_gfn, dst_gfn):

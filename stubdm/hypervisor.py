@@ -100,6 +100,12 @@ class Hypervisor:
     def shutdown(self, reason):
         self._call("shutdown", self.xen.shutdown, reason)
 
+    def set_acpi_s_state(self, state):
+        # qemu-xen's suspend and wake-up notifiers: Xen pauses and resets the
+        # vCPUs at 3, and unpauses them at 0.
+        self._call("set HVM_PARAM_ACPI_S_STATE", self.xen.set_hvm_param,
+                   abi.HVM_PARAM_ACPI_S_STATE, state)
+
     # ---- foreign memory ----
     def map_page(self, gfn):
         """Map one guest frame for the life of the device model (the ioreq pages)."""

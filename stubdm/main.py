@@ -541,6 +541,9 @@ class Platform:
     def shutdown(self, reason):
         self.hyp.shutdown(reason)
 
+    def set_acpi_s_state(self, state):
+        self.hyp.set_acpi_s_state(state)
+
 
 # Watch events served per turn of the loop: a flood can't starve the ioreqs.
 XS_EVENTS_PER_TURN = 64

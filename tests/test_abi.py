@@ -40,6 +40,7 @@ SOURCE = r"""
 #include <xen/hvm/dm_op.h>
 #include <xen/hvm/hvm_op.h>
 #include <xen/sched.h>
+#include <xen/hvm/params.h>
 
 size_t sizeof_ioreq(void) { return sizeof(ioreq_t); }
 size_t sizeof_buf_ioreq(void) { return sizeof(buf_ioreq_t); }
@@ -103,6 +104,7 @@ int constant(int w) {
     case 18: return SHUTDOWN_poweroff;
     case 19: return SHUTDOWN_reboot;
     case 20: return SHUTDOWN_crash;
+    case 21: return HVM_PARAM_ACPI_S_STATE;
     }
     return -1;
 }
@@ -176,6 +178,7 @@ def test_constants(xen):
         abi.SHUTDOWN_poweroff,
         abi.SHUTDOWN_reboot,
         abi.SHUTDOWN_crash,
+        abi.HVM_PARAM_ACPI_S_STATE,
     ]
     assert [xen.lib.constant(i) for i in range(len(ours))] == ours
 

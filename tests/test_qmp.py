@@ -508,3 +508,32 @@ def test_libxl_layout_the_stub_domains_cd_is_the_guests_hdc(isos, tmp_path):
         async def body(qmp):
             assert find_fdset(await qmp.execute("query-fdsets"), DEVID) is not None
         run(s, body)
+
+
+def test_guest_s3_pauses_the_domain_until_system_wakeup(session):
+    # The guest's S3 (\_S3, SLP_TYP 1) makes the device model set Xen's
+    # HVM_PARAM_ACPI_S_STATE to 3, as qemu-xen's suspend notifier does: host_sim
+    # pauses and resets the vCPUs as Xen's hvm_s3_suspend does. libxl's
+    # `xl trigger s3resume` is QMP system_wakeup, which sets it back to 0.
+    from host_sim.scripted import DomainSuspended
+
+    g, hv = session.guest, session.hv
+    assert g.hvmloader_acpi() == (1, 3)
+    resets = hv.s3_resets
+    g.acpi_sleep(1)
+    assert hv.s3_suspended and hv.s3_resets == resets + 1
+    assert hv.hvm_param(abi.HVM_PARAM_ACPI_S_STATE, False, 0) == (0, 3)
+    with pytest.raises(DomainSuspended):
+        g.inb(COM1_SCR)
+
+    async def body(qmp):
+        assert (await qmp.execute("query-status"))["status"] == "suspended"
+        await qmp.execute("system_wakeup")
+        assert (await qmp.execute("query-status"))["status"] == "running"
+    run(session, body)
+    assert not hv.s3_suspended
+    assert hv.hvm_param(abi.HVM_PARAM_ACPI_S_STATE, False, 0) == (0, 0)
+    g.outb(COM1_SCR, 0xA5)
+    assert g.inb(COM1_SCR) == 0xA5
+    # Xen's set_param takes only 3 and 0 for this parameter.
+    assert hv.hvm_param(abi.HVM_PARAM_ACPI_S_STATE, True, 4)[0] == -22

@@ -168,6 +168,17 @@ int xc_get_hvm_param(xc_interface *handle, uint32_t dom, int param, unsigned lon
     return 0;
 }
 
+// The current names (the device model's glue uses these; qemu-xen the old ones).
+int xc_hvm_param_set(xc_interface *handle, uint32_t dom, uint32_t param, uint64_t value) {
+    (void)handle;
+    return hx_hvm_param(dom, (int)param, 1, &value);
+}
+
+int xc_hvm_param_get(xc_interface *handle, uint32_t dom, uint32_t param, uint64_t *value) {
+    (void)handle;
+    return hx_hvm_param(dom, (int)param, 0, value);
+}
+
 int xc_domain_shutdown(xc_interface *xch, uint32_t domid, int reason) {
     (void)xch;
     hx_msg_t m = {.n = 0};

@@ -41,6 +41,8 @@
 //     .populate_physmap(gfn, count)  fresh pages at gfn.. (video RAM above the
 //                                     guest's RAM; libxenctrl's _exact call)
 //     .relocate_memory(count, src_gfn, dst_gfn)   move them (the VRAM BAR)
+//     .set_hvm_param(index, value), .get_hvm_param(index) -> int
+//                                  (libxenctrl's xc_hvm_param_*: the S3 state)
 //     .track_dirty_vram(first_pfn, count) -> bytes: bit i of byte i / 8 set
 //                                     when page first_pfn + i was written since
 //                                     the last call (count 0 stops tracking)
@@ -289,6 +291,16 @@ static MP_DEFINE_CONST_FUN_OBJ_2(xen_map_page_obj, xen_map_page);
 
 // ---- video RAM: guest memory the device model populates and moves -----------
 
+// libxenctrl, opened on first use (the VRAM's populate, the S3 param).
+static void open_xc(xenglue_xen_t *self) {
+    if (self->xch == NULL) {
+        self->xch = xc_interface_open(NULL, NULL, 0);
+        if (self->xch == NULL) {
+            raise_errno();
+        }
+    }
+}
+
 // At most this many pages per call (512 MiB, QEMU's largest VGA memory).
 #define XENGLUE_MAX_VRAM_PAGES (131072)
 
@@ -299,12 +311,7 @@ static mp_obj_t xen_populate_physmap(mp_obj_t self_in, mp_obj_t gfn_in, mp_obj_t
         mp_raise_OSError(MP_EINVAL);
     }
     errno = 0;
-    if (self->xch == NULL) {
-        self->xch = xc_interface_open(NULL, NULL, 0);
-        if (self->xch == NULL) {
-            raise_errno();
-        }
-    }
+    open_xc(self);
     xen_pfn_t *pfns = malloc(sizeof(xen_pfn_t) * (size_t)count);
     if (pfns == NULL) {
         mp_raise_OSError(MP_ENOMEM);
@@ -329,6 +336,25 @@ static mp_obj_t xen_relocate_memory(size_t n_args, const mp_obj_t *args) {
         (uint32_t)get_int(args[1]), get_u64(args[2]), get_u64(args[3])));
 }
 static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(xen_relocate_memory_obj, 4, 4, xen_relocate_memory);
+
+static mp_obj_t xen_set_hvm_param(mp_obj_t self_in, mp_obj_t index, mp_obj_t value) {
+    xenglue_xen_t *self = XEN(self_in);
+    errno = 0;
+    open_xc(self);
+    return check(xc_hvm_param_set(self->xch, self->domid, (uint32_t)get_int(index),
+        get_u64(value)));
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(xen_set_hvm_param_obj, xen_set_hvm_param);
+
+static mp_obj_t xen_get_hvm_param(mp_obj_t self_in, mp_obj_t index) {
+    xenglue_xen_t *self = XEN(self_in);
+    errno = 0;
+    open_xc(self);
+    uint64_t v = 0;
+    check(xc_hvm_param_get(self->xch, self->domid, (uint32_t)get_int(index), &v));
+    return mp_obj_new_int_from_ull(v);
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(xen_get_hvm_param_obj, xen_get_hvm_param);
 
 static mp_obj_t xen_track_dirty_vram(mp_obj_t self_in, mp_obj_t first_in, mp_obj_t count_in) {
     xenglue_xen_t *self = XEN(self_in);
@@ -651,6 +677,8 @@ static const mp_rom_map_elem_t xen_locals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_share_pages), MP_ROM_PTR(&xen_share_pages_obj) },
     { MP_ROM_QSTR(MP_QSTR_unshare), MP_ROM_PTR(&xen_unshare_obj) },
     { MP_ROM_QSTR(MP_QSTR_own_pages), MP_ROM_PTR(&xen_own_pages_obj) },
+    { MP_ROM_QSTR(MP_QSTR_set_hvm_param), MP_ROM_PTR(&xen_set_hvm_param_obj) },
+    { MP_ROM_QSTR(MP_QSTR_get_hvm_param), MP_ROM_PTR(&xen_get_hvm_param_obj) },
     { MP_ROM_QSTR(MP_QSTR_free_own_pages), MP_ROM_PTR(&xen_free_own_pages_obj) },
     { MP_ROM_QSTR(MP_QSTR_create_ioreq_server), MP_ROM_PTR(&xen_create_ioreq_server_obj) },
     { MP_ROM_QSTR(MP_QSTR_get_ioreq_server_info), MP_ROM_PTR(&xen_get_ioreq_server_info_obj) },
