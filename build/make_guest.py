@@ -22,6 +22,9 @@ Guest interface (/init):
   concatenated archives; `write_cpio` below makes one).
 - otherwise an interactive shell on the console; power off when it exits.
 - `stubdm.quiet` suppresses init's own status line.
+- `stubdm.modprobe=a,b,...` loads those modules (of the on-demand ones) in that
+  order before the commands; when a framebuffer appears, init clears tty1 and
+  writes a line on it (what fbcon shows).
 """
 
 import argparse
@@ -102,13 +105,29 @@ fi
 run=""
 runfile=""
 quiet=""
+probe=""
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         stubdm.run=*) run=${arg#stubdm.run=} ;;
         stubdm.runfile=*) runfile=${arg#stubdm.runfile=} ;;
         stubdm.quiet) quiet=1 ;;
+        stubdm.modprobe=*) probe=${arg#stubdm.modprobe=} ;;
     esac
 done
+# stubdm.modprobe=a,b,...: on-demand modules, loaded in that order (busybox
+# modprobe would take modules.dep's order, which is not a load order).
+if [ -n "$probe" ]; then
+    for mod in $(echo "$probe" | tr , ' '); do
+        modprobe "$mod" 2>/dev/null || echo "stubdm-init: warning: modprobe $mod failed"
+    done
+    # A display driver (the bochs DRM on the standard VGA) binds in the
+    # background: once fbcon has tty1, say on it where the shell is.
+    i=0
+    while [ ! -e /dev/fb0 ] && [ $i -lt 50 ]; do sleep 0.2; i=$((i + 1)); done
+    [ -e /dev/fb0 ] && printf '\033[2J\033[H%s\n%s\n' \
+        "stubdm-init: kernel $kver, $(cut -d' ' -f2 /proc/fb | head -n1) on fb0;" \
+        "the shell is on ttyS0" > /dev/tty1
+fi
 read -r t_mods _ < /proc/uptime
 [ -n "$quiet" ] ||
     echo "stubdm-init: kernel $kver; init at ${t_init}s; $loaded modules loaded at ${t_mods}s"

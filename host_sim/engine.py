@@ -39,6 +39,9 @@ SHADOW_IO = 0xC000
 SHADOW_MEM = 0xE0000000
 
 _BAR_REGS = range(0x10, 0x28)
+# Linux's bochs DRM driver for the standard VGA, and what it needs, in load order
+# (DESIGN.md 15).
+BOCHS_MODULES = ("drm", "drm_kms_helper", "ttm", "drm_ttm_helper", "drm_vram_helper", "bochs")
 
 
 class EngineError(SimError):
@@ -286,8 +289,13 @@ class Engine:
         self.nics = list(nics)
         # qmp: where dom0's vchan-socket-proxy puts the device model's QMP socket.
         self.qmp = qmp
-        # vnc: HOST:DISPLAY or unix:PATH: the stub domain's vfb/vkbd, served there.
+        # vnc: HOST:DISPLAY or unix:PATH: the stub domain's vfb/vkbd, served there,
+        # and the guest's standard VGA (libxl's vga="stdvga" line, 16 MiB videoram)
+        # drawing into that vfb; the guest loads the bochs DRM stack, so its fbcon
+        # is what the VNC client sees.
         self.vnc = vnc
+        if vnc and not any(a.split(",")[0] in ("VGA", "std") for a in self.dm_extra):
+            self.dm_extra = ["-device", "VGA,vgamem_mb=16"] + self.dm_extra
         self.qmp_proxy = None
         self.failure = None
         self.notes = []
@@ -435,6 +443,8 @@ class Engine:
         append = "console=ttyS0 panic=-1"
         if self.quiet:
             append += " quiet"
+        if any(a.split(",")[0] in ("VGA", "std") for a in self.dm_extra):
+            append += " stubdm.modprobe=" + ",".join(BOCHS_MODULES)
         if self.run is not None:
             append += " stubdm.run=" + base64.b64encode(self.run.encode()).decode()
         args = [
