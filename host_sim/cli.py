@@ -265,7 +265,8 @@ def main(argv=None):
                     "while the guest runs, as libxl's /var/run/xen/qmp-libxl-<domid>")
     bo.add_argument("--vnc", metavar="HOST:N|unix:PATH",
                     help="the stub domain's PV framebuffer and keyboard (vfb/vkbd, as libxl's "
-                    "vnc=1) on an RFB server at TCP port 5900+N or a unix socket; "
+                    "vnc=1) on an RFB server at TCP port 5900+N or a unix socket, showing the "
+                    "standard VGA (-device VGA; the guest's fbcon on bochs-drm); "
                     "`stubdm-sim screenshot --vnc ADDR FILE.png` takes its frame")
     bo.add_argument("-v", "--verbose", action="store_true", help="kernel messages and notes")
     bo.set_defaults(func=cmd_boot)
