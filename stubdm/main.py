@@ -1022,7 +1022,13 @@ class DeviceModel:
         vga = ""
         if self.machine.vga is not None:
             v = self.machine.vga.stats()
-            vga = " vga_frames=%d vga_busy_us=%d" % (v["frames"], v["busy_us"])
+            vga = " vga_frames=%d vga_busy_us=%d vga_drawn=%d vga_drawn_us=%d" % (
+                v["frames"], v["busy_us"], v["drawn"], v["drawn_us"])
+        if self.kbd is not None:
+            # What came in through the PV keyboard and went on to the i8042.
+            k = self.kbd.stats
+            vga += " kbd_keys=%d kbd_motion=%d kbd_pos=%d kbd_buttons=%d kbd_dropped=%d" % (
+                k["keys"], k["motion"], k["pos"], k["buttons"], k["dropped"])
         sys.stderr.write(
             "stubdm-stats: ioreqs=%d buffered=%d busy_us=%d mapcache_hits=%d "
             "mapcache_misses=%d mapcache_buckets=%d mapcache_footprint=%d%s%s\n"

@@ -446,6 +446,8 @@ class Vga(PciFunction):
         self.frames = 0
         self.busy_us = 0
         self.last_us = 0
+        self.drawn = 0  # refreshes that redrew something, and their time
+        self.drawn_us = 0
         self._reset_registers()
         self._reset_display()
         self._load_rom_font()
@@ -1011,6 +1013,9 @@ class Vga(PciFunction):
         self.frames += 1
         self.last_us = ticks_diff(ticks_us(), t0)
         self.busy_us += self.last_us
+        if n:
+            self.drawn += 1
+            self.drawn_us += self.last_us
         return n
 
     @staticmethod
@@ -1417,6 +1422,7 @@ class Vga(PciFunction):
 
     def stats(self):
         return {"frames": self.frames, "busy_us": self.busy_us, "last_us": self.last_us,
+                "drawn": self.drawn, "drawn_us": self.drawn_us,
                 "vram": self.vram_size}
 
     # --- save/restore -----------------------------------------------------------------
