@@ -256,7 +256,8 @@ class Engine:
 
     def __init__(self, qemu, kernel, initrd, memory=512, run=None, runtime="cpython",
                  accel="tcg", quiet=True, out=None, timeout=None, dm_extra=(), disks=(),
-                 cdroms=(), pv_devices=(), nics=(), hdtype="ide", qmp=None, vnc=None):
+                 cdroms=(), pv_devices=(), nics=(), hdtype="ide", qmp=None, vnc=None,
+                 console_input=False):
         self.qemu = qemu
         self.kernel = kernel
         self.initrd = initrd
@@ -294,6 +295,9 @@ class Engine:
         # drawing into that vfb; the guest loads the bochs DRM stack, so its fbcon
         # is what the VNC client sees.
         self.vnc = vnc
+        # console_input: a pipe to the guest's console (.qemu_proc.stdin) when not
+        # interactive, so a test can tell a waiting guest to go on.
+        self.console_input = console_input
         if vnc and not any(a.split(",")[0] in ("VGA", "std") for a in self.dm_extra):
             self.dm_extra = ["-device", "VGA,vgamem_mb=16"] + self.dm_extra
         self.qmp_proxy = None
@@ -472,7 +476,8 @@ class Engine:
             interactive = self.run is None and sys.stdin.isatty()
             self.qemu_proc = subprocess.Popen(
                 self.qemu_args(),
-                stdin=None if interactive else subprocess.DEVNULL,
+                stdin=None if interactive else (
+                    subprocess.PIPE if self.console_input else subprocess.DEVNULL),
                 stdout=None if interactive else subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=not interactive,

@@ -16,6 +16,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -219,3 +220,135 @@ def test_boot_vnc_shows_the_guest_console_to_vnc_clients(tmp_path, dm_runtime):
             proc.kill()
             rest = proc.communicate()[0].decode(errors="replace")
     assert "Traceback" not in rest, rest
+
+
+class Watcher:
+    """A VNC viewer that keeps asking for incremental updates (as a viewer on screen
+    does) and notes when each arrives: the frames per second a user sees."""
+
+    def __init__(self, port):
+        from host_sim import vnc
+
+        self.times = []
+        self.stop = False
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        rd = vnc._recv_exact
+        assert rd(s, 12).startswith(b"RFB 003.")
+        s.sendall(b"RFB 003.008\n")
+        assert 1 in rd(s, rd(s, 1)[0])
+        s.sendall(b"\x01")
+        assert rd(s, 4) == bytes(4)
+        s.sendall(b"\x01")
+        self.w, self.h = struct.unpack(">HH", rd(s, 4))
+        rd(s, 16)
+        rd(s, struct.unpack(">I", rd(s, 4))[0])
+        s.sendall(b"\x00\x00\x00\x00" + struct.pack(vnc.PIXEL_FORMAT_FMT, *vnc.NATIVE))
+        s.sendall(struct.pack(">BxHi", 2, 1, vnc.ENC_RAW))
+        self.sock = s
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        from host_sim import vnc
+
+        s, rd = self.sock, vnc._recv_exact
+        inc = 0
+        try:
+            while not self.stop:
+                s.sendall(struct.pack(">BBHHHH", 3, inc, 0, 0, self.w, self.h))
+                inc = 1
+                assert rd(s, 1) == b"\x00"
+                for _ in range(struct.unpack(">xH", rd(s, 3))[0]):
+                    x, y, rw, rh, enc = struct.unpack(">HHHHi", rd(s, 12))
+                    rd(s, rw * rh * 4)
+                self.times.append(time.monotonic())
+        except (OSError, vnc.VncError):
+            pass
+
+    def close(self):
+        self.stop = True
+        self.sock.close()
+        self.thread.join(10)
+
+
+def stats_line(messages):
+    m = re.search(r"^stubdm-stats:(.*)$", messages, re.M)
+    assert m, messages[-3000:]
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(1))}
+
+
+def test_boot_vnc_input_reaches_kbdfront_and_fbcon_frame_rate(dm_runtime, capsys):
+    """Under boot --vnc, keys and pointer moves a VNC client sends arrive through the
+    stub domain's PV keyboard at stubdm's i8042 (the real guest reads QEMU's own, so
+    the device model's exit figures are the witness; the scripted guest reads them in
+    test_display_pv); and fbcon scrolling through the whole path, as a viewer sees it."""
+    if not os.access(VNCDO, os.X_OK):
+        pytest.skip("vncdotool is not installed (pip install -e .[dev])")
+    port, addr = free_display()
+    scroll_s = 5
+    run = ("echo READY; read -t 200 x; t0=$(date +%%s); i=0; "
+           "while [ $(($(date +%%s) - t0)) -lt %d ]; do "
+           "echo \"fbcon line $i: the quick brown fox jumps over the lazy dog\"; "
+           "i=$((i + 1)); done > /dev/tty0; echo SCROLLED $i; read -t 200 x" % scroll_s)
+    e = engine.Engine(QEMU, KERNEL, INITRD, run=run, timeout=280, out=open(os.devnull, "wb"),
+                      runtime=dm_runtime, vnc=addr, console_input=True)
+    result = {}
+
+    def boot():
+        try:
+            result["rc"] = e.boot()
+        except Exception as err:  # reported by the main thread
+            result["err"] = err
+
+    t = threading.Thread(target=boot, daemon=True)
+    t.start()
+
+    def wait_output(marker, timeout=240):
+        end = time.monotonic() + timeout
+        while marker not in e.output and t.is_alive() and time.monotonic() < end:
+            time.sleep(0.2)
+        assert marker in e.output, (bytes(e.output).decode(errors="replace"), result)
+
+    watcher = None
+    try:
+        wait_output(b"READY")
+        r = subprocess.run([VNCDO, "-s", "127.0.0.1::%d" % port, "key", "a", "key", "enter",
+                            "move", "100", "100", "click", "1"], capture_output=True,
+                           timeout=60)
+        assert r.returncode == 0, r
+        watcher = Watcher(port)
+        time.sleep(1)  # its first, full frame
+        t0 = time.monotonic()
+        e.qemu_proc.stdin.write(b"\n")
+        e.qemu_proc.stdin.flush()
+        wait_output(b"SCROLLED")
+        t1 = time.monotonic()
+        frames = len([x for x in watcher.times if t0 <= x <= t1])
+        watcher.close()
+        watcher = None
+        lines = int(re.search(rb"SCROLLED (\d+)", e.output).group(1))
+        e.qemu_proc.stdin.write(b"\n")
+        e.qemu_proc.stdin.flush()
+        t.join(120)
+    finally:
+        if watcher is not None:
+            watcher.close()
+        if t.is_alive() and e.qemu_proc is not None:
+            e.qemu_proc.kill()
+            t.join(30)
+    assert "err" not in result, (result, e.messages[-3000:])
+    assert result.get("rc") == 0, (bytes(e.output).decode(errors="replace"), e.messages)
+    st = stats_line(e.messages)
+    # "a" and Enter, each pressed and let go: four key events, each into the i8042.
+    assert st["kbd_keys"] == 4, st
+    assert st["kbd_pos"] + st["kbd_motion"] >= 1, st
+    assert st["kbd_buttons"] >= 2, st  # button 1 down, up
+    assert st["kbd_dropped"] == 0, st
+    assert "Traceback" not in e.messages
+    assert lines > 0 and frames >= 2, (lines, frames)
+    per_frame = st["vga_drawn_us"] / max(st["vga_drawn"], 1)
+    with capsys.disabled():
+        print("\n%s: fbcon scrolling %d lines in %.1f s: %d frames at the viewer (%.1f/s); "
+              "device model %d drawn frames, %.2f ms each (%d refreshes, %.1f s busy)"
+              % (dm_runtime, lines, t1 - t0, frames, frames / (t1 - t0), st["vga_drawn"],
+                 per_frame / 1000, st["vga_frames"], st["vga_busy_us"] / 1e6))
