@@ -134,6 +134,7 @@ void stubdm_barrier(void);
 void stubdm_atomic_add32(void *p, uint32_t v);
 void *stubdm_own_pages(uint32_t count, uint64_t *frames);
 int stubdm_free_own_pages(void *addr, uint32_t count, const uint64_t *frames);
+int stubdm_share_frames(xengntshr_handle *xgs, void *addr, uint32_t count, uint64_t *frames);
 """
 
 
@@ -178,12 +179,21 @@ static void *stubdm_own_pages(uint32_t count, uint64_t *frames) {
 static int stubdm_free_own_pages(void *addr, uint32_t count, const uint64_t *frames) {
     return hostsim_free_own_pages(addr, count, frames);
 }
+// The frames of granted pages (kbdif.h's page-ref beside page-gref).
+static int stubdm_share_frames(xengntshr_handle *xgs, void *addr, uint32_t count,
+                               uint64_t *frames) {
+    return hostsim_share_frames(xgs, addr, count, frames);
+}
 #else
 static void *stubdm_own_pages(uint32_t count, uint64_t *frames) {
     (void)count; (void)frames; errno = ENOSYS; return NULL;
 }
 static int stubdm_free_own_pages(void *addr, uint32_t count, const uint64_t *frames) {
     (void)addr; (void)count; (void)frames; errno = ENOSYS; return -1;
+}
+static int stubdm_share_frames(xengntshr_handle *xgs, void *addr, uint32_t count,
+                               uint64_t *frames) {
+    (void)xgs; (void)addr; (void)count; (void)frames; errno = ENOSYS; return -1;
 }
 #endif
 """

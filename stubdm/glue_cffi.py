@@ -217,6 +217,15 @@ class Xen:
         return _check(lib.stubdm_free_own_pages(p, len(frames),
                                                 ffi.new("uint64_t[]", list(frames))))
 
+    def share_frames(self, addr, count):
+        """The frame numbers of a share's pages (host_sim's; dom0: ENOSYS)."""
+        p = self._shares.get(addr)
+        if p is None or self.xgs is None or not 0 < count <= 1 << 20:
+            raise OSError(22, os.strerror(22))
+        frames = ffi.new("uint64_t[]", count)
+        _check(lib.stubdm_share_frames(self.xgs, p, count, frames))
+        return tuple(frames)
+
     def unshare(self, addr, count):
         p = self._shares.pop(addr, None)
         if p is None or self.xgs is None:

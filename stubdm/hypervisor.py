@@ -177,6 +177,15 @@ class SharedPages:
         self.refs = refs
         self.mem = mem
 
+    def frames(self):
+        """The pages' frame numbers, for a backend that maps by frame (kbdif.h's
+        page-ref, which QEMU's backend reads); HypervisorError where there are none
+        (dom0)."""
+        try:
+            return self.hyp.xen.share_frames(self.addr, len(self.refs))
+        except OSError as e:
+            raise HypervisorError("frames of shared pages", _err(e))
+
     def unshare(self):
         """End the grants. A grantee that still maps them keeps the pages until it
         unmaps; they are never reused before that."""

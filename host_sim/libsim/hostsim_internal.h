@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include <xenforeignmemory.h>
+#include <xengnttab.h>
 
 // One request (see hostsim_proto.h); returns the result or -1 with errno.
 int hostsim_call(uint32_t op, const void *req, uint32_t req_len, void *reply,
@@ -22,6 +23,11 @@ void *hostsim_map(uint32_t dom, void *addr, int prot, int flags, size_t pages,
 void *hostsim_own_pages(uint32_t count, uint64_t *frames);
 // Gives them back (addr and frames as hostsim_own_pages gave them).
 int hostsim_free_own_pages(void *addr, uint32_t count, const uint64_t *frames);
+// The frame numbers of the pages of a share of ours (xengntshr_share_pages'
+// address and count), as a backend with foreign-mapping privilege names them
+// (kbdif.h's page-ref beside page-gref; MiniOS: virt_to_mfn). -1, EINVAL: no
+// such share.
+int hostsim_share_frames(xengntshr_handle *xgs, void *addr, uint32_t count, uint64_t *frames);
 // The guest's memory map changed (populate, relocate): fetch it afresh.
 void hostsim_regions_changed(void);
 

@@ -813,6 +813,7 @@ typedef struct hs_share {
     struct hs_share *next;
     uint8_t *addr;
     uint32_t count;
+    uint64_t *frames;  // each page's frame (its index in the domain's memory)
     uint32_t refs[];
 } hs_share_t;
 
@@ -874,8 +875,14 @@ void *xengntshr_share_pages(xengntshr_handle *xgs, uint32_t domid, int count, ui
     if (sh == NULL) {
         return NULL;
     }
+    sh->frames = malloc(sizeof(uint64_t) * (size_t)count);
+    if (sh->frames == NULL) {
+        free(sh);
+        return NULL;
+    }
     uint8_t *base = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED) {
+        free(sh->frames);
         free(sh);
         return NULL;
     }
@@ -902,6 +909,7 @@ void *xengntshr_share_pages(xengntshr_handle *xgs, uint32_t domid, int count, ui
             uint64_t off;
             memcpy(&sh->refs[done + i], reply + 12 * i, 4);
             memcpy(&off, reply + 12 * i + 4, 8);
+            sh->frames[done + i] = off >> HS_PAGE_SHIFT;
             void *p = mmap(base + ((size_t)(done + i) << HS_PAGE_SHIFT), HS_PAGE_SIZE,
                            PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fds[0], (off_t)off);
             ok = p != MAP_FAILED;
@@ -928,10 +936,22 @@ fail: {
         hs_unshare_refs(sh->refs, done);
     }
     munmap(base, len);
+    free(sh->frames);
     free(sh);
     errno = e;
     return NULL;
 }
+}
+
+int hostsim_share_frames(xengntshr_handle *xgs, void *addr, uint32_t count, uint64_t *frames) {
+    for (hs_share_t *sh = xgs != NULL ? xgs->shares : NULL; sh != NULL; sh = sh->next) {
+        if (sh->addr == addr && sh->count == count) {
+            memcpy(frames, sh->frames, sizeof(uint64_t) * count);
+            return 0;
+        }
+    }
+    errno = EINVAL;
+    return -1;
 }
 
 void *xengntshr_share_page_notify(xengntshr_handle *xgs, uint32_t domid, uint32_t *ref,
@@ -956,6 +976,7 @@ int xengntshr_unshare(xengntshr_handle *xgs, void *start_address, uint32_t count
             int r = hs_unshare_refs(sh->refs, sh->count);
             munmap(sh->addr, (size_t)sh->count << HS_PAGE_SHIFT);
             *pp = sh->next;
+            free(sh->frames);
             free(sh);
             return r;
         }

@@ -32,6 +32,8 @@
 //                                     memory granted to remote_domid
 //     .unshare(address, count)     ends that share (the grantee may still map
 //                                     it: the pages then stay until it unmaps)
+//     .share_frames(address, count) -> frames tuple of that share's pages
+//                                     (kbdif.h's page-ref; dom0: ENOSYS)
 //     .own_pages(count)            -> (address, frames tuple, writable memoryview):
 //                                     count fresh pages of our own memory and
 //                                     their frame numbers (fbif.h's page-ref;
@@ -577,6 +579,66 @@ static int glue_free_own_pages(void *addr, uint32_t count, const uint64_t *frame
 }
 #endif
 
+// ---- the frame numbers of pages we granted (kbdif.h's page-ref beside page-gref) ----
+#if defined(STUBDM_PLATFORM_MINIOS)
+static int glue_share_frames(xenglue_xen_t *self, void *addr, uint32_t count,
+    uint64_t *frames) {
+    (void)self;
+    for (minios_share_t *sh = minios_shares; sh != NULL; sh = sh->next) {
+        if (sh->addr == addr && sh->count == count) {
+            for (uint32_t i = 0; i < count; i++) {
+                frames[i] = virt_to_mfn((char *)addr + (size_t)i * XENGLUE_PAGE_SIZE);
+            }
+            return 0;
+        }
+    }
+    errno = EINVAL;
+    return -1;
+}
+#elif defined(STUBDM_GLUE_SIM)
+static int glue_share_frames(xenglue_xen_t *self, void *addr, uint32_t count,
+    uint64_t *frames) {
+    return hostsim_share_frames(self->xgs, addr, count, frames);
+}
+#else
+// dom0: granted pages have no frame numbers a process could name.
+static int glue_share_frames(xenglue_xen_t *self, void *addr, uint32_t count,
+    uint64_t *frames) {
+    (void)self;
+    (void)addr;
+    (void)count;
+    (void)frames;
+    errno = ENOSYS;
+    return -1;
+}
+#endif
+
+static mp_obj_t xen_share_frames(mp_obj_t self_in, mp_obj_t addr, mp_obj_t count_in) {
+    mp_int_t count = get_int(count_in);
+    if (count <= 0 || count > 65536) {
+        mp_raise_OSError(MP_EINVAL);
+    }
+    uint64_t *frames = malloc(sizeof(uint64_t) * (size_t)count);
+    if (frames == NULL) {
+        mp_raise_OSError(MP_ENOMEM);
+    }
+    errno = 0;
+    if (glue_share_frames(XEN(self_in), (void *)(uintptr_t)get_u64(addr), (uint32_t)count,
+        frames) < 0) {
+        int e = errno;
+        free(frames);
+        mp_raise_OSError(e ? e : MP_EIO);
+    }
+    mp_obj_t t = mp_obj_new_tuple((size_t)count, NULL);
+    mp_obj_tuple_t *tt = MP_OBJ_TO_PTR(t);
+    for (mp_int_t i = 0; i < count; i++) {
+        tt->items[i] = mp_obj_new_int_from_ull(frames[i]);
+    }
+    free(frames);
+    return t;
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(xen_share_frames_obj, xen_share_frames);
+
 static mp_obj_t xen_own_pages(mp_obj_t self_in, mp_obj_t count_in) {
     (void)self_in;
     mp_int_t count = get_int(count_in);
@@ -676,6 +738,7 @@ static const mp_rom_map_elem_t xen_locals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_unbind), MP_ROM_PTR(&xen_unbind_obj) },
     { MP_ROM_QSTR(MP_QSTR_share_pages), MP_ROM_PTR(&xen_share_pages_obj) },
     { MP_ROM_QSTR(MP_QSTR_unshare), MP_ROM_PTR(&xen_unshare_obj) },
+    { MP_ROM_QSTR(MP_QSTR_share_frames), MP_ROM_PTR(&xen_share_frames_obj) },
     { MP_ROM_QSTR(MP_QSTR_own_pages), MP_ROM_PTR(&xen_own_pages_obj) },
     { MP_ROM_QSTR(MP_QSTR_set_hvm_param), MP_ROM_PTR(&xen_set_hvm_param_obj) },
     { MP_ROM_QSTR(MP_QSTR_get_hvm_param), MP_ROM_PTR(&xen_get_hvm_param_obj) },
