@@ -303,6 +303,7 @@ XENKBD_MT_EV_ORIENT = const(5)
 XENKBD_FIELD_FEAT_ABS_POINTER = "feature-abs-pointer"
 XENKBD_FIELD_REQ_ABS_POINTER = "request-abs-pointer"
 XENKBD_FIELD_RING_GREF = "page-gref"
+XENKBD_FIELD_RING_REF = "page-ref"  # "OBSOLETE", yet the one QEMU's backend reads
 XENKBD_FIELD_EVT_CHANNEL = "event-channel"
 XENKBD_FIELD_WIDTH = "width"
 XENKBD_FIELD_HEIGHT = "height"

@@ -809,3 +809,27 @@ def test_vfb_backend_clips_and_drops_bad_events():
         out(prod=cons + 1000)  # more events than the ring: the batch is dropped
         assert be.stats["bad_events"] == 3 and be.state == 4
         assert struct.unpack_from("<I", page, A.XENFB_PAGE_OFF_OUT_CONS)[0] == cons + 1000
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_kbdfront_names_its_page_by_grant_and_by_frame(runtime):
+    """kbdif.h's page-gref and the page-ref QEMU's backend maps (as Linux's xen-kbdfront
+    writes both): the same page of the stub domain's memory, whichever way it is
+    mapped. host_sim's vkbd, as QEMU's, connected through page-ref."""
+    s = session(runtime)
+    try:
+        ref, frame = int(_rd(s, KBD + "/page-gref")), int(_rd(s, KBD + "/page-ref"))
+        by_grant = s.hv.grants.map(0, 2, ref)
+        by_frame = s.hv.grants.map_foreign(0, 2, [frame])
+        try:
+            by_grant.mem[4000] = 0x5A
+            assert by_frame.mem[4000] == 0x5A
+            by_frame.mem[4001] = 0xA5
+            assert by_grant.mem[4001] == 0xA5
+        finally:
+            by_grant.mem[4000:4002] = b"\0\0"
+            by_grant.unmap()
+            by_frame.unmap()
+        assert s.vnc.vkbd.state == 4
+    finally:
+        s.close()

@@ -9,17 +9,23 @@ that any frame size maps back to exact pixels), else relative motion
 is rel_z (negative = up, as Linux's kbdfront reads it). A full ring drops the
 event (QEMU: EAGAIN). Out events from the frontend are consumed unread.
 
+The shared page is the one "page-ref" names, a frame number of the frontend's
+own memory mapped with dom0's foreign-mapping privilege, as QEMU's common_bind
+does: QEMU reads no "page-gref" (kbdif.h's grant), so a frontend that writes
+only that one does not connect there, nor here.
+
 The frontend is hostile: an in_cons that claims more room than the ring has
 is taken as a full ring (logged).
 """
 import struct
 
-from host_sim.backends.base import BACKEND_DOMID, MAX_PORT, MAX_REF, Backend, BackendError
+from host_sim.backends.base import BACKEND_DOMID, MAX_PORT, Backend, BackendError
 from host_sim.evtchn import EvtchnError
 from host_sim.grants import GrantError
 from stubdm import pv_abi as A
 
 RANGE = 0x7FFF
+MAX_FRAME = (1 << 64) - 1  # xen_pfn_t
 BTN_LEFT = 0x110
 BTN_RIGHT = 0x111
 BTN_MIDDLE = 0x112
@@ -42,12 +48,14 @@ class VkbdBack(Backend):
 
     def _connect(self):
         fe = self.frontend
-        ref = self._read_int(fe + "/page-gref", 0, MAX_REF)
+        v = self._read(fe + "/page-ref")
+        frame = int(v) if v is not None and v.isdigit() and len(v) <= 20 else None
         port = self._read_int(fe + "/event-channel", 1, MAX_PORT)
-        if ref is None or port is None:
-            raise BackendError("%s: frontend wrote no valid page-gref/event-channel" % self.name)
+        if frame is None or frame > MAX_FRAME or port is None:
+            raise BackendError("%s: frontend wrote no valid page-ref/event-channel" % self.name)
         try:
-            self.page_map = self.hv.grants.map(BACKEND_DOMID, self.frontend_domid, ref)
+            self.page_map = self.hv.grants.map_foreign(BACKEND_DOMID, self.frontend_domid,
+                                                       [frame], True)
         except GrantError as e:
             raise BackendError("%s: mapping the shared page: %s" % (self.name, e))
         self.ring_map = self.page_map  # the base unmaps it

@@ -14,6 +14,11 @@
 # screen's pixels when the backend publishes no range; starting from the
 # top-left corner.
 #
+# The ring page is granted (page-gref, kbdif.h's key) and named by its frame
+# number too (page-ref: "obsolete", but QEMU's xenfb, the backend libxl runs in
+# dom0 for a stub domain, maps only that one), as Linux's xen-kbdfront writes
+# both. Where our pages have no frame numbers (dom0), page-gref alone.
+#
 # The backend is hostile: its in_prod is range-checked, events are copied
 # before they are parsed, key codes and coordinates are bounded; what makes no
 # sense is dropped and logged.
@@ -122,6 +127,7 @@ class KbdFront(Frontend):
         self.i8042 = None  # the machine's I8042, set by the device model
         self.display = None  # the Surface the guest's screen is in, for absolute scaling
         self.shared = None
+        self.frame = None  # the ring page's frame number (page-ref), if it has one
         self.port = None
         self.abs = False
         self.range_w = 0  # the backend's absolute range; 0: the display's pixels
@@ -138,12 +144,20 @@ class KbdFront(Frontend):
         self.abs = self.xs.read_int(self.backend + "/feature-abs-pointer", 0, 1) == 1
         self.shared = self.hyp.share_pages(self.backend_id, 1)
         self.shared.mem[0:PAGE] = bytes(PAGE)
+        self.frame = None
+        try:
+            self.frame = self.shared.frames()[0]
+        except Exception as e:  # HypervisorError (dom0): the grant alone then
+            log.info("kbdfront", "%s: no frame number for page-ref (%s): page-gref only"
+                     % (self.name, e))
         self.port = self.hyp.bind_unbound_port(self.backend_id)
         self.listen(self.port)
 
     def publish(self, tx):
         xs, p = self.xs, self.path
         xs.write(p + "/" + A.XENKBD_FIELD_RING_GREF, self.shared.refs[0], tx)
+        if self.frame is not None:
+            xs.write(p + "/" + A.XENKBD_FIELD_RING_REF, self.frame, tx)
         xs.write(p + "/" + A.XENKBD_FIELD_EVT_CHANNEL, self.port, tx)
         if self.abs:
             xs.write(p + "/" + A.XENKBD_FIELD_REQ_ABS_POINTER, 1, tx)
