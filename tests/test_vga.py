@@ -32,6 +32,15 @@ MODE3_GC = (0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x0E, 0x00, 0xFF)
 MODE3_AC = (0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x14, 0x07, 0x38, 0x39, 0x3A, 0x3B,
             0x3C, 0x3D, 0x3E, 0x3F, 0x0C, 0x00, 0x0F, 0x08, 0x00)
 
+# Mode 0x12 (640x480, 16 colours, planar), a VGA BIOS's parameter table.
+MODE12_MISC = 0xE3
+MODE12_SEQ = (0x03, 0x01, 0x0F, 0x00, 0x06)
+MODE12_CRTC = (0x5F, 0x4F, 0x50, 0x82, 0x54, 0x80, 0x0B, 0x3E, 0x00, 0x40, 0x00, 0x00,
+               0x00, 0x00, 0x00, 0x59, 0xEA, 0x8C, 0xDF, 0x28, 0x00, 0xE7, 0x04, 0xE3, 0xFF)
+MODE12_GC = (0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x05, 0x0F, 0xFF)
+MODE12_AC = (0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x14, 0x07, 0x38, 0x39, 0x3A, 0x3B,
+             0x3C, 0x3D, 0x3E, 0x3F, 0x01, 0x00, 0x0F, 0x00, 0x00)
+
 FONT = vga_mod.load_font()
 needs_font = pytest.mark.skipif(FONT is None, reason="build/out/vgafont.bin not built "
                                 "(scons vgafont, from console-setup-linux's fonts)")
@@ -50,20 +59,24 @@ def c8(v6):
 
 def program_mode3(g):
     """A BIOS's mode set through g.outb (ports)."""
-    g.outb(0x3C2, MODE3_MISC)
-    for i, v in enumerate(MODE3_SEQ):
+    program_mode(g, MODE3_MISC, MODE3_SEQ, MODE3_CRTC, MODE3_GC, MODE3_AC)
+
+
+def program_mode(g, misc, seq, crtc, gcr, ac):
+    g.outb(0x3C2, misc)
+    for i, v in enumerate(seq):
         g.outb(0x3C4, i)
         g.outb(0x3C5, v)
     g.outb(0x3D4, 0x11)
     g.outb(0x3D5, 0x00)  # unlock CRTC 0-7
-    for i, v in enumerate(MODE3_CRTC):
+    for i, v in enumerate(crtc):
         g.outb(0x3D4, i)
         g.outb(0x3D5, v)
-    for i, v in enumerate(MODE3_GC):
+    for i, v in enumerate(gcr):
         g.outb(0x3CE, i)
         g.outb(0x3CF, v)
     g.inb(0x3DA)
-    for i, v in enumerate(MODE3_AC):
+    for i, v in enumerate(ac):
         g.outb(0x3C0, i)
         g.outb(0x3C0, v)
     g.outb(0x3C8, 0)
@@ -304,6 +317,61 @@ def test_planar_write_modes(dev):
     assert g.readb(0xA0007) == 0x00
     gc(7, 0x00)  # nothing cares: all match
     assert g.readb(0xA0007) == 0xFF
+
+
+def test_planar_16_colour_mode_0x12_renders(dev):
+    """Mode 0x12: each pixel a bit of each of the four planes, through the attribute
+    palette (plane enable AR12) and the DAC; 640x480 from the CRTC; the start
+    address scrolls; only changed lines are redrawn."""
+    v, g, s = dev
+    program_mode(g, MODE12_MISC, MODE12_SEQ, MODE12_CRTC, MODE12_GC, MODE12_AC)
+
+    def colour(c):  # what the BIOS's attribute palette and DAC make of index c
+        return tuple(c8(x) for x in ega_dac(MODE12_AC[c]))
+
+    def plane_bytes(addr, values):
+        for p in range(4):
+            g.outb(0x3C4, 2)
+            g.outb(0x3C5, 1 << p)  # map mask: this plane only
+            g.writeb(0xA0000 + addr, values[p])
+
+    v.refresh()
+    assert (s.width, s.height) == (640, 480)
+    assert s.pixel(0, 0) == colour(0)
+    s.take_dirty()
+    for c in range(16):  # 16 bars of 40 pixels, rows 100-109
+        for y in range(100, 110):
+            for b in range(5):
+                plane_bytes(y * 80 + c * 5 + b, [0xFF if c >> p & 1 else 0 for p in range(4)])
+    plane_bytes(200 * 80 + 1, (0x80, 0, 0, 0x01))  # x 8: colour 1; x 15: colour 8
+    v.refresh()
+    for c in range(16):
+        assert s.pixel(c * 40, 100) == colour(c), c
+        assert s.pixel(c * 40 + 39, 109) == colour(c), c
+    assert s.pixel(8, 200) == colour(1) and s.pixel(15, 200) == colour(8)
+    assert s.pixel(9, 200) == colour(0) and s.pixel(16, 200) == colour(0)
+    assert s.pixel(0, 99) == colour(0) and s.pixel(0, 110) == colour(0)
+    rows = set()
+    for _x, y, _w, hh in s.take_dirty():
+        rows.update(range(y, y + hh))
+    assert set(range(100, 110)) | {200} <= rows and len(rows) < 100, sorted(rows)
+    v.refresh()
+    assert s.take_dirty() == []  # nothing written: nothing redrawn
+    # Plane enable: only plane 0 shows, so colour 15 shows as 1.
+    g.inb(0x3DA)
+    g.outb(0x3C0, 0x12 | 0x20)
+    g.outb(0x3C0, 0x01)
+    v.refresh()
+    assert s.pixel(15 * 40, 100) == colour(1) and s.pixel(14 * 40, 100) == colour(0)
+    g.inb(0x3DA)
+    g.outb(0x3C0, 0x12 | 0x20)
+    g.outb(0x3C0, 0x0F)
+    # The start address one line (80 bytes) on: the picture moves up a line.
+    g.outb(0x3D4, 0x0D)
+    g.outb(0x3D5, 80)
+    v.refresh()
+    assert s.pixel(3 * 40, 99) == colour(3) and s.pixel(3 * 40, 109) == colour(0)
+    assert log.count("guest_error") == 0 and log.count("unimp") == 0
 
 
 def test_every_mask_combination_stays_inside_vram(dev):

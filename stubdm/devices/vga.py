@@ -164,6 +164,25 @@ def _row_dirty(dirty, a, line, first):
     return False
 
 
+def _spread_table():
+    """byte -> an int whose nibble k (from the top) is the byte's bit 7 - k: four
+    planes' bytes, each shifted by its plane number and or-ed, give eight 4-bit
+    colour indices at once (the planar 16-colour modes)."""
+    t = []
+    for b in range(256):
+        v = 0
+        for k in range(8):
+            if b & (0x80 >> k):
+                v |= 1 << (4 * (7 - k))
+        t.append(v)
+    return t
+
+
+_SPREAD = None  # built on the first planar frame
+PLANAR_CACHE_MAX = const(4096)  # 8-pixel patterns kept (a screen has few)
+PLANAR_SPAN = const(0x40000)  # 64 K planar addresses, four bytes each
+
+
 def _or_bytes(x, y):
     n = len(x)
     return (int.from_bytes(x, "little") | int.from_bytes(y, "little")).to_bytes(n, "little")
@@ -493,6 +512,8 @@ class Vga(PciFunction):
         self.cursor_drawn = -1
         self.colour_cache = None
         self.palette_dirty = True
+        self.planar_cache = None  # (the colours, {8 pixels' indices: their pixels})
+        self.cga_noted = False
 
     def _load_rom_font(self):
         """What the VGA BIOS does at a text mode set: the 8x16 font into plane 2,
@@ -1008,6 +1029,8 @@ class Vga(PciFunction):
             n = self._refresh_text(s, w, h, extra[0], extra[1])
         elif kind == KIND_VBE:
             n = self._refresh_vbe(s, w, h, extra)
+        elif kind == KIND_GFX and not self.sr[4] & SR04_CHAIN4 and not self.gr[5] & 0x60:
+            n = self._refresh_planar(s)
         else:
             n = self._refresh_blank(s, kind)
         self.frames += 1
@@ -1075,7 +1098,8 @@ class Vga(PciFunction):
 
     def _refresh_blank(self, s, kind):
         if kind == KIND_GFX and self.geom != ("gfx",):
-            log.unimp("vga", "VGA graphics modes (planar, chain-4) are not drawn")
+            log.unimp("vga", "VGA graphics modes other than planar 16 colours (chain-4, "
+                      "CGA shift modes) are not drawn")
         geom = ("blank",) if kind == KIND_OFF else ("gfx",)
         if self.geom == geom:
             self._clear_marks()
@@ -1090,6 +1114,94 @@ class Vga(PciFunction):
         s.update(0, 0, w, h)
         self._clear_marks()
         return 1
+
+    # Planar 16 colours (mode 0x12 and its kin) ------------------------------------
+
+    def _refresh_planar(self, s):
+        """The four planes, a bit of each per pixel, through the attribute palette
+        (plane enable AR12) and the DAC, as QEMU's vga_draw_line4: geometry from
+        the CRTC (display end, offset, maximum scan line with double scan, line
+        compare), SR1's half dot clock doubling each pixel."""
+        global _SPREAD
+        cr, sr = self.cr, self.sr
+        cols = cr[1] + 1  # 8-pixel groups a line (at most 256: 1 KiB of VRAM)
+        h = (cr[0x12] | ((cr[7] & 0x02) << 7) | ((cr[7] & 0x40) << 3)) + 1
+        dup = 2 if sr[1] & SR01_DOTCLOCK_DIV2 else 1
+        w = cols * 8 * dup
+        scans = ((cr[9] & 0x1F) + 1) << (cr[9] >> 7)  # display lines per source row
+        compare = cr[0x18] | ((cr[7] & 0x10) << 4) | ((cr[9] & 0x40) << 3)
+        view = self.vram.view
+        if view is None or self.vram_size < PLANAR_SPAN:
+            return 0
+        geom = ("planar", w, h, scans)
+        full = self.geom != geom
+        if not self._resize(s, geom, w, h):
+            self._clear_marks()
+            return 0
+        if (cr[0x17] & 3) != 3 and not self.cga_noted:
+            self.cga_noted = True
+            log.unimp("vga", "CRTC CGA/Hercules address wrap (CR17 bits 0-1) is not applied")
+        if self.palette_dirty:
+            self.palette_dirty = False
+            self.colour_cache = None
+            full = True
+        colours = self._attr_colours()
+        cache = self.planar_cache
+        if cache is None or cache[0] is not colours:
+            cache = (colours, {})  # patterns drawn in other colours: gone
+            self.planar_cache = cache
+        cache = cache[1]
+        if _SPREAD is None:
+            _SPREAD = _spread_table()
+        spread = _SPREAD
+        plane_mask = (self.ar[0x12] & 0x0F) * 0x11111111
+        dirty = self._take_dirty(0, PLANAR_SPAN // PAGE)
+        self._clear_marks()
+        if not full and dirty == bytes(len(dirty)):
+            return 0
+        amask = PLANAR_SPAN - 1  # addresses wrap at 64 K (four bytes each)
+        start = ((cr[0x0C] << 8) | cr[0x0D]) * 4
+        line = cr[0x13] * 8  # word mode: two addresses a unit
+        stride = s.stride
+        buf = s.buf
+        n = w * BYTES_PER_PIXEL
+        rects = 0
+        run0 = -1
+        addr = start
+        for y in range(h + 1):
+            draw = False
+            if y < h:
+                if y == compare:
+                    addr = 0  # the split screen: from address 0 on
+                src = addr & amask
+                if (y + 1) % scans == 0:
+                    addr += line
+                # A line spans at most two pages (the second may be page 0: a wrap).
+                draw = full or dirty[src // PAGE] or \
+                    dirty[((src + cols * 4 - 1) & amask) // PAGE]
+            if draw:
+                if run0 < 0:
+                    run0 = y
+                parts = []
+                for i in range(cols):
+                    o = (src + 4 * i) & amask
+                    v = (spread[view[o]] | (spread[view[o + 1]] << 1) |
+                         (spread[view[o + 2]] << 2) | (spread[view[o + 3]] << 3)) & plane_mask
+                    px = cache.get(v)
+                    if px is None:
+                        if len(cache) >= PLANAR_CACHE_MAX:
+                            cache.clear()
+                        px = b"".join([colours[(v >> (28 - 4 * k)) & 15] * dup
+                                       for k in range(8)])
+                        cache[v] = px
+                    parts.append(px)
+                o = y * stride
+                buf[o:o + n] = b"".join(parts)
+            elif run0 >= 0:
+                s.update(0, run0, w, y - run0)
+                rects += 1
+                run0 = -1
+        return rects
 
     # Text --------------------------------------------------------------------------
 
