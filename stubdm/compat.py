@@ -12,7 +12,7 @@ except ImportError:
 
 
 try:
-    from time import ticks_diff, ticks_us  # MicroPython
+    from time import ticks_add, ticks_diff, ticks_us  # MicroPython
 except ImportError:
     from time import perf_counter as _perf_counter
 
@@ -21,6 +21,9 @@ except ImportError:
 
     def ticks_diff(a, b):
         return a - b
+
+    def ticks_add(a, b):
+        return a + b
 
 
 # MicroPython raises ValueError where CPython raises struct.error.

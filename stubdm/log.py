@@ -10,14 +10,16 @@
 # at most a few hundred bytes of log a second per source, whatever it does.
 import sys
 
-from stubdm.compat import ticks_diff, ticks_us
+from stubdm.compat import ticks_add, ticks_diff, ticks_us
 
 _counts = {"guest_error": 0, "unimp": 0, "suppressed": 0}
 verbose = 1  # 0 quiet, 1 warnings and guest errors, 2 debug
 BURST = 20  # lines a source may log at once
 RATE = 5  # lines a second after the burst
 LINE_MAX = 240  # longer guest-made messages are cut
-_buckets = {}  # source -> [credit, last refill (ticks_us), suppressed since last line]
+# source -> [credit, last refill (ticks_us), suppressed since last line, quiet until
+# (ticks_us; 0: not quiet)]
+_buckets = {}
 _sources = []  # the same keys, in first-seen order (MicroPython dicts have none)
 _out = None  # a test may point this at a list to capture lines
 
@@ -34,12 +36,17 @@ def _allow(key):
     """Take a token for source `key`; False when it must stay quiet."""
     now = ticks_us()
     b = _buckets.get(key)
+    if b is not None and b[3] and ticks_diff(b[3], now) > 0:
+        # Still quiet (a flood's common case): no refill to work out.
+        b[2] += 1
+        _counts["suppressed"] += 1
+        return None
     if b is None:
         if len(_sources) >= 256:  # keys are code constants; never grow without bound
             key = "other"
             b = _buckets.get(key)
         if b is None:
-            b = [BURST * 1000000, now, 0]
+            b = [BURST * 1000000, now, 0, 0]
             _buckets[key] = b
             _sources.append(key)
     # Credit in line-microseconds: integers only (the stub domain's
@@ -53,7 +60,10 @@ def _allow(key):
         b[0] = min(BURST * 1000000, b[0] + dt * RATE)
     if b[0] >= 1000000:
         b[0] -= 1000000
+        b[3] = 0
         return b
+    # Quiet until the next whole line of credit (never 0: 0 means "not quiet").
+    b[3] = ticks_add(now, (1000000 - b[0]) // RATE + 1) or 1
     b[2] += 1
     _counts["suppressed"] += 1
     return None
