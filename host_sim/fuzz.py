@@ -14,9 +14,9 @@ BARs moved over each other and over fixed ports, rep I/O with pointers at and
 past the end of RAM, df, huge counts, replays of earlier writes to a device
 cut short or repeated, buffered ioreqs, INVALIDATE, unknown types, device
 events). After every request the fuzzer checks: no exception escaped, it took
-under 10 ms of CPU (a rep: plus 5 us an item, REP_ITEM_S), it made at most a bound of hypervisor calls, every IRQ line's
-level as the platform last saw it is the device's, and no read value is wider
-than its access. Memory is sampled (allocated blocks after a collection)
+under 10 ms of CPU (a rep: plus 5 us a byte, REP_BYTE_S), it made at most a
+bound of hypervisor calls, every IRQ line's level as the platform last saw it
+is the device's, and no read value is wider than its access. Memory is sampled (allocated blocks after a collection)
 over each run of one machine. Each finding is reported with the seed and a
 reproducer shrunk by delta debugging on the request sequence.
 
@@ -40,14 +40,15 @@ from stubdm.memory import GuestMemory, ram_ranges
 
 SLOW_S = 0.010  # a request slower than this is a finding
 # The work bound of one request, as decided for this fuzzer: SLOW_S of the
-# device model's CPU, plus this much for each item of a rep after the first.
-# Xen clamps a rep to one page (at most 4096 items, MAX_REP_BYTES), and each
-# item is a guest access in its own right that the device carries out (an ATA
-# command, a register write, a frame to send) with the cost it would have
-# alone. Done in one request, the items save a round trip each (some 20-50 us
-# under host_sim, several on Xen); 5 us an item keeps a whole rep several
-# times cheaper than the same accesses one by one. Worst case: 30.5 ms.
-REP_ITEM_S = 0.000005
+# device model's CPU, plus REP_BYTE_S for each byte a rep moves beyond its
+# first item. Xen clamps a rep to one page (MAX_REP_BYTES), and each item is a
+# guest access in its own right that the device carries out (an ATA command, a
+# register write, a frame to send), an item wider than the register being as
+# many accesses as it has bytes (QEMU's memory core splits it so). Done in one
+# request, the items save a round trip each (some 20-50 us under host_sim,
+# several on Xen); 5 us a byte keeps a whole rep several times cheaper than
+# the same accesses one by one. The worst case, a full page: 30.5 ms.
+REP_BYTE_S = 0.000005
 # Hypervisor calls one request may make. The most a well-behaved request
 # needs: a command write that moves all six BARs (unmap + map each) plus its
 # INTx, or a PIRQ dword (four link routes).
@@ -1089,14 +1090,14 @@ class Problem:
         self.shrink_note = ""
 
 
-def rep_items(req):
-    """The items of a rep request beyond its first (0 for anything else)."""
+def rep_bytes(req):
+    """The bytes a rep request moves beyond its first item (0 for anything else)."""
     if req[0] != "S":
         return 0
-    count, size = req[4], req[5]
+    count, size = req[4], max(1, min(req[5], 8))
     if count < 2:  # rep ins/outs/movs (data_is_ptr) and rep stos alike
         return 0
-    return min(count, MAX_REP_BYTES // max(1, min(size, 8))) - 1
+    return min(count * size, MAX_REP_BYTES) - size
 
 
 def check_request(rig, req, call_bound=CALL_BOUND, slow_s=SLOW_S):
@@ -1120,7 +1121,7 @@ def check_request(rig, req, call_bound=CALL_BOUND, slow_s=SLOW_S):
             tb = tb.tb_next
         return [("exception", "%s at %s" % (type(e).__name__, where),
                  "%s: %s (at %s, %s)" % (type(e).__name__, e, where, target))], None, target
-    if dt > slow_s + rep_items(req) * REP_ITEM_S:
+    if dt > slow_s + rep_bytes(req) * REP_BYTE_S:
         # Rep requests are slow for their count: one key per target and size class.
         key = target
         if req[0] == "S" and req[7] and req[4]:
@@ -1531,7 +1532,7 @@ def add_command(sub, common):
         description="Structure-aware fuzzing of stubdm's machine: requests built from the "
         "ranges, PCI functions and BARs the machine claims, run through the real ioreq loop "
         "on CPython with a fake platform as strict as Xen's. Reports exceptions, requests "
-        "slower than 10 ms of CPU (a rep: plus 5 us an item), memory growth, IRQ lines left "
+        "slower than 10 ms of CPU (a rep: plus 5 us a byte), memory growth, IRQ lines left "
         "inconsistent, values wider than the access and requests making too many hypervisor "
         "calls, each with the seed and a "
         "reproducer shrunk by delta debugging.",
