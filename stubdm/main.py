@@ -925,8 +925,10 @@ class DeviceModel:
                 timeout = RX_TIMEOUT_MS
             nic_due = self.machine.nic_timer_deadline() if self.timers else None
             if nic_due is not None:
-                # e1000's interrupt throttling: wake when its next interrupt is due.
-                wait = ticks_diff(nic_due, ticks_us()) // 1000
+                # e1000's interrupt throttling: wake when its next interrupt is due,
+                # rounded up to poll's ms: rounding down spun at poll(0) through every
+                # gap (Linux's bulk ITR is 250 us); under traffic any event is sooner.
+                wait = (ticks_diff(nic_due, ticks_us()) + 999) // 1000
                 timeout = min(timeout, wait if wait > 0 else 0)
             if xs_backlog:
                 timeout = 0
