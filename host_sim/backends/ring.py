@@ -14,8 +14,11 @@ it. req_size, rsp_size: one request's and one response's size (stubdm.pv_abi).
 barrier: a full memory barrier; by default a lock's acquire and release (a
 locked instruction: a full fence on x86), since the frontend runs in another
 process. log(msg): where refusals go (default: stderr). Indices are read and
-written with struct's "<I", which CPython on a little-endian host does as one
-4-byte memcpy: one access, never torn.
+written as 4-byte slices of the view (one memcpy of 4 aligned bytes: a single
+load or store on x86), never with struct: struct.pack_into clears the field
+before it stores the value byte by byte, so the frontend could read rsp_prod 0
+(netfront then breaks the ring), and unpack_from reads byte by byte, tearing
+against the frontend's atomic add.
 
 The ring attaches at the shared rsp_prod, as Linux's blkback does
 (BACK_RING_ATTACH): rsp_prod_pvt = req_cons = rsp_prod. A frontend whose
@@ -45,7 +48,6 @@ Refused (logged once, then the ring is broken and serves nothing): a req_prod
 more than size past rsp_prod_pvt (RING_REQUEST_PROD_OVERFLOW: more requests
 than the ring holds), and a req_prod that moves backwards.
 """
-import struct
 import sys
 import threading
 
@@ -68,6 +70,14 @@ def full_barrier():
     _fence_lock.release()
 
 
+def _load32(mem, off):
+    return int.from_bytes(mem[off:off + 4], "little")
+
+
+def _store32(mem, off, value):
+    mem[off:off + 4] = (value & _M).to_bytes(4, "little")
+
+
 def _stderr_log(msg):
     sys.stderr.write("host_sim: " + msg + "\n")
 
@@ -88,7 +98,7 @@ class BackRing:
         self.barrier = barrier
         self.log = log if log is not None else _stderr_log
         self.broken = None
-        start = struct.unpack_from("<I", mem, _OFF_RSP_PROD)[0]
+        start = _load32(mem, _OFF_RSP_PROD)
         self.rsp_prod_pvt = start
         self.req_cons = start
         self._rsp_pushed = start  # our own copy of the published rsp_prod
@@ -101,7 +111,7 @@ class BackRing:
         """Reads and checks the frontend's req_prod; returns requests available."""
         if self.broken is not None:
             return 0
-        rp = struct.unpack_from("<I", self.mem, _OFF_REQ_PROD)[0]
+        rp = _load32(self.mem, _OFF_REQ_PROD)
         base = self.rsp_prod_pvt
         if rp != self._req_seen:
             # RING_REQUEST_PROD_OVERFLOW (more requests than the ring holds
@@ -139,7 +149,7 @@ class BackRing:
             return True
         if self.broken is not None:
             return False
-        struct.pack_into("<I", self.mem, _OFF_REQ_EVENT, (self.req_cons + 1) & _M)
+        _store32(self.mem, _OFF_REQ_EVENT, self.req_cons + 1)
         self.barrier()  # req_event is visible before we look at req_prod again
         return self.unconsumed_requests() != 0
 
@@ -163,10 +173,10 @@ class BackRing:
         if new == old:
             return False
         self.barrier()  # the frontend sees the responses before the new rsp_prod
-        struct.pack_into("<I", self.mem, _OFF_RSP_PROD, new)
+        _store32(self.mem, _OFF_RSP_PROD, new)
         self._rsp_pushed = new
         self.barrier()  # rsp_prod is visible before we look at rsp_event
-        event = struct.unpack_from("<I", self.mem, _OFF_RSP_EVENT)[0]
+        event = _load32(self.mem, _OFF_RSP_EVENT)
         return ((new - event) & _M) < ((new - old) & _M)
 
     def _break(self, why):
