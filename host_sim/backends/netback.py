@@ -39,9 +39,10 @@ class NetBack(Backend):
         self.ns = ns
         self.tap_name = "vif%d.%s" % (frontend_domid, devid)
         self.tap = -1
+        self.tap_polled = False
         if ns is not None:
             self.tap = ns.open_tap(self.tap_name, tap_address)
-            hv.add_fd(self.tap, self._tap_readable)
+            self._poll_tap(True)
         self.tx = self.rx = None
         self.tx_map = self.rx_map = None
         self.rx_posted = []  # (id, gref) the frontend gave us to fill
@@ -84,6 +85,7 @@ class NetBack(Backend):
         except EvtchnError as e:
             raise BackendError("%s: binding event channel %d: %s" % (self.name, port, e))
         self.sg = self._read_int(fe + "/feature-sg", 0, 1) == 1
+        self._poll_tap(True)  # frames queued while unconnected: read once there is room
 
     def _disconnect(self):
         self.rx_posted = []
@@ -97,7 +99,7 @@ class NetBack(Backend):
     def destroy(self):
         super().destroy()
         if self.tap >= 0:
-            self.hv.remove_fd(self.tap)
+            self._poll_tap(False)
             os.close(self.tap)
             self.tap = -1
 
@@ -196,14 +198,33 @@ class NetBack(Backend):
             rid, gref = struct.unpack(A.NETIF_RX_REQ_FMT, req)
             self.rx_posted.append((rid, gref))
 
+    def _poll_tap(self, on):
+        # A TAP with frames queued stays readable: polled while there is no room
+        # for them, host_sim's loop spun (and starved the device model).
+        if on != self.tap_polled and self.tap >= 0:
+            self.tap_polled = on
+            if on:
+                self.hv.add_fd(self.tap, self._tap_readable)
+            else:
+                self.hv.remove_fd(self.tap)
+
     def _tap_readable(self):
-        if self.tap < 0 or self.rx is None:
+        if self.tap < 0:
             return
+        if self.rx is None:
+            self._poll_tap(False)  # polled again once a frontend connects and posts
+            return
+        need = (MAX_FRAME + PAGE - 1) // PAGE if self.sg else 1
         for _ in range(64):  # a batch, then back to the loop
             self._take_rx_requests()
-            need = (MAX_FRAME + PAGE - 1) // PAGE if self.sg else 1
             if len(self.rx_posted) < need:
-                return  # no room: leave frames in the TAP's queue
+                # No room: frames wait in the TAP's queue. Arm req_event so the
+                # frontend's next RX posting notifies us (serve() looks again).
+                if self.rx.final_check_for_requests():
+                    continue
+                self._poll_tap(False)
+                return
+            self._poll_tap(True)
             try:
                 frame = os.read(self.tap, MAX_FRAME)
             except BlockingIOError:
