@@ -119,6 +119,7 @@ CD_BLOCK = const(2048)
 LBA28_LIMIT = const(0x0FFFFFFF)
 # Guest memory one disk request moves at most (within the mapcache's reach).
 DMA_CHUNK = const(1 << 20)
+DMA_WINDOW = const(8)  # disk requests of one DMA command in flight at once
 PIO_BUF = const(MAX_MULT_SECTORS * SECTOR)
 ATAPI_BUF = const(0x10000 + CD_BLOCK)  # one DRQ block (< 64 KiB) plus a partial block
 
@@ -559,13 +560,21 @@ class AtaBase(Drive):
         """Move nbytes between the disk from 512-byte `sector` on (or `source`,
         a buffer) and the guest's scatter list, chunk by chunk; then(ok,
         status) at the end (status None: the scatter list failed)."""
-        st = {"left": nbytes, "sector": sector, "pos": 0, "again": False, "busy": False}
+        # "left": bytes not yet mapped; "out": requests in flight; "err": the first
+        # failure (then no more are mapped). A command bigger than one disk request
+        # has all its requests in flight at once, up to DMA_WINDOW of them.
+        st = {"left": nbytes, "sector": sector, "pos": 0, "again": False, "busy": False,
+              "out": 0, "err": block.OK, "end": False}
         # One disk request takes at most the disk's max_sectors (stubdm/block.py).
         limit = DMA_CHUNK
         if source is None:
             limit = min(limit, max(1, getattr(self.disk, "max_sectors", 2048)) * SECTOR)
         gen = self.gen
         self.busy = True
+
+        def finish(ok, status):
+            st["end"] = True
+            then(ok, status)
 
         def step():
             # Completions may come before submit returns: iterate, never recurse.
@@ -575,16 +584,26 @@ class AtaBase(Drive):
             st["busy"] = True
             while True:
                 st["again"] = False
-                if gen != self.gen:
+                if gen != self.gen or st["end"]:
                     break
-                if st["left"] <= 0:
-                    then(True, block.OK)
+                if st["err"] != block.OK or st["left"] <= 0:
+                    if st["out"] == 0:
+                        if st["err"] != block.OK:
+                            finish(False, st["err"])
+                        else:
+                            finish(True, block.OK)
+                    break
+                if st["out"] >= DMA_WINDOW:
                     break
                 n = min(st["left"], limit)
                 chunk = self.t.dma_map(n, op == block.READ)
                 if chunk is None:
-                    then(False, None)
-                    break
+                    st["left"] = 0
+                    if st["out"] == 0:
+                        finish(False, None)
+                        break
+                    st["err"] = None  # the scatter list failed mid-way: then(False, None)
+                    continue
                 if source is not None:
                     pos = st["pos"]
                     for v in chunk.views:
@@ -594,9 +613,7 @@ class AtaBase(Drive):
                     chunk.release()
                     st["left"] -= n
                     continue
-                self._dma_chunk(op, st, n, chunk, step, then)
-                if not st["again"]:
-                    break
+                self._dma_chunk(op, st, n, chunk, step)
             st["busy"] = False
 
         self.dma_pending = step
@@ -609,7 +626,7 @@ class AtaBase(Drive):
         if step is not None:
             step()
 
-    def _dma_chunk(self, op, st, n, chunk, step, then):
+    def _dma_chunk(self, op, st, n, chunk, step):
         views = chunk.views
         bounce = None
         for v in views:
@@ -622,6 +639,9 @@ class AtaBase(Drive):
                 bounce[pos:pos + len(v)] = v
                 pos += len(v)
         sector = st["sector"]
+        st["sector"] += n // SECTOR
+        st["left"] -= n
+        st["out"] += 1
 
         def done(status):
             if status == block.OK and bounce is not None and op == block.READ:
@@ -630,12 +650,9 @@ class AtaBase(Drive):
                     v[:] = bounce[pos:pos + len(v)]
                     pos += len(v)
             chunk.release()
-            if status != block.OK:
-                st["left"] = 0
-                then(False, status)
-                return
-            st["left"] -= n
-            st["sector"] += n // SECTOR
+            st["out"] -= 1
+            if status != block.OK and st["err"] == block.OK:
+                st["err"] = status
             step()
 
         self._submit(op, sector, [memoryview(bounce)] if bounce is not None else views, done,

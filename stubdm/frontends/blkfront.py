@@ -24,7 +24,7 @@ from stubdm.frontends.xenbus import Frontend
 
 PAGE = 4096
 RING_ORDER = 2  # 4 pages: 128 requests in flight
-POOL_PAGES = 256  # 1 MiB of the stub domain's memory per disk
+POOL_PAGES = 1024  # 4 MiB per disk: four 1 MiB requests in flight (1 MiB held one only)
 MAX_SEGS = 256  # pages per request with indirect descriptors (1 MiB)
 INDIRECT_PAGES = 16  # indirect descriptor pages: indirect requests in flight
 MAX_SECTORS_VALUE = 1 << 48
