@@ -247,7 +247,12 @@ def _move_pio_block(drive, sg, packet):
 
 
 class AhciDisk(ata.AtaDisk):
-    """An ATA disk on a SATA port: ata.py's disk plus NCQ in IDENTIFY (words 75, 76)."""
+    """An ATA disk on a SATA port: ata.py's disk plus NCQ in IDENTIFY (words 75, 76)
+    and the NCQ command error log that Linux reads after a queued command failed."""
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.ncq_log = True
 
     def _identify(self):
         super()._identify()
@@ -883,6 +888,9 @@ class AhciPort:
             self._report_ncq()  # what completed before the error is reported
         err = ata._errno_to_ata(c.status, c.is_write)
         st = ata.ST_DRDY | ata.ST_ERR
+        f = c.fis
+        self.drive.ncq_error = (c.slot, st, err, f[4] | (f[5] << 8) | (f[6] << 16) | (
+            f[8] << 24) | (f[9] << 32) | (f[10] << 40), f[3] | (f[11] << 8))
         self.tfd = (err << 8) | st
         self.drive.error = err
         self.drive.status = ata.ST_READY

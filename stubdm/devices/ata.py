@@ -71,12 +71,15 @@ CMD_READ_NORETRY = const(0x21)
 CMD_READ_EXT = const(0x24)
 CMD_READ_DMA_EXT = const(0x25)
 CMD_READ_MULTIPLE_EXT = const(0x29)
+CMD_READ_LOG_EXT = const(0x2F)
 CMD_WRITE = const(0x30)
 CMD_WRITE_NORETRY = const(0x31)
 CMD_WRITE_EXT = const(0x34)
 CMD_WRITE_DMA_EXT = const(0x35)
 CMD_WRITE_MULTIPLE_EXT = const(0x39)
 CMD_WRITE_DMA_FUA_EXT = const(0x3D)
+LOG_DIRECTORY = const(0x00)
+LOG_NCQ_ERROR = const(0x10)  # SATA's NCQ command error log (one page)
 CMD_VERIFY = const(0x40)
 CMD_VERIFY_NORETRY = const(0x41)
 CMD_VERIFY_EXT = const(0x42)
@@ -718,6 +721,8 @@ class AtaDisk(AtaBase):
     def __init__(self, transport, unit, name, disk, serial):
         super().__init__(transport, unit, name, disk, serial, PIO_BUF)
         self.mult_sectors = MAX_MULT_SECTORS
+        self.ncq_log = False  # a SATA disk with NCQ keeps log 10h
+        self.ncq_error = None  # (tag, status, error, lba, count) of a failed queued command
         self._geometry()
         self.xfer = None  # the PIO command under way: [sector, left, is_write, per_block, fua]
 
@@ -823,6 +828,8 @@ class AtaDisk(AtaBase):
                 self._ok()
         elif cmd in (CMD_FLUSH_CACHE, CMD_FLUSH_CACHE_EXT):
             self._flush(None)
+        elif cmd == CMD_READ_LOG_EXT:
+            self._read_log()
         elif cmd == CMD_IDENTIFY:
             self._identify()
             self._pio_start(SECTOR, False, None)
@@ -886,13 +893,64 @@ class AtaDisk(AtaBase):
         _put16(b, 81, 0x16)
         _put16(b, 82, (1 << 14) | (1 << 5))  # NOP, write cache
         _put16(b, 83, (1 << 14) | (1 << 13) | (1 << 12) | (1 << 10))  # FLUSH (EXT), LBA48
-        _put16(b, 84, 1 << 14)
+        _put16(b, 84, (1 << 14) | ((1 << 5) if self.ncq_log else 0))  # GPL: READ LOG EXT
         _put16(b, 85, (1 << 14) | ((1 << 5) if self.wcache else 0))
         _put16(b, 86, (1 << 13) | (1 << 12) | (1 << 10))
-        _put16(b, 87, 1 << 14)
+        _put16(b, 87, (1 << 14) | ((1 << 5) if self.ncq_log else 0))
         _put16(b, 93, 1 | (1 << 14) | 0x2000)
         for i in range(4):
             _put16(b, 100 + i, (n >> (16 * i)) & 0xFFFF)
+
+    # --- READ LOG EXT (ACS-3 7.24; general purpose logs) --------------------------
+
+    def _log_pages(self, addr):
+        """How many pages the log at addr has (0: not supported)."""
+        if addr == LOG_DIRECTORY:
+            return 1
+        if addr == LOG_NCQ_ERROR and self.ncq_log:
+            return 1
+        return 0
+
+    def _read_log(self):
+        addr = self.sector
+        # The page number is LBA 15:8 (libata writes no more); any higher bit is past it.
+        page = (self.hob_lcyl << 16) | (self.hob_sector << 8) | self.lcyl
+        n = self._count(True)
+        have = self._log_pages(addr)
+        if have == 0 or page + n > have or n * SECTOR > len(self.pio.buf):
+            log.guest_error(self.name, "READ LOG EXT of log %#04x pages %d+%d (has %d)" % (
+                addr, page, n, have))
+            self._abort()
+            return
+        b = self.pio.buf
+        b[0:SECTOR] = bytes(SECTOR)
+        if addr == LOG_DIRECTORY:
+            _put16(b, 0, 1)  # the directory's version; then each log's page count
+            for a in range(1, 256):
+                _put16(b, a, self._log_pages(a))
+        else:
+            self._ncq_error_page(b)
+        self._pio_start(n * SECTOR, False, None)
+
+    def _ncq_error_page(self, b):
+        """Log 10h: the failed queued command (its tag, status, error, LBA, count),
+        or NQ (no queued command failed). Reading it clears it, as on a drive."""
+        e = self.ncq_error
+        self.ncq_error = None
+        if e is None:
+            b[0] = 0x80  # NQ
+        else:
+            tag, status, error, lba, count = e
+            b[0] = tag & 0x1F
+            b[2] = status
+            b[3] = error
+            for i in range(3):
+                b[4 + i] = (lba >> (8 * i)) & 0xFF
+                b[8 + i] = (lba >> (24 + 8 * i)) & 0xFF
+            b[7] = 0x40
+            b[12] = count & 0xFF
+            b[13] = (count >> 8) & 0xFF
+        b[511] = (-sum(b[0:511])) & 0xFF  # the page's bytes sum to 0
 
     # --- PIO read/write (ATA-6 9.7 PIO data-in, 9.8 PIO data-out) ---------------
 
