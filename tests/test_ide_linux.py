@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from host_sim import engine, qtest_qemu
+from host_sim.scripted import PORT_BINARY
 
 QEMU = qtest_qemu.find_qemu()
 KERNEL, INITRD = engine.find_kernel()
@@ -55,6 +56,17 @@ def boot(run, **kw):
 
 
 def test_linux_reads_disk_and_cd_with_dma(images, dm_runtime):
+    _reads_disk_and_cd(images, dm_runtime)
+
+
+def test_linux_reads_disk_and_cd_with_dma_on_the_port(images):
+    """The same on the MiniOS port built for Linux (frozen code, its own heap)."""
+    if not os.access(PORT_BINARY, os.X_OK):
+        pytest.skip("%s is not built: run .venv/bin/scons" % PORT_BINARY)
+    _reads_disk_and_cd(images, "port")
+
+
+def _reads_disk_and_cd(images, dm_runtime):
     disk, _big, iso, tree = images
     run = ("sha256sum /dev/sda; "
            "for d in /sys/class/ata_device/*; do "

@@ -24,7 +24,9 @@ from stubdm.frontends.xenbus import Frontend
 
 PAGE = 4096
 RING_ORDER = 2  # 4 pages: 128 requests in flight
-POOL_PAGES = 1024  # 4 MiB per disk: four 1 MiB requests in flight (1 MiB held one only)
+# 2 MiB per disk: two 1 MiB requests in flight (1 MiB held one only). MiniOS has
+# 2048 grant entries (NR_GRANT_FRAMES 4): two disks and a CD-ROM must fit in them.
+POOL_PAGES = 512
 MAX_SEGS = 256  # pages per request with indirect descriptors (1 MiB)
 INDIRECT_PAGES = 16  # indirect descriptor pages: indirect requests in flight
 MAX_SECTORS_VALUE = 1 << 48
