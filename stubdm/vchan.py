@@ -15,6 +15,7 @@ import struct
 
 from stubdm import log
 from stubdm.compat import const
+from stubdm.frontends.ring import load32
 from stubdm.hypervisor import HypervisorError
 
 PAGE = const(4096)
@@ -212,7 +213,7 @@ class VchanServer:
             self.hyp.notify(self.port)
 
     def _set_index(self, word, off, value):
-        cur = struct.unpack_from("<I", self.mem, off)[0]
+        cur = load32(self.mem, off)
         self.hyp.atomic_add32(word, (value - cur) & _M)
 
     # ---- the streams ----
@@ -220,7 +221,7 @@ class VchanServer:
         """Bytes the client has written and we have not read; None if the ring broke."""
         if self.mem is None:
             return 0
-        prod = struct.unpack_from("<I", self.mem, OFF_LEFT_PROD)[0]
+        prod = load32(self.mem, OFF_LEFT_PROD)
         n = (prod - self.rd_cons) & _M
         if n > self.read_size:
             self._drop("left prod %d is %d bytes past our cons %d (ring %d)"
@@ -259,7 +260,7 @@ class VchanServer:
         """Bytes we may write now; None if the ring broke."""
         if self.mem is None:
             return 0
-        cons = struct.unpack_from("<I", self.mem, OFF_RIGHT_CONS)[0]
+        cons = load32(self.mem, OFF_RIGHT_CONS)
         used = (self.wr_prod - cons) & _M
         back = (cons - self.peer_cons) & _M
         if used > self.write_size or back > self.write_size:

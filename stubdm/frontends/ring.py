@@ -67,6 +67,20 @@ _OFF_REQ_EVENT = const(4)
 _OFF_RSP_PROD = const(8)
 _OFF_RSP_EVENT = const(12)
 _OFF_RING = const(64)
+
+
+def load32(mem, off):
+    """A shared little-endian index read as one 4-byte copy (one load with glibc's
+    memcpy): struct.unpack_from reads byte by byte on both runtimes, so it could see
+    half of the other end's store. (MiniOS's memcpy is bytewise either way.)"""
+    return int.from_bytes(bytes(mem[off:off + 4]), "little")
+
+
+def store32(mem, off, value):
+    """The matching store, one 4-byte copy: struct.pack_into clears the field, then
+    writes it byte by byte, so the other end could read 0 (host_sim's BackRing did).
+    Where it matters on MiniOS, add32 (the glue's atomic add) publishes instead."""
+    mem[off:off + 4] = (value & _M).to_bytes(4, "little")
 _REREADS = const(2)
 
 
@@ -125,7 +139,7 @@ class FrontRing:
         self._publish(self._req_prod_word, _OFF_REQ_PROD, new)
         self._req_pushed = new
         self.barrier()  # req_prod is visible before we look at req_event
-        event = struct.unpack_from("<I", self.mem, _OFF_REQ_EVENT)[0]
+        event = load32(self.mem, _OFF_REQ_EVENT)
         # Notify iff req_event lies in (old, new]: the backend asked to be
         # woken at one of the requests just published.
         return ((new - event) & _M) < ((new - old) & _M)
@@ -136,7 +150,7 @@ class FrontRing:
         """Reads and checks the backend's rsp_prod; returns unconsumed responses."""
         if self.broken is not None:
             return 0
-        rp = struct.unpack_from("<I", self.mem, _OFF_RSP_PROD)[0]
+        rp = load32(self.mem, _OFF_RSP_PROD)
         if rp != self._rsp_seen:
             tries = 0
             while not self._acceptable(rp):
@@ -146,7 +160,7 @@ class FrontRing:
                     return 0
                 tries += 1
                 self.barrier()
-                rp = struct.unpack_from("<I", self.mem, _OFF_RSP_PROD)[0]
+                rp = load32(self.mem, _OFF_RSP_PROD)
             self._rsp_seen = rp
             self.barrier()  # read the responses only after their rsp_prod
         return (self._rsp_seen - self.rsp_cons) & _M
@@ -196,10 +210,10 @@ class FrontRing:
 
     def _publish(self, word, off, value):
         if self.add32 is None:
-            struct.pack_into("<I", self.mem, off, value)
+            store32(self.mem, off, value)
         else:
             # Only this end writes the word: the add takes it exactly to value.
-            cur = struct.unpack_from("<I", self.mem, off)[0]
+            cur = load32(self.mem, off)
             self.add32(word, (value - cur) & _M)
 
     def _break(self, why):
@@ -212,12 +226,12 @@ def take_in_events(page, cons_off, ring_offs, ring_len, event_size, barrier, who
     in_prod after it), copied out and given back: a list of event_size-byte records,
     or None when in_prod is more than a ring ahead (logged; what it published is
     skipped, as nothing of it can be trusted)."""
-    cons, prod = struct.unpack_from("<II", page, cons_off)
+    cons, prod = load32(page, cons_off), load32(page, cons_off + 4)
     n = (prod - cons) & _M
     if n > ring_len:
         log.guest_error(who, "%s: backend's in_prod %d is %d events past in_cons"
                         % (name, prod, n))
-        struct.pack_into("<I", page, cons_off, prod)
+        store32(page, cons_off, prod)
         return None
     barrier()  # the events only after their in_prod
     events = []
@@ -225,5 +239,5 @@ def take_in_events(page, cons_off, ring_offs, ring_len, event_size, barrier, who
         off = pv_abi.event_offset(ring_offs, ring_len, event_size, cons + i)
         events.append(bytes(page[off:off + event_size]))
     barrier()  # copied before the slots are given back
-    struct.pack_into("<I", page, cons_off, prod)
+    store32(page, cons_off, prod)
     return events
