@@ -445,10 +445,16 @@ class SimHypervisor:
             if op in proto.ONE_WAY:
                 continue
             msg = struct.pack("<iI", ret, len(reply)) + reply
-            if fds:
-                socket.send_fds(c.sock, [msg], fds)
-            else:
-                c.sock.sendall(msg)
+            try:
+                if fds:
+                    socket.send_fds(c.sock, [msg], fds)
+                else:
+                    c.sock.sendall(msg)
+            except OSError:
+                # The peer died between its request and our answer (a killed
+                # qemu-xen): it is gone, as when its socket reads empty.
+                self._drop(c)
+                return
             if self._sent_once is not None:
                 self._sent_once.sent()  # the device model has its copies now
                 self._sent_once = None
