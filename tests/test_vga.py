@@ -374,6 +374,22 @@ def test_planar_16_colour_mode_0x12_renders(dev):
     assert log.count("guest_error") == 0 and log.count("unimp") == 0
 
 
+def test_planar_dot_clock_change_redraws_at_the_new_width(dev):
+    """SR1's half dot clock doubles each pixel: patterns drawn before the change
+    must not be reused at the other width (the fuzzer's ValueError)."""
+    v, g, s = dev
+    program_mode(g, MODE12_MISC, MODE12_SEQ, MODE12_CRTC, MODE12_GC, MODE12_AC)
+    g.outb(0x3C4, 2)
+    g.outb(0x3C5, 0x0F)
+    g.writeb(0xA0000, 0xF0)
+    v.refresh()
+    assert s.width == 640 and s.pixel(3, 0) != s.pixel(4, 0)
+    g.outb(0x3C4, 1)
+    g.outb(0x3C5, MODE12_SEQ[1] | 0x08)  # half dot clock: 320 pixels, each twice
+    v.refresh()
+    assert s.width == 1280 and s.pixel(7, 0) == s.pixel(0, 0) != s.pixel(8, 0)
+
+
 def test_every_mask_combination_stays_inside_vram(dev):
     """Every write mode, function and mask: only the addressed dword changes."""
     v, g, _ = dev

@@ -512,7 +512,7 @@ class Vga(PciFunction):
         self.cursor_drawn = -1
         self.colour_cache = None
         self.palette_dirty = True
-        self.planar_cache = None  # (the colours, {8 pixels' indices: their pixels})
+        self.planar_cache = None  # (the colours, dup, {8 pixels' indices: their pixels})
         self.cga_noted = False
 
     def _load_rom_font(self):
@@ -1147,10 +1147,12 @@ class Vga(PciFunction):
             full = True
         colours = self._attr_colours()
         cache = self.planar_cache
-        if cache is None or cache[0] is not colours:
-            cache = (colours, {})  # patterns drawn in other colours: gone
+        if cache is None or cache[0] is not colours or cache[1] != dup:
+            # Patterns drawn in other colours, or at the other dot clock (their
+            # width is 8 * dup pixels, found by the fuzzer): gone.
+            cache = (colours, dup, {})
             self.planar_cache = cache
-        cache = cache[1]
+        cache = cache[2]
         if _SPREAD is None:
             _SPREAD = _spread_table()
         spread = _SPREAD
