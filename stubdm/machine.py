@@ -398,6 +398,10 @@ class Machine:
     def suspend(self):
         # qemu-xen's suspend notifier: xc_set_hvm_param(ACPI_S_STATE, 3), and
         # Xen parks the vCPUs until the toolstack sets the parameter to 0.
+        # Once, as QEMU's suspend request is ignored while suspended: a rep of
+        # S3 writes is one suspend, not one hypercall an item (the fuzzer's).
+        if self.suspended:
+            return
         self.suspended = True
         set_state = getattr(self.platform, "set_acpi_s_state", None)
         if set_state is None:
