@@ -22,6 +22,7 @@ import time
 import pytest
 
 from host_sim import engine, qtest_qemu
+from tests.test_display_pv import free_display
 
 QEMU = qtest_qemu.find_qemu()
 KERNEL, INITRD = engine.find_kernel()
@@ -114,14 +115,6 @@ def test_bochs_binds_sets_a_mode_and_fbcon_draws(tmp_path, dm_runtime, big_heap)
 # console must be read back, cell by cell, with the project's font.
 VNCDO = os.path.join(os.path.dirname(sys.executable), "vncdo")
 CLI = os.path.join(os.path.dirname(sys.executable), "stubdm-sim")
-
-
-def free_display():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port, "127.0.0.1:%d" % (port - 5900)
 
 
 def screen_text(png):

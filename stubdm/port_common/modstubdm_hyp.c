@@ -613,6 +613,17 @@ static int glue_share_frames(xenglue_xen_t *self, void *addr, uint32_t count,
 }
 #endif
 
+// The frame numbers as a tuple of ints; frees the array.
+static mp_obj_t frames_tuple(uint64_t *frames, mp_int_t count) {
+    mp_obj_t t = mp_obj_new_tuple((size_t)count, NULL);
+    mp_obj_tuple_t *tt = MP_OBJ_TO_PTR(t);
+    for (mp_int_t i = 0; i < count; i++) {
+        tt->items[i] = mp_obj_new_int_from_ull(frames[i]);
+    }
+    free(frames);
+    return t;
+}
+
 static mp_obj_t xen_share_frames(mp_obj_t self_in, mp_obj_t addr, mp_obj_t count_in) {
     mp_int_t count = get_int(count_in);
     if (count <= 0 || count > 65536) {
@@ -629,12 +640,7 @@ static mp_obj_t xen_share_frames(mp_obj_t self_in, mp_obj_t addr, mp_obj_t count
         free(frames);
         mp_raise_OSError(e ? e : MP_EIO);
     }
-    mp_obj_t t = mp_obj_new_tuple((size_t)count, NULL);
-    mp_obj_tuple_t *tt = MP_OBJ_TO_PTR(t);
-    for (mp_int_t i = 0; i < count; i++) {
-        tt->items[i] = mp_obj_new_int_from_ull(frames[i]);
-    }
-    free(frames);
+    mp_obj_t t = frames_tuple(frames, count);
     return t;
 }
 static MP_DEFINE_CONST_FUN_OBJ_3(xen_share_frames_obj, xen_share_frames);
@@ -656,12 +662,7 @@ static mp_obj_t xen_own_pages(mp_obj_t self_in, mp_obj_t count_in) {
         free(frames);
         mp_raise_OSError(e ? e : MP_EIO);
     }
-    mp_obj_t t = mp_obj_new_tuple((size_t)count, NULL);
-    mp_obj_tuple_t *tt = MP_OBJ_TO_PTR(t);
-    for (mp_int_t i = 0; i < count; i++) {
-        tt->items[i] = mp_obj_new_int_from_ull(frames[i]);
-    }
-    free(frames);
+    mp_obj_t t = frames_tuple(frames, count);
     mp_obj_t out[3] = {
         mp_obj_new_int_from_ull((uintptr_t)p),
         t,
