@@ -613,6 +613,26 @@ static int glue_share_frames(xenglue_xen_t *self, void *addr, uint32_t count,
 }
 #endif
 
+// An array for `count` frame numbers (1..65536, else EINVAL).
+static uint64_t *frames_alloc(mp_int_t count) {
+    if (count <= 0 || count > 65536) {
+        mp_raise_OSError(MP_EINVAL);
+    }
+    uint64_t *frames = malloc(sizeof(uint64_t) * (size_t)count);
+    if (frames == NULL) {
+        mp_raise_OSError(MP_ENOMEM);
+    }
+    errno = 0;
+    return frames;
+}
+
+// A glue call that filled no frames failed: free the array, raise its errno.
+static NORETURN void frames_fail(uint64_t *frames) {
+    int e = errno;
+    free(frames);
+    mp_raise_OSError(e ? e : MP_EIO);
+}
+
 // The frame numbers as a tuple of ints; frees the array.
 static mp_obj_t frames_tuple(uint64_t *frames, mp_int_t count) {
     mp_obj_t t = mp_obj_new_tuple((size_t)count, NULL);
@@ -626,41 +646,22 @@ static mp_obj_t frames_tuple(uint64_t *frames, mp_int_t count) {
 
 static mp_obj_t xen_share_frames(mp_obj_t self_in, mp_obj_t addr, mp_obj_t count_in) {
     mp_int_t count = get_int(count_in);
-    if (count <= 0 || count > 65536) {
-        mp_raise_OSError(MP_EINVAL);
-    }
-    uint64_t *frames = malloc(sizeof(uint64_t) * (size_t)count);
-    if (frames == NULL) {
-        mp_raise_OSError(MP_ENOMEM);
-    }
-    errno = 0;
+    uint64_t *frames = frames_alloc(count);
     if (glue_share_frames(XEN(self_in), (void *)(uintptr_t)get_u64(addr), (uint32_t)count,
         frames) < 0) {
-        int e = errno;
-        free(frames);
-        mp_raise_OSError(e ? e : MP_EIO);
+        frames_fail(frames);
     }
-    mp_obj_t t = frames_tuple(frames, count);
-    return t;
+    return frames_tuple(frames, count);
 }
 static MP_DEFINE_CONST_FUN_OBJ_3(xen_share_frames_obj, xen_share_frames);
 
 static mp_obj_t xen_own_pages(mp_obj_t self_in, mp_obj_t count_in) {
     (void)self_in;
     mp_int_t count = get_int(count_in);
-    if (count <= 0 || count > 65536) {
-        mp_raise_OSError(MP_EINVAL);
-    }
-    uint64_t *frames = malloc(sizeof(uint64_t) * (size_t)count);
-    if (frames == NULL) {
-        mp_raise_OSError(MP_ENOMEM);
-    }
-    errno = 0;
+    uint64_t *frames = frames_alloc(count);
     void *p = glue_own_pages((uint32_t)count, frames);
     if (p == NULL) {
-        int e = errno;
-        free(frames);
-        mp_raise_OSError(e ? e : MP_EIO);
+        frames_fail(frames);
     }
     mp_obj_t t = frames_tuple(frames, count);
     mp_obj_t out[3] = {
@@ -677,13 +678,7 @@ static mp_obj_t xen_free_own_pages(mp_obj_t self_in, mp_obj_t addr, mp_obj_t fra
     size_t n;
     mp_obj_t *items;
     mp_obj_get_array(frames_in, &n, &items);
-    if (n == 0 || n > 65536) {
-        mp_raise_OSError(MP_EINVAL);
-    }
-    uint64_t *frames = malloc(sizeof(uint64_t) * n);
-    if (frames == NULL) {
-        mp_raise_OSError(MP_ENOMEM);
-    }
+    uint64_t *frames = frames_alloc(n > 65536 ? 0 : (mp_int_t)n);
     for (size_t i = 0; i < n; i++) {
         frames[i] = get_u64(items[i]);
     }
