@@ -361,6 +361,18 @@ def socket_pingpong_us(n=20000):
     return int(m.group(2)) / int(m.group(1)) / 1e3 if m else None
 
 
+def evtchn_pingpong_us(spin_us, n=20000):
+    """One round trip of the ioreq path's shape between two processes (a word in
+    a shared page, a pipe byte, an eventfd back; vfio_floor --evtchn-pingpong, in
+    C), each side watching the page spin_us before it sleeps; None without it."""
+    if vfio_floor_missing():
+        return None
+    r = subprocess.run([VFIO_FLOOR, "--evtchn-pingpong", str(n), str(spin_us)],
+                       capture_output=True, text=True, timeout=60)
+    m = re.search(r"EVTCHN-PINGPONG n=(\d+) spin_us=\d+ ns=(\d+)", r.stdout)
+    return int(m.group(2)) / int(m.group(1)) / 1e3 if m else None
+
+
 class QemuEngine(_Timed, Engine):
     """The same QEMU command line, with QEMU's own pci-serial at 00:04.0."""
 
@@ -595,6 +607,9 @@ def bench_pio(qemu, kernel, initrd, count=20000, runtime="cpython", out=None,
         shutil.rmtree(work, ignore_errors=True)
     if CFLOOR in results:
         results[CFLOOR]["pingpong_us"] = socket_pingpong_us()
+    if STUBDM in results:
+        results[STUBDM]["evtchn_sleep_us"] = evtchn_pingpong_us(0)
+        results[STUBDM]["evtchn_spin_us"] = evtchn_pingpong_us(100)
     _print_pio(results, count, runtime, qemu, out, configs)
     out.write(_load_line(load))
     return results
@@ -689,6 +704,12 @@ def _print_pio(results, count, runtime, qemu, out, configs):
                              rt - dm_us, rt - dm_us))
             rows.append(("  the rest: engine loop (DM polls), function back end",
                          s["read_us"] - f["read_us"] - rt, s["write_us"] - f["write_us"] - rt))
+        # The same round trip's shape in C (vfio_floor --evtchn-pingpong).
+        for key, what in (("evtchn_sleep_us", "both sides sleep in poll"),
+                          ("evtchn_spin_us", "both spin 100 us first")):
+            v = s.get(key)
+            if v is not None:
+                rows.append(("    its shape as a C ping-pong, " + what, v, v))
         w("stubdm's time per access, split (DESIGN.md section 11):" + " " * 11
           + "read      write\n")
         for name, rd, wr in rows:

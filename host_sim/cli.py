@@ -173,6 +173,11 @@ def bench_ioreq(args):
     print("  physical floor: a request/reply between two processes over a unix socket, in C "
           "(build/out/vfio_floor --pingpong): %s" % ("%.1f us" % pp if pp is not None else
                                                      _bench.vfio_floor_missing()))
+    for spin, what in ((0, "both sides sleep in poll"), (100, "both spin 100 us first")):
+        ev = _bench.evtchn_pingpong_us(spin)
+        if ev is not None:
+            print("  the ioreq path's shape as a C ping-pong (shared page, pipe, eventfd; "
+                  "vfio_floor --evtchn-pingpong), %s: %.1f us" % (what, ev))
     hits, misses = rst.get("mapcache_hits", 0), rst.get("mapcache_misses", 0)
     print("  rep outsb of 64 bytes from guest RAM: %.0f per second, %.1f us each, "
           "%.1f us in the device model" % (reps / rdt, rdt / reps * 1e6,

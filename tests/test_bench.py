@@ -254,3 +254,19 @@ def test_c_floor_refuses_bad_sizes_and_pingpong_measures():
         os.rmdir(d)
     us = bench.socket_pingpong_us(200)
     assert us is not None and 0 < us < 10000
+
+
+@pytest.mark.skipif(bench.vfio_floor_missing() is not None,
+                    reason=bench.vfio_floor_missing() or "")
+def test_evtchn_pingpong_completes_sleeping_and_spinning():
+    import subprocess
+
+    # Each round trip waits for the other side's answer to request i: both
+    # modes finish (a lost wake-up would hang it and give None), and a bad
+    # argument is refused rather than spun on.
+    for spin in (0, 100):
+        us = bench.evtchn_pingpong_us(spin, n=200)
+        assert us is not None and 0 < us < 10000
+    r = subprocess.run([bench.VFIO_FLOOR, "--evtchn-pingpong", "10", "5000"],
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 2 and "spin of 0 to 1000 us" in r.stderr

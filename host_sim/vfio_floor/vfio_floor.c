@@ -8,6 +8,11 @@
 //                              33-byte reply between two processes over a
 //                              socketpair (the socket alone, no QEMU); prints
 //                              "PINGPONG n=N ns=T"
+//     vfio_floor --evtchn-pingpong N S  N round trips of the shape of host_sim's
+//                              ioreq path (a word in a shared page, a pipe byte
+//                              there, an eventfd write back), each side watching
+//                              the page for S us before it sleeps in poll;
+//                              prints "EVTCHN-PINGPONG n=N spin_us=S ns=T"
 //
 // It serves the function host_sim/bench.py's NullSerialFunction describes
 // (1b36:0002's configuration space, one 8-byte I/O BAR that reads 0 and
@@ -26,6 +31,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -420,6 +429,90 @@ static int pingpong(long n) {
     return 0;
 }
 
+// Wait for *word to become want, watching it for up to spin_ns first, then
+// sleeping in poll on fd and draining what it brought (8 bytes: an eventfd;
+// otherwise one byte of a pipe). 0, or -1 when the other side went away.
+static int evtchn_wait(volatile uint32_t *word, uint32_t want, int fd, size_t len,
+                       uint64_t spin_ns) {
+    uint64_t end = now_ns() + spin_ns;
+    while (spin_ns && __atomic_load_n(word, __ATOMIC_ACQUIRE) != want) {
+        __builtin_ia32_pause();
+        if (now_ns() >= end) {
+            break;
+        }
+    }
+    uint64_t v;
+    for (;;) {
+        // Non-blocking fds: the signal may already be there (or not yet, when
+        // the spin saw the word first: then the next wait takes it).
+        ssize_t r = read(fd, &v, len);
+        if (r == (ssize_t)len) {
+            if (__atomic_load_n(word, __ATOMIC_ACQUIRE) == want) {
+                return 0;
+            }
+            continue;
+        }
+        if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
+            return -1;
+        }
+        if (__atomic_load_n(word, __ATOMIC_ACQUIRE) == want) {
+            return 0;
+        }
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        if (poll(&pfd, 1, 5000) <= 0 || (pfd.revents & (POLLHUP | POLLERR))) {
+            return -1;
+        }
+    }
+}
+
+// The shape of host_sim's ioreq round trip (hostsim_proto.h, HS_EVTCHN_*) with
+// nothing else in it: a request word in a shared page and a byte down a pipe to
+// the "device model", its answer in the page and an eventfd write back; each
+// side watching the page for up to spin_us before it sleeps in poll (0: the
+// kernel's wake-up alone).
+static int evtchn_pingpong(long n, long spin_us) {
+    volatile uint32_t *page = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+                                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    int pipefd[2];
+    int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (page == MAP_FAILED || efd < 0 || pipe2(pipefd, O_NONBLOCK | O_CLOEXEC) < 0) {
+        perror("vfio_floor: evtchn-pingpong");
+        return 1;
+    }
+    uint64_t spin = (uint64_t)spin_us * 1000u;
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("vfio_floor: fork");
+        return 1;
+    }
+    if (pid == 0) {  // the device model: answer request i with i
+        close(pipefd[1]);
+        uint64_t one = 1;
+        for (uint32_t i = 1; evtchn_wait(&page[0], i, pipefd[0], 1, spin) == 0; i++) {
+            __atomic_store_n(&page[1], i, __ATOMIC_RELEASE);
+            if (write(efd, &one, 8) != 8) {
+                break;
+            }
+        }
+        _exit(0);
+    }
+    close(pipefd[0]);
+    char b = 1;
+    uint64_t t0 = now_ns();
+    for (uint32_t i = 1; i <= (uint32_t)n; i++) {
+        __atomic_store_n(&page[0], i, __ATOMIC_RELEASE);
+        if (write(pipefd[1], &b, 1) != 1 || evtchn_wait(&page[1], i, efd, 8, spin) < 0) {
+            fprintf(stderr, "vfio_floor: the other side went away\n");
+            return 1;
+        }
+    }
+    uint64_t t = now_ns() - t0;
+    close(pipefd[1]);
+    waitpid(pid, NULL, 0);
+    printf("EVTCHN-PINGPONG n=%ld spin_us=%ld ns=%llu\n", n, spin_us, (unsigned long long)t);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     // Never outlive whoever started us (a bench that dies leaves nothing).
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -436,6 +529,17 @@ int main(int argc, char **argv) {
             return 2;
         }
         return pingpong(n);
+    }
+    if (argc == 4 && strcmp(argv[1], "--evtchn-pingpong") == 0) {
+        char *end, *end2;
+        long n = strtol(argv[2], &end, 10);
+        long spin = strtol(argv[3], &end2, 10);
+        if (*end || *end2 || n < 1 || n > 100000000 || spin < 0 || spin > 1000) {
+            fprintf(stderr, "vfio_floor: --evtchn-pingpong takes a count of 1 to 10^8 and "
+                            "a spin of 0 to 1000 us\n");
+            return 2;
+        }
+        return evtchn_pingpong(n, spin);
     }
     if (argc != 2 || argv[1][0] == '-') {
         fprintf(stderr, "usage: vfio_floor SOCKET | vfio_floor --pingpong N\n");
