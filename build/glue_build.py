@@ -231,6 +231,8 @@ typedef struct {
     int kick_fd;
     uint32_t prod;
     uint32_t overflows;
+    uint64_t raised_ns;
+    uint64_t hop_n, hop_to_dm_ns, hop_in_dm_ns, hop_back_ns;
 } hs_sim_evtchn_t;
 int hs_sim_raise(hs_sim_evtchn_t *h, uint32_t port);
 int hs_sim_redeliver(hs_sim_evtchn_t *h, uint32_t port);

@@ -206,9 +206,16 @@ class _Timed:
 
 
 class StubdmEngine(_Timed, Engine):
-    """Engine, also timing each ioreq round trip as host_sim sees it (send to answer)."""
+    """Engine, also timing each ioreq round trip as host_sim sees it (send to answer),
+    and keeping its hops (SimHypervisor.hop_stats) from before host_sim closes."""
 
     ioreq_time = 0.0
+    hops = None
+
+    def close(self):
+        if self.hv is not None:
+            self.hops = self.hv.hop_stats()
+        super().close()
 
     def ioreq(self, server, type_, addr, data, size, is_read):
         t = time.perf_counter()
@@ -451,6 +458,7 @@ def run_one(config, qemu, kernel, initrd, run, runtime="cpython", timeout=BOOT_T
         r["ioreqs"] = e.ioreqs
         r["ioreq_us"] = e.ioreq_time / e.ioreqs * 1e6 if e.ioreqs else None
         r["stats"] = dm_stats(getattr(e, "messages", ""))
+        r["hops"] = getattr(e, "hops", None)
     if config == FLOOR:
         r["null_accesses"] = e.function.reads + e.function.writes
     if config == CFLOOR:
@@ -702,6 +710,20 @@ def _print_pio(results, count, runtime, qemu, out, configs):
                              dm_us, dm_us))
                 rows.append(("    event channels, process switches, hypervisor side",
                              rt - dm_us, rt - dm_us))
+            hops = s.get("hops") or {}
+            hn = hops.get("n", 0)
+            if hn:
+                to_dm, in_dm, back = (hops[k] / hn / 1e3
+                                      for k in ("to_dm_ns", "in_dm_ns", "back_ns"))
+                rows += [
+                    ("    hops (%d%% of them, stamps in shared memory):" % (100 * hn // n
+                                                                            if n else 0),
+                     None, None),
+                    ("      host_sim's delivery to the DM's pending() returning", to_dm, to_dm),
+                    ("      the DM, pending() to its notify() (loop and request)", in_dm, in_dm),
+                    ("      the DM's notify() to host_sim seeing the answer", back, back),
+                    ("      host_sim's own code around them (send_ioreq)",
+                     rt - to_dm - in_dm - back, rt - to_dm - in_dm - back)]
             rows.append(("  the rest: engine loop (DM polls), function back end",
                          s["read_us"] - f["read_us"] - rt, s["write_us"] - f["write_us"] - rt))
         # The same round trip's shape in C (vfio_floor --evtchn-pingpong).
@@ -713,6 +735,9 @@ def _print_pio(results, count, runtime, qemu, out, configs):
         w("stubdm's time per access, split (DESIGN.md section 11):" + " " * 11
           + "read      write\n")
         for name, rd, wr in rows:
+            if rd is None:
+                w("  %s\n" % name)
+                continue
             w("  %-64s %7.2f us %7.2f us\n" % (name, rd, wr))
         if n:
             w("  device model: %d ioreqs in the run (%d of them the bench's), busy %.2f s, "

@@ -253,6 +253,7 @@ class SimHypervisor:
         self.servers = {}
         self.next_server = 0
         self.handles = {}
+        self.opened = []  # every handle ever opened (their hop sums, for benches)
         self.next_handle = 1
         self.evtchn = EventChannels(self.log)
         self.grants = GrantTables(self.log)
@@ -666,6 +667,7 @@ class SimHypervisor:
         self.next_handle += 1
         h = EvtchnHandle(hid)
         self.handles[hid] = h
+        self.opened.append(h)
         if c is not None:
             c.handles.append(h)
         self.add_fd(h.kick_fd, self._evtchn_kicked(h))
@@ -767,6 +769,18 @@ class SimHypervisor:
             if s.enabled and s.contains(kind, start, end):
                 return s
         return None
+
+    def hop_stats(self):
+        """The hops of the ioreq round trips answered in C, over every handle
+        (hs_sim_evtchn_t's sums): {"n", "to_dm_ns", "in_dm_ns", "back_ns"}."""
+        out = {"n": 0, "to_dm_ns": 0, "in_dm_ns": 0, "back_ns": 0}
+        for h in self.opened:
+            c = h.c
+            out["n"] += c.hop_n
+            out["to_dm_ns"] += c.hop_to_dm_ns
+            out["in_dm_ns"] += c.hop_in_dm_ns
+            out["back_ns"] += c.hop_back_ns
+        return out
 
     def send_ioreq(self, s, vcpu, type_, addr, data, size, count=1, is_read=0, ptr=0, df=0):
         """Put a request in vCPU's slot, wake the device model, wait for the answer

@@ -29,6 +29,8 @@ static void byte_to_pipe(hs_sim_evtchn_t *h) {
     }
 }
 
+static uint64_t now_ns(void);
+
 static int push(hs_sim_evtchn_t *h, uint32_t port) {
     uint32_t cons = __atomic_load_n(u32_at(h, HS_EVTCHN_OFF_CONS), __ATOMIC_ACQUIRE);
     if (h->prod - cons >= HS_EVTCHN_RING) {
@@ -42,6 +44,7 @@ static int push(hs_sim_evtchn_t *h, uint32_t port) {
     uint32_t *ring = u32_at(h, HS_EVTCHN_OFF_RING);
     __atomic_store_n(&ring[h->prod % HS_EVTCHN_RING], port, __ATOMIC_RELAXED);
     h->prod++;
+    h->raised_ns = now_ns();
     __atomic_store_n(u32_at(h, HS_EVTCHN_OFF_PROD), h->prod, __ATOMIC_RELEASE);
     byte_to_pipe(h);
     return 1;
@@ -160,6 +163,22 @@ static int spin_for_answer(hs_sim_evtchn_t *h, uint32_t port, const uint8_t *sta
     }
 }
 
+// An answer seen: the hops from the device model's stamps, when they are in
+// order (a stale or scribbled stamp is simply not counted).
+static void count_hops(hs_sim_evtchn_t *h) {
+    const uint64_t *st = (const uint64_t *)(h->shm + HS_EVTCHN_OFF_STAMPS);
+    uint64_t taken = __atomic_load_n(&st[0], __ATOMIC_RELAXED);
+    uint64_t told = __atomic_load_n(&st[1], __ATOMIC_RELAXED);
+    uint64_t seen = now_ns();
+    if (h->raised_ns <= taken && taken <= told && told <= seen &&
+        seen - h->raised_ns < 1000000000u) {
+        h->hop_n++;
+        h->hop_to_dm_ns += taken - h->raised_ns;
+        h->hop_in_dm_ns += told - taken;
+        h->hop_back_ns += seen - told;
+    }
+}
+
 int hs_sim_wait_answer(hs_sim_evtchn_t *h, uint32_t port, const uint8_t *state,
                        struct pollfd *fds, int nfds, int timeout_ms, uint32_t *out, int max,
                        int *nout) {
@@ -170,6 +189,7 @@ int hs_sim_wait_answer(hs_sim_evtchn_t *h, uint32_t port, const uint8_t *state,
         int n = hs_sim_take(h, out, max);
         *nout = n;
         if (n == 1 && out[0] == port) {
+            count_hops(h);
             return 1;
         }
         return 0;  // more came with it: the caller serves all of it
@@ -183,5 +203,9 @@ int hs_sim_wait_answer(hs_sim_evtchn_t *h, uint32_t port, const uint8_t *state,
     int n = hs_sim_take(h, out, max);
     *nout = n;
     // ioreq.h's IORESP_READY in the state bits, seen after the event (as Xen's vCPU).
-    return n == 1 && out[0] == port && (__atomic_load_n(state, __ATOMIC_ACQUIRE) & 0xF) == 3;
+    if (n == 1 && out[0] == port && (__atomic_load_n(state, __ATOMIC_ACQUIRE) & 0xF) == 3) {
+        count_hops(h);
+        return 1;
+    }
+    return 0;
 }

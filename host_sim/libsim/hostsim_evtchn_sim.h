@@ -14,6 +14,12 @@ typedef struct {
     int kick_fd;  // the eventfd the device model writes
     uint32_t prod;  // ring entries written (ours; the shared copy is for the peer)
     uint32_t overflows;  // times the ring was found full
+    // Each hop of the ioreq round trips hs_sim_wait_answer saw answered, summed
+    // (ns, for benches): our last delivery to the device model's pending(), its
+    // pending() to its notify(), its notify() to our seeing the answer. From the
+    // device model's stamps (HS_EVTCHN_OFF_STAMPS): counted only when in order.
+    uint64_t raised_ns;  // CLOCK_MONOTONIC of our last delivery
+    uint64_t hop_n, hop_to_dm_ns, hop_in_dm_ns, hop_back_ns;
 } hs_sim_evtchn_t;
 
 // An event on local port: 1 delivered (in the ring, a byte in the pipe), 0

@@ -785,6 +785,8 @@ int xenevtchn_notify(xenevtchn_handle *xce, evtchn_port_t port) {
         errno = EINVAL;
         return -1;
     }
+    __atomic_store_n((uint64_t *)(xce->shm + HS_EVTCHN_OFF_STAMPS) + 1, hs_now_ns(),
+                     __ATOMIC_RELAXED);
     uint64_t bit = 1ULL << (port % 64);
     // Already set: host_sim has not taken it yet, and will see this one too.
     if (!(__atomic_fetch_or(hs_evtchn_bits(xce, HS_EVTCHN_OFF_SEND, port), bit,
@@ -847,6 +849,8 @@ xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle *xce) {
             r = -1;
         } else {
             hs_spin_learn(xce, (evtchn_port_t)r);
+            __atomic_store_n((uint64_t *)(xce->shm + HS_EVTCHN_OFF_STAMPS), hs_now_ns(),
+                             __ATOMIC_RELAXED);
         }
     }
     pthread_mutex_unlock(&xce->lock);

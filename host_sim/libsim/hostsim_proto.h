@@ -85,6 +85,9 @@ enum {
 #define HS_EVTCHN_OFF_OVERFLOW 4104  // u32: host_sim found the ring full
 #define HS_EVTCHN_OFF_SEND 4160  // u64[64]: ports notified (device model sets)
 #define HS_EVTCHN_OFF_UNMASK 4672  // u64[64]: ports unmasked while pending
+// u64[2], CLOCK_MONOTONIC ns, for benches only (host_sim trusts neither): when
+// the device model last took a port from pending(), and last entered notify().
+#define HS_EVTCHN_OFF_STAMPS 6144
 #define HS_EVTCHN_OFF_RING 8192  // u32 ring[HS_EVTCHN_RING] of local ports
 #define HS_EVTCHN_SHM_SIZE 12288
 
