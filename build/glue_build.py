@@ -233,6 +233,7 @@ typedef struct {
     uint32_t overflows;
     uint64_t raised_ns;
     uint64_t hop_n, hop_to_dm_ns, hop_in_dm_ns, hop_back_ns;
+    uint32_t spin_ns;
 } hs_sim_evtchn_t;
 int hs_sim_raise(hs_sim_evtchn_t *h, uint32_t port);
 int hs_sim_redeliver(hs_sim_evtchn_t *h, uint32_t port);
@@ -246,6 +247,7 @@ int hs_sim_wait_answer(hs_sim_evtchn_t *h, uint32_t port, const uint8_t *state,
 #define HS_SIM_UNMASKED ...
 #define HS_EVTCHN_SHM_SIZE ...
 #define HS_EVTCHN_PORTS ...
+#define HS_EVTCHN_OFF_DM_SPIN ...
 """
 
 

@@ -59,6 +59,9 @@ STATS_LINE = re.compile(r"^stubdm-stats:(.*)$", re.M)
 
 STUBDM, FLOOR, QEMU = "stubdm", "floor", "qemu"
 CFLOOR = "c-floor"  # build/out/vfio_floor: the floor's physical limit
+# stubdm with host_sim's and libsim's spins before sleeping turned off: what
+# the two wake-ups of the device model's round trip cost (bench pio only).
+NOSPIN = "stubdm-nospin"
 # qemu-xen (host_sim/qemu_xen.py): Xen's own device model through the same
 # engine, its pci-serial at 00:04.0; in the default set where it is installed.
 QEMU_XEN = "qemu-xen"
@@ -223,6 +226,21 @@ class StubdmEngine(_Timed, Engine):
             return super().ioreq(server, type_, addr, data, size, is_read)
         finally:
             self.ioreq_time += time.perf_counter() - t
+
+
+class NoSpinEngine(StubdmEngine):
+    """StubdmEngine with the event channels' spins off (EvtchnHandle.spin_us
+    (0, 0) for the handles the device model opens at its start)."""
+
+    def start_dm(self):
+        from host_sim.hypervisor import EvtchnHandle
+
+        saved = EvtchnHandle.spin_us
+        EvtchnHandle.spin_us = (0, 0)
+        try:
+            super().start_dm()
+        finally:
+            EvtchnHandle.spin_us = saved
 
 
 class NullSerialFunction:
@@ -412,8 +430,10 @@ def _qemu_xen_engine():
     return QemuXenBenchEngine
 
 
-ENGINES = {STUBDM: StubdmEngine, FLOOR: FloorEngine, QEMU: QemuEngine, CFLOOR: CFloorEngine}
+ENGINES = {STUBDM: StubdmEngine, FLOOR: FloorEngine, QEMU: QemuEngine, CFLOOR: CFloorEngine,
+           NOSPIN: NoSpinEngine}
 LABELS = {STUBDM: "stubdm (%s) via host_sim", FLOOR: "transport floor (null vfio-user)",
+          NOSPIN: "stubdm (%s), no spin before poll",
           CFLOOR: "minimal C vfio-user server",
           QEMU: "QEMU's own pci-serial", QEMU_XEN: "qemu-xen's pci-serial via host_sim"}
 
@@ -454,7 +474,7 @@ def run_one(config, qemu, kernel, initrd, run, runtime="cpython", timeout=BOOT_T
     # What the kernel's clock doesn't see: firmware, loading, decompression.
     r["pre_kernel"] = (r["to_init"] - r["kernel_line"]
                        if r["to_init"] is not None and r["kernel_line"] is not None else None)
-    if config in (STUBDM, QEMU_XEN):
+    if config in (STUBDM, QEMU_XEN, NOSPIN):
         r["ioreqs"] = e.ioreqs
         r["ioreq_us"] = e.ioreq_time / e.ioreqs * 1e6 if e.ioreqs else None
         r["stats"] = dm_stats(getattr(e, "messages", ""))
@@ -585,6 +605,7 @@ def bench_pio(qemu, kernel, initrd, count=20000, runtime="cpython", out=None,
         configs = default_configs()
         if vfio_floor_missing() is None:
             configs = configs[:2] + (CFLOOR,) + configs[2:]
+        configs = configs[:1] + (NOSPIN,) + configs[1:]
     _need(qemu, kernel, initrd)
     load = _load()
     work = tempfile.mkdtemp(prefix="stubdm-bench-")
@@ -744,6 +765,21 @@ def _print_pio(results, count, runtime, qemu, out, configs):
               "%.2f us each\n" % (n, 2 * (count + 100), st["busy_us"] / 1e6, dm_us))
         else:
             w("  device model: no stubdm-stats line in its log\n")
+    if NOSPIN in results and FLOOR in results:
+        o, f = results[NOSPIN], results[FLOOR]
+        w("without the spins (both sides sleep in poll at once): stubdm/floor time per access: "
+          "reads %.2f, writes %.2f (best rounds: %.2f, %.2f)\n"
+          % (o["read_us"] / f["read_us"], o["write_us"] / f["write_us"],
+             o["best_read_us"] / f["best_read_us"], o["best_write_us"] / f["best_write_us"]))
+        hops = o.get("hops") or {}
+        if hops.get("n") and o.get("ioreq_us") is not None:
+            hn = hops["n"]
+            w("  its ioreq round trip %.2f us: delivery to pending() %.2f, the DM %.2f, "
+              "notify() to the answer seen %.2f, host_sim's own code %.2f us\n"
+              % ((o["ioreq_us"],) + tuple(hops[k] / hn / 1e3 for k in
+                                         ("to_dm_ns", "in_dm_ns", "back_ns"))
+                 + (o["ioreq_us"] - (hops["to_dm_ns"] + hops["in_dm_ns"] + hops["back_ns"])
+                    / hn / 1e3,)))
 
 
 # ---------------------------------------------------------------- stubdm-sim bench

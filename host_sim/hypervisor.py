@@ -138,6 +138,11 @@ class EvtchnHandle:
     to notify), a pipe we write a byte to per port delivered (the fd it polls;
     it hangs up when we close), and an eventfd it writes when it set a bit."""
 
+    # us: how long host_sim watches an ioreq slot for the answer, and how long
+    # the device model may watch the delivery ring after its notify, before
+    # either sleeps in poll (each wake-up from poll costs about 20-40 us here).
+    spin_us = (100, 200)
+
     def __init__(self, hid):
         self.id = hid
         self.ports = set()
@@ -153,6 +158,10 @@ class EvtchnHandle:
         c.shm = _evtchn_ffi.cast("uint8_t *", self._buf)
         c.pipe_fd = self.pipe_w
         c.kick_fd = self.kick_fd
+        # The bounded spins before sleeping (hostsim_evtchn_sim.c, hostsim_libs.c).
+        c.spin_ns = self.spin_us[0] * 1000
+        struct.pack_into("<I", self.shm, _evtchn_lib.HS_EVTCHN_OFF_DM_SPIN,
+                         self.spin_us[1] * 1000)
         self._taken = _evtchn_ffi.new("uint32_t[]", _TAKE_MAX)
 
     def peer_fds(self):

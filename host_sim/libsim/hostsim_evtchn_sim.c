@@ -12,10 +12,6 @@
 
 // Bounded: a peer flipping a state byte without end must not hold us.
 #define HS_SIM_CAS_TRIES 64
-// The longest host_sim watches a slot before it sleeps (see spin_for_answer).
-#ifndef HS_SIM_SPIN_NS
-#define HS_SIM_SPIN_NS 100000u
-#endif
 
 static uint32_t *u32_at(hs_sim_evtchn_t *h, uint32_t off) {
     return (uint32_t *)(h->shm + off);
@@ -143,12 +139,12 @@ static uint64_t now_ns(void) {
 // Seen: IORESP_READY in the state bits and the port's notify bit set (the
 // device model sets the state, then the bit, then kicks the eventfd).
 static int spin_for_answer(hs_sim_evtchn_t *h, uint32_t port, const uint8_t *state) {
-    if (port == 0 || port >= HS_EVTCHN_PORTS) {
+    if (port == 0 || port >= HS_EVTCHN_PORTS || h->spin_ns == 0) {
         return 0;
     }
     const uint64_t *send = (const uint64_t *)(h->shm + HS_EVTCHN_OFF_SEND) + port / 64;
     uint64_t bit = 1ULL << (port % 64);
-    uint64_t end = now_ns() + HS_SIM_SPIN_NS;
+    uint64_t end = now_ns() + (h->spin_ns < 1000000u ? h->spin_ns : 1000000u);
     for (;;) {
         for (int i = 0; i < 64; i++) {
             if ((__atomic_load_n(send, __ATOMIC_ACQUIRE) & bit) &&

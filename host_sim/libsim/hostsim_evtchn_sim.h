@@ -20,6 +20,7 @@ typedef struct {
     // device model's stamps (HS_EVTCHN_OFF_STAMPS): counted only when in order.
     uint64_t raised_ns;  // CLOCK_MONOTONIC of our last delivery
     uint64_t hop_n, hop_to_dm_ns, hop_in_dm_ns, hop_back_ns;
+    uint32_t spin_ns;  // how long hs_sim_wait_answer watches the slot (0: never)
 } hs_sim_evtchn_t;
 
 // An event on local port: 1 delivered (in the ring, a byte in the pipe), 0

@@ -735,6 +735,12 @@ static uint64_t hs_now_ns(void) {
 static void hs_spin_for_event(xenevtchn_handle *xce, evtchn_port_t port) {
     pthread_mutex_lock(&xce->lock);
     uint32_t window = xce->answer_port == port ? xce->spin_ns : 0;
+    // host_sim's limit (0: never), itself no more than ours.
+    uint32_t limit = __atomic_load_n((uint32_t *)(xce->shm + HS_EVTCHN_OFF_DM_SPIN),
+                                     __ATOMIC_RELAXED);
+    if (window > limit) {
+        window = limit;
+    }
     int armed = xce->answer_port == port;
     xce->answer_port = 0;
     uint32_t cons = xce->cons;

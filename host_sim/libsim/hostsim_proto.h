@@ -88,6 +88,9 @@ enum {
 // u64[2], CLOCK_MONOTONIC ns, for benches only (host_sim trusts neither): when
 // the device model last took a port from pending(), and last entered notify().
 #define HS_EVTCHN_OFF_STAMPS 6144
+// u32, ns: the longest the device model may watch the ring after a notify
+// (hostsim_libs.c, hs_spin_for_event; host_sim sets it, 0: never).
+#define HS_EVTCHN_OFF_DM_SPIN 6160
 #define HS_EVTCHN_OFF_RING 8192  // u32 ring[HS_EVTCHN_RING] of local ports
 #define HS_EVTCHN_SHM_SIZE 12288
 
