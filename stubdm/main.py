@@ -804,6 +804,8 @@ class DeviceModel:
         after timeout_ms: a disk whose backend never came is then an absent disk."""
         import select
 
+        from stubdm.xenstore import LOST as XS_LOST
+
         if self.pv is None or not self.needed_pv:
             return
         hyp = self.hyp
@@ -830,7 +832,9 @@ class DeviceModel:
                     port = hyp.pending()
                     hyp.unmask(port)
                     self.pv.on_port(port)
-            self.xs.events()
+            if self.xs.events() == XS_LOST:
+                log.info("stubdm", "xenstore connection lost while PV devices connected")
+                return
 
     def vga_config(self, opts, hyp, ram):
         """The standard VGA: its video RAM populated in guest memory, and the surface
@@ -903,6 +907,8 @@ class DeviceModel:
         poller.register(fd, select.POLLIN)
         xs_fd = -1
         if self.xs is not None:
+            from stubdm.xenstore import LOST as XS_LOST
+
             xs_fd = self.xs.fileno()
             poller.register(xs_fd, select.POLLIN)
         pv = self.pv
@@ -964,7 +970,16 @@ class DeviceModel:
             if self.qmp is not None:
                 self.qmp.poll()
             if xs_fd >= 0:
-                xs_backlog = self.xs.events() >= XS_EVENTS_PER_TURN
+                n = self.xs.events()
+                if n == XS_LOST:
+                    # xenstored went away (libxenstore polls its socket in a thread,
+                    # so no POLLHUP reaches us): the PV devices stop, the guest's
+                    # emulation goes on.
+                    log.info("stubdm", "xenstore connection lost: PV devices stop")
+                    poller.unregister(xs_fd)
+                    xs_fd = -1
+                    n = 0
+                xs_backlog = n >= XS_EVENTS_PER_TURN
             if _mem_alloc is not None:
                 events += 1
                 if events >= HEAP_SAMPLE_EVENTS or (not ready and timeout == 1000):

@@ -12,6 +12,12 @@ from stubdm.hypervisor import HypervisorError, glue
 PERM_NONE, PERM_READ, PERM_WRITE = 0, 1, 2
 # xs_wire.h: the longest value a node can hold.
 PAYLOAD_MAX = 4096
+# events(): the connection is gone. libxenstore closes its socket when its reader
+# finds the other end closed and then answers EINVAL; a read on the socket itself
+# says ECONNRESET or EPIPE (32: MicroPython's errno module has no EPIPE); EBADF once
+# the fd is closed.
+LOST = -1
+LOST_ERRNOS = (_errno.EINVAL, _errno.ECONNRESET, 32, _errno.EBADF)
 
 
 class Xenstore:
@@ -138,12 +144,18 @@ class Xenstore:
         return self.xs.fileno()
 
     def events(self, limit=64):
-        """Deliver the queued watch events (at most limit, so a flood can't starve the loop)."""
+        """Deliver the queued watch events (at most limit, so a flood can't starve the loop).
+
+        The count delivered, or LOST when the connection to xenstored is gone
+        (libxenstore's reader thread saw it close and xs_check_watch says EINVAL):
+        the caller stops polling it, the emulation goes on."""
         n = 0
         while n < limit:
             try:
                 ev = self.xs.check_watch()
             except OSError as e:
+                if e.errno in LOST_ERRNOS:
+                    return LOST
                 raise HypervisorError("xenstore watch", e.errno or 0)
             if ev is None:
                 return n

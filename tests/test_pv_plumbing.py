@@ -145,6 +145,27 @@ def test_backend_closing_then_reconnect(runtime):
         assert echo(s, 2)[2] == 0
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_xenstored_gone_the_emulation_goes_on(runtime):
+    """xenstored stops under a running device model (a toolstack tearing down in the
+    other order, a crashed daemon): the PV devices stop, the guest's ports still
+    answer, and at the end it reports and exits 0 (it died with `xenstore watch:
+    EINVAL` and no figures before)."""
+    with _session(runtime) as s:
+        wait_connected(s, s.backends[0])
+        assert echo(s, 1)[2] == 0
+        s.xenstored.stop()
+        for _ in range(20):
+            assert s.guest.inb(0x3FD) == 0x60
+        s.hv.pump_until(lambda: "xenstore connection lost" in s.dm_messages(),
+                        "the device model to notice", timeout=10)
+        assert s.guest.inb(0x3FD) == 0x60
+    msgs = s.dm_messages()
+    assert "EINVAL" not in msgs, msgs
+    assert s.dm_stats() is not None and s.dm_stats()["ioreqs"] >= 21, msgs
+    assert s.proc.returncode == 0, msgs
+
+
 @pytest.mark.parametrize("runtime", ("cpython",))
 def test_device_model_killed_backend_lets_go(runtime):
     with _session(runtime) as s:
