@@ -20,6 +20,7 @@ is taken as a full ring (logged).
 import struct
 
 from host_sim.backends.base import BACKEND_DOMID, MAX_PORT, Backend, BackendError
+from host_sim.backends.ring import _load32, _store32
 from host_sim.evtchn import EvtchnError
 from host_sim.grants import GrantError
 from stubdm import pv_abi as A
@@ -76,9 +77,10 @@ class VkbdBack(Backend):
         self._event_pending = False
         pm = self.page_map
         if pm is not None:
-            cons, prod = struct.unpack_from("<II", pm.mem, A.XENKBD_PAGE_OFF_OUT_CONS)
+            cons = _load32(pm.mem, A.XENKBD_PAGE_OFF_OUT_CONS)
+            prod = _load32(pm.mem, A.XENKBD_PAGE_OFF_OUT_PROD)
             if cons != prod:
-                struct.pack_into("<I", pm.mem, A.XENKBD_PAGE_OFF_OUT_CONS, prod)
+                _store32(pm.mem, A.XENKBD_PAGE_OFF_OUT_CONS, prod)
                 self.notify()
 
     # ---- events to the frontend ----
@@ -87,7 +89,8 @@ class VkbdBack(Backend):
         if pm is None or self.state != 4:
             return False
         page = pm.mem
-        cons, prod = struct.unpack_from("<II", page, A.XENKBD_PAGE_OFF_IN_CONS)
+        cons = _load32(page, A.XENKBD_PAGE_OFF_IN_CONS)
+        prod = _load32(page, A.XENKBD_PAGE_OFF_IN_PROD)
         used = (prod - cons) & _M
         if used >= A.XENKBD_IN_RING_LEN:
             if used > A.XENKBD_IN_RING_LEN:
@@ -100,7 +103,7 @@ class VkbdBack(Backend):
         buf = bytearray(A.XENKBD_IN_EVENT_SIZE)
         buf[:len(ev)] = ev
         page[off:off + A.XENKBD_IN_EVENT_SIZE] = buf
-        struct.pack_into("<I", page, A.XENKBD_PAGE_OFF_IN_PROD, (prod + 1) & _M)
+        _store32(page, A.XENKBD_PAGE_OFF_IN_PROD, (prod + 1) & _M)
         self.stats["sent"] += 1
         self.notify()
         return True
