@@ -375,27 +375,28 @@ class CFloorEngine(_Timed, Engine):
         self.guest_slots = {engine.DEVFN_PCI_SERIAL: (UART_SLOT, 0)}
 
 
+def _vfio_floor_us(args, pattern):
+    """vfio_floor ARGS's one round trip in us (pattern's groups: n and ns), or None
+    without the tool."""
+    if vfio_floor_missing():
+        return None
+    r = subprocess.run([VFIO_FLOOR] + args, capture_output=True, text=True, timeout=60)
+    m = re.search(pattern, r.stdout)
+    return int(m.group(2)) / int(m.group(1)) / 1e3 if m else None
+
+
 def socket_pingpong_us(n=20000):
     """One request/reply round trip between two processes over a unix socket
     (vfio_floor --pingpong, in C), in us; None without the tool."""
-    if vfio_floor_missing():
-        return None
-    r = subprocess.run([VFIO_FLOOR, "--pingpong", str(n)], capture_output=True, text=True,
-                       timeout=60)
-    m = re.search(r"PINGPONG n=(\d+) ns=(\d+)", r.stdout)
-    return int(m.group(2)) / int(m.group(1)) / 1e3 if m else None
+    return _vfio_floor_us(["--pingpong", str(n)], r"PINGPONG n=(\d+) ns=(\d+)")
 
 
 def evtchn_pingpong_us(spin_us, n=20000):
     """One round trip of the ioreq path's shape between two processes (a word in
     a shared page, a pipe byte, an eventfd back; vfio_floor --evtchn-pingpong, in
     C), each side watching the page spin_us before it sleeps; None without it."""
-    if vfio_floor_missing():
-        return None
-    r = subprocess.run([VFIO_FLOOR, "--evtchn-pingpong", str(n), str(spin_us)],
-                       capture_output=True, text=True, timeout=60)
-    m = re.search(r"EVTCHN-PINGPONG n=(\d+) spin_us=\d+ ns=(\d+)", r.stdout)
-    return int(m.group(2)) / int(m.group(1)) / 1e3 if m else None
+    return _vfio_floor_us(["--evtchn-pingpong", str(n), str(spin_us)],
+                          r"EVTCHN-PINGPONG n=(\d+) spin_us=\d+ ns=(\d+)")
 
 
 class QemuEngine(_Timed, Engine):
@@ -644,6 +645,15 @@ def bench_pio(qemu, kernel, initrd, count=20000, runtime="cpython", out=None,
     return results
 
 
+def _hop_us(hops):
+    """SimHypervisor.hop_stats's sums as (count, delivery to pending(), pending() to
+    notify(), notify() to the answer seen) in us per round trip; None if none counted."""
+    if not hops or not hops.get("n"):
+        return None
+    hn = hops["n"]
+    return (hn,) + tuple(hops[k] / hn / 1e3 for k in ("to_dm_ns", "in_dm_ns", "back_ns"))
+
+
 def _print_pio(results, count, runtime, qemu, out, configs):
     w = out.write
     any_r = results[configs[0]]
@@ -731,11 +741,9 @@ def _print_pio(results, count, runtime, qemu, out, configs):
                              dm_us, dm_us))
                 rows.append(("    event channels, process switches, hypervisor side",
                              rt - dm_us, rt - dm_us))
-            hops = s.get("hops") or {}
-            hn = hops.get("n", 0)
-            if hn:
-                to_dm, in_dm, back = (hops[k] / hn / 1e3
-                                      for k in ("to_dm_ns", "in_dm_ns", "back_ns"))
+            hops = _hop_us(s.get("hops"))
+            if hops is not None:
+                hn, to_dm, in_dm, back = hops
                 rows += [
                     ("    hops (%d%% of them, stamps in shared memory):" % (100 * hn // n
                                                                             if n else 0),
@@ -771,15 +779,12 @@ def _print_pio(results, count, runtime, qemu, out, configs):
           "reads %.2f, writes %.2f (best rounds: %.2f, %.2f)\n"
           % (o["read_us"] / f["read_us"], o["write_us"] / f["write_us"],
              o["best_read_us"] / f["best_read_us"], o["best_write_us"] / f["best_write_us"]))
-        hops = o.get("hops") or {}
-        if hops.get("n") and o.get("ioreq_us") is not None:
-            hn = hops["n"]
+        hops = _hop_us(o.get("hops"))
+        if hops is not None and o.get("ioreq_us") is not None:
+            _hn, to_dm, in_dm, back = hops
             w("  its ioreq round trip %.2f us: delivery to pending() %.2f, the DM %.2f, "
               "notify() to the answer seen %.2f, host_sim's own code %.2f us\n"
-              % ((o["ioreq_us"],) + tuple(hops[k] / hn / 1e3 for k in
-                                         ("to_dm_ns", "in_dm_ns", "back_ns"))
-                 + (o["ioreq_us"] - (hops["to_dm_ns"] + hops["in_dm_ns"] + hops["back_ns"])
-                    / hn / 1e3,)))
+              % (o["ioreq_us"], to_dm, in_dm, back, o["ioreq_us"] - to_dm - in_dm - back))
 
 
 # ---------------------------------------------------------------- stubdm-sim bench
