@@ -945,10 +945,7 @@ class DeviceModel:
             for obj, ev in ready:
                 if obj == xs_fd:
                     if ev & (select.POLLHUP | select.POLLERR):
-                        log.info("stubdm", "xenstore connection lost: PV devices stop")
-                        poller.unregister(xs_fd)
-                        xs_fd = -1
-                        continue
+                        xs_fd = self._xenstore_lost(poller, xs_fd)
                     continue  # served below, with any backlog
                 if ev & (select.POLLHUP | select.POLLERR):
                     log.info("stubdm", "event channel closed: the hypervisor is gone")
@@ -972,12 +969,8 @@ class DeviceModel:
             if xs_fd >= 0:
                 n = self.xs.events()
                 if n == XS_LOST:
-                    # xenstored went away (libxenstore polls its socket in a thread,
-                    # so no POLLHUP reaches us): the PV devices stop, the guest's
-                    # emulation goes on.
-                    log.info("stubdm", "xenstore connection lost: PV devices stop")
-                    poller.unregister(xs_fd)
-                    xs_fd = -1
+                    # libxenstore reads its socket in a thread: no POLLHUP reaches us.
+                    xs_fd = self._xenstore_lost(poller, xs_fd)
                     n = 0
                 xs_backlog = n >= XS_EVENTS_PER_TURN
             if _mem_alloc is not None:
@@ -1003,6 +996,13 @@ class DeviceModel:
         log.info("stubdm", "guest asked for %s: passed to Xen, serving stops" % why)
         self.report()
         return 0
+
+    def _xenstore_lost(self, poller, xs_fd):
+        """xenstored went away: the PV devices stop, the guest's emulation goes on.
+        The fd to poll from now on (-1: none)."""
+        log.info("stubdm", "xenstore connection lost: PV devices stop")
+        poller.unregister(xs_fd)
+        return -1
 
     def _rx_timeouts(self, uarts, armed):
         """The 16550's character timeout: data below the trigger level idled too long."""
