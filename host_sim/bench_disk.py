@@ -6,6 +6,12 @@ QEMU flags and a fresh copy of the same image each time:
 - stubdm: host_sim's Engine; the guest's disk is stubdm's (AHCI or PIIX3 IDE,
   --hdtype), which reaches the image as a stub domain would: blkfront to
   host_sim's blkback;
+- qemu-xen (Debian's qemu-system-xen) on the same host_sim engine, run as libxl
+  runs a device model in dom0: it opens the image as a file (libxl's dom0 -drive
+  lines, no PV disk in between), its AHCI fronted over vfio-user as stubdm's is.
+  With --hdtype ide there is no qemu-xen row: its PIIX3 IDE is the chipset's
+  00:01.1 on the ISA compatibility ports, which vfio-user can't carry to the
+  guest (stubdm's engine IDE is a native-mode PCI function for that reason);
 - QEMU's built-in controller of the same kind (ICH9 AHCI by `-device ahci`, or
   the pc machine's PIIX3 IDE), the image a raw file behind it; with AHCI also
   QEMU's built-in IDE (the issue's aim: stubdm's AHCI at least as fast).
@@ -14,7 +20,9 @@ Inside the guest, build/guest_tools/disk_bench.c (built here with `gcc -static`,
 shipped in a cpio archive appended to a temporary copy of the initramfs) times
 with CLOCK_MONOTONIC, O_DIRECT: a sequential read and a sequential write in
 1 MiB requests, then 4 KiB random reads from several processes at once (what
-NCQ serves in parallel). Ratios are stubdm's over QEMU's.
+NCQ serves in parallel). Ratios are stubdm's over QEMU's. The tool marks each
+phase on the console; the device model's CPU time (/proc/PID/stat) at each mark
+gives its time per MiB and per 4 KiB read, for stubdm and qemu-xen alike.
 """
 import os
 import re
@@ -25,6 +33,7 @@ import time
 
 from host_sim import bench
 from host_sim.bench import BenchError, Timeline, _Timed
+from host_sim.bench_net import _cpu_seconds
 from host_sim.engine import Engine
 from host_sim.scripted import ROOT
 
@@ -32,6 +41,8 @@ TOOL_SRC = os.path.join(ROOT, "build", "guest_tools", "disk_bench.c")
 TOOL_GUEST_PATH = "usr/bin/disk_bench"
 DISK_LINE = re.compile(r"^DISK seq_read_bytes=(\d+) ns=(\d+) seq_write_bytes=(\d+) ns=(\d+) "
                        r"rand_reads=(\d+) jobs=(\d+) ns=(\d+)\s*$", re.M)
+NOMSI = "pci=nomsi"  # the qemu-xen guest's extra kernel argument (QemuXenDiskEngine)
+MARK = re.compile(rb"DISKMARK (read|write|rand|end)\s*$")
 TIMEOUT = 600.0
 
 
@@ -50,8 +61,64 @@ def parse(text):
             "iops": g[4] / (g[6] / 1e9), "jobs": g[5]}
 
 
+class DiskTimeline(Timeline):
+    """The console sink, also noting the device model's CPU seconds at each DISKMARK."""
+
+    def __init__(self):
+        super().__init__()
+        self.engine = None
+        self.cpu = {}  # phase -> device model CPU seconds when its mark arrived
+        self._pos = 0
+
+    def write(self, chunk):
+        super().write(chunk)
+        end = self.buf.rfind(b"\n")
+        if end < self._pos:
+            return
+        lines = bytes(self.buf[self._pos:end]).split(b"\n")
+        self._pos = end + 1
+        for line in lines:
+            m = MARK.search(line.rstrip(b"\r"))
+            dm = getattr(self.engine, "dm", None)
+            if m is not None and dm is not None:
+                cpu = _cpu_seconds(dm.pid)
+                if cpu is not None:
+                    self.cpu[m.group(1).decode()] = cpu
+
+
+def phase_cpu(cpu):
+    """Device model CPU seconds of each phase (read, write, rand) from the marks' times."""
+    out = {}
+    for a, b in (("read", "write"), ("write", "rand"), ("rand", "end")):
+        if a in cpu and b in cpu:
+            out[a] = cpu[b] - cpu[a]
+    return out
+
+
 class StubdmDiskEngine(_Timed, Engine):
     pass
+
+
+def _qemu_xen_engine():
+    """qemu-xen's engine class for the bench, or (None, why it can't run here)."""
+    from host_sim import qemu_xen
+
+    why = qemu_xen.missing()
+    if why is not None:
+        return None, why
+
+    class QemuXenDiskEngine(_Timed, qemu_xen.engine_class()):
+        def qemu_args(self):
+            # qemu-xen's ICH9 AHCI has an MSI capability, and qemu-xen sends its MSIs
+            # with xendevicemodel_inject_msi, which host_sim accepts and drops (nor has
+            # its vfio-user server MSI vectors): Linux's ahci would wait for interrupts
+            # that never come. Without MSI it takes INTx, as on stubdm's AHCI.
+            args = super().qemu_args()
+            i = args.index("-append") + 1
+            args[i] += " " + NOMSI
+            return args
+
+    return QemuXenDiskEngine, None
 
 
 class QemuDiskEngine(_Timed, Engine):
@@ -78,14 +145,22 @@ class QemuDiskEngine(_Timed, Engine):
 
 
 def run_one(config, qemu, kernel, initrd, image, hdtype, run, runtime):
-    tl = Timeline()
+    from host_sim.engine import ahci_args
+
+    tl = DiskTimeline()
     if config == "stubdm":
         e = StubdmDiskEngine(qemu, kernel, initrd, run=run, runtime=runtime, quiet=True, out=tl,
                              timeout=TIMEOUT, disks=[(image, False)], hdtype=hdtype)
+    elif config == "qemu-xen":
+        # A dom0 device model: the image file itself on qemu-xen's command line.
+        cls, _why = _qemu_xen_engine()
+        e = cls(qemu, kernel, initrd, run=run, quiet=True, out=tl, timeout=TIMEOUT,
+                dm_extra=ahci_args([(image, False)], [], pv=False)[0])
     else:
         e = QemuDiskEngine(qemu, kernel, initrd, run=run, quiet=True, out=tl, timeout=TIMEOUT)
         e.image = image
         e.hdtype = "ide" if config == "qemu-ide" else hdtype
+    tl.engine = e
     try:
         rc = e.boot()
     except Exception as err:
@@ -95,9 +170,10 @@ def run_one(config, qemu, kernel, initrd, image, hdtype, run, runtime):
     r = parse(out)
     if rc != 0 or r is None:
         raise BenchError("%s: no result (status %s):\n%s" % (config, rc, out[-800:]))
+    r["cpu"] = phase_cpu(tl.cpu)
     if config == "stubdm":
         r["stats"] = bench.dm_stats(getattr(e, "messages", "")) or {}
-        r["ioreqs"] = e.ioreqs
+    r["ioreqs"] = e.ioreqs
     return r
 
 
@@ -105,10 +181,24 @@ def _ratio(a, b):
     return "%.2fx" % (a / b) if b else "-"
 
 
+# Why a configuration has no row (printed in its place).
+IDE_QEMU_XEN = ("qemu-xen's PIIX3 IDE is the chipset's 00:01.1 on the ISA compatibility "
+                "ports, which vfio-user can't carry to the guest")
+
+
 def bench_disk(qemu, kernel, initrd, hdtype="ahci", size_mib=64, seq_mib=32, reads=2000,
-               jobs=4, runtime="cpython", out=None):
+               jobs=4, runtime="cpython", out=None, qemu_xen=True):
     out = out or sys.stdout
     bench._need(qemu, kernel, initrd)
+    size_mib = max(size_mib, seq_mib)
+    skipped = {}
+    if qemu_xen:
+        if hdtype == "ide":
+            skipped["qemu-xen"] = IDE_QEMU_XEN
+        else:
+            _cls, why = _qemu_xen_engine()
+            if why is not None:
+                skipped["qemu-xen"] = why
     d = tempfile.mkdtemp(prefix="stubdm-bench-disk-")
     try:
         tool = build_tool(d)
@@ -120,8 +210,11 @@ def bench_disk(qemu, kernel, initrd, hdtype="ahci", size_mib=64, seq_mib=32, rea
             f.write(os.urandom(size_mib << 20))
         run = "/%s /dev/sda %d %d %d" % (TOOL_GUEST_PATH, seq_mib, reads, jobs)
         results = {}
-        configs = ("stubdm", "qemu") + (("qemu-ide",) if hdtype == "ahci" else ())
+        configs = ("stubdm",) + (("qemu-xen",) if qemu_xen else ()) + ("qemu",) + (
+            ("qemu-ide",) if hdtype == "ahci" else ())
         for config in configs:
+            if config in skipped:
+                continue
             image = os.path.join(d, "%s.img" % config)
             shutil.copyfile(master, image)
             t0 = time.monotonic()
@@ -129,32 +222,51 @@ def bench_disk(qemu, kernel, initrd, hdtype="ahci", size_mib=64, seq_mib=32, rea
             results[config]["wall"] = time.monotonic() - t0
     finally:
         shutil.rmtree(d, ignore_errors=True)
-    configs = [c for c in configs if c in results]
     s, q = results["stubdm"], results["qemu"]
     names = {"stubdm": "stubdm %s (%s) via host_sim, blkfront/blkback" % (hdtype, runtime),
+             "qemu-xen": "qemu-xen %s via host_sim, image file (dom0), %s" % (hdtype, NOMSI),
              "qemu": "QEMU's built-in %s" % ("ICH9 AHCI" if hdtype == "ahci" else "PIIX3 IDE"),
              "qemu-ide": "QEMU's built-in PIIX3 IDE"}
-    out.write("bench disk (%s): %d MiB sequential in 1 MiB O_DIRECT requests, %d random "
-              "4 KiB reads by %d processes; guest clock\n" % (hdtype, seq_mib, reads, jobs))
-    out.write("  %-52s %12s %12s %12s\n" % ("", "read MB/s", "write MB/s", "4k IOPS"))
+    w = out.write
+    w("bench disk (%s): %d MiB sequential in 1 MiB O_DIRECT requests, %d random "
+      "4 KiB reads by %d processes; guest clock\n" % (hdtype, seq_mib, reads, jobs))
+    w("  %-56s %12s %12s %12s\n" % ("", "read MB/s", "write MB/s", "4k IOPS"))
     for c in configs:
+        if c in skipped:
+            w("  %-56s %12s %12s %12s  (%s)\n" % (names[c], "-", "-", "-", skipped[c]))
+            continue
         r = results[c]
-        out.write("  %-52s %12.1f %12.1f %12.0f\n" % (names[c], r["read_mb_s"], r["write_mb_s"],
-                                                      r["iops"]))
-    out.write("  %-52s %12s %12s %12s\n" % ("ratio stubdm / QEMU", _ratio(
-        s["read_mb_s"], q["read_mb_s"]), _ratio(s["write_mb_s"], q["write_mb_s"]),
-        _ratio(s["iops"], q["iops"])))
+        w("  %-56s %12.1f %12.1f %12.0f\n" % (names[c], r["read_mb_s"], r["write_mb_s"],
+                                              r["iops"]))
+
+    def ratios(label, a, b):
+        w("  %-56s %12s %12s %12s\n" % (label, _ratio(a["read_mb_s"], b["read_mb_s"]),
+                                         _ratio(a["write_mb_s"], b["write_mb_s"]),
+                                         _ratio(a["iops"], b["iops"])))
+
+    if "qemu-xen" in results:
+        ratios("ratio stubdm / qemu-xen", s, results["qemu-xen"])
+    ratios("ratio stubdm / QEMU", s, q)
     if "qemu-ide" in results:
-        i = results["qemu-ide"]
-        out.write("  %-52s %12s %12s %12s\n" % ("ratio stubdm / QEMU's IDE", _ratio(
-            s["read_mb_s"], i["read_mb_s"]), _ratio(s["write_mb_s"], i["write_mb_s"]),
-            _ratio(s["iops"], i["iops"])))
+        ratios("ratio stubdm / QEMU's IDE", s, results["qemu-ide"])
+    # The device model's own CPU per unit of work, phase by phase (the guest's marks).
+    for c in ("stubdm", "qemu-xen"):
+        cpu = results.get(c, {}).get("cpu") or {}
+        if len(cpu) == 3:
+            w("  %-10s device model CPU: %.2f ms/MiB read, %.2f ms/MiB write, "
+              "%.0f us per 4k read\n" % (c, 1e3 * cpu["read"] / seq_mib,
+                                          1e3 * cpu["write"] / seq_mib,
+                                          1e6 * cpu["rand"] / reads))
     st = s.get("stats") or {}
     if st:
         hits, misses = st.get("mapcache_hits", 0), st.get("mapcache_misses", 0)
-        out.write("  stubdm: %d ioreqs for the whole boot and run; mapcache hit rate %.1f%%%s\n"
-                  % (s["ioreqs"], 100.0 * hits / (hits + misses) if hits + misses else 0.0,
-                     "; heap peak %d bytes" % st["heap_peak"] if "heap_peak" in st else ""))
+        w("  stubdm: %d ioreqs for the whole boot and run; mapcache hit rate %.1f%%%s\n"
+          % (s["ioreqs"], 100.0 * hits / (hits + misses) if hits + misses else 0.0,
+             "; heap peak %d bytes" % st["heap_peak"] if "heap_peak" in st else ""))
+        if st.get("blk_submits"):
+            w("  stubdm: %d disk commands became %d blkif requests (%.2f each), whole run\n"
+              % (st["blk_submits"], st["blk_requests"],
+                 st["blk_requests"] / st["blk_submits"]))
     return results
 
 
@@ -164,7 +276,8 @@ def cmd_bench_disk(args):
     qemu = qtest_qemu.find_qemu()
     kernel, initrd = engine.find_kernel()
     try:
-        bench_disk(qemu, kernel, initrd, hdtype=args.hdtype, runtime=args.dm_runtime)
+        bench_disk(qemu, kernel, initrd, hdtype=args.hdtype, runtime=args.dm_runtime,
+                   seq_mib=args.seq_mib, reads=args.reads)
     except BenchError as e:
         sys.stderr.write("stubdm-sim bench disk: %s\n" % e)
         return 1
@@ -177,4 +290,8 @@ def add_command(bsub, common):
                         "QEMU's built-in controllers (sequential MB/s, 4 KiB random IOPS)")
     b.add_argument("--hdtype", choices=("ide", "ahci"), default="ahci",
                    help="the controller (default ahci; with ahci QEMU's IDE runs too)")
+    b.add_argument("--seq-mib", type=int, default=32, metavar="N",
+                   help="MiB read and written sequentially (default 32; the image is 64)")
+    b.add_argument("--reads", type=int, default=2000, metavar="N",
+                   help="4 KiB random reads (default 2000)")
     b.set_defaults(func=cmd_bench_disk)

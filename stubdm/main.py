@@ -1047,6 +1047,15 @@ class DeviceModel:
             k = self.kbd.stats
             vga += " kbd_keys=%d kbd_motion=%d kbd_pos=%d kbd_buttons=%d kbd_dropped=%d" % (
                 k["keys"], k["motion"], k["pos"], k["buttons"], k["dropped"])
+        if self.pv is not None:
+            # The disks' traffic: controller submissions and the blkif requests they became.
+            subs = reqs = 0
+            for key in self.pv.devices:
+                fe = self.pv.devices[key]
+                if key[0] == "vbd" and getattr(fe, "stats", None) is not None:
+                    subs += fe.stats["submits"]
+                    reqs += fe.stats["requests"]
+            vga += " blk_submits=%d blk_requests=%d" % (subs, reqs)
         sys.stderr.write(
             "stubdm-stats: ioreqs=%d buffered=%d busy_us=%d mapcache_hits=%d "
             "mapcache_misses=%d mapcache_buckets=%d mapcache_footprint=%d%s%s\n"

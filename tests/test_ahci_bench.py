@@ -1,10 +1,12 @@
 # stubdm-sim bench disk (host_sim/bench_disk.py): the guest tool's result line
-# parsed, and one real run with AHCI that prints its table and ratios.
+# parsed, and one real run with AHCI that prints its table and ratios: stubdm,
+# qemu-xen (where it is installed) and QEMU's built-in AHCI and IDE.
 import io
+import re
 
 import pytest
 
-from host_sim import bench, bench_disk, engine, qtest_qemu
+from host_sim import bench, bench_disk, engine, qemu_xen, qtest_qemu
 
 QEMU = qtest_qemu.find_qemu()
 KERNEL, INITRD = engine.find_kernel()
@@ -19,6 +21,26 @@ def test_parse_takes_the_last_result_line():
     assert bench_disk.parse("DISK-ERROR open: No such file") is None
 
 
+def test_marks_give_the_device_models_cpu_per_phase():
+    tl = bench_disk.DiskTimeline()
+
+    class Dm:
+        pid = 1  # init: its CPU so far is readable and only grows
+
+    class E:
+        dm = Dm()
+
+    tl.engine = E()
+    for phase in ("read", "write", "rand", "end"):
+        tl.write(b"noise\r\nDISKMARK " + phase.encode())
+        assert phase not in tl.cpu  # the line is not complete yet
+        tl.write(b"\r\n")
+        assert phase in tl.cpu
+    cpu = bench_disk.phase_cpu(tl.cpu)
+    assert sorted(cpu) == ["rand", "read", "write"] and min(cpu.values()) >= 0
+    assert bench_disk.phase_cpu({"read": 1.0, "write": 3.0}) == {"read": 2.0}
+
+
 @pytest.mark.skipif(QEMU is None, reason="needs QEMU >= 10.1: "
                     + (qtest_qemu.qemu_missing_reason() or ""))
 @pytest.mark.skipif(KERNEL is None or INITRD is None,
@@ -31,8 +53,41 @@ def test_bench_disk_ahci_against_qemu():
     res = bench_disk.bench_disk(QEMU, KERNEL, INITRD, hdtype="ahci", size_mib=16, seq_mib=8,
                                 reads=400, jobs=4, out=out)
     text = out.getvalue()
-    assert set(res) == {"stubdm", "qemu", "qemu-ide"}
+    want = {"stubdm", "qemu", "qemu-ide"}
+    if qemu_xen.missing() is None:
+        want.add("qemu-xen")
+    assert set(res) == want
     for r in res.values():
         assert r["read_mb_s"] > 0 and r["write_mb_s"] > 0 and r["iops"] > 0
     assert "ratio stubdm / QEMU " in text and "ratio stubdm / QEMU's IDE" in text, text
     assert "QEMU's built-in ICH9 AHCI" in text and "mapcache hit rate" in text, text
+    if "qemu-xen" in want:
+        # Its row: the image as a file (a dom0 device model), figures and a ratio.
+        m = re.search(r"^  qemu-xen ahci via host_sim, image file \(dom0\).*?"
+                      r"\s([0-9.]+)\s+([0-9.]+)\s+([0-9]+)$", text, re.M)
+        assert m and min(float(x) for x in m.groups()) > 0, text
+        assert re.search(r"^  ratio stubdm / qemu-xen\s+[0-9.]+x\s+[0-9.]+x\s+[0-9.]+x$",
+                         text, re.M), text
+    for who in ("stubdm",) + (("qemu-xen",) if "qemu-xen" in want else ()):
+        assert re.search(r"^  %s\s+device model CPU: [0-9.]+ ms/MiB read, [0-9.]+ ms/MiB write, "
+                         r"[0-9]+ us per 4k read$" % who, text, re.M), text
+    m = re.search(r"stubdm: (\d+) disk commands became (\d+) blkif requests", text)
+    assert m and int(m.group(1)) > 0 and int(m.group(2)) > 0, text
+
+
+@pytest.mark.skipif(QEMU is None, reason="needs QEMU >= 10.1: "
+                    + (qtest_qemu.qemu_missing_reason() or ""))
+@pytest.mark.skipif(KERNEL is None or INITRD is None,
+                    reason="no guest image: run python3 build/make_guest.py")
+def test_bench_disk_ide_says_why_qemu_xen_has_no_row():
+    missing = bench.tool_missing_reason()
+    if missing:
+        pytest.skip(missing)
+    out = io.StringIO()
+    res = bench_disk.bench_disk(QEMU, KERNEL, INITRD, hdtype="ide", size_mib=16, seq_mib=8,
+                                reads=200, jobs=2, out=out)
+    text = out.getvalue()
+    assert set(res) == {"stubdm", "qemu"}
+    assert re.search(r"^  qemu-xen ide .*\s-\s+-\s+-\s+\(qemu-xen's PIIX3 IDE is the chipset's "
+                     r"00:01.1 on the ISA compatibility ports", text, re.M), text
+    assert "QEMU's built-in PIIX3 IDE" in text and "ratio stubdm / QEMU " in text, text

@@ -9,6 +9,9 @@
  *
  *     DISK seq_read_bytes=B ns=T seq_write_bytes=B ns=T rand_reads=N jobs=J ns=T
  *
+ * Before each phase and after the last, a line `DISKMARK read|write|rand|end`
+ * (flushed), so that the host can read the device model's CPU time per phase.
+ *
  * Errors: `DISK-ERROR <why>`, exit 1. Built statically by host_sim/bench_disk.py
  * (`gcc -static -O2`) and shipped to the guest in an extra cpio archive.
  */
@@ -38,6 +41,12 @@ static long long now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void mark(const char *phase)
+{
+    printf("DISKMARK %s\n", phase);
+    fflush(stdout);
 }
 
 static int rand_job(const char *dev, long n, unsigned seed, unsigned long long blocks)
@@ -82,12 +91,14 @@ int main(int argc, char **argv)
     if (posix_memalign(&buf, SMALL, BLOCK))
         return fail("posix_memalign");
 
+    mark("read");
     long long t0 = now_ns();
     for (long i = 0; i < mib; i++)
         if (pread(fd, buf, BLOCK, (off_t)i * BLOCK) != BLOCK)
             return fail("sequential read");
     long long t_read = now_ns() - t0;
 
+    mark("write");
     t0 = now_ns();
     for (long i = 0; i < mib; i++)
         if (pwrite(fd, buf, BLOCK, (off_t)i * BLOCK) != BLOCK)
@@ -97,7 +108,7 @@ int main(int argc, char **argv)
     long long t_write = now_ns() - t0;
     close(fd);
 
-    fflush(stdout);
+    mark("rand");
     t0 = now_ns();
     for (long j = 0; j < jobs; j++) {
         pid_t p = fork();
@@ -114,6 +125,7 @@ int main(int argc, char **argv)
             bad = 1;
     }
     long long t_rand = now_ns() - t0;
+    mark("end");
     if (bad) {
         errno = EIO;
         return fail("random reads");
