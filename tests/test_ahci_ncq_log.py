@@ -4,7 +4,12 @@
 # guest through real ioreqs, on both runtimes.
 import struct
 
+import pytest
+
+from host_sim import saverestore as sr
 from host_sim.scripted import Session
+from stubdm import savestate
+from tests.conftest import skip_unless_runtime
 
 ABAR = 0xFEB80000
 CLB, FB, CT, BUF = 0x100000, 0x101000, 0x110000, 0x200000
@@ -79,12 +84,16 @@ def h2d(cmd, lba=0, count=0, features=0):
     return bytes(f)
 
 
+def _args(img):
+    return ["-device", "ahci,id=ahci0",
+            "-drive", "if=none,id=ahcidisk-0,file=%s,format=raw" % img,
+            "-device", "ide-hd,bus=ahci0.0,unit=0,drive=ahcidisk-0"]
+
+
 def test_ncq_error_log_names_the_failed_tag(tmp_path, dm_runtime):
     img = tmp_path / "d.img"
     img.write_bytes(bytes(SECTORS * 512))
-    args = ["-device", "ahci,id=ahci0",
-            "-drive", "if=none,id=ahcidisk-0,file=%s,format=raw" % img,
-            "-device", "ide-hd,bus=ahci0.0,unit=0,drive=ahcidisk-0"]
+    args = _args(img)
     with Session(dm_args=args, ram_mib=64, runtime=dm_runtime) as s:
         p = Port(s.guest)
         # IDENTIFY: the general purpose logging feature set (words 84 and 87 bit 5).
@@ -127,3 +136,76 @@ def test_ncq_error_log_names_the_failed_tag(tmp_path, dm_runtime):
             p.start()
         tfd, d = p.read_log(0x00)
         assert tfd & 0xFF == 0x50 and d[0x20] == 1
+
+
+def _dm_records(path):
+    """The device model's records in a saved machine (host_sim's file holds its stream)."""
+    with open(path, "rb") as f:
+        outer = savestate.read_records(f.read())
+    return outer, savestate.read_records([r for r in outer if r[0] == "dm"][0][2]["state"])
+
+
+def _fail_tag_5(p, g):
+    """A queued read on tag 5 whose buffer is not guest RAM; then libata's EH restart."""
+    p.issue(5, h2d(0x60, lba=0x456, count=5 << 3, features=16), 0xF0000000, 16 * 512, ncq=True)
+    assert p.r(P + 0x10) & (1 << 30)  # TFES
+    p.stop()
+    p.start()
+
+
+@pytest.mark.parametrize("saved_on,restored_on", [("cpython", "micropython"),
+                                                  ("micropython", "cpython")])
+def test_ncq_error_log_survives_save_restore(tmp_path, saved_on, restored_on):
+    """A save between the failure and libata's READ LOG EXT keeps log 10h (record
+    version 2); the restored disk answers it as the saved one would have, once."""
+    skip_unless_runtime(saved_on)
+    skip_unless_runtime(restored_on)
+    img = tmp_path / "d.img"
+    img.write_bytes(bytes(SECTORS * 512))
+    path = str(tmp_path / "g.sav")
+    with sr.start(_args(img), runtime=saved_on) as s:
+        p = Port(s.guest)
+        _fail_tag_5(p, s.guest)
+        sr.save(s, path, resume=False)
+    ahci = [r for r in _dm_records(path)[1] if "ghc" in r[2]]
+    assert len(ahci) == 1 and ahci[0][1] == 2
+    with sr.restore(path, runtime=restored_on) as s2:
+        p = Port.__new__(Port)
+        p.g = s2.guest
+        tfd, e = p.read_log(0x10)
+        assert tfd & 0xFF == 0x50 and e[0] == 5 and e[3] == 0x04, (hex(tfd), e[:16])
+        assert e[4] | (e[5] << 8) | (e[6] << 16) == 0x456 and sum(e) & 0xFF == 0
+        tfd, e = p.read_log(0x10)
+        assert e[0] & 0x80  # read once, cleared
+
+
+def test_version_1_ahci_record_loads_with_no_error_log(tmp_path):
+    """A stream from before the log was saved (AHCI record version 1, no ncq_error
+    field) still loads; the disk then has no failed command to report (NQ)."""
+    img = tmp_path / "d.img"
+    img.write_bytes(bytes(SECTORS * 512))
+    path = str(tmp_path / "g.sav")
+    with sr.start(_args(img)) as s:
+        p = Port(s.guest)
+        _fail_tag_5(p, s.guest)
+        sr.save(s, path, resume=False)
+    outer, records = _dm_records(path)
+    old = []
+    for name, version, fields in records:
+        if "ghc" in fields:
+            version = 1
+            for port in fields["ports"]:
+                if port["drive"] is not None:
+                    assert port["drive"]["ncq_error"][0] == 5
+                    del port["drive"]["ncq_error"]
+        old.append((name, version, fields))
+    for _name, _version, fields in outer:
+        if _name == "dm":
+            fields["state"] = savestate.write_records(old)
+    with open(path, "wb") as f:
+        f.write(savestate.write_records(outer))
+    with sr.restore(path) as s2:
+        p = Port.__new__(Port)
+        p.g = s2.guest
+        tfd, e = p.read_log(0x10)
+        assert tfd & 0xFF == 0x50 and e[0] & 0x80 and sum(e) & 0xFF == 0

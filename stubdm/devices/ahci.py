@@ -254,6 +254,22 @@ class AhciDisk(ata.AtaDisk):
         super().__init__(*a)
         self.ncq_log = True
 
+    def state(self):
+        d = super().state()
+        e = self.ncq_error
+        d["ncq_error"] = None if e is None else list(e)  # log 10h, until the guest reads it
+        return d
+
+    def load_state(self, d):
+        super().load_state(d)
+        e = d.get("ncq_error")  # absent from version 1 records: no failed command kept
+        if e is not None:
+            if len(e) != 5 or not 0 <= e[0] < NUM_SLOTS or not 0 <= e[1] <= 0xFF or \
+                    not 0 <= e[2] <= 0xFF or not 0 <= e[3] < 1 << 48 or not 0 <= e[4] <= 0xFFFF:
+                raise ValueError(self.name + ": saved NCQ error log out of range")
+            e = (int(e[0]), int(e[1]), int(e[2]), int(e[3]), int(e[4]))
+        self.ncq_error = e
+
     def _identify(self):
         super()._identify()
         b = self.pio.buf
@@ -992,6 +1008,10 @@ class _Idp:
 class Ahci(PciFunction):
     """The ICH9 AHCI function. mem: GuestMemory (read, write, lock); disks: a
     BlockDevice or None per port, in port order."""
+
+    # 2: a disk's NCQ command error log (READ LOG EXT page 10h) is saved; version 1
+    # records load with none.
+    STATE_VERSION = 2
 
     def __init__(self, mem, disks=(), name="ahci"):
         super().__init__(name, VENDOR_INTEL, DEVICE_ICH9_AHCI, CLASS_AHCI, revision=REVISION,
