@@ -68,6 +68,7 @@ class DiskTimeline(Timeline):
         super().__init__()
         self.engine = None
         self.cpu = {}  # phase -> device model CPU seconds when its mark arrived
+        self.ioreqs = {}  # phase -> the engine's ioreqs so far when its mark arrived
         self._pos = 0
 
     def write(self, chunk):
@@ -80,6 +81,8 @@ class DiskTimeline(Timeline):
         for line in lines:
             m = MARK.search(line.rstrip(b"\r"))
             dm = getattr(self.engine, "dm", None)
+            if m is not None:
+                self.ioreqs[m.group(1).decode()] = getattr(self.engine, "ioreqs", 0)
             if m is not None and dm is not None:
                 cpu = _cpu_seconds(dm.pid)
                 if cpu is not None:
@@ -87,7 +90,8 @@ class DiskTimeline(Timeline):
 
 
 def phase_cpu(cpu):
-    """Device model CPU seconds of each phase (read, write, rand) from the marks' times."""
+    """Each phase's (read, write, rand) share of a figure noted at the marks (CPU seconds,
+    ioreqs)."""
     out = {}
     for a, b in (("read", "write"), ("write", "rand"), ("rand", "end")):
         if a in cpu and b in cpu:
@@ -171,6 +175,7 @@ def run_one(config, qemu, kernel, initrd, image, hdtype, run, runtime):
     if rc != 0 or r is None:
         raise BenchError("%s: no result (status %s):\n%s" % (config, rc, out[-800:]))
     r["cpu"] = phase_cpu(tl.cpu)
+    r["phase_ioreqs"] = phase_cpu(tl.ioreqs)
     if config == "stubdm":
         r["stats"] = bench.dm_stats(getattr(e, "messages", "")) or {}
     r["ioreqs"] = e.ioreqs
@@ -257,6 +262,11 @@ def bench_disk(qemu, kernel, initrd, hdtype="ahci", size_mib=64, seq_mib=32, rea
               "%.0f us per 4k read\n" % (c, 1e3 * cpu["read"] / seq_mib,
                                           1e3 * cpu["write"] / seq_mib,
                                           1e6 * cpu["rand"] / reads))
+        io = results.get(c, {}).get("phase_ioreqs") or {}
+        if len(io) == 3:
+            w("  %-10s guest accesses to it: %.1f per MiB read, %.1f per MiB write, "
+              "%.1f per 4k read\n" % (c, io["read"] / seq_mib, io["write"] / seq_mib,
+                                      io["rand"] / reads))
     st = s.get("stats") or {}
     if st:
         hits, misses = st.get("mapcache_hits", 0), st.get("mapcache_misses", 0)

@@ -12,6 +12,8 @@
 # ABAR, BAR4 index/data pair) and, for what a Xen guest has always seen,
 # QEMU's hw/ide/ahci.c and ich.c (six ports, CAP bits, VS 1.0, reset values).
 # Linux's libahci.c is the client this is checked with.
+import struct
+
 from stubdm import block, log
 from stubdm.compat import const
 from stubdm.devices import ata
@@ -179,16 +181,41 @@ class SgList:
         views = []
         need = n
         i, off = self.i, self.off
+        mem = self.mem
+        mc = getattr(mem, "mc", None)  # a GuestMemory's mapcache (tests' memories have none)
+        spans = []  # (start, view) of each whole mapcache bucket pinned for this chunk
+        bucket = mc.bucket_room(0) if mc is not None else 0
         while need > 0:
             k = min(self.lens[i] - off, need)
-            pin = self.mem.lock(self.addrs[i] + off, k)
-            if pin is None:
-                for p in pins:
-                    p.release()
-                return None
-            pins.append(pin)
-            for v in pin.views:
+            a = self.addrs[i] + off
+            # A guest buffer's pages are scattered, but many share a bucket: one pin
+            # per bucket and a slice of it per PRDT piece, not a lock call per piece.
+            v = None
+            for lo, bv in spans:
+                if lo <= a and a + k <= lo + bucket:
+                    v = bv[a - lo:a - lo + k]
+                    break
+            if v is None and bucket and k <= mc.bucket_room(a):
+                lo = a - (bucket - mc.bucket_room(a))
+                pin = mem.lock(lo, bucket)  # None if the bucket is not all RAM
+                if pin is not None:
+                    if len(pin.views) == 1:
+                        pins.append(pin)
+                        spans.append((lo, pin.views[0]))
+                        v = pin.views[0][a - lo:a - lo + k]
+                    else:
+                        pin.release()
+            if v is not None:
                 views.append(v)
+            else:
+                pin = mem.lock(a, k)
+                if pin is None:
+                    for p in pins:
+                        p.release()
+                    return None
+                pins.append(pin)
+                for v in pin.views:
+                    views.append(v)
             need -= k
             off += k
             if off == self.lens[i]:
@@ -785,12 +812,12 @@ class AhciPort:
         lens = []
         total = 0
         for i in range(prdtl):
-            o = i * PRD_SIZE
-            dbc = (_u32(raw, o + 12) & PRD_DBC) + 1
+            addr, _rsvd, dw3 = struct.unpack_from("<QII", raw, i * PRD_SIZE)
+            dbc = (dw3 & PRD_DBC) + 1
             if dbc & 1:
                 self._slot_error(slot, "PRDT entry %d: odd byte count %d" % (i, dbc))
                 return None
-            addr = (_u32(raw, o) & 0xFFFFFFFE) | (_u32(raw, o + 4) << 32)
+            addr &= 0xFFFFFFFFFFFFFFFE
             total += dbc
             if addrs and addrs[-1] + lens[-1] == addr:
                 lens[-1] += dbc  # physically contiguous: one piece to pin, not two

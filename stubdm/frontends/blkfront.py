@@ -283,19 +283,25 @@ class BlkFront(Frontend):
                 self.inflight[rid] = (piece, (), None)
                 sent = True
                 continue
-            pages = [self.free_pages.pop() for _ in range(npages)]
+            # The last npages of the free list, in its order: pages go back in the order
+            # they came, so the list keeps ascending runs and _views few, long views.
+            fp = self.free_pages
+            pages = fp[len(fp) - npages:]
+            self.free_pages = fp[:len(fp) - npages]
             dsts = self._views(pages, piece.nbytes)
             if job.op == block.WRITE:
                 _copy(piece.views, dsts)
             op = A.BLKIF_OP_WRITE if job.op == block.WRITE else A.BLKIF_OP_READ
             refs = self.pool.refs
             ind = None
+            full = PAGE // 512 - 1  # the last sector of a whole page
+            tail = (piece.nbytes - (npages - 1) * PAGE) // 512 - 1  # of the last page
             if use_ind:
                 ind = self.free_ind.pop()
                 imem = self.indirect.mem
                 for i in range(npages):
                     struct.pack_into(A.BLKIF_SEG_FMT, imem, ind * PAGE + 8 * i, refs[pages[i]],
-                                     0, len(dsts[i]) // 512 - 1)
+                                     0, full if i < npages - 1 else tail)
                 struct.pack_into(A.BLKIF_INDIRECT_FMT, slot, 0, A.BLKIF_OP_INDIRECT, op,
                                  npages, rid, piece.sector, 0, self.indirect.refs[ind],
                                  0, 0, 0, 0, 0, 0, 0)
@@ -305,7 +311,7 @@ class BlkFront(Frontend):
                                  piece.sector)
                 for i in range(npages):
                     struct.pack_into(A.BLKIF_SEG_FMT, slot, A.BLKIF_REQ_OFF_SEG + 8 * i,
-                                     refs[pages[i]], 0, len(dsts[i]) // 512 - 1)
+                                     refs[pages[i]], 0, full if i < npages - 1 else tail)
             self.inflight[rid] = (piece, pages, ind)
             self.stats["requests"] += 1
             sent = True
@@ -313,13 +319,23 @@ class BlkFront(Frontend):
             self.hyp.notify(self.port)
 
     def _views(self, pages, nbytes):
-        """The pool pages of one request as views holding its nbytes in order."""
+        """The pool pages of one request as views holding its nbytes in order: one view
+        per run of consecutive pages (the copies then move long slices)."""
         mem = self.pool.mem
         out = []
-        for p in pages:
-            n = PAGE if nbytes > PAGE else nbytes
-            out.append(mem[p * PAGE:p * PAGE + n])
-            nbytes -= n
+        i = 0
+        n = len(pages)
+        while i < n and nbytes > 0:
+            j = i + 1
+            while j < n and pages[j] == pages[j - 1] + 1:
+                j += 1
+            run = (j - i) * PAGE
+            if run > nbytes:
+                run = nbytes
+            start = pages[i] * PAGE
+            out.append(mem[start:start + run])
+            nbytes -= run
+            i = j
         return out
 
     # ---- responses back ----
