@@ -26,6 +26,7 @@ gives its time per MiB and per 4 KiB read, for stubdm and qemu-xen alike.
 """
 import os
 import re
+import resource
 import shutil
 import sys
 import tempfile
@@ -69,6 +70,8 @@ class DiskTimeline(Timeline):
         self.engine = None
         self.cpu = {}  # phase -> device model CPU seconds when its mark arrived
         self.ioreqs = {}  # phase -> the engine's ioreqs so far when its mark arrived
+        self.guest_cpu = {}  # phase -> QEMU's (the guest's) CPU seconds then
+        self.host_cpu = {}  # phase -> host_sim's own (this process: blkback, vfio-user)
         self._pos = 0
 
     def write(self, chunk):
@@ -82,7 +85,14 @@ class DiskTimeline(Timeline):
             m = MARK.search(line.rstrip(b"\r"))
             dm = getattr(self.engine, "dm", None)
             if m is not None:
-                self.ioreqs[m.group(1).decode()] = getattr(self.engine, "ioreqs", 0)
+                phase = m.group(1).decode()
+                self.ioreqs[phase] = getattr(self.engine, "ioreqs", 0)
+                q = getattr(self.engine, "qemu_proc", None)
+                cpu = _cpu_seconds(q.pid) if q is not None else None
+                if cpu is not None:
+                    self.guest_cpu[phase] = cpu
+                ru = resource.getrusage(resource.RUSAGE_SELF)
+                self.host_cpu[phase] = ru.ru_utime + ru.ru_stime
             if m is not None and dm is not None:
                 cpu = _cpu_seconds(dm.pid)
                 if cpu is not None:
@@ -176,6 +186,8 @@ def run_one(config, qemu, kernel, initrd, image, hdtype, run, runtime):
         raise BenchError("%s: no result (status %s):\n%s" % (config, rc, out[-800:]))
     r["cpu"] = phase_cpu(tl.cpu)
     r["phase_ioreqs"] = phase_cpu(tl.ioreqs)
+    r["guest_cpu"] = phase_cpu(tl.guest_cpu)
+    r["host_cpu"] = phase_cpu(tl.host_cpu)
     if config == "stubdm":
         r["stats"] = bench.dm_stats(getattr(e, "messages", "")) or {}
     r["ioreqs"] = e.ioreqs
@@ -262,6 +274,12 @@ def bench_disk(qemu, kernel, initrd, hdtype="ahci", size_mib=64, seq_mib=32, rea
               "%.0f us per 4k read\n" % (c, 1e3 * cpu["read"] / seq_mib,
                                           1e3 * cpu["write"] / seq_mib,
                                           1e6 * cpu["rand"] / reads))
+        g, h = results.get(c, {}).get("guest_cpu") or {}, results.get(c, {}).get("host_cpu") or {}
+        if len(g) == 3 and len(h) == 3:
+            w("  %-10s CPU of QEMU (the guest) / host_sim: %.2f / %.2f ms/MiB read, "
+              "%.2f / %.2f ms/MiB write\n" % (c, 1e3 * g["read"] / seq_mib, 1e3 * h["read"] / seq_mib,
+                                             1e3 * g["write"] / seq_mib,
+                                             1e3 * h["write"] / seq_mib))
         io = results.get(c, {}).get("phase_ioreqs") or {}
         if len(io) == 3:
             w("  %-10s guest accesses to it: %.1f per MiB read, %.1f per MiB write, "
