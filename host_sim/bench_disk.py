@@ -43,7 +43,7 @@ TOOL_GUEST_PATH = "usr/bin/disk_bench"
 DISK_LINE = re.compile(r"^DISK seq_read_bytes=(\d+) ns=(\d+) seq_write_bytes=(\d+) ns=(\d+) "
                        r"rand_reads=(\d+) jobs=(\d+) ns=(\d+)\s*$", re.M)
 NOMSI = "pci=nomsi"  # the qemu-xen guest's extra kernel argument (QemuXenDiskEngine)
-MARK = re.compile(rb"DISKMARK (read|write|rand|end)\s*$")
+MARK = re.compile(rb"DISKMARK (read|write|rand|end)\r?\n")
 TIMEOUT = 600.0
 
 
@@ -76,27 +76,23 @@ class DiskTimeline(Timeline):
 
     def write(self, chunk):
         super().write(chunk)
-        end = self.buf.rfind(b"\n")
-        if end < self._pos:
-            return
-        lines = bytes(self.buf[self._pos:end]).split(b"\n")
-        self._pos = end + 1
-        for line in lines:
-            m = MARK.search(line.rstrip(b"\r"))
-            dm = getattr(self.engine, "dm", None)
-            if m is not None:
-                phase = m.group(1).decode()
-                self.ioreqs[phase] = getattr(self.engine, "ioreqs", 0)
-                q = getattr(self.engine, "qemu_proc", None)
-                cpu = _cpu_seconds(q.pid) if q is not None else None
-                if cpu is not None:
-                    self.guest_cpu[phase] = cpu
-                ru = resource.getrusage(resource.RUSAGE_SELF)
-                self.host_cpu[phase] = ru.ru_utime + ru.ru_stime
-            if m is not None and dm is not None:
-                cpu = _cpu_seconds(dm.pid)
-                if cpu is not None:
-                    self.cpu[m.group(1).decode()] = cpu
+        # Only whole lines count: a mark is seen when its newline has arrived.
+        for m in MARK.finditer(self.buf, self._pos):
+            self._pos = m.end()
+            self._note(m.group(1).decode())
+        # What ends before the last newline holds no mark still to come.
+        self._pos = max(self._pos, self.buf.rfind(b"\n") + 1)
+
+    def _note(self, phase):
+        e = self.engine
+        self.ioreqs[phase] = getattr(e, "ioreqs", 0)
+        for procs, attr in ((self.cpu, "dm"), (self.guest_cpu, "qemu_proc")):
+            proc = getattr(e, attr, None)
+            cpu = _cpu_seconds(proc.pid) if proc is not None else None
+            if cpu is not None:
+                procs[phase] = cpu
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        self.host_cpu[phase] = ru.ru_utime + ru.ru_stime
 
 
 def phase_cpu(cpu):
@@ -241,7 +237,8 @@ def bench_disk(qemu, kernel, initrd, hdtype="ahci", size_mib=64, seq_mib=32, rea
         shutil.rmtree(d, ignore_errors=True)
     s, q = results["stubdm"], results["qemu"]
     names = {"stubdm": "stubdm %s (%s) via host_sim, blkfront/blkback" % (hdtype, runtime),
-             "qemu-xen": "qemu-xen %s via host_sim, image file (dom0), %s" % (hdtype, NOMSI),
+             "qemu-xen": "qemu-xen %s via host_sim, image file (dom0)%s" % (
+                 hdtype, ", " + NOMSI if hdtype == "ahci" else ""),
              "qemu": "QEMU's built-in %s" % ("ICH9 AHCI" if hdtype == "ahci" else "PIIX3 IDE"),
              "qemu-ide": "QEMU's built-in PIIX3 IDE"}
     w = out.write

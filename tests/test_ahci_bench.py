@@ -12,6 +12,23 @@ QEMU = qtest_qemu.find_qemu()
 KERNEL, INITRD = engine.find_kernel()
 
 
+needs_guest = pytest.mark.skipif(
+    QEMU is None or KERNEL is None or INITRD is None,
+    reason="needs QEMU >= 10.1 (%s) and build/guest (python3 build/make_guest.py)"
+    % (qtest_qemu.qemu_missing_reason() or "found"))
+
+
+def _bench(hdtype, **kw):
+    """One bench disk run, small; (results, its printed table)."""
+    missing = bench.tool_missing_reason()
+    if missing:
+        pytest.skip(missing)
+    out = io.StringIO()
+    res = bench_disk.bench_disk(QEMU, KERNEL, INITRD, hdtype=hdtype, size_mib=16, seq_mib=8,
+                                out=out, **kw)
+    return res, out.getvalue()
+
+
 def test_parse_takes_the_last_result_line():
     text = ("noise\nDISK seq_read_bytes=1 ns=1 seq_write_bytes=1 ns=1 rand_reads=1 jobs=1 ns=1\n"
             "DISK seq_read_bytes=2000000 ns=1000000000 seq_write_bytes=4000000 ns=1000000000 "
@@ -41,18 +58,9 @@ def test_marks_give_the_device_models_cpu_per_phase():
     assert bench_disk.phase_cpu({"read": 1.0, "write": 3.0}) == {"read": 2.0}
 
 
-@pytest.mark.skipif(QEMU is None, reason="needs QEMU >= 10.1: "
-                    + (qtest_qemu.qemu_missing_reason() or ""))
-@pytest.mark.skipif(KERNEL is None or INITRD is None,
-                    reason="no guest image: run python3 build/make_guest.py")
+@needs_guest
 def test_bench_disk_ahci_against_qemu():
-    missing = bench.tool_missing_reason()
-    if missing:
-        pytest.skip(missing)
-    out = io.StringIO()
-    res = bench_disk.bench_disk(QEMU, KERNEL, INITRD, hdtype="ahci", size_mib=16, seq_mib=8,
-                                reads=400, jobs=4, out=out)
-    text = out.getvalue()
+    res, text = _bench("ahci", reads=400, jobs=4)
     want = {"stubdm", "qemu", "qemu-ide"}
     if qemu_xen.missing() is None:
         want.add("qemu-xen")
@@ -75,18 +83,9 @@ def test_bench_disk_ahci_against_qemu():
     assert m and int(m.group(1)) > 0 and int(m.group(2)) > 0, text
 
 
-@pytest.mark.skipif(QEMU is None, reason="needs QEMU >= 10.1: "
-                    + (qtest_qemu.qemu_missing_reason() or ""))
-@pytest.mark.skipif(KERNEL is None or INITRD is None,
-                    reason="no guest image: run python3 build/make_guest.py")
+@needs_guest
 def test_bench_disk_ide_says_why_qemu_xen_has_no_row():
-    missing = bench.tool_missing_reason()
-    if missing:
-        pytest.skip(missing)
-    out = io.StringIO()
-    res = bench_disk.bench_disk(QEMU, KERNEL, INITRD, hdtype="ide", size_mib=16, seq_mib=8,
-                                reads=200, jobs=2, out=out)
-    text = out.getvalue()
+    res, text = _bench("ide", reads=200, jobs=2)
     assert set(res) == {"stubdm", "qemu"}
     assert re.search(r"^  qemu-xen ide .*\s-\s+-\s+-\s+\(qemu-xen's PIIX3 IDE is the chipset's "
                      r"00:01.1 on the ISA compatibility ports", text, re.M), text
