@@ -132,6 +132,7 @@ void free(void *);
 #define PROT_WRITE ...
 void stubdm_barrier(void);
 void stubdm_atomic_add32(void *p, uint32_t v);
+uint32_t stubdm_inet_sum(const uint8_t *p, size_t n);
 void *stubdm_own_pages(uint32_t count, uint64_t *frames);
 int stubdm_free_own_pages(void *addr, uint32_t count, const uint64_t *frames);
 int stubdm_share_frames(xengntshr_handle *xgs, void *addr, uint32_t count, uint64_t *frames);
@@ -163,6 +164,7 @@ SOURCE = """
 #include <xengnttab.h>
 #include <xenstore.h>
 #include "mapcache.h"
+#include "inet_sum.h"
 // A full fence: the ioreq handshake's read and write barriers (DESIGN.md 5).
 static void stubdm_barrier(void) { __sync_synchronize(); }
 // Xen renormalises the buffered ring's pointers with a 64-bit cmpxchg, so

@@ -408,6 +408,12 @@ def atomic_add32(buf, n):
     lib.stubdm_atomic_add32(ffi.from_buffer(buf), n & 0xFFFFFFFF)
 
 
+def inet_sum(buf, start, end):
+    if start < 0 or end < start or end > len(buf):
+        raise ValueError("inet_sum: range outside the buffer")
+    return lib.stubdm_inet_sum(ffi.from_buffer("uint8_t[]", buf) + start, end - start)
+
+
 def footprint(bucket_shift, max_buckets):
     mc = lib.mapcache_new(ffi.NULL, 0, bucket_shift, max_buckets)
     if mc == ffi.NULL:

@@ -3,10 +3,14 @@
 # (RFC 1071), IPv4/IPv6 and TCP/UDP headers located in a frame, and TSO
 # segmentation. Used by rtl8139 (C+ mode) and e1000.
 #
-# The ones'-complement sum of big-endian 16-bit words equals the frame's
+# The ones'-complement sum is the glue's C (inet_sum, both runtimes); without
+# a glue, py_ones_sum: the sum of big-endian 16-bit words equals the frame's
 # bytes read as one big-endian integer modulo 0xffff (2^16 = 1 mod 0xffff),
-# which both runtimes compute in C: no per-byte or per-word Python loop.
+# no per-byte or per-word Python loop (tests prove the two equal).
 from stubdm.compat import const
+from stubdm.hypervisor import glue
+
+_c_sum = getattr(glue, "inet_sum", None) if glue is not None else None
 
 ETH_HLEN = const(14)
 ETH_P_IP = const(0x0800)
@@ -19,9 +23,20 @@ TCP_PSH = const(0x08)
 
 
 def ones_sum(buf, start, end):
-    """The ones'-complement sum (0..0xffff, 0 only for all-zero data) of buf[start:end]."""
+    """The ones'-complement sum (0..0xffff, 0 only for all-zero data) of buf[start:end]
+    (0 <= start; end past the buffer is its end, as a slice's)."""
+    n = len(buf)
+    if end > n:
+        end = n
     if end <= start:
         return 0
+    if _c_sum is not None:
+        return _c_sum(buf, start, end)
+    return py_ones_sum(buf, start, end)
+
+
+def py_ones_sum(buf, start, end):
+    """ones_sum in Python alone (0 <= start < end <= len(buf))."""
     v = int.from_bytes(bytes(buf[start:end]), "big")
     if (end - start) & 1:
         v <<= 8  # an odd byte is the high half of a last word

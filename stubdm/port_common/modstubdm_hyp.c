@@ -73,6 +73,10 @@
 //   barrier()                      full memory fence (ioreq handshake)
 //   atomic_add32(buf, n)           atomic add to the u32 at buf[0:4]
 //                                  (the buffered page's read_pointer)
+//   inet_sum(buf, start, end) -> the ones'-complement sum (RFC 1071) of
+//                                  buf[start:end], folded to 16 bits
+//                                  (stubdm/mapcache/inet_sum.h); ValueError
+//                                  unless 0 <= start <= end <= len(buf)
 //   footprint(bucket_shift, max_buckets) -> heap bytes of such a cache
 //   PAGE_SHIFT, MIN_BUCKET_SHIFT, MAX_BUCKET_SHIFT, MAX_RAM_RANGES, and the
 //   errno values ENOSYS EINVAL EFAULT ENOMEM (MicroPython's errno module
@@ -107,6 +111,7 @@
 #include "py/mperrno.h"
 
 #include "mapcache.h"
+#include "inet_sum.h"
 
 _Static_assert(sizeof(mp_uint_t) >= sizeof(uint64_t), "_xenglue needs a 64-bit mp_uint_t");
 
@@ -1170,6 +1175,19 @@ static mp_obj_t xenglue_atomic_add32(mp_obj_t buf_in, mp_obj_t n) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_2(xenglue_atomic_add32_obj, xenglue_atomic_add32);
 
+static mp_obj_t xenglue_inet_sum(mp_obj_t buf_in, mp_obj_t start_in, mp_obj_t end_in) {
+    mp_buffer_info_t bi;
+    mp_get_buffer_raise(buf_in, &bi, MP_BUFFER_READ);
+    mp_int_t start = get_int(start_in);
+    mp_int_t end = get_int(end_in);
+    if (start < 0 || end < start || (size_t)end > bi.len) {
+        mp_raise_ValueError(MP_ERROR_TEXT("inet_sum: range outside the buffer"));
+    }
+    return MP_OBJ_NEW_SMALL_INT(stubdm_inet_sum((const uint8_t *)bi.buf + start,
+                                                (size_t)(end - start)));
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(xenglue_inet_sum_obj, xenglue_inet_sum);
+
 static mp_obj_t xenglue_footprint(mp_obj_t shift_in, mp_obj_t max_in) {
     // Heap bytes of a cache of this geometry (no handle needed).
     mp_int_t shift = get_int(shift_in);
@@ -1195,6 +1213,7 @@ static const mp_rom_map_elem_t xenglue_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_Xs), MP_ROM_PTR(&xenglue_xs_type) },
     { MP_ROM_QSTR(MP_QSTR_barrier), MP_ROM_PTR(&xenglue_barrier_obj) },
     { MP_ROM_QSTR(MP_QSTR_atomic_add32), MP_ROM_PTR(&xenglue_atomic_add32_obj) },
+    { MP_ROM_QSTR(MP_QSTR_inet_sum), MP_ROM_PTR(&xenglue_inet_sum_obj) },
     { MP_ROM_QSTR(MP_QSTR_footprint), MP_ROM_PTR(&xenglue_footprint_obj) },
     { MP_ROM_QSTR(MP_QSTR_ENOSYS), MP_ROM_INT(ENOSYS) },
     { MP_ROM_QSTR(MP_QSTR_EINVAL), MP_ROM_INT(EINVAL) },
