@@ -219,11 +219,6 @@ def _le(buf, off, n):
     return v
 
 
-def _put_le(buf, off, n, v):
-    for i in range(n):
-        buf[off + i] = (v >> (8 * i)) & 0xFF
-
-
 def eeprom_image(mac):
     """The 82540EM's 64-word EEPROM (SDM 5.6): MAC in words 0-2, IDs, the
     init control words, and word 0x3f making the sum 0xBABA."""
@@ -771,14 +766,17 @@ class E1000(PciFunction):
                 self._cause(ICR_RXO if free == 0 else ICR_RXDMT0)
             self.rx_paused = True
             return False
+        # The frame's bytes built once. Unless RCTL.SECRC strips it, its CRC
+        # follows it in the buffer (Linux's e1000 drops 4 bytes); the wire here
+        # carries none, so it is the zeros bytearray() starts with.
+        crc = 0 if self.rctl & RCTL_SECRC else 4
         if vlan is not None:
-            data = bytes(frame[0:12]) + bytes(frame[16:])
+            data = bytearray(n - 4 + crc)
+            data[0:12] = frame[0:12]
+            data[12:n - 4] = frame[16:]
         else:
-            data = bytes(frame)
-        if not self.rctl & RCTL_SECRC:
-            # The frame's CRC follows it in the buffer (Linux's e1000 drops 4
-            # bytes); the wire here carries none, so it is zeros.
-            data += b"\x00\x00\x00\x00"
+            data = bytearray(n + crc)
+            data[0:n] = frame
         mv = memoryview(data)
         csum_status, csum_err = self._rx_csum(data)
         pos = 0
@@ -795,17 +793,12 @@ class E1000(PciFunction):
             take = min(bufsize, total - pos)
             if buf and take and not self.mem.write(buf, mv[pos : pos + take]):
                 log.guest_error(self.name, "RX buffer at %#x is not guest RAM" % buf)
-            last = pos + take >= total
-            wb = bytearray(8)
-            _put_le(wb, 0, 2, take)
-            status = RXD_DD
-            if last:
-                status |= RXD_EOP | csum_status
-                if vlan is not None:
-                    status |= RXD_VP
-                    _put_le(wb, 6, 2, vlan)
-                wb[5] = csum_err
-            wb[4] = status
+            if pos + take >= total:  # the last: EOP, checksum and VLAN fields
+                wb = struct.pack("<HHBBH", take, 0, RXD_DD | RXD_EOP | csum_status |
+                                 (RXD_VP if vlan is not None else 0), csum_err,
+                                 vlan if vlan is not None else 0)
+            else:
+                wb = struct.pack("<HHBBH", take, 0, RXD_DD, 0, 0)
             self.mem.write(addr + 8, wb)
             pos += take
             descs += 1
