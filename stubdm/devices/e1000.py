@@ -148,6 +148,7 @@ TSO_MAX_SEGS = const(128)
 # read follows at once), so a hostile ring costs bounded time per request.
 TX_DESC_BUDGET = const(1024)
 TX_BYTE_BUDGET = const(4 << 20)
+TX_FETCH = const(64)  # TX descriptors fetched in one guest-memory read
 RX_MAX_FRAME = const(16384)
 
 # PHY registers (M88E1011 as the 82540EM's: SDM 8, Linux e1000_hw.h).
@@ -886,6 +887,10 @@ class E1000(PciFunction):
         cause = 0
         self.tx_more = False
         budget = self.tx_bytes_done + TX_BYTE_BUDGET
+        # Descriptors are fetched ahead in runs (as the 82540EM prefetches
+        # them), up to TDT or the ring's end: one guest-memory read per run.
+        run = None
+        at = 0
         for _ in range(min(count, TX_DESC_BUDGET)):
             if self.tdh == self.tdt or self.txq:
                 break
@@ -893,10 +898,19 @@ class E1000(PciFunction):
                 self.tx_more = True
                 break
             addr = base + 16 * self.tdh
-            d = self.mem.read(addr, 16)
-            if d is None:
-                log.guest_error(self.name, "TX descriptor at %#x is not guest RAM" % addr)
-                return  # the ring waits for the driver's next doorbell
+            if run is None or at >= len(run):
+                k = min((self.tdt - self.tdh) % count, count - self.tdh, TX_FETCH)
+                run = self.mem.read(addr, 16 * k) if k > 1 else None
+                if run is None:  # one at a time finds the descriptor outside RAM
+                    run = self.mem.read(addr, 16)
+                    if run is None:
+                        log.guest_error(self.name, "TX descriptor at %#x is not guest RAM"
+                                        % addr)
+                        return  # the ring waits for the driver's next doorbell
+                run = memoryview(run)
+                at = 0
+            d = run[at:at + 16]
+            at += 16
             cmd = self._tx_desc(d)
             if cmd & (TXD_RS | TXD_RPS):
                 st = bytearray(1)
