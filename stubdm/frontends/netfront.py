@@ -74,7 +74,8 @@ class NetFront(Frontend):
         self.rx_csum = False
         self.held = None  # a frame the NIC had no room for
         self.rx_paused = False
-        self.repost = []
+        self.repost = []  # RX slots to post again
+        self.posted = bytearray(RX_SLOTS)  # 1: the slot is on the ring (the backend's)
         self.stats = {"tx": 0, "rx": 0, "tx_dropped": 0, "rx_dropped": 0, "csum_filled": 0,
                       "held": 0}
 
@@ -114,6 +115,7 @@ class NetFront(Frontend):
             log.info("netfront", "%s: no valid mac in xenstore" % self.name)
         self.mac = mac
         self.repost = list(range(RX_SLOTS))
+        self.posted = bytearray(RX_SLOTS)
         self._post_rx()
         self._set_link(True)
 
@@ -238,10 +240,11 @@ class NetFront(Frontend):
 
     def _rx_slot(self, rsp):
         rid, off, flags, status = struct.unpack(A.NETIF_RX_RSP_FMT, rsp)
-        if rid >= RX_SLOTS or rid in self.repost:
+        if rid >= RX_SLOTS or not self.posted[rid]:
             log.guest_error("netfront", "%s: RX response for slot %d, not posted"
                             % (self.name, rid))
             return
+        self.posted[rid] = 0
         self.repost.append(rid)
         if self.rx_chain is None:
             self.rx_chain = bytearray()
@@ -290,6 +293,7 @@ class NetFront(Frontend):
             if slot is None:
                 break
             rid = self.repost.pop()
+            self.posted[rid] = 1
             struct.pack_into(A.NETIF_RX_REQ_FMT, slot, 0, rid, refs[rid])
         if ring.push_requests():
             self.hyp.notify(self.port)
