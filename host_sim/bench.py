@@ -62,6 +62,9 @@ CFLOOR = "c-floor"  # build/out/vfio_floor: the floor's physical limit
 # stubdm with host_sim's and libsim's spins before sleeping turned off: what
 # the two wake-ups of the device model's round trip cost (bench pio only).
 NOSPIN = "stubdm-nospin"
+# The floor and its physical limit with the same policy: no spin anywhere.
+FLOOR_NOSPIN = "floor-nospin"
+CFLOOR_NOSPIN = "c-floor-nospin"
 # qemu-xen (host_sim/qemu_xen.py): Xen's own device model through the same
 # engine, its pci-serial at 00:04.0; in the default set where it is installed.
 QEMU_XEN = "qemu-xen"
@@ -227,10 +230,24 @@ class StubdmEngine(_Timed, Engine):
         finally:
             self.ioreq_time += time.perf_counter() - t
 
+    def relayed(self, n, ioreq_ns, p, q):
+        super().relayed(n, ioreq_ns, p, q)
+        self.ioreq_time += ioreq_ns / 1e9
+
+    def ioreq_answer_late(self, *args):
+        t = time.perf_counter()
+        try:
+            return super().ioreq_answer_late(*args)
+        finally:
+            self.ioreq_time += time.perf_counter() - t
+
 
 class NoSpinEngine(StubdmEngine):
-    """StubdmEngine with the event channels' spins off (EvtchnHandle.spin_us
-    (0, 0) for the handles the device model opens at its start)."""
+    """StubdmEngine with every spin off: the event channels' (EvtchnHandle.spin_us
+    (0, 0) for the handles the device model opens at its start) and the
+    vfio-user servers' (Engine.spin_us)."""
+
+    spin_us = 0
 
     def start_dm(self):
         from host_sim.hypervisor import EvtchnHandle
@@ -294,7 +311,8 @@ class NullSerialFunction:
 
 
 class FloorEngine(_Timed, Engine):
-    """The Engine's vfio-user path with NullSerialFunction at 00:04.0, no device model."""
+    """The Engine's vfio-user path with NullSerialFunction at 00:04.0, no device
+    model; its server spins as stubdm's do (Engine.spin_us)."""
 
     def start_dm(self):
         self.hv = None
@@ -305,7 +323,7 @@ class FloorEngine(_Timed, Engine):
 
         self.function = NullSerialFunction()
         path = os.path.join(self.dir, "null%02x.sock" % engine.DEVFN_PCI_SERIAL)
-        srv = VfioUserServer(path, self.function, log=self.note)
+        srv = VfioUserServer(path, self.function, log=self.note, spin_us=self.spin_us)
         self.servers.append((engine.DEVFN_PCI_SERIAL, self.function, srv))
         self.guest_slots = {engine.DEVFN_PCI_SERIAL: (UART_SLOT, 0)}  # engine.qemu_args
 
@@ -324,15 +342,17 @@ def vfio_floor_missing():
 
 class CFloorServer:
     """build/out/vfio_floor serving one socket, in the Engine's server slot
-    (it runs its own loop: nothing for the Engine to poll)."""
+    (it runs its own loop: nothing for the Engine to poll); spin_us: its
+    --spin-us, the watch for the next request before each sleep."""
 
-    def __init__(self, path):
+    def __init__(self, path, spin_us=0):
         why = vfio_floor_missing()
         if why:
             raise BenchError(why)
         self.path = path
         self.stats = None
-        self.proc = subprocess.Popen([VFIO_FLOOR, path], stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen([VFIO_FLOOR, "--spin-us", str(spin_us), path],
+                                     stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      preexec_fn=engine.die_with_parent)
         if self.proc.stdout.readline().strip() != b"VFIO-FLOOR ready":
@@ -362,14 +382,16 @@ class CFloorServer:
 
 class CFloorEngine(_Timed, Engine):
     """The same QEMU and guest with build/out/vfio_floor at 00:04.0: the physical
-    floor of a TCG exit, QEMU's vfio-user client and a socket round trip."""
+    floor of a TCG exit, QEMU's vfio-user client and a socket round trip; it
+    spins as the Engine's servers do (Engine.spin_us)."""
 
     def start_dm(self):
         self.hv = None
         self.dm = None
 
     def start_servers(self):
-        srv = CFloorServer(os.path.join(self.dir, "cfloor%02x.sock" % engine.DEVFN_PCI_SERIAL))
+        srv = CFloorServer(os.path.join(self.dir, "cfloor%02x.sock" % engine.DEVFN_PCI_SERIAL),
+                           spin_us=self.spin_us)
         self.floor = srv
         self.servers.append((engine.DEVFN_PCI_SERIAL, None, srv))
         self.guest_slots = {engine.DEVFN_PCI_SERIAL: (UART_SLOT, 0)}
@@ -397,6 +419,18 @@ def evtchn_pingpong_us(spin_us, n=20000):
     C), each side watching the page spin_us before it sleeps; None without it."""
     return _vfio_floor_us(["--evtchn-pingpong", str(n), str(spin_us)],
                           r"EVTCHN-PINGPONG n=(\d+) spin_us=\d+ ns=(\d+)")
+
+
+class FloorNoSpinEngine(FloorEngine):
+    """The floor with its server's spin off: against stubdm-nospin."""
+
+    spin_us = 0
+
+
+class CFloorNoSpinEngine(CFloorEngine):
+    """The C server with its spin off: against stubdm-nospin's floor."""
+
+    spin_us = 0
 
 
 class QemuEngine(_Timed, Engine):
@@ -432,10 +466,13 @@ def _qemu_xen_engine():
 
 
 ENGINES = {STUBDM: StubdmEngine, FLOOR: FloorEngine, QEMU: QemuEngine, CFLOOR: CFloorEngine,
-           NOSPIN: NoSpinEngine}
+           NOSPIN: NoSpinEngine, FLOOR_NOSPIN: FloorNoSpinEngine,
+           CFLOOR_NOSPIN: CFloorNoSpinEngine}
 LABELS = {STUBDM: "stubdm (%s) via host_sim", FLOOR: "transport floor (null vfio-user)",
           NOSPIN: "stubdm (%s), no spin before poll",
+          FLOOR_NOSPIN: "transport floor, no spin before poll",
           CFLOOR: "minimal C vfio-user server",
+          CFLOOR_NOSPIN: "minimal C server, no spin before poll",
           QEMU: "QEMU's own pci-serial", QEMU_XEN: "qemu-xen's pci-serial via host_sim"}
 
 
@@ -480,9 +517,9 @@ def run_one(config, qemu, kernel, initrd, run, runtime="cpython", timeout=BOOT_T
         r["ioreq_us"] = e.ioreq_time / e.ioreqs * 1e6 if e.ioreqs else None
         r["stats"] = dm_stats(getattr(e, "messages", ""))
         r["hops"] = getattr(e, "hops", None)
-    if config == FLOOR:
+    if config in (FLOOR, FLOOR_NOSPIN):
         r["null_accesses"] = e.function.reads + e.function.writes
-    if config == CFLOOR:
+    if config in (CFLOOR, CFLOOR_NOSPIN):
         r["cfloor_stats"] = e.floor.stats
     return r
 
@@ -603,10 +640,13 @@ def bench_pio(qemu, kernel, initrd, count=20000, runtime="cpython", out=None,
     out = out or sys.stdout
     if not configs:
         # The floor's physical limit, beside the floor, where it is built.
+        # Each of stubdm, the floor and its physical limit twice: with the spins
+        # before sleeping (host_sim's default) and with none, so that each ratio
+        # compares like with like.
         configs = default_configs()
         if vfio_floor_missing() is None:
-            configs = configs[:2] + (CFLOOR,) + configs[2:]
-        configs = configs[:1] + (NOSPIN,) + configs[1:]
+            configs = configs[:2] + (CFLOOR, CFLOOR_NOSPIN) + configs[2:]
+        configs = configs[:1] + (NOSPIN,) + configs[1:2] + (FLOOR_NOSPIN,) + configs[2:]
     _need(qemu, kernel, initrd)
     load = _load()
     work = tempfile.mkdtemp(prefix="stubdm-bench-")

@@ -21,6 +21,7 @@ import time
 from host_sim.qtest_qemu import die_with_parent
 from host_sim.hypervisor import DeviceModelGone, DeviceModelHung, SimError, SimHypervisor
 from host_sim.scripted import ROOT, dm_command, dm_env
+from host_sim import vfio_user
 from host_sim.vfio_user import VfioUserServer
 from stubdm import abi
 
@@ -61,6 +62,7 @@ class StubdmFunction:
                               % (devfn >> 3, devfn & 7))
         self.bases = {}
         self.bars = self._probe_bars()
+        self._relay_init()
 
     def _cfg(self, reg, size, value=None):
         sbdf = abi.pci_sbdf(0, 0, self.devfn >> 3, self.devfn & 7)
@@ -124,6 +126,7 @@ class StubdmFunction:
     def config_write(self, offset, size, value):
         if offset < 0x08 or offset in _BAR_REGS:
             self.bases.clear()  # decoding may have changed
+            self._relay_disarm()
         self._cfg(offset, size, value)
 
     def _base(self, index):
@@ -153,7 +156,98 @@ class StubdmFunction:
             self.engine.note("00:%02x.%d BAR%d placed at %#x for the device model"
                              % (self.devfn >> 3, self.devfn & 7, index, base))
         self.bases[index] = (base, is_io)
+        r = self._relay
+        if r is not None:  # its plain accesses can go as ioreqs from C now
+            r.base[index] = base
+            r.type[index] = abi.IOREQ_TYPE_PIO if is_io else abi.IOREQ_TYPE_COPY
         return self.bases[index]
+
+    # ---- the ioreq relay (vfio_user's VfioUserServer calls these) ----
+    # A plain BAR access of a BAR whose base is known goes from QEMU's message
+    # to its ioreq and back in C (host_sim/vfio_floor/vfu_fast.c's vfu_relay),
+    # the same ioreq send_ioreq would write. Whatever is not that simple (no
+    # answer in the first wait, other messages, the device model's own
+    # requests) comes back here, to send_ioreq's Python and its checks.
+    def _relay_init(self):
+        ffi = vfio_user._ffi
+        self._relay = r = ffi.new("vfu_relay_t *") if ffi is not None else None
+        if r is None:
+            return
+        self._relay_disarm()
+        r.max_batch = vfio_user.SPIN_BATCH
+        self._relay_key = None  # what r's channel fields were set from
+        self._relay_n = self._relay_ns = 0  # what relay_sync counted
+
+    def _relay_disarm(self):
+        r = self._relay
+        if r is not None:
+            for i in range(6):
+                r.type[i] = vfio_user._lib.VFU_NO_RELAY
+
+    def relay_ready(self, conn_fd):
+        """The relay for this access, or None (then the server asks region_read/write)."""
+        engine = self.engine
+        if engine.failure is not None:
+            return None
+        hv, s, r = self.hv, self.server, self._relay
+        if s.page is None or not s.enabled:
+            return None  # send_ioreq maps it on the first ioreq
+        try:
+            p, q, h = hv.ioreq_channel(s, 0)
+        except DeviceModelGone:
+            return None  # send_ioreq raises it, and the run ends
+        cfds = hv._cfds.get(h) or hv._cfds_for(h)
+        key = (conn_fd, p, q, h, cfds)
+        if key != self._relay_key:
+            self._relay_set(r, conn_fd, s, q, h, cfds)
+            self._relay_key = key
+            self._relay_chan = (p, q)
+        return r
+
+    def _relay_set(self, r, conn_fd, s, q, h, cfds):
+        from host_sim.hypervisor import _TAKE_MAX, _evtchn_ffi
+
+        ffi = vfio_user._ffi
+        hv = self.hv
+
+        def addr(cdata):
+            return ffi.cast("void *", int(_evtchn_ffi.cast("uintptr_t", cdata)))
+
+        r.slot = ffi.cast("uint8_t *", addr(hv.ioreq_state(s, 0))) - abi.IOREQ_OFF_FLAGS
+        r.evtchn = addr(h.c)
+        r.dm_port = q.port
+        r.vp_eport = s.vcpu_ports[0]
+        r.wait_fds = addr(cfds[0])
+        r.wait_nfds = cfds[1]
+        r.timeout_ms = hv.first_wait_ms()
+        r.taken = ffi.cast("uint32_t *", addr(h._taken))
+        r.max_taken = _TAKE_MAX
+        # The spin ends when anything of host_sim's but the kick is ready.
+        others = [cfds[0][i].fd for i in range(1, cfds[1])]
+        self._spin_fds = fds = ffi.new("struct pollfd[]", 1 + len(others))
+        for i, fd in enumerate([conn_fd] + others):
+            fds[i].fd = fd
+            fds[i].events = vfio_user._lib.POLLIN
+        r.spin_fds = fds
+        r.spin_nfds = 1 + len(others)
+        r.spin_ns = self.engine.spin_us * 1000
+
+    def relay_sync(self, r):
+        """Count what the relay answered since the last call, as send_ioreq would."""
+        n = r.n_reads + r.n_writes + r.n_posted
+        d = n - self._relay_n
+        if d:
+            ns = r.ioreq_ns
+            p, q = self._relay_chan
+            self.engine.relayed(d, ns - self._relay_ns, p, q)
+            self._relay_n, self._relay_ns = n, ns
+
+    def relay_wait(self, acc, r):
+        """The relay's ioreq for acc is out, its answer not seen in the first wait:
+        wait for it as send_ioreq does; the data."""
+        base, _is_io = self.bases[acc.region]
+        return self.engine.ioreq_answer_late(self.server, r.type[acc.region],
+                                             base + acc.offset, acc.count, r.is_read, r.nout)
 
     def region_read(self, index, offset, size):
         base, is_io = self._base(index)
@@ -254,6 +348,12 @@ def find_kernel():
 class Engine:
     """One boot: host_sim's hypervisor, the device model, vfio-user servers, QEMU."""
 
+    # us: how long a vfio-user server watches its connection for the guest's
+    # next access after answering one, before the loop sleeps in poll (the
+    # policy of host_sim's and the device model's event channel spins,
+    # EvtchnHandle.spin_us: a wake-up from poll costs about an access here).
+    spin_us = 100
+
     def __init__(self, qemu, kernel, initrd, memory=512, run=None, runtime="cpython",
                  accel="tcg", quiet=True, out=None, timeout=None, dm_extra=(), disks=(),
                  cdroms=(), pv_devices=(), nics=(), hdtype="ide", qmp=None, vnc=None,
@@ -323,6 +423,34 @@ class Engine:
         try:
             self.ioreqs += 1
             return self.hv.send_ioreq(server, 0, type_, addr, data, size, is_read=is_read)
+        except (DeviceModelGone, DeviceModelHung) as e:
+            self.failure = e
+            return (1 << (8 * size)) - 1 if is_read else 0
+
+    def relayed(self, n, ioreq_ns, p, q):
+        """n more accesses answered by a function's relay (ioreq_ns: their ioreq
+        round trips' sum): counted as send_ioreq counts its own."""
+        self.ioreqs += n
+        self.hv.stats["ioreqs"] += n
+        self.hv.evtchn.stats["sent"] += n
+        p.sent += n
+        q.sent += n
+
+    def ioreq_answer_late(self, server, type_, addr, size, is_read, nout):
+        """The rest of a relayed access whose answer the relay's first wait did not
+        see (SimHypervisor.ioreq_answer_late); as ioreq, a dead or hung device
+        model ends the run."""
+        if self.failure is not None:
+            return (1 << (8 * size)) - 1 if is_read else 0
+        hv = self.hv
+        try:
+            self.ioreqs += 1
+            p, q, h = hv.ioreq_channel(server, 0)
+            q.sent += 1
+            port = server.vcpu_ports[0]
+            hv.notified.discard(port)  # as send_ioreq before its raise
+            return hv.ioreq_answer_late(server, 0, h, nout,
+                                        abi.FLAG_DIR_READ if is_read else 0, type_, addr)
         except (DeviceModelGone, DeviceModelHung) as e:
             self.failure = e
             return (1 << (8 * size)) - 1 if is_read else 0
@@ -434,7 +562,7 @@ class Engine:
         for devfn in devfns:
             fn = StubdmFunction(self, devfn)
             path = os.path.join(self.dir, "fn%02x.sock" % devfn)
-            srv = VfioUserServer(path, fn, log=self.note)
+            srv = VfioUserServer(path, fn, log=self.note, spin_us=self.spin_us)
             self.servers.append((devfn, fn, srv))
 
     def _intx(self, dev, intx, level):

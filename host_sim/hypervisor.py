@@ -801,63 +801,93 @@ class SimHypervisor:
         off = vcpu * abi.IOREQ_SIZE
         flags_at = off + abi.IOREQ_OFF_FLAGS
         port = s.vcpu_ports[vcpu]
-        # Xen's side of the vCPU's event channel, and the device model's end.
-        p = self.evtchn.ports.get((self.domid, port))
-        q = p.peer if p is not None and p.state == INTERDOMAIN else None
-        h = q.handle if q is not None else None
-        if h is None or h.closed:
-            raise DeviceModelGone("vcpu %d: no device model bound to port %d" % (vcpu, port))
+        p, q, h = self.ioreq_channel(s, vcpu)
         req = abi.pack_ioreq(addr, data, count, size, port, abi.STATE_IOREQ_NONE, ptr,
                              is_read, df, type_)
         page[off : off + abi.IOREQ_SIZE] = req
         # Publish the state last: the device model reads the rest after READY.
         page[flags_at] = req[abi.IOREQ_OFF_FLAGS] | abi.STATE_IOREQ_READY
-        notified = self.notified
-        notified.discard(port)
+        self.notified.discard(port)
         q.sent += 1
         _evtchn_lib.hs_sim_raise(h.c, q.port)
+        # The first wait in C: when the device model's notify of this port is all
+        # that comes, no Python runs until the answer. Anything else is served here
+        # and by pump_until, whose checks come after.
+        state = self.ioreq_state(s, vcpu)
+        cfds = self._cfds.get(h) or self._cfds_for(h)
+        nout = self._nout
+        if _evtchn_lib.hs_sim_wait_answer(h.c, q.port, state, cfds[0], cfds[1],
+                                          self.first_wait_ms(), h._taken, _TAKE_MAX, nout):
+            # The device model's EVTCHNOP_send on its end, counted as send() does.
+            self.evtchn.stats["sent"] += 1
+            p.sent += 1
+            return self._ioreq_done(page, off, req[abi.IOREQ_OFF_FLAGS], port)
+        return self.ioreq_answer_late(s, vcpu, h, nout[0], req[abi.IOREQ_OFF_FLAGS], type_, addr)
+
+    def ioreq_channel(self, s, vcpu):
+        """(Xen's end of vCPU's event channel, the device model's end, its handle);
+        DeviceModelGone when no device model is bound."""
+        port = s.vcpu_ports[vcpu]
+        p = self.evtchn.ports.get((self.domid, port))
+        q = p.peer if p is not None and p.state == INTERDOMAIN else None
+        h = q.handle if q is not None else None
+        if h is None or h.closed:
+            raise DeviceModelGone("vcpu %d: no device model bound to port %d" % (vcpu, port))
+        return p, q, h
+
+    def ioreq_state(self, s, vcpu):
+        """The address (a cffi uint8_t *) of vCPU's ioreq_t state byte in s's page."""
+        state = s.states.get(vcpu)
+        if state is None:
+            state = s.states[vcpu] = self._special_c + (
+                (s.ioreq_gfn - SPECIAL_GFN) * PAGE + vcpu * abi.IOREQ_SIZE + abi.IOREQ_OFF_FLAGS)
+        return state
+
+    def first_wait_ms(self):
+        """How long the first wait for an answer (in C) lasts before pump_until's."""
+        return int(min(0.2, self.timeout) * 1000)
+
+    def ioreq_answer_late(self, s, vcpu, h, nout, flags, type_, addr):
+        """An ioreq published in vCPU's slot and raised, whose first wait (in C,
+        hs_sim_wait_answer) did not see the answer: serve what that wait took
+        from handle h (h._taken[0:nout]) and the device model until the answer,
+        with the checks of a dead or hung device model; its data. flags: the
+        ioreq's flags byte with state NONE (the slot goes back to it)."""
+        page = s.page
+        off = vcpu * abi.IOREQ_SIZE
+        flags_at = off + abi.IOREQ_OFF_FLAGS
+        port = s.vcpu_ports[vcpu]
+        notified = self.notified
 
         def answered():
             return port in notified and (
                 page[flags_at] & abi.STATE_MASK == abi.STATE_IORESP_READY
             )
 
-        # The first wait in C: when the device model's notify of this port is all
-        # that comes, no Python runs until the answer. Anything else is served here
-        # and by pump_until, whose checks come after.
-        state = s.states.get(vcpu)
-        if state is None:
-            state = s.states[vcpu] = self._special_c + (
-                (s.ioreq_gfn - SPECIAL_GFN) * PAGE + flags_at)
-        cfds = self._cfds.get(h) or self._cfds_for(h)
-        nout = self._nout
-        first = min(0.2, self.timeout)
-        if _evtchn_lib.hs_sim_wait_answer(h.c, q.port, state, cfds[0], cfds[1],
-                                          int(first * 1000), h._taken, _TAKE_MAX, nout):
-            # The device model's EVTCHNOP_send on its end, counted as send() does.
-            self.evtchn.stats["sent"] += 1
-            p.sent += 1
-        else:
-            if nout[0]:
-                self._evtchn_serve(h, h._taken[0 : nout[0]])
-                if self._deferred:
-                    self.run_deferred()
-            if not answered():
-                # The first wait is part of the time the device model has.
-                try:
-                    self.pump_until(answered,
-                                    lambda: "an ioreq of type %d at %#x" % (type_, addr),
-                                    timeout=self.timeout - first, limit=self.timeout)
-                except DeviceModelGone:
-                    # A device model that shut the domain down (a reset or
-                    # poweroff port) may exit before its notify of the answer
-                    # is seen: on Xen this vCPU never runs again, so there is
-                    # no one to give the answer to. Any other exit is an error.
-                    if self.shutdown_reason is None:
-                        raise
+        if nout:
+            self._evtchn_serve(h, h._taken[0:nout])
+            if self._deferred:
+                self.run_deferred()
+        if not answered():
+            # The first wait is part of the time the device model has.
+            first = self.first_wait_ms() / 1000
+            try:
+                self.pump_until(answered,
+                                lambda: "an ioreq of type %d at %#x" % (type_, addr),
+                                timeout=self.timeout - first, limit=self.timeout)
+            except DeviceModelGone:
+                # A device model that shut the domain down (a reset or
+                # poweroff port) may exit before its notify of the answer
+                # is seen: on Xen this vCPU never runs again, so there is
+                # no one to give the answer to. Any other exit is an error.
+                if self.shutdown_reason is None:
+                    raise
+        return self._ioreq_done(page, off, flags, port)
+
+    def _ioreq_done(self, page, off, flags, port):
         data = struct.unpack_from("<Q", page, off + abi.IOREQ_OFF_DATA)[0]
-        page[flags_at] = req[abi.IOREQ_OFF_FLAGS]  # back to NONE
-        notified.discard(port)
+        page[off + abi.IOREQ_OFF_FLAGS] = flags  # back to NONE
+        self.notified.discard(port)
         self.stats["ioreqs"] += 1
         return data
 

@@ -175,6 +175,8 @@ MAX_SPARSE_AREAS = 64
 RECV_SIZE = 65536
 CMSG_LEN = socket.CMSG_SPACE(64 * 4)  # room to notice (and close) floods
 SEND_TIMEOUT = 5.0
+MAX_SPIN_US = 1000
+SPIN_BATCH = 64  # accesses answered in one spin at most, then the caller's loop runs
 # Plain ints: socket.MSG_* are IntFlag members, whose operators cost
 # microseconds on every message.
 RECV_FLAGS = int(socket.MSG_CMSG_CLOEXEC) | int(socket.MSG_DONTWAIT)
@@ -268,12 +270,19 @@ def _close_fds(fds):
 
 
 class VfioUserServer:
-    def __init__(self, path, backend, log=print, fast=None):
+    def __init__(self, path, backend, log=print, fast=None, spin_us=0):
         """fast: True, False or None (the default: C's hot path when
-        host_sim._vfu_fast is built, `scons vfu-fast`); ValueError for a bad BAR."""
+        host_sim._vfu_fast is built, `scons vfu-fast`); spin_us: on the C path,
+        after answering a BAR access, watch the connection this long for the
+        next one before going back to the caller's poll (a wake-up from poll
+        costs this machine about as much as an access); ValueError for a bad BAR."""
         if fast and _lib is None:
             raise ValueError("host_sim._vfu_fast is not built (scons vfu-fast)")
         self._fast = _lib is not None if fast is None else bool(fast)
+        self.spin_ns = max(0, min(int(spin_us), MAX_SPIN_US)) * 1000
+        # The backend's ioreq relay (host_sim/engine.py's StubdmFunction): its
+        # plain BAR accesses answered in C (vfu_relay), or None.
+        self._relay = getattr(backend, "relay_ready", None) if self._fast else None
         self.path = path
         self.backend = backend
         self.log = log
@@ -492,10 +501,45 @@ class VfioUserServer:
 
     def _read_fast(self, fd):
         """_read_connection through host_sim._vfu_fast: a plain BAR access is
-        parsed and answered in C around the backend's call; anything else
-        goes the general way (_consume)."""
+        parsed and answered in C around the backend's call (or relayed by the
+        backend's ioreq relay, all in C); anything else goes the general way
+        (_consume). With spin_ns, the next access is awaited that long."""
+        for _ in range(SPIN_BATCH):
+            if not self._fast_one(fd) or not self.spin_ns or self._conn_fd != fd:
+                return
+            if not _lib.vfu_spin(fd, self.spin_ns):
+                return
+
+    def _fast_one(self, fd):
+        # One message (or the relay's run of them); True if it was a plain BAR
+        # access answered (the next is likely soon).
         acc = self._cacc
-        k = _lib.vfu_recv(fd, self._cbuf, RECV_SIZE, self._csizes, acc)
+        r = self._relay(fd) if self._relay is not None else None
+        if r is not None:
+            k = _lib.vfu_relay(fd, self._cbuf, RECV_SIZE, self._csizes, acc, r)
+            self.backend.relay_sync(r)
+            if k == _lib.VFU_RELAYED:
+                return False  # the relay spun for the next one itself
+            if k == _lib.VFU_RELAY_SHORT:
+                self._fast_sent(fd, r.sent, r.out,
+                                HDR_SIZE + RW.size + (acc.count if r.is_read else 0))
+                return False
+            if k == _lib.VFU_RELAY_WAIT:
+                # The ioreq is out: the backend waits for its answer as
+                # send_ioreq does (a dead or hung device model ends the run).
+                k = _lib.VFU_READ if r.is_read else _lib.VFU_WRITE
+                try:
+                    v = self.backend.relay_wait(acc, r) & U64_MASK
+                except Exception as e:
+                    self.log("vfio-user: region %s: %s: %s"
+                             % ("read" if r.is_read else "write", type(e).__name__, e))
+                    if not acc.posted:
+                        self._error(acc.msg_id, REGION_READ if r.is_read else REGION_WRITE,
+                                    errno.EIO)
+                    return False
+                return self._fast_done(fd, k, v)
+        else:
+            k = _lib.vfu_recv(fd, self._cbuf, RECV_SIZE, self._csizes, acc)
         if k == _lib.VFU_READ:
             try:
                 v = self.backend.region_read(acc.region, acc.offset, acc.count) & U64_MASK
@@ -503,38 +547,50 @@ class VfioUserServer:
                 self.log("vfio-user: region read: %s: %s" % (type(e).__name__, e))
                 if not acc.posted:
                     self._error(acc.msg_id, REGION_READ, errno.EIO)
-                return
-            self.stats["reads"] += 1
-            if not acc.posted:
-                self._fast_reply(fd, REGION_READ, v, HDR_SIZE + RW.size + acc.count)
-        elif k == _lib.VFU_WRITE:
+                return False
+            return self._fast_done(fd, k, v)
+        if k == _lib.VFU_WRITE:
             try:
                 self.backend.region_write(acc.region, acc.offset, acc.count, acc.value)
             except Exception as e:
                 self.log("vfio-user: region write: %s: %s" % (type(e).__name__, e))
                 if not acc.posted:
                     self._error(acc.msg_id, REGION_WRITE, errno.EIO)
-                return
-            if acc.posted:
-                self.stats["posted"] += 1
-            else:
-                self.stats["writes"] += 1
-                self._fast_reply(fd, REGION_WRITE, 0, HDR_SIZE + RW.size)
-        elif k == _lib.VFU_BYTES:
+                return False
+            return self._fast_done(fd, k, 0)
+        if k == _lib.VFU_BYTES:
             self._consume(self._conn, _ffi.buffer(self._cbuf, acc.len)[:],
                           list(acc.fds[0:acc.nfds]), acc.ctrunc)
         elif k not in (-errno.EAGAIN, -errno.EINTR):
             self.log("vfio-user: receive failed: %s" % os.strerror(-k))
             self.disconnect()
+        return False
+
+    def _fast_done(self, fd, k, v):
+        # A plain access answered by the backend: count it, reply (not to a posted write).
+        acc = self._cacc
+        if k == _lib.VFU_READ:
+            self.stats["reads"] += 1
+            if not acc.posted:
+                self._fast_reply(fd, REGION_READ, v, HDR_SIZE + RW.size + acc.count)
+        elif acc.posted:
+            self.stats["posted"] += 1
+        else:
+            self.stats["writes"] += 1
+            self._fast_reply(fd, REGION_WRITE, 0, HDR_SIZE + RW.size)
+        return True
 
     def _fast_reply(self, fd, cmd, value, n):
-        sent = _lib.vfu_reply(fd, self._cacc, cmd, value, self._cout)
+        self._fast_sent(fd, _lib.vfu_reply(fd, self._cacc, cmd, value, self._cout),
+                        self._cout, n)
+
+    def _fast_sent(self, fd, sent, out, n):
         if sent != n:
             if sent < 0:
                 self.log("vfio-user: send failed: %s" % os.strerror(-sent))
                 self.disconnect()
             else:  # the client is slow to read: the bounded wait of _send
-                self._send(_ffi.buffer(self._cout, n)[sent:])
+                self._send(_ffi.buffer(out, n)[sent:])
 
     def _consume(self, conn, data, fds, ctrunc):
         """Received bytes (and the fds that came with them): handle every whole message."""

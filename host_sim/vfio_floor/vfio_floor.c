@@ -2,8 +2,13 @@
 // physical floor of host_sim's guest engine on this machine (a TCG exit in
 // QEMU, its vfio-user client, a unix-socket round trip, a reply).
 //
-//     vfio_floor SOCKET        serve one client on SOCKET (a unix socket it
-//                              creates), then exit when the client goes away
+//     vfio_floor [--spin-us S] SOCKET
+//                              serve one client on SOCKET (a unix socket it
+//                              creates), then exit when the client goes away;
+//                              with S > 0, after each reply watch the socket
+//                              for up to S us before sleeping in recv (the
+//                              spin policy of host_sim's servers, bench pio's
+//                              spinning rows)
 //     vfio_floor --pingpong N  N round trips of a 32-byte request and a
 //                              33-byte reply between two processes over a
 //                              socketpair (the socket alone, no QEMU); prints
@@ -81,6 +86,7 @@ typedef struct {
 static uint8_t config[CONFIG_SIZE];
 static uint8_t wmask[CONFIG_SIZE];
 static uint64_t n_reads, n_writes, n_posted, busy_ns;
+static uint64_t spin_ns;  // --spin-us: watch the socket this long before sleeping
 
 static uint64_t now_ns(void) {
     struct timespec ts;
@@ -335,6 +341,20 @@ static int handle(int fd, const hdr_t *h, const uint8_t *body, int *versioned) {
     }
 }
 
+// Before a blocking read: watch conn for up to spin_ns (the next request
+// usually comes within tens of microseconds, a wake-up from sleep costs about
+// as much); returns when it is readable, hung up, or the window is over.
+static void spin_readable(int conn) {
+    if (spin_ns == 0) {
+        return;
+    }
+    uint64_t end = now_ns() + spin_ns;
+    struct pollfd pfd = {.fd = conn, .events = POLLIN};
+    while (poll(&pfd, 1, 0) == 0 && now_ns() < end) {
+        __builtin_ia32_pause();
+    }
+}
+
 static void serve(int conn) {
     uint8_t *body = malloc(MAX_MSG);
     int versioned = 0;
@@ -343,6 +363,7 @@ static void serve(int conn) {
     }
     for (;;) {
         hdr_t h;
+        spin_readable(conn);
         if (recv_all(conn, &h, HDR_SIZE) < 0) {
             break;
         }
@@ -541,8 +562,20 @@ int main(int argc, char **argv) {
         }
         return evtchn_pingpong(n, spin);
     }
+    if (argc == 4 && strcmp(argv[1], "--spin-us") == 0) {
+        char *end;
+        long spin = strtol(argv[2], &end, 10);
+        if (*end || spin < 0 || spin > 1000) {
+            fprintf(stderr, "vfio_floor: --spin-us takes 0 to 1000 us\n");
+            return 2;
+        }
+        spin_ns = (uint64_t)spin * 1000u;
+        argc -= 2;
+        argv += 2;
+    }
     if (argc != 2 || argv[1][0] == '-') {
-        fprintf(stderr, "usage: vfio_floor SOCKET | vfio_floor --pingpong N\n");
+        fprintf(stderr, "usage: vfio_floor [--spin-us S] SOCKET | vfio_floor --pingpong N | "
+                        "vfio_floor --evtchn-pingpong N S\n");
         return 2;
     }
     return serve_socket(argv[1]);

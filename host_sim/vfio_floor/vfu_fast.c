@@ -10,12 +10,23 @@
 // backend has. Anything else comes back as bytes (and fds) for the Python
 // server's general path, which also owns every error reply: this file
 // refuses nothing itself, so the behaviour on bad input is Python's.
+//
+// vfu_relay goes further for host_sim's engine: a plain access to a BAR of
+// one of stubdm's functions becomes its ioreq here, in the vCPU's slot of
+// the ioreq page, with the event to the device model and the wait for its
+// answer (host_sim/libsim/hostsim_evtchn_sim.c, as send_ioreq uses them),
+// and the reply; no Python runs per access. Whatever else comes (another
+// message, another fd ready, no answer in the first wait) is the caller's,
+// with every check of a dead or hung device model.
 #define _GNU_SOURCE
 #include <errno.h>
+#include <poll.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
+#include "hostsim_evtchn_sim.h"
 #include "vfu_fast.h"
 
 #define HDR_SIZE 16
@@ -118,4 +129,113 @@ int vfu_reply(int fd, const vfu_access_t *acc, int cmd, uint64_t value, uint8_t 
         return (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) ? 0 : -errno;
     }
     return (int)sent; // short: the caller sends out[sent:n] the slow way
+}
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+// Watch fds[0] for up to spin_ns: 1 when it is readable (or hung up), 0 when
+// the window passed or any other of fds is ready (the caller serves those).
+static int spin_readable(struct pollfd *fds, int nfds, uint32_t spin_ns) {
+    if (spin_ns == 0) {
+        return 0;
+    }
+    uint64_t end = now_ns() + spin_ns;
+    for (;;) {
+        int n = poll(fds, (nfds_t)nfds, 0);
+        if (n > 0) {
+            return fds[0].revents != 0 && n == 1;
+        }
+        if (n < 0 && errno != EINTR) {
+            return 0;
+        }
+        if (now_ns() >= end) {
+            return 0;
+        }
+        __builtin_ia32_pause();
+    }
+}
+
+int vfu_spin(int fd, uint32_t spin_ns) {
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    return spin_readable(&pfd, 1, spin_ns);
+}
+
+// ioreq.h's ioreq_t: addr, data, count, size, vp_eport, pad, flags (state:4,
+// data_is_ptr:1, dir:1, df:1), type; the state published last.
+#define IOREQ_OFF_DATA 8
+#define IOREQ_OFF_FLAGS 30
+#define IOREQ_OFF_TYPE 31
+#define IOREQ_DIR_READ 0x20
+#define STATE_IOREQ_READY 1
+
+// One access as its ioreq: 1 answered (*data), 0 out and not answered yet.
+static int relay_one(vfu_relay_t *r, const vfu_access_t *acc, int is_read, uint64_t *data) {
+    uint8_t *s = r->slot;
+    uint64_t addr = r->base[acc->region] + acc->offset;
+    uint64_t value = is_read ? 0 : acc->value;
+    uint32_t count = 1, size = acc->count;
+    uint8_t flags = is_read ? IOREQ_DIR_READ : 0;
+    memcpy(s, &addr, 8);
+    memcpy(s + IOREQ_OFF_DATA, &value, 8);
+    memcpy(s + 16, &count, 4);
+    memcpy(s + 20, &size, 4);
+    memcpy(s + 24, &r->vp_eport, 4);
+    s[28] = s[29] = 0;
+    s[IOREQ_OFF_TYPE] = r->type[acc->region];
+    uint64_t t0 = now_ns();
+    __atomic_store_n(s + IOREQ_OFF_FLAGS, (uint8_t)(flags | STATE_IOREQ_READY), __ATOMIC_RELEASE);
+    hs_sim_evtchn_t *h = r->evtchn;
+    hs_sim_raise(h, r->dm_port);
+    if (!hs_sim_wait_answer(h, r->dm_port, s + IOREQ_OFF_FLAGS, r->wait_fds, r->wait_nfds,
+                            r->timeout_ms, r->taken, r->max_taken, &r->nout)) {
+        return 0;
+    }
+    r->ioreq_ns += now_ns() - t0;
+    memcpy(data, s + IOREQ_OFF_DATA, 8);
+    __atomic_store_n(s + IOREQ_OFF_FLAGS, flags, __ATOMIC_RELEASE);  // back to NONE
+    return 1;
+}
+
+int vfu_relay(int fd, uint8_t *buf, int cap, const uint64_t *bar_sizes, vfu_access_t *acc,
+              vfu_relay_t *r) {
+    uint32_t done = 0;
+    r->nout = 0;
+    for (;;) {
+        int k = vfu_recv(fd, buf, cap, bar_sizes, acc);
+        if ((k == -EAGAIN || k == -EWOULDBLOCK) && done) {
+            return VFU_RELAYED;
+        }
+        if ((k != VFU_READ && k != VFU_WRITE) || r->evtchn == NULL ||
+            r->type[acc->region] == VFU_NO_RELAY) {
+            return k;
+        }
+        uint64_t data = 0;
+        r->is_read = k == VFU_READ;
+        if (!relay_one(r, acc, k == VFU_READ, &data)) {
+            return VFU_RELAY_WAIT;
+        }
+        if (acc->posted) {
+            r->n_posted++;
+        } else {
+            uint32_t n = HDR_SIZE + RW_SIZE + (k == VFU_READ ? acc->count : 0);
+            if (k == VFU_READ) {
+                r->n_reads++;
+            } else {
+                r->n_writes++;
+            }
+            int sent = vfu_reply(fd, acc, k == VFU_READ ? REGION_READ : REGION_WRITE, data,
+                                 r->out);
+            if (sent != (int)n) {
+                r->sent = sent;
+                return VFU_RELAY_SHORT;
+            }
+        }
+        if (++done >= r->max_batch || !spin_readable(r->spin_fds, r->spin_nfds, r->spin_ns)) {
+            return VFU_RELAYED;
+        }
+    }
 }
