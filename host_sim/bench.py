@@ -813,9 +813,14 @@ def _print_pio(results, count, runtime, qemu, out, configs):
               "%.2f us each\n" % (n, 2 * (count + 100), st["busy_us"] / 1e6, dm_us))
         else:
             w("  device model: no stubdm-stats line in its log\n")
-    if NOSPIN in results and FLOOR in results:
-        o, f = results[NOSPIN], results[FLOOR]
-        w("without the spins (both sides sleep in poll at once): stubdm/floor time per access: "
+    if NOSPIN in results and (FLOOR_NOSPIN in results or FLOOR in results):
+        o, f = results[NOSPIN], results.get(FLOOR_NOSPIN) or results[FLOOR]
+        if FLOOR_NOSPIN in results and CFLOOR_NOSPIN in results:
+            c = results[CFLOOR_NOSPIN]
+            w("without the spins: ratio floor/C server time per access: reads %.2f, writes %.2f\n"
+              % (f["read_us"] / c["read_us"], f["write_us"] / c["write_us"]))
+        w("without the spins (stubdm-nospin against floor-nospin, where it ran): stubdm/floor "
+          "time per access: "
           "reads %.2f, writes %.2f (best rounds: %.2f, %.2f)\n"
           % (o["read_us"] / f["read_us"], o["write_us"] / f["write_us"],
              o["best_read_us"] / f["best_read_us"], o["best_write_us"] / f["best_write_us"]))
