@@ -23,7 +23,7 @@ import os
 import socket
 import struct
 
-from host_sim.backends.ring import _load32, _store32
+from host_sim.backends.ring import load32, store32
 from host_sim.evtchn import EvtchnError
 from host_sim.grants import GrantError
 from host_sim.xs import Xs, XsError
@@ -41,7 +41,7 @@ except Exception:  # the glue is not built: a plain store (tests without it)
     from host_sim.backends.ring import full_barrier as _barrier
 
     def _add32(buf, n):
-        _store32(buf, 0, _load32(buf, 0) + n)
+        store32(buf, 0, load32(buf, 0) + n)
 
 
 class VchanError(Exception):
@@ -124,9 +124,9 @@ class VchanClient:
             raise VchanError("%s: %s" % (path, e))
         self.write_size, self.read_size = 1 << lo, 1 << ro
         # Where the shared indices stand now (a restarted client carries on).
-        self.wr_prod = _load32(mem, V.OFF_LEFT_PROD)
-        self.peer_cons = _load32(mem, V.OFF_LEFT_CONS)
-        self.rd_cons = _load32(mem, V.OFF_RIGHT_CONS)
+        self.wr_prod = load32(mem, V.OFF_LEFT_PROD)
+        self.peer_cons = load32(mem, V.OFF_LEFT_CONS)
+        self.rd_cons = load32(mem, V.OFF_RIGHT_CONS)
         if (self.wr_prod - self.peer_cons) & _M > self.write_size:
             self.close(quiet=True)
             raise VchanError("%s: left ring's indices are %d apart" % (
@@ -196,14 +196,14 @@ class VchanClient:
         if self.ring is None:
             return None
         mem = self.ring.mem
-        prod = _load32(mem, V.OFF_RIGHT_PROD)
+        prod = load32(mem, V.OFF_RIGHT_PROD)
         n = (prod - self.rd_cons) & _M
         if n > self.read_size:
             self._break("right prod %d is %d past our cons" % (prod, n))
             return None
         if n == 0:
             self._set_bit_srv(V.NOTIFY_WRITE)
-            prod = _load32(mem, V.OFF_RIGHT_PROD)
+            prod = load32(mem, V.OFF_RIGHT_PROD)
             n = (prod - self.rd_cons) & _M
             if n > self.read_size:
                 self._break("right prod %d is %d past our cons" % (prod, n))
@@ -218,7 +218,7 @@ class VchanClient:
         buf = self.read_buf
         out = bytes(buf[i:i + n]) if first >= n else bytes(buf[i:size]) + bytes(buf[:n - first])
         self.rd_cons = (self.rd_cons + n) & _M
-        _store32(mem, V.OFF_RIGHT_CONS, self.rd_cons)
+        store32(mem, V.OFF_RIGHT_CONS, self.rd_cons)
         self._send_notify(V.NOTIFY_READ)
         return out
 
@@ -227,7 +227,7 @@ class VchanClient:
         if self.ring is None:
             return None
         mem = self.ring.mem
-        cons = _load32(mem, V.OFF_LEFT_CONS)
+        cons = load32(mem, V.OFF_LEFT_CONS)
         used = (self.wr_prod - cons) & _M
         if used > self.write_size or (cons - self.peer_cons) & _M > self.write_size:
             self._break("left cons %d outside %d..%d" % (cons, self.peer_cons, self.wr_prod))
@@ -250,7 +250,7 @@ class VchanClient:
             buf[:n - first] = data[first:n]
         _barrier()  # the data before its prod
         self.wr_prod = (self.wr_prod + n) & _M
-        _store32(mem, V.OFF_LEFT_PROD, self.wr_prod)
+        store32(mem, V.OFF_LEFT_PROD, self.wr_prod)
         self._send_notify(V.NOTIFY_WRITE)
         return n
 

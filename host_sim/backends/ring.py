@@ -70,11 +70,13 @@ def full_barrier():
     _fence_lock.release()
 
 
-def _load32(mem, off):
+def load32(mem, off):
+    """The 4-byte ring index at off, read as one copy (never bytewise)."""
     return int.from_bytes(mem[off:off + 4], "little")
 
 
-def _store32(mem, off, value):
+def store32(mem, off, value):
+    """Write a ring index as one 4-byte copy, so the peer never sees it half-written."""
     mem[off:off + 4] = (value & _M).to_bytes(4, "little")
 
 
@@ -98,7 +100,7 @@ class BackRing:
         self.barrier = barrier
         self.log = log if log is not None else _stderr_log
         self.broken = None
-        start = _load32(mem, _OFF_RSP_PROD)
+        start = load32(mem, _OFF_RSP_PROD)
         self.rsp_prod_pvt = start
         self.req_cons = start
         self._rsp_pushed = start  # our own copy of the published rsp_prod
@@ -111,7 +113,7 @@ class BackRing:
         """Reads and checks the frontend's req_prod; returns requests available."""
         if self.broken is not None:
             return 0
-        rp = _load32(self.mem, _OFF_REQ_PROD)
+        rp = load32(self.mem, _OFF_REQ_PROD)
         base = self.rsp_prod_pvt
         if rp != self._req_seen:
             # RING_REQUEST_PROD_OVERFLOW (more requests than the ring holds
@@ -149,7 +151,7 @@ class BackRing:
             return True
         if self.broken is not None:
             return False
-        _store32(self.mem, _OFF_REQ_EVENT, self.req_cons + 1)
+        store32(self.mem, _OFF_REQ_EVENT, self.req_cons + 1)
         self.barrier()  # req_event is visible before we look at req_prod again
         return self.unconsumed_requests() != 0
 
@@ -173,10 +175,10 @@ class BackRing:
         if new == old:
             return False
         self.barrier()  # the frontend sees the responses before the new rsp_prod
-        _store32(self.mem, _OFF_RSP_PROD, new)
+        store32(self.mem, _OFF_RSP_PROD, new)
         self._rsp_pushed = new
         self.barrier()  # rsp_prod is visible before we look at rsp_event
-        event = _load32(self.mem, _OFF_RSP_EVENT)
+        event = load32(self.mem, _OFF_RSP_EVENT)
         return ((new - event) & _M) < ((new - old) & _M)
 
     def _break(self, why):

@@ -23,7 +23,7 @@ ignored, an index past the ring's size drops that batch.
 import struct
 
 from host_sim.backends.base import BACKEND_DOMID, MAX_PORT, Backend, BackendError
-from host_sim.backends.ring import _load32, _store32
+from host_sim.backends.ring import load32, store32
 from host_sim.evtchn import EvtchnError
 from host_sim.grants import GrantError
 from stubdm import pv_abi as A
@@ -162,8 +162,8 @@ class VfbBack(Backend):
     # ---- out events (frontend -> us) ----
     def serve(self):
         page = self.page_map.mem
-        cons = _load32(page, A.XENFB_PAGE_OFF_OUT_CONS)
-        prod = _load32(page, A.XENFB_PAGE_OFF_OUT_PROD)
+        cons = load32(page, A.XENFB_PAGE_OFF_OUT_CONS)
+        prod = load32(page, A.XENFB_PAGE_OFF_OUT_PROD)
         n = (prod - cons) & _M
         if n > A.XENFB_OUT_RING_LEN:
             self.stats["bad_events"] += 1
@@ -189,7 +189,7 @@ class VfbBack(Backend):
                 # fbif.h: an unknown out event is an error.
                 self.stats["bad_events"] += 1
                 self.log("%s: unknown out event type %d" % (self.name, ev[0]))
-        _store32(page, A.XENFB_PAGE_OFF_OUT_CONS, prod)
+        store32(page, A.XENFB_PAGE_OFF_OUT_CONS, prod)
         self.notify()
         if resized or updated:
             self.generation += 1
@@ -227,8 +227,8 @@ class VfbBack(Backend):
         if self.page_map is None or not self.feature_update:
             return False
         page = self.page_map.mem
-        cons = _load32(page, A.XENFB_PAGE_OFF_IN_CONS)
-        prod = _load32(page, A.XENFB_PAGE_OFF_IN_PROD)
+        cons = load32(page, A.XENFB_PAGE_OFF_IN_CONS)
+        prod = load32(page, A.XENFB_PAGE_OFF_IN_PROD)
         if ((prod - cons) & _M) >= A.XENFB_IN_RING_LEN:
             return False  # full (or the frontend lies about in_cons): nothing sent
         ev = bytearray(A.XENFB_IN_EVENT_SIZE)
@@ -237,7 +237,7 @@ class VfbBack(Backend):
         off = A.event_offset(A.XENFB_IN_RING_OFFS, A.XENFB_IN_RING_LEN,
                              A.XENFB_IN_EVENT_SIZE, prod)
         page[off:off + A.XENFB_IN_EVENT_SIZE] = ev
-        _store32(page, A.XENFB_PAGE_OFF_IN_PROD, (prod + 1) & _M)
+        store32(page, A.XENFB_PAGE_OFF_IN_PROD, (prod + 1) & _M)
         self.notify()
         return True
 

@@ -20,7 +20,7 @@ is taken as a full ring (logged).
 import struct
 
 from host_sim.backends.base import BACKEND_DOMID, MAX_PORT, Backend, BackendError
-from host_sim.backends.ring import _load32, _store32
+from host_sim.backends.ring import load32, store32
 from host_sim.evtchn import EvtchnError
 from host_sim.grants import GrantError
 from stubdm import pv_abi as A
@@ -77,10 +77,10 @@ class VkbdBack(Backend):
         self._event_pending = False
         pm = self.page_map
         if pm is not None:
-            cons = _load32(pm.mem, A.XENKBD_PAGE_OFF_OUT_CONS)
-            prod = _load32(pm.mem, A.XENKBD_PAGE_OFF_OUT_PROD)
+            cons = load32(pm.mem, A.XENKBD_PAGE_OFF_OUT_CONS)
+            prod = load32(pm.mem, A.XENKBD_PAGE_OFF_OUT_PROD)
             if cons != prod:
-                _store32(pm.mem, A.XENKBD_PAGE_OFF_OUT_CONS, prod)
+                store32(pm.mem, A.XENKBD_PAGE_OFF_OUT_CONS, prod)
                 self.notify()
 
     # ---- events to the frontend ----
@@ -89,8 +89,8 @@ class VkbdBack(Backend):
         if pm is None or self.state != 4:
             return False
         page = pm.mem
-        cons = _load32(page, A.XENKBD_PAGE_OFF_IN_CONS)
-        prod = _load32(page, A.XENKBD_PAGE_OFF_IN_PROD)
+        cons = load32(page, A.XENKBD_PAGE_OFF_IN_CONS)
+        prod = load32(page, A.XENKBD_PAGE_OFF_IN_PROD)
         used = (prod - cons) & _M
         if used >= A.XENKBD_IN_RING_LEN:
             if used > A.XENKBD_IN_RING_LEN:
@@ -103,7 +103,7 @@ class VkbdBack(Backend):
         buf = bytearray(A.XENKBD_IN_EVENT_SIZE)
         buf[:len(ev)] = ev
         page[off:off + A.XENKBD_IN_EVENT_SIZE] = buf
-        _store32(page, A.XENKBD_PAGE_OFF_IN_PROD, (prod + 1) & _M)
+        store32(page, A.XENKBD_PAGE_OFF_IN_PROD, (prod + 1) & _M)
         self.stats["sent"] += 1
         self.notify()
         return True
