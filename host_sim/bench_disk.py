@@ -44,11 +44,46 @@ DISK_LINE = re.compile(r"^DISK seq_read_bytes=(\d+) ns=(\d+) seq_write_bytes=(\d
                        r"rand_reads=(\d+) jobs=(\d+) ns=(\d+)\s*$", re.M)
 NOMSI = "pci=nomsi"  # the qemu-xen guest's extra kernel argument (QemuXenDiskEngine)
 MARK = re.compile(rb"DISKMARK (read|write|rand|end)\r?\n")
+# The guest's block queue limits and /sys/block/sda/stat before and after the tool
+# (guest_run): what request sizes Linux sent the controller.
+QUEUE_LINE = re.compile(r"^DISKQ (\d+) (\d+) (\d+)\s*$", re.M)
+STAT_LINE = re.compile(r"^DISKSTAT([01])((?: \d+){7,})\s*$", re.M)
+QUEUE_KEYS = ("max_sectors_kb", "max_hw_sectors_kb", "max_segments")
 TIMEOUT = 600.0
 
 
 def build_tool(outdir):
     return bench.build_tool(outdir, TOOL_SRC)
+
+
+def guest_run(seq_mib, reads, jobs, dev="sda"):
+    """The guest's commands: the queue limits, the disk's stat counters, the tool, the
+    counters again; the tool's exit status is the run's."""
+    q = " ".join("$(cat /sys/block/%s/queue/%s)" % (dev, k) for k in QUEUE_KEYS)
+    stat = "$(cat /sys/block/%s/stat)" % dev
+    return ("echo DISKQ %s; echo DISKSTAT0 %s; /%s /dev/%s %d %d %d; s=$?; "
+            "echo DISKSTAT1 %s; [ $s = 0 ]" % (q, stat, TOOL_GUEST_PATH, dev, seq_mib, reads,
+                                              jobs, stat))
+
+
+def parse_requests(text, reads):
+    """Linux's queue limits and the mean size (KiB) of the sequential phases' requests,
+    from guest_run's lines: {"max_sectors_kb": .., "read_kib": .., "write_kib": ..} or
+    None. The random phase's reads (one 4 KiB request each) are taken out of the reads."""
+    text = text.replace("\r", "")
+    q = QUEUE_LINE.search(text)
+    st = {}
+    for m in STAT_LINE.finditer(text):
+        st[m.group(1)] = [int(x) for x in m.group(2).split()]
+    if q is None or len(st) != 2:
+        return None
+    out = dict(zip(QUEUE_KEYS, (int(x) for x in q.groups())))
+    # Fields (Documentation/block/stat.rst): 0 reads, 2 sectors read, 4 writes, 6 sectors written.
+    d = [b - a for a, b in zip(st["0"], st["1"])]
+    nr, sr = d[0] - reads, d[2] - 8 * reads
+    out["read_kib"] = sr / 2.0 / nr if nr > 0 else 0.0
+    out["write_kib"] = d[6] / 2.0 / d[4] if d[4] > 0 else 0.0
+    return out
 
 
 def parse(text):
@@ -154,7 +189,9 @@ class QemuDiskEngine(_Timed, Engine):
         return super().qemu_args() + extra
 
 
-def run_one(config, qemu, kernel, initrd, image, hdtype, run, runtime):
+def run_one(config, qemu, kernel, initrd, image, hdtype, run, runtime, reads=None):
+    """One boot; reads: the random reads run makes (guest_run's), to tell Linux's
+    sequential request sizes from its stat counters."""
     from host_sim.engine import ahci_args
 
     tl = DiskTimeline()
@@ -181,6 +218,7 @@ def run_one(config, qemu, kernel, initrd, image, hdtype, run, runtime):
     if rc != 0 or r is None:
         raise BenchError("%s: no result (status %s):\n%s" % (config, rc, out[-800:]))
     r["cpu"] = phase_cpu(tl.cpu)
+    r["requests"] = parse_requests(out, reads) if reads is not None else None
     r["phase_ioreqs"] = phase_cpu(tl.ioreqs)
     r["guest_cpu"] = phase_cpu(tl.guest_cpu)
     r["host_cpu"] = phase_cpu(tl.host_cpu)
@@ -221,7 +259,7 @@ def bench_disk(qemu, kernel, initrd, hdtype="ahci", size_mib=64, seq_mib=32, rea
         master = os.path.join(d, "master.img")
         with open(master, "wb") as f:
             f.write(os.urandom(size_mib << 20))
-        run = "/%s /dev/sda %d %d %d" % (TOOL_GUEST_PATH, seq_mib, reads, jobs)
+        run = guest_run(seq_mib, reads, jobs)
         results = {}
         configs = ("stubdm",) + (("qemu-xen",) if qemu_xen else ()) + ("qemu",) + (
             ("qemu-ide",) if hdtype == "ahci" else ())
@@ -231,7 +269,8 @@ def bench_disk(qemu, kernel, initrd, hdtype="ahci", size_mib=64, seq_mib=32, rea
             image = os.path.join(d, "%s.img" % config)
             shutil.copyfile(master, image)
             t0 = time.monotonic()
-            results[config] = run_one(config, qemu, kernel, rd, image, hdtype, run, runtime)
+            results[config] = run_one(config, qemu, kernel, rd, image, hdtype, run, runtime,
+                                     reads=reads)
             results[config]["wall"] = time.monotonic() - t0
     finally:
         shutil.rmtree(d, ignore_errors=True)
@@ -282,6 +321,15 @@ def bench_disk(qemu, kernel, initrd, hdtype="ahci", size_mib=64, seq_mib=32, rea
             w("  %-10s guest accesses to it: %.1f per MiB read, %.1f per MiB write, "
               "%.1f per 4k read\n" % (c, io["read"] / seq_mib, io["write"] / seq_mib,
                                       io["rand"] / reads))
+    # What Linux sent each controller (its queue limits: libahci's 168 PRD entries,
+    # ata_piix's 128, and the IDENTIFY words the disk's max_sectors come from).
+    for c in configs:
+        q = (results.get(c) or {}).get("requests")
+        if q:
+            w("  %-10s guest requests: %.0f KiB per sequential read, %.0f KiB per write "
+              "(queue: max_sectors_kb %d, max_hw_sectors_kb %d, max_segments %d)\n"
+              % (c, q["read_kib"], q["write_kib"], q["max_sectors_kb"],
+                 q["max_hw_sectors_kb"], q["max_segments"]))
     st = s.get("stats") or {}
     if st:
         hits, misses = st.get("mapcache_hits", 0), st.get("mapcache_misses", 0)

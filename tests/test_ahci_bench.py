@@ -90,3 +90,17 @@ def test_bench_disk_ide_says_why_qemu_xen_has_no_row():
     assert re.search(r"^  qemu-xen ide .*\s-\s+-\s+-\s+\(qemu-xen's PIIX3 IDE is the chipset's "
                      r"00:01.1 on the ISA compatibility ports", text, re.M), text
     assert "QEMU's built-in PIIX3 IDE" in text and "ratio stubdm / QEMU " in text, text
+
+
+def test_requests_from_the_guests_stat_counters():
+    # 64 MiB read in 128 requests, written in 129 (one more: the fsync's), 2000 random
+    # 4 KiB reads on top of the sequential ones.
+    text = ("DISKQ 1280 32767 168\r\n"
+            "DISKSTAT0 3 0 24 21 0 0 0 0 0 12 21 0 0 0 0 0 0\r\n"
+            "DISKSTAT1 2131 0 147096 11627 128 0 131072 935 0 1944 12597 0 0 0 0 1 33\n")
+    q = bench_disk.parse_requests(text, 2000)
+    assert q == {"max_sectors_kb": 1280, "max_hw_sectors_kb": 32767, "max_segments": 168,
+                 "read_kib": 512.0, "write_kib": 512.0}
+    assert bench_disk.parse_requests("DISKQ 1280 32767 168\n", 2000) is None
+    run = bench_disk.guest_run(64, 2000, 4)
+    assert "/usr/bin/disk_bench /dev/sda 64 2000 4" in run and run.endswith("[ $s = 0 ]")
