@@ -149,6 +149,7 @@ TSO_MAX_SEGS = const(128)
 TX_DESC_BUDGET = const(1024)
 TX_BYTE_BUDGET = const(4 << 20)
 TX_FETCH = const(64)  # TX descriptors fetched in one guest-memory read
+RX_FETCH = const(64)  # RX descriptors fetched in one guest-memory read
 RX_MAX_FRAME = const(16384)
 
 # PHY registers (M88E1011 as the 82540EM's: SDM 8, Linux e1000_hw.h).
@@ -393,6 +394,7 @@ class E1000(PciFunction):
         self.tctl = 0
         self.rdh = 0
         self.rdt = 0
+        self._rxc = None  # prefetched RX descriptors: (ring index of the first, bytes)
         self.tdh = 0
         self.tdt = 0
         self.eerd = 0
@@ -570,6 +572,7 @@ class E1000(PciFunction):
         if m is not None:
             self.r[i] = v & m
             if off == RDLEN or off == RDBAL or off == RDBAH:
+                self._rxc = None
                 self._resume_rx()
             elif RA <= off < RA + 128:
                 self._update_ucast()
@@ -604,8 +607,10 @@ class E1000(PciFunction):
                 self._transmit()
         elif off == RDH:
             self.rdh = v & 0xFFFF
+            self._rxc = None
         elif off == RDT:
             self.rdt = v & 0xFFFF
+            self._rxc_check()
             self._resume_rx()
         elif off == TDH:
             self.tdh = v & 0xFFFF
@@ -685,6 +690,38 @@ class E1000(PciFunction):
         if self.rx_paused:
             self.rx_paused = False
             self.net.rx_resume()
+
+    def _rxc_check(self):
+        """Keep the prefetched descriptors only while all that are left of them
+        are still the hardware's (between RDH and RDT): a tail moved back gives
+        them to the driver, which may rewrite them."""
+        c = self._rxc
+        if c is None:
+            return
+        count = self.r[RDLEN // 4] // 16
+        left = c[0] + len(c[1]) // 16 - self.rdh
+        if count == 0 or left < 0 or left > (self.rdt - self.rdh) % count:
+            self._rxc = None
+
+    def _rx_desc(self, base, count):
+        """The RX descriptor at RDH (16 bytes), or None if it is not guest RAM.
+        As the 82540EM prefetches, a run up to RDT or the ring's end (at most
+        RX_FETCH) is read in one guest-memory read and used frame by frame;
+        one at a time if the run is not all RAM, so the bad one is found."""
+        h = self.rdh
+        c = self._rxc
+        if c is not None:
+            i = (h - c[0]) * 16
+            if 0 <= i < len(c[1]):
+                return c[1][i:i + 16]
+        self._rxc = None
+        k = min((self.rdt - h) % count, count - h, RX_FETCH)
+        if k > 1:
+            run = self.mem.read(base + 16 * h, 16 * k)
+            if run is not None:
+                self._rxc = (h, memoryview(run))
+                return self._rxc[1][0:16]
+        return self.mem.read(base + 16 * h, 16)
 
     def _rx_ring(self):
         """(base, descriptors) of a usable RX ring, or None (a guest error)."""
@@ -785,7 +822,7 @@ class E1000(PciFunction):
         descs = 0
         while descs < need:
             addr = base + 16 * self.rdh
-            d = self.mem.read(addr, 16)
+            d = self._rx_desc(base, count)
             if d is None:
                 log.guest_error(self.name, "RX descriptor at %#x is not guest RAM" % addr)
                 self.rx_paused = True
@@ -1093,6 +1130,7 @@ class E1000(PciFunction):
         self.r = r
         (self.ctrl, self.eecd, self.icr, self.ims, self.rctl, self.tctl, self.rdh, self.rdt,
          self.tdh, self.tdt, self.eerd, self.mdic) = d["nic"]
+        self._rxc = None
         self.ctx = list(d["ctx"])[:12]
         st = list(d.get("stats", ()))
         self.st = [int(v) & 0xFFFFFFFFFFFFFFFF for v in st[:64]] + [0] * (64 - len(st[:64]))

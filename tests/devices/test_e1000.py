@@ -514,3 +514,32 @@ def test_frames_waiting_for_the_network_survive_save_and_restore():
     bad = dict(saved, txq=[b"short"])
     with pytest.raises(ValueError):
         Rig().nic.load_state(bad)
+
+
+def test_prefetched_rx_descriptors_follow_the_driver():
+    # The NIC reads RX descriptors ahead (up to RDT), as the 82540EM prefetches.
+    # A descriptor the driver takes back (RDT moved back) and rewrites is read
+    # again; one still the hardware's is used as prefetched.
+    rig = Rig()
+    rig.up(rx_descs=8, rx_given=6)
+    frames = [tcp_frame(bytes([65 + i]) * 80, dst=MAC) for i in range(4)]
+    rig.net.deliver(frames[0])  # descriptors 0..5 prefetched
+    assert rig.r(E.RDH) == 1
+    rig.w(E.RDT, 2)  # descriptors 2..5 back to the driver
+    other = BUFS + 0x10000
+    rig.mem.write(RX_RING + 16 * 2, struct.pack("<QQ", other, 0))
+    rig.w(E.RDT, 3)
+    rig.net.deliver(frames[1])
+    rig.net.deliver(frames[2])
+    assert rig.r(E.RDH) == 3 and len(rig.net.backlog) == 0
+    assert rig.mem.read(rig.rx_desc(1)[0], len(frames[1])) == frames[1]
+    assert rig.rx_desc(2)[0] == other
+    assert rig.mem.read(other, len(frames[2])) == frames[2]
+    # RDH rewritten (a driver's reset of the ring): read afresh.
+    rig.w(E.RCTL, 0)
+    rig.w(E.RDH, 0)
+    rig.w(E.RDT, 4)
+    rig.mem.write(RX_RING, struct.pack("<QQ", other + 0x800, 0))
+    rig.w(E.RCTL, E.RCTL_EN | E.RCTL_BAM)
+    rig.net.deliver(frames[3])
+    assert rig.mem.read(other + 0x800, len(frames[3])) == frames[3]
