@@ -215,6 +215,19 @@ class NetBack(Backend):
             self._poll_tap(False)  # polled again once a frontend connects and posts
             return
         need = (MAX_FRAME + PAGE - 1) // PAGE if self.sg else 1
+        try:
+            self._tap_batch(need)
+        finally:
+            # The batch's responses pushed together: one notify (if the
+            # frontend's rsp_event asks) for up to 64 frames, not one each.
+            self._push_rx()
+
+    def _push_rx(self):
+        ring = self.rx
+        if ring is not None and ring.push_responses():
+            self.notify()
+
+    def _tap_batch(self, need):
         for _ in range(64):  # a batch, then back to the loop
             self._take_rx_requests()
             if len(self.rx_posted) < need:
@@ -231,10 +244,11 @@ class NetBack(Backend):
                 return
             except OSError:
                 return
-            self.receive(frame)
+            self.receive(frame, push=False)
 
-    def receive(self, frame):
-        """A frame for the frontend: copied into its posted pages. False if no room."""
+    def receive(self, frame, push=True):
+        """A frame for the frontend: copied into its posted pages. False if no room.
+        push=False leaves the responses for the caller's _push_rx()."""
         ring = self.rx
         if ring is None:
             return False
@@ -259,8 +273,8 @@ class NetBack(Backend):
             pos += PAGE
         self.stats["rx_packets"] += 1
         self.stats["rx_bytes"] += len(frame)
-        if ring.push_responses():
-            self.notify()
+        if push:
+            self._push_rx()
         return True
 
 
