@@ -270,3 +270,20 @@ def test_evtchn_pingpong_completes_sleeping_and_spinning():
     r = subprocess.run([bench.VFIO_FLOOR, "--evtchn-pingpong", "10", "5000"],
                        capture_output=True, text=True, timeout=10)
     assert r.returncode == 2 and "spin of 0 to 1000 us" in r.stderr
+
+
+@pytest.mark.skipif(bench.vfio_floor_missing() is not None,
+                    reason=bench.vfio_floor_missing() or "")
+def test_c_floor_refuses_bad_numbers_on_every_option():
+    import subprocess
+
+    # Empty, not a number, trailing junk, out of range, past a long: each option
+    # says what it takes and exits 2, never runs with a number it made up.
+    bad = ("", "x", "12x", "-1", "99999999999999999999")
+    cases = [(["--pingpong", b], "count of 1 to 10^8") for b in bad + ("0",)]
+    cases += [(["--evtchn-pingpong", b, "0"], "spin of 0 to 1000 us") for b in bad]
+    cases += [(["--evtchn-pingpong", "10", b], "spin of 0 to 1000 us") for b in bad + ("1001",)]
+    cases += [(["--spin-us", b, "/nonexistent.sock"], "takes 0 to 1000 us") for b in bad + ("1001",)]
+    for args, says in cases:
+        r = subprocess.run([bench.VFIO_FLOOR] + args, capture_output=True, text=True, timeout=10)
+        assert (r.returncode, says in r.stderr) == (2, True), (args, r.stderr)

@@ -32,6 +32,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -534,6 +535,19 @@ static int evtchn_pingpong(long n, long spin_us) {
     return 0;
 }
 
+// A decimal argument in [lo, hi] into *out; false (nothing stored) for anything
+// else, an empty string included.
+static bool parse_bounded(const char *arg, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(arg, &end, 10);
+    if (end == arg || *end || errno || v < lo || v > hi) {
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
 int main(int argc, char **argv) {
     // Never outlive whoever started us (a bench that dies leaves nothing).
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -542,20 +556,16 @@ int main(int argc, char **argv) {
     }
     signal(SIGPIPE, SIG_IGN);
     init_config();
+    long n, spin;
     if (argc == 3 && strcmp(argv[1], "--pingpong") == 0) {
-        char *end;
-        long n = strtol(argv[2], &end, 10);
-        if (*end || n < 1 || n > 100000000) {
+        if (!parse_bounded(argv[2], 1, 100000000, &n)) {
             fprintf(stderr, "vfio_floor: --pingpong takes a count of 1 to 10^8\n");
             return 2;
         }
         return pingpong(n);
     }
     if (argc == 4 && strcmp(argv[1], "--evtchn-pingpong") == 0) {
-        char *end, *end2;
-        long n = strtol(argv[2], &end, 10);
-        long spin = strtol(argv[3], &end2, 10);
-        if (*end || *end2 || n < 1 || n > 100000000 || spin < 0 || spin > 1000) {
+        if (!parse_bounded(argv[2], 1, 100000000, &n) || !parse_bounded(argv[3], 0, 1000, &spin)) {
             fprintf(stderr, "vfio_floor: --evtchn-pingpong takes a count of 1 to 10^8 and "
                             "a spin of 0 to 1000 us\n");
             return 2;
@@ -563,9 +573,7 @@ int main(int argc, char **argv) {
         return evtchn_pingpong(n, spin);
     }
     if (argc == 4 && strcmp(argv[1], "--spin-us") == 0) {
-        char *end;
-        long spin = strtol(argv[2], &end, 10);
-        if (*end || spin < 0 || spin > 1000) {
+        if (!parse_bounded(argv[2], 0, 1000, &spin)) {
             fprintf(stderr, "vfio_floor: --spin-us takes 0 to 1000 us\n");
             return 2;
         }
