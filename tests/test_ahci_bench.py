@@ -93,8 +93,8 @@ def test_bench_disk_ide_says_why_qemu_xen_has_no_row():
 
 
 def test_requests_from_the_guests_stat_counters():
-    # 64 MiB read in 128 requests, written in 129 (one more: the fsync's), 2000 random
-    # 4 KiB reads on top of the sequential ones.
+    # 64 MiB read in 128 requests and written in 128, 2000 random 4 KiB reads on top
+    # of the sequential ones.
     text = ("DISKQ 1280 32767 168\r\n"
             "DISKSTAT0 3 0 24 21 0 0 0 0 0 12 21 0 0 0 0 0 0\r\n"
             "DISKSTAT1 2131 0 147096 11627 128 0 131072 935 0 1944 12597 0 0 0 0 1 33\n")
