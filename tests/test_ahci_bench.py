@@ -55,6 +55,27 @@ def test_marks_give_the_device_models_cpu_per_phase():
         assert phase in tl.cpu
     cpu = bench_disk.phase_cpu(tl.cpu)
     assert sorted(cpu) == ["rand", "read", "write"] and min(cpu.values()) >= 0
+    assert tl.intx == {}  # no hypervisor: no interrupt count
+
+
+def test_marks_count_the_device_models_intx_calls_per_phase():
+    tl = bench_disk.DiskTimeline()
+
+    class Hv:
+        irq_log = []
+
+    class E:
+        hv = Hv()
+
+    tl.engine = E()
+    log = E.hv.irq_log
+    per_phase = {"read": 3, "write": 1, "rand": 0, "end": 2}
+    for phase in ("read", "write", "rand", "end"):
+        tl.write(b"DISKMARK " + phase.encode() + b"\n")
+        for i in range(per_phase[phase]):
+            log.append(("intx", 2, 0, 1 - i % 2))
+            log.append(("isa", 4, 1))  # not INTx: not counted
+    assert bench_disk.phase_cpu(tl.intx) == {"read": 3, "write": 1, "rand": 0}
     assert bench_disk.phase_cpu({"read": 1.0, "write": 3.0}) == {"read": 2.0}
 
 
@@ -72,10 +93,20 @@ def test_bench_disk_ahci_against_qemu():
     if "qemu-xen" in want:
         # Its row: the image as a file (a dom0 device model), figures and a ratio.
         m = re.search(r"^  qemu-xen ahci via host_sim, image file \(dom0\).*?"
-                      r"\s([0-9.]+)\s+([0-9.]+)\s+([0-9]+)$", text, re.M)
+                      r"\s([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)\s+([0-9]+)$",
+                      text, re.M)
         assert m and min(float(x) for x in m.groups()) > 0, text
         assert re.search(r"^  ratio stubdm / qemu-xen\s+[0-9.]+x\s+[0-9.]+x\s+[0-9.]+x$",
                          text, re.M), text
+    # Every row has its guest commands per MiB beside read and write MB/s: 8 MiB in
+    # 1 MiB requests is at least one command per MiB.
+    for name in ("stubdm ahci", "QEMU's built-in ICH9 AHCI", "QEMU's built-in PIIX3 IDE"):
+        m = re.search(r"^  %s.*?\s([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)\s+([0-9]+)$"
+                      % re.escape(name), text, re.M)
+        assert m and float(m.group(2)) >= 1 and float(m.group(4)) >= 1, (name, text)
+    m = re.search(r"^  stubdm\s+interrupt level changes \(set_pci_intx_level\): ([0-9.]+) per "
+                  r"command read, ([0-9.]+) per command written, ([0-9.]+) per 4k read$", text, re.M)
+    assert m and min(float(x) for x in m.groups()) > 0, text  # INTx: the line goes up and down
     for who in ("stubdm",) + (("qemu-xen",) if "qemu-xen" in want else ()):
         assert re.search(r"^  %s\s+device model CPU: [0-9.]+ ms/MiB read, [0-9.]+ ms/MiB write, "
                          r"[0-9]+ us per 4k read$" % who, text, re.M), text
@@ -100,7 +131,7 @@ def test_requests_from_the_guests_stat_counters():
             "DISKSTAT1 2131 0 147096 11627 128 0 131072 935 0 1944 12597 0 0 0 0 1 33\n")
     q = bench_disk.parse_requests(text, 2000)
     assert q == {"max_sectors_kb": 1280, "max_hw_sectors_kb": 32767, "max_segments": 168,
-                 "read_kib": 512.0, "write_kib": 512.0}
+                 "read_kib": 512.0, "write_kib": 512.0, "read_cmds": 128, "write_cmds": 128}
     assert bench_disk.parse_requests("DISKQ 1280 32767 168\n", 2000) is None
     run = bench_disk.guest_run(64, 2000, 4)
     assert "/usr/bin/disk_bench /dev/sda 64 2000 4" in run and run.endswith("[ $s = 0 ]")
