@@ -104,6 +104,9 @@ class Xen:
     def set_pci_link_route(self, link, irq):
         return _check(lib.xendevicemodel_set_pci_link_route(self.dmod, self.domid, link, irq))
 
+    def inject_msi(self, addr, data):
+        return _check(lib.xendevicemodel_inject_msi(self.dmod, self.domid, addr, data))
+
     def shutdown(self, reason):
         return _check(lib.xendevicemodel_shutdown(self.dmod, self.domid, reason))
 

@@ -97,6 +97,9 @@ class Hypervisor:
     def set_pci_link_route(self, link, irq):
         self._call("set_pci_link_route", self.xen.set_pci_link_route, link, irq)
 
+    def inject_msi(self, addr, data):
+        self._call("inject_msi", self.xen.inject_msi, addr, data)
+
     def shutdown(self, reason):
         self._call("shutdown", self.xen.shutdown, reason)
 

@@ -20,6 +20,7 @@
 //     .set_isa_irq_level(irq, level)
 //     .set_pci_intx_level(seg, bus, dev, intx, level)
 //     .set_pci_link_route(link, irq)
+//     .inject_msi(addr, data)      an MSI write of data to addr (XEN_DMOP_inject_msi)
 //     .shutdown(reason)
 //     .map_page(gfn)               -> writable memoryview of the 4 KiB frame
 //                                     (mapped for the life of the process)
@@ -271,6 +272,13 @@ static mp_obj_t xen_set_pci_link_route(mp_obj_t self_in, mp_obj_t link, mp_obj_t
         (uint8_t)get_int(link), (uint8_t)get_int(irq)));
 }
 static MP_DEFINE_CONST_FUN_OBJ_3(xen_set_pci_link_route_obj, xen_set_pci_link_route);
+
+static mp_obj_t xen_inject_msi(mp_obj_t self_in, mp_obj_t addr, mp_obj_t data) {
+    xenglue_xen_t *self = XEN(self_in);
+    return check(xendevicemodel_inject_msi(self->dmod, self->domid, get_u64(addr),
+        (uint32_t)get_u64(data)));
+}
+static MP_DEFINE_CONST_FUN_OBJ_3(xen_inject_msi_obj, xen_inject_msi);
 
 static mp_obj_t xen_shutdown(mp_obj_t self_in, mp_obj_t reason) {
     xenglue_xen_t *self = XEN(self_in);
@@ -754,6 +762,7 @@ static const mp_rom_map_elem_t xen_locals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_set_isa_irq_level), MP_ROM_PTR(&xen_set_isa_irq_level_obj) },
     { MP_ROM_QSTR(MP_QSTR_set_pci_intx_level), MP_ROM_PTR(&xen_set_pci_intx_level_obj) },
     { MP_ROM_QSTR(MP_QSTR_set_pci_link_route), MP_ROM_PTR(&xen_set_pci_link_route_obj) },
+    { MP_ROM_QSTR(MP_QSTR_inject_msi), MP_ROM_PTR(&xen_inject_msi_obj) },
     { MP_ROM_QSTR(MP_QSTR_shutdown), MP_ROM_PTR(&xen_shutdown_obj) },
     { MP_ROM_QSTR(MP_QSTR_map_page), MP_ROM_PTR(&xen_map_page_obj) },
     { MP_ROM_QSTR(MP_QSTR_evtchn_fd), MP_ROM_PTR(&xen_evtchn_fd_obj) },
