@@ -21,7 +21,7 @@ import time
 from host_sim.qtest_qemu import die_with_parent
 from host_sim.hypervisor import DeviceModelGone, DeviceModelHung, SimError, SimHypervisor
 from host_sim.scripted import ROOT, dm_command, dm_env
-from host_sim import vfio_user
+from host_sim import proto, vfio_user
 from host_sim.vfio_user import VfioUserServer
 from stubdm import abi
 
@@ -197,14 +197,15 @@ class StubdmFunction:
         except DeviceModelGone:
             return None  # send_ioreq raises it, and the run ends
         cfds = hv._cfds.get(h) or hv._cfds_for(h)
-        key = (conn_fd, p, q, h, cfds)
+        ring = h.conn.irq if h.conn is not None else None
+        key = (conn_fd, p, q, h, cfds, ring)
         if key != self._relay_key:
-            self._relay_set(r, conn_fd, s, q, h, cfds)
+            self._relay_set(r, conn_fd, s, q, h, cfds, ring)
             self._relay_key = key
             self._relay_chan = (p, q)
         return r
 
-    def _relay_set(self, r, conn_fd, s, q, h, cfds):
+    def _relay_set(self, r, conn_fd, s, q, h, cfds, ring):
         from host_sim.hypervisor import _TAKE_MAX, _evtchn_ffi
 
         ffi = vfio_user._ffi
@@ -222,14 +223,23 @@ class StubdmFunction:
         r.timeout_ms = hv.first_wait_ms()
         r.taken = ffi.cast("uint32_t *", addr(h._taken))
         r.max_taken = _TAKE_MAX
-        # The spin ends when anything of host_sim's but the kick is ready.
-        others = [cfds[0][i].fd for i in range(1, cfds[1])]
-        self._spin_fds = fds = ffi.new("struct pollfd[]", 1 + len(others))
-        for i, fd in enumerate([conn_fd] + others):
+        # The levels the device model sets in an access are applied before its
+        # reply (the relay holds it for us when the ring is not empty).
+        if ring is not None:
+            r.irq_prod = ffi.cast("uint32_t *", addr(ring.c + proto.IRQ_OFF_PROD))
+            r.irq_cons = ffi.cast("uint32_t *", addr(ring.c + proto.IRQ_OFF_CONS))
+        else:
+            r.irq_prod = r.irq_cons = ffi.NULL
+        # The spin for the next access ends when host_sim has work: the
+        # handle's kick with ports in it, levels in the ring, any other fd.
+        spin = [conn_fd, h.kick_fd, ring.kick_fd if ring is not None else -1]
+        spin += [cfds[0][i].fd for i in range(1, cfds[1])]
+        self._spin_fds = fds = ffi.new("struct pollfd[]", len(spin))
+        for i, fd in enumerate(spin):
             fds[i].fd = fd
             fds[i].events = vfio_user._lib.POLLIN
         r.spin_fds = fds
-        r.spin_nfds = 1 + len(others)
+        r.spin_nfds = len(spin)
         r.spin_ns = self.engine.spin_us * 1000
 
     def relay_sync(self, r):
@@ -241,6 +251,18 @@ class StubdmFunction:
             p, q = self._relay_chan
             self.engine.relayed(d, ns - self._relay_ns, p, q)
             self._relay_n, self._relay_ns = n, ns
+
+    def relay_held(self):
+        """The relay holds an answered access's reply: the line levels the device
+        model set in it take effect first."""
+        self.hv.irq_drain()
+
+    def relay_taken(self, r):
+        """Serve the notifies the relay took besides answers (r.taken[0:r.nout])."""
+        n = r.nout
+        if n and self.engine.failure is None:
+            r.nout = 0
+            self.hv.serve_taken(self._relay_key[3], n)
 
     def relay_wait(self, acc, r):
         """The relay's ioreq for acc is out, its answer not seen in the first wait:

@@ -28,7 +28,7 @@ PAGE = 4096
 SPECIAL_GFN = 0xFEFF0
 SPECIAL_PAGES = 16
 PROT_RW = 3
-_ENOENT, _EINVAL, _EEXIST, _ENOSPC, _EPROTO = 2, 22, 17, 28, 71
+_ENOENT, _EINVAL, _EEXIST, _ENOSPC, _EPROTO, _EBUSY = 2, 22, 17, 28, 71, 16
 
 
 _ENOMEM, _EOPNOTSUPP = 12, 95
@@ -145,6 +145,7 @@ class EvtchnHandle:
 
     def __init__(self, hid):
         self.id = hid
+        self.conn = None  # the connection that opened it
         self.ports = set()
         self.closed = False
         self.kick_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -215,6 +216,73 @@ class EvtchnHandle:
                 os.close(fd)
 
 
+class IrqRing:
+    """A device model's ring of line levels (hostsim_proto.h, HS_IRQ_*): its
+    set_pci_intx_level and set_isa_irq_level calls, one u16 entry each, in
+    memory shared with libsim; it writes an eventfd after each. The memory is
+    the device model's to scribble on: indices are checked, entries decoded
+    into range."""
+
+    def __init__(self, domid):
+        self.domid = domid
+        self.kick_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.shm_fd = os.memfd_create("host_sim-irq", os.MFD_CLOEXEC)
+        os.ftruncate(self.shm_fd, proto.IRQ_SHM_SIZE)
+        self.shm = mmap.mmap(self.shm_fd, proto.IRQ_SHM_SIZE)
+        self._buf = _evtchn_ffi.from_buffer(self.shm)
+        self.c = _evtchn_ffi.cast("uint8_t *", self._buf)  # for the relay's checks
+        self.cons = 0
+        self.closed = False
+
+    def peer_fds(self):
+        """What the device model gets, in HS_IRQ_FD_* order."""
+        return [self.shm_fd, self.kick_fd]
+
+    def sent(self):
+        os.close(self.shm_fd)
+        self.shm_fd = -1
+
+    def take(self):
+        """The entries written since the last take, oldest first; None when the
+        device model's index is not within a ring of ours (nothing is taken)."""
+        if self.closed:
+            return ()
+        prod = struct.unpack_from("<I", self.shm, proto.IRQ_OFF_PROD)[0]
+        n = (prod - self.cons) & 0xFFFFFFFF
+        if n == 0:
+            return ()
+        bad = n > proto.IRQ_RING
+        if not bad:
+            at = self.cons % proto.IRQ_RING
+            first = min(n, proto.IRQ_RING - at)
+            out = struct.unpack_from("<%dH" % first, self.shm, proto.IRQ_OFF_RING + 2 * at)
+            if first < n:
+                out += struct.unpack_from("<%dH" % (n - first), self.shm, proto.IRQ_OFF_RING)
+        self.cons = prod
+        struct.pack_into("<I", self.shm, proto.IRQ_OFF_CONS, prod)
+        return None if bad else out
+
+    def clear_kick(self):
+        try:
+            os.eventfd_read(self.kick_fd)
+        except BlockingIOError:
+            pass
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        self.c = None
+        _evtchn_ffi.release(self._buf)
+        try:
+            self.shm.close()
+        except BufferError:
+            pass
+        for fd in (self.kick_fd, self.shm_fd):
+            if fd >= 0:
+                os.close(fd)
+
+
 class Conn:
     def __init__(self, sock):
         self.sock = sock
@@ -222,6 +290,7 @@ class Conn:
         self.handles = []  # event channel handles opened over this connection
         self.grants = set()  # references this connection's domain shared through it
         self.own = set()  # frames of its own memory it took through it
+        self.irq = None  # its ring of line levels (IrqRing), once it asked
 
 
 class Region:
@@ -274,6 +343,8 @@ class SimHypervisor:
         self.intx = {}
         self.link_route = [0] * 4
         self.irq_log = []
+        self._irq_rings = []  # the device models' rings of line levels (IrqRing)
+        self._irq_bad = 0  # entries or indices of theirs found out of range
         self.shutdown_reason = None
         self.alive = lambda: True
         self.timeout = 10.0
@@ -289,6 +360,9 @@ class SimHypervisor:
         # send_ioreq's wait in C: the fds above as pollfd arrays, one per handle
         # (its kick first), made again when the set changes; the slots' state bytes.
         self._cfds = {}
+        # What those waits leave out: the rings' kicks (the levels are applied
+        # once the answer is seen, before anything goes to the guest).
+        self._quiet_fds = set()
         self._nout = _evtchn_ffi.new("int *")
         self._special_buf = _evtchn_ffi.from_buffer(self.special)
         self._special_c = _evtchn_ffi.cast("uint8_t *", self._special_buf)
@@ -305,6 +379,8 @@ class SimHypervisor:
             c.sock.close()
         for h in self.handles.values():
             h.close()
+        for ring in self._irq_rings:
+            ring.close()
         self.listener.close()
         self.grants.close()
         try:
@@ -361,6 +437,7 @@ class SimHypervisor:
         self._cfds = {}
 
     def remove_fd(self, fd):
+        self._quiet_fds.discard(fd)
         if self._extra_fds.pop(fd, None) is not None:
             self._poll.unregister(fd)
             self._fdmap.pop(fd, None)
@@ -419,6 +496,13 @@ class SimHypervisor:
         # libsim opens one connection per process: the device model is gone,
         # and with it its event channels and what it shared (as when a stub
         # domain dies: grants still mapped stay until their mapper unmaps).
+        if c.irq is not None:
+            # What it set before it went took effect (a returned dm_op has).
+            self.irq_drain()
+            self._irq_rings.remove(c.irq)
+            self.remove_fd(c.irq.kick_fd)
+            c.irq.close()
+            c.irq = None
         for h in c.handles:
             if self.handles.pop(h.id, None) is not None:
                 self._evtchn_close(h)
@@ -435,6 +519,9 @@ class SimHypervisor:
             self._drop(c)
             return
         c.buf += data
+        if self._irq_rings:
+            # Levels it set before these messages take effect before them.
+            self.irq_drain()
         while len(c.buf) >= 8:
             op, n = struct.unpack_from("<II", c.buf, 0)
             if n > 4096:
@@ -488,22 +575,22 @@ class SimHypervisor:
             return self._physmap_op(op, args, p)
         if op == proto.CREATE_IOREQ_SERVER:
             return self._create_server(args[1]), b"", []
+        # dm.c's checks; the level is the dm_op's uint8_t (libxendevicemodel
+        # truncates the caller's unsigned int), 0 or 1.
         if op == proto.SET_ISA_IRQ_LEVEL:
             _, irq, level = args
-            if irq >= 16:
+            if irq >= 16 or level & 0xFF > 1:
                 return -_EINVAL, b"", []
-            self.isa_irq[irq] = 1 if level else 0
-            self.irq_log.append(("isa", irq, self.isa_irq[irq]))
+            self._set_isa_irq(irq, level & 1)
             return 0, b"", []
         if op == proto.SET_PCI_INTX_LEVEL:
             _, seg, bus, dev, intx, level = args
-            if seg or bus or dev > 31 or intx > 3:
+            if seg or bus or dev > 31 or intx > 3 or level & 0xFF > 1:
                 return -_EINVAL, b"", []
-            self.intx[(dev, intx)] = 1 if level else 0
-            self.irq_log.append(("intx", dev, intx, self.intx[(dev, intx)]))
-            if self.on_intx is not None:
-                self.on_intx(dev, intx, self.intx[(dev, intx)])
+            self._set_intx(dev, intx, level & 1)
             return 0, b"", []
+        if op == proto.IRQ_OPEN:
+            return self._irq_open(c)
         if op == proto.SET_PCI_LINK_ROUTE:
             _, link, irq = args
             if link > 3 or irq > 15:
@@ -538,6 +625,59 @@ class SimHypervisor:
             del self.servers[s.id]
             return 0, b"", []
         return -_EINVAL, b"", []
+
+    # ---- line levels (the messages above, or a device model's IrqRing) ----
+    def _set_isa_irq(self, irq, level):
+        self.isa_irq[irq] = level
+        self.irq_log.append(("isa", irq, level))
+
+    def _set_intx(self, dev, intx, level):
+        self.intx[(dev, intx)] = level
+        self.irq_log.append(("intx", dev, intx, level))
+        if self.on_intx is not None:
+            self.on_intx(dev, intx, level)
+
+    def _irq_open(self, c):
+        if c is None:
+            return -_EINVAL, b"", []
+        if c.irq is not None:
+            return -_EBUSY, b"", []
+        ring = c.irq = IrqRing(self.domid)
+        self._irq_rings.append(ring)
+
+        def kicked():
+            ring.clear_kick()
+            self.irq_drain()
+
+        self.add_fd(ring.kick_fd, kicked)
+        self._quiet_fds.add(ring.kick_fd)
+        self._sent_once = ring
+        return 0, b"", ring.peer_fds()
+
+    def irq_drain(self):
+        """Apply what the device models' rings hold, in each one's order."""
+        for ring in self._irq_rings:
+            entries = ring.take()
+            if entries is None:
+                self._irq_bad_note("its ring index is out of range; entries lost")
+                continue
+            for e in entries:
+                if e & proto.IRQ_ISA:
+                    if e & 0x7FE0:
+                        self._irq_bad_note("entry %#06x is no ISA IRQ" % e)
+                    else:
+                        self._set_isa_irq((e >> 1) & 15, e & 1)
+                elif e & 0x7F00:
+                    self._irq_bad_note("entry %#06x is no PCI INTx" % e)
+                else:
+                    self._set_intx(e >> 3, (e >> 1) & 3, e & 1)
+
+    def _irq_bad_note(self, what):
+        # libsim writes only good entries: a bad one is memory scribbled by the
+        # device model. Logged a few times, counted always.
+        self._irq_bad += 1
+        if self._irq_bad <= 8:
+            self.log("device model's line levels: %s" % what)
 
     def _alloc_special(self):
         if self.special_used >= SPECIAL_PAGES:
@@ -675,6 +815,7 @@ class SimHypervisor:
         hid = self.next_handle
         self.next_handle += 1
         h = EvtchnHandle(hid)
+        h.conn = c
         self.handles[hid] = h
         self.opened.append(h)
         if c is not None:
@@ -696,6 +837,8 @@ class SimHypervisor:
         return kicked
 
     def _evtchn_serve(self, h, taken):
+        if self._irq_rings:
+            self.irq_drain()  # levels set before these notifies, first
         ports, send, dom = h.ports, self.evtchn.send, self.dm_domid
         for v in taken:
             if v in ports:
@@ -704,7 +847,8 @@ class SimHypervisor:
                 h.redeliver(v ^ _UNMASKED)
 
     def _cfds_for(self, h):
-        fds = [h.kick_fd] + [fd for fd in self._fdmap if fd != h.kick_fd]
+        quiet = self._quiet_fds
+        fds = [h.kick_fd] + [fd for fd in self._fdmap if fd != h.kick_fd and fd not in quiet]
         arr = _evtchn_ffi.new("struct pollfd[]", len(fds))
         for i, fd in enumerate(fds):
             arr[i].fd = fd
@@ -821,7 +965,10 @@ class SimHypervisor:
             # The device model's EVTCHNOP_send on its end, counted as send() does.
             self.evtchn.stats["sent"] += 1
             p.sent += 1
-            return self._ioreq_done(page, off, req[abi.IOREQ_OFF_FLAGS], port)
+            data = self._ioreq_done(page, off, req[abi.IOREQ_OFF_FLAGS], port)
+            if nout[0]:
+                self.serve_taken(h, nout[0])  # its other notifies in the access
+            return data
         return self.ioreq_answer_late(s, vcpu, h, nout[0], req[abi.IOREQ_OFF_FLAGS], type_, addr)
 
     def ioreq_channel(self, s, vcpu):
@@ -884,7 +1031,15 @@ class SimHypervisor:
                     raise
         return self._ioreq_done(page, off, flags, port)
 
+    def serve_taken(self, h, n):
+        """Serve what a wait in C took from handle h besides an answer (h._taken[0:n])."""
+        self._evtchn_serve(h, h._taken[0:n])
+        if self._deferred:
+            self.run_deferred()
+
     def _ioreq_done(self, page, off, flags, port):
+        if self._irq_rings:
+            self.irq_drain()  # the levels it set in the access, before its answer
         data = struct.unpack_from("<Q", page, off + abi.IOREQ_OFF_DATA)[0]
         page[off + abi.IOREQ_OFF_FLAGS] = flags  # back to NONE
         self.notified.discard(port)

@@ -36,6 +36,7 @@ SET_MEM_TYPE = 28
 PIN_MEMORY_CACHEATTR = 29
 OWN_ALLOC = 30
 OWN_FREE = 31
+IRQ_OPEN = 32
 
 # Request payload layouts (struct formats, little-endian, packed).
 REQUEST_FORMATS = {
@@ -69,6 +70,7 @@ REQUEST_FORMATS = {
     PIN_MEMORY_CACHEATTR: "<HQQI",
     OWN_ALLOC: "<I",
     OWN_FREE: "<I",
+    IRQ_OPEN: "<H",
 }
 # Runs per POPULATE_PHYSMAP message, pages per TRACK_DIRTY_VRAM message.
 POPULATE_MAX_RUNS = 255
@@ -88,3 +90,14 @@ OWN_MAX_PAGES = 256
 ONE_WAY = frozenset()
 
 REGION_FORMAT = "<QQQII"  # gfn, npages, fd_offset, fd_index, prot
+
+# The ring of line levels (hostsim_proto.h's HS_IRQ_*; tests/test_host_sim.py
+# checks the two agree).
+IRQ_FD_SHM = 0
+IRQ_FD_KICK = 1
+IRQ_RING = 2048
+IRQ_ISA = 0x8000
+IRQ_OFF_PROD = 0
+IRQ_OFF_CONS = 64
+IRQ_OFF_RING = 4096
+IRQ_SHM_SIZE = 8192

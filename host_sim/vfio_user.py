@@ -519,7 +519,19 @@ class VfioUserServer:
             k = _lib.vfu_relay(fd, self._cbuf, RECV_SIZE, self._csizes, acc, r)
             self.backend.relay_sync(r)
             if k == _lib.VFU_RELAYED:
+                self.backend.relay_taken(r)
                 return False  # the relay spun for the next one itself
+            if k == _lib.VFU_RELAY_HELD:
+                # Answered; what the device model set or notified in the
+                # access: its levels before the reply, its notifies after.
+                self.backend.relay_held()
+                if not acc.posted:
+                    if r.is_read:
+                        self._fast_reply(fd, REGION_READ, r.held, HDR_SIZE + RW.size + acc.count)
+                    else:
+                        self._fast_reply(fd, REGION_WRITE, 0, HDR_SIZE + RW.size)
+                self.backend.relay_taken(r)
+                return False  # host_sim's loop serves what else there is first
             if k == _lib.VFU_RELAY_SHORT:
                 self._fast_sent(fd, r.sent, r.out,
                                 HDR_SIZE + RW.size + (acc.count if r.is_read else 0))

@@ -12,6 +12,8 @@
 
 // Bounded: a peer flipping a state byte without end must not hold us.
 #define HS_SIM_CAS_TRIES 64
+// How long hs_sim_wait_answer waits on for the answer once other ports came.
+#define HS_SIM_OTHERS_WAIT_NS 2000000u
 
 static uint32_t *u32_at(hs_sim_evtchn_t *h, uint32_t off) {
     return (uint32_t *)(h->shm + off);
@@ -178,30 +180,55 @@ static void count_hops(hs_sim_evtchn_t *h) {
 int hs_sim_wait_answer(hs_sim_evtchn_t *h, uint32_t port, const uint8_t *state,
                        struct pollfd *fds, int nfds, int timeout_ms, uint32_t *out, int max,
                        int *nout) {
+    int n = 0;
     *nout = 0;
-    if (nfds >= 1 && fds[0].fd == h->kick_fd && spin_for_answer(h, port, state)) {
-        // The eventfd may not have been written yet (EAGAIN, it is non-blocking):
-        // its kick then finds no bits later, and is nothing.
-        int n = hs_sim_take(h, out, max);
-        *nout = n;
-        if (n == 1 && out[0] == port) {
-            count_hops(h);
-            return 1;
-        }
-        return 0;  // more came with it: the caller serves all of it
-    }
-    int r;
-    while ((r = poll(fds, (nfds_t)nfds, timeout_ms)) < 0 && errno == EINTR) {
-    }
-    if (r != 1 || nfds < 1 || fds[0].fd != h->kick_fd || fds[0].revents != POLLIN) {
+    if (nfds < 1 || fds[0].fd != h->kick_fd || max < 1) {
         return 0;
     }
-    int n = hs_sim_take(h, out, max);
-    *nout = n;
-    // ioreq.h's IORESP_READY in the state bits, seen after the event (as Xen's vCPU).
-    if (n == 1 && out[0] == port && (__atomic_load_n(state, __ATOMIC_ACQUIRE) & 0xF) == 3) {
-        count_hops(h);
-        return 1;
+    uint64_t end = now_ns() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000u;
+    // The eventfd may not have been written yet when the spin saw the answer
+    // (EAGAIN, it is non-blocking): its kick then finds no bits later, and is
+    // nothing.
+    int seen = spin_for_answer(h, port, state);
+    for (;;) {
+        if (!seen) {
+            uint64_t now = now_ns();
+            int left = now >= end ? 0 : (int)((end - now + 999999u) / 1000000u);
+            int r;
+            while ((r = poll(fds, (nfds_t)nfds, left)) < 0 && errno == EINTR) {
+            }
+            if (r != 1 || fds[0].revents != POLLIN) {
+                break;  // the time is up, or host_sim has more to serve
+            }
+        }
+        seen = 0;
+        int first = n;
+        n += hs_sim_take(h, out + n, max - n);
+        for (int i = first; i < n; i++) {
+            if (out[i] != port) {
+                continue;
+            }
+            // ioreq.h's IORESP_READY in the state bits, seen after the event
+            // (as Xen's vCPU): the answer; what else came is the caller's.
+            if ((__atomic_load_n(state, __ATOMIC_ACQUIRE) & 0xF) == 3) {
+                out[i] = out[--n];
+                *nout = n;
+                count_hops(h);
+                return 1;
+            }
+            *nout = n;
+            return 0;  // a notify with no answer: the caller's checks
+        }
+        if (n >= max) {
+            break;
+        }
+        if (n > 0 && first == 0) {
+            // Others came first: serving them must not wait for an answer that
+            // may need them (a device model waiting on a backend) for long.
+            uint64_t soon = now_ns() + HS_SIM_OTHERS_WAIT_NS;
+            end = soon < end ? soon : end;
+        }
     }
+    *nout = n;
     return 0;
 }

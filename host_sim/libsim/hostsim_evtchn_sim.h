@@ -36,12 +36,13 @@ int hs_sim_take(hs_sim_evtchn_t *h, uint32_t *out, int max);
 #define HS_SIM_UNMASKED 0x80000000u
 
 struct pollfd;
-// A vCPU waiting for its ioreq's answer, in one call when that is all there is:
-// poll fds (fds[0] is this handle's kick eventfd) up to timeout_ms; when only the
-// kick fired and what it brought is exactly a notify of port with *state (the
-// ioreq slot's state byte) IORESP_READY, 1. Otherwise 0, with whatever was taken
-// from the handle in out[0..*nout) for the caller to serve, and every other ready
-// fd left ready for the caller's own poll.
+// A vCPU waiting for its ioreq's answer: poll fds (fds[0] is this handle's kick
+// eventfd) up to timeout_ms in all, taking what each kick brings, until a notify
+// of port with *state (the ioreq slot's state byte) IORESP_READY after it: 1,
+// with the other ports taken (notified during the access, the caller's to serve)
+// in out[0..*nout). 0 when the time is up, another fd is ready (left ready for the
+// caller's own poll), out is full or port was notified with no answer: whatever
+// was taken in out[0..*nout) for the caller to serve.
 int hs_sim_wait_answer(hs_sim_evtchn_t *h, uint32_t port, const uint8_t *state,
                        struct pollfd *fds, int nfds, int timeout_ms, uint32_t *out, int max,
                        int *nout);

@@ -51,6 +51,9 @@ enum {
     // at frame * 4096 in the fd); one fd: the domain's memory.
     HS_OP_OWN_ALLOC = 30,  // u32 count
     HS_OP_OWN_FREE = 31,  // u32 count, count * u64 frame
+    // The ring of line levels for domid (HS_IRQ_*, below): two fds, the
+    // memfd and the eventfd. One per connection (-EBUSY after the first).
+    HS_OP_IRQ_OPEN = 32,  // u16 domid
 };
 
 #define HS_POPULATE_MAX_RUNS 255
@@ -93,5 +96,23 @@ enum {
 #define HS_EVTCHN_OFF_DM_SPIN 6160
 #define HS_EVTCHN_OFF_RING 8192  // u32 ring[HS_EVTCHN_RING] of local ports
 #define HS_EVTCHN_SHM_SIZE 12288
+
+// XEN_DMOP_set_pci_intx_level and XEN_DMOP_set_isa_irq_level go by no message
+// either once HS_OP_IRQ_OPEN gave the ring (libsim checks their arguments as
+// Xen's dm.c does and keeps the message for the rare full ring). Each call is
+// one u16 entry: a PCI INTx (dev << 3) | (intx << 1) | level, an ISA IRQ
+// HS_IRQ_ISA | (irq << 1) | level. The device model writes entries and then
+// prod, and writes the eventfd; host_sim applies every entry in order before
+// it answers anything else of the device model's: a message on its socket, a
+// notify, an ioreq's answer (so a level is in effect before the guest sees the
+// access that set it complete, as after Xen's synchronous dm_op).
+#define HS_IRQ_FD_SHM 0
+#define HS_IRQ_FD_KICK 1
+#define HS_IRQ_RING 2048  // entries (a power of two)
+#define HS_IRQ_ISA 0x8000
+#define HS_IRQ_OFF_PROD 0  // u32: entries written (device model)
+#define HS_IRQ_OFF_CONS 64  // u32: entries applied (host_sim)
+#define HS_IRQ_OFF_RING 4096  // u16 ring[HS_IRQ_RING]
+#define HS_IRQ_SHM_SIZE 8192
 
 #endif

@@ -33,6 +33,7 @@ int vfu_reply(int fd, const vfu_access_t *acc, int cmd, uint64_t value, uint8_t 
 #define VFU_RELAYED 3
 #define VFU_RELAY_WAIT 4
 #define VFU_RELAY_SHORT 5
+#define VFU_RELAY_HELD 6
 #define VFU_NO_RELAY 0xff
 #define POLLIN ...
 struct pollfd { int fd; short events; short revents; };
@@ -53,6 +54,9 @@ typedef struct {
     uint32_t *taken;
     int max_taken;
     int nout;
+    const uint32_t *irq_prod;
+    const uint32_t *irq_cons;
+    uint64_t held;
     int is_read;
     int sent;
     uint8_t out[64];

@@ -25,6 +25,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "hostsim_evtchn_sim.h"
 #include "vfu_fast.h"
@@ -200,6 +201,58 @@ static int relay_one(vfu_relay_t *r, const vfu_access_t *acc, int is_read, uint6
     return 1;
 }
 
+// The device model wrote line levels host_sim has not applied.
+static int irq_pending(const vfu_relay_t *r) {
+    return r->irq_prod != NULL &&
+           __atomic_load_n(r->irq_prod, __ATOMIC_ACQUIRE) != *r->irq_cons;
+}
+
+// After a reply, watch the connection for the next access for up to spin_ns:
+// 1 it is readable (and nothing else is); 0 the window passed, or host_sim
+// has work: the device model notified ports (taken[nout..) now) or set line
+// levels, or another fd of host_sim's is ready. A kick that brings nothing
+// (its bits were taken with the last answer) does not end the spin.
+static int relay_spin(vfu_relay_t *r) {
+    struct pollfd *fds = r->spin_fds;
+    if (r->spin_ns == 0 || r->spin_nfds < 3) {
+        return 0;
+    }
+    uint64_t end = now_ns() + r->spin_ns;
+    for (;;) {
+        int n = poll(fds, (nfds_t)r->spin_nfds, 0);
+        if (n < 0 && errno != EINTR) {
+            return 0;
+        }
+        if (n > 0 && fds[1].revents) {
+            n--;
+            if (r->nout >= r->max_taken) {
+                return 0;  // no room: the caller serves what it has first
+            }
+            int k = hs_sim_take(r->evtchn, r->taken + r->nout, r->max_taken - r->nout);
+            r->nout += k;
+            if (k > 0) {
+                return 0;
+            }
+        }
+        if (n > 0 && fds[2].revents) {
+            n--;
+            if (irq_pending(r)) {
+                return 0;
+            }
+            uint64_t count;  // a kick for levels already applied: nothing
+            while (read(fds[2].fd, &count, sizeof(count)) < 0 && errno == EINTR) {
+            }
+        }
+        if (n > 0) {
+            return fds[0].revents != 0 && n == 1;
+        }
+        if (now_ns() >= end) {
+            return 0;
+        }
+        __builtin_ia32_pause();
+    }
+}
+
 int vfu_relay(int fd, uint8_t *buf, int cap, const uint64_t *bar_sizes, vfu_access_t *acc,
               vfu_relay_t *r) {
     uint32_t done = 0;
@@ -220,13 +273,17 @@ int vfu_relay(int fd, uint8_t *buf, int cap, const uint64_t *bar_sizes, vfu_acce
         }
         if (acc->posted) {
             r->n_posted++;
+        } else if (k == VFU_READ) {
+            r->n_reads++;
         } else {
+            r->n_writes++;
+        }
+        if (r->nout > 0 || irq_pending(r)) {
+            r->held = data;
+            return VFU_RELAY_HELD;
+        }
+        if (!acc->posted) {
             uint32_t n = HDR_SIZE + RW_SIZE + (k == VFU_READ ? acc->count : 0);
-            if (k == VFU_READ) {
-                r->n_reads++;
-            } else {
-                r->n_writes++;
-            }
             int sent = vfu_reply(fd, acc, k == VFU_READ ? REGION_READ : REGION_WRITE, data,
                                  r->out);
             if (sent != (int)n) {
@@ -234,7 +291,7 @@ int vfu_relay(int fd, uint8_t *buf, int cap, const uint64_t *bar_sizes, vfu_acce
                 return VFU_RELAY_SHORT;
             }
         }
-        if (++done >= r->max_batch || !spin_readable(r->spin_fds, r->spin_nfds, r->spin_ns)) {
+        if (++done >= r->max_batch || !relay_spin(r)) {
             return VFU_RELAYED;
         }
     }

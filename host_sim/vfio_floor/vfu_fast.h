@@ -33,6 +33,12 @@ int vfu_recv(int fd, uint8_t *buf, int cap, const uint64_t *bar_sizes, vfu_acces
 #define VFU_RELAYED 3    // one or more accesses answered; nothing waits
 #define VFU_RELAY_WAIT 4 // acc's ioreq is out, its answer not seen in the first wait
 #define VFU_RELAY_SHORT 5 // acc's reply went out short: sent bytes of out[] (or -errno)
+// acc answered (its data in held, counted), its reply not sent: the device
+// model changed a line level (the caller applies the ring first, then
+// replies) or notified other ports during the access (taken[0..nout), the
+// caller's to serve after the reply). VFU_RELAYED may leave taken[0..nout)
+// too: notifies seen while spinning for the next access.
+#define VFU_RELAY_HELD 6
 #define VFU_NO_RELAY 0xff // type[]: this BAR's accesses are the caller's
 
 typedef struct {
@@ -45,13 +51,17 @@ typedef struct {
     void *wait_fds;      // struct pollfd[]: host_sim's, [0] the handle's kick eventfd
     int wait_nfds;
     int timeout_ms;      // the first wait for an answer (then the caller's)
-    void *spin_fds;      // struct pollfd[]: [0] the connection, then what ends a spin
+    void *spin_fds;      // struct pollfd[]: [0] the connection, [1] the handle's kick,
+                         // [2] the level ring's kick (fd -1: none), then what ends a spin
     int spin_nfds;
     uint32_t spin_ns;    // after a reply, watch the connection this long (0: return)
     uint32_t max_batch;  // accesses per call at most
-    uint32_t *taken;     // VFU_RELAY_WAIT: what the wait took from the handle
-    int max_taken;
+    uint32_t *taken;     // what the waits and spins took from the handle (VFU_RELAY_WAIT,
+    int max_taken;       // VFU_RELAY_HELD, VFU_RELAYED): the caller serves taken[0..nout)
     int nout;
+    const uint32_t *irq_prod; // the device model's ring of line levels (HS_IRQ_OFF_PROD;
+    const uint32_t *irq_cons; // NULL: none) and host_sim's index in it (HS_IRQ_OFF_CONS)
+    uint64_t held;       // VFU_RELAY_HELD: the access's data
     int is_read;         // the last access relayed was a read
     int sent;            // VFU_RELAY_SHORT
     uint8_t out[64];     // the last reply
@@ -64,7 +74,7 @@ typedef struct {
 // reply sent; then, for up to spin_ns, the next access. VFU_RELAYED, or what
 // vfu_recv gave for the first message this cannot answer, or VFU_RELAY_WAIT
 // (the slot is READY or answered later: the caller waits on with
-// taken[0..nout)), VFU_RELAY_SHORT.
+// taken[0..nout)), VFU_RELAY_SHORT, VFU_RELAY_HELD.
 int vfu_relay(int fd, uint8_t *buf, int cap, const uint64_t *bar_sizes, vfu_access_t *acc,
               vfu_relay_t *r);
 // Watch fd for up to spin_ns: 1 readable (or hung up), 0 not in the window.
