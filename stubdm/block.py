@@ -19,6 +19,14 @@
 #   disk.max_sectors    the most one submit takes (controllers split above it)
 #   disk.on_change      None, or a callable the disk calls when its size or
 #                       medium changed (media change on a CD-ROM)
+#   disk.batching       True while the disk runs the done callbacks of completions
+#                       that arrived together (blkfront: one event's responses);
+#                       what is submitted meanwhile goes out when the batch ends
+#   disk.on_batch_end   None, or a callable the controller sets: the disk calls it
+#                       after a batch's last done callback, so that the controller
+#                       reports the batch and raises its interrupt once, not per request
+#   disk.poll()         optional: run now, as one batch, the completions that have
+#                       already arrived (their event not yet handled); True if any
 from stubdm.compat import const
 
 READ = const(0)
@@ -45,6 +53,8 @@ class MemoryDisk:
         self.media_changed = False
         self.max_sectors = max_sectors
         self.on_change = None
+        self.batching = False  # each completion is its own (deferred or at once)
+        self.on_batch_end = None
         self.defer = defer
         self.fail = None  # an errno to fail every request with (tests)
         self.submitted = 0

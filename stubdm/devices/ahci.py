@@ -360,12 +360,14 @@ class AhciPort:
         self.sdb_pending = 0  # tags completed, not yet reported
         self._running = False
         self._again = False
+        self._batch_kick = False  # a kick waits for the disk's batch of completions to end
         self.reset_regs()
 
     def attach(self, disk):
         self.disk = disk
         cls = AhciCdrom if disk.cdrom else AhciDisk
         self.drive = cls(self, 0, self.name, disk, "QM%05d" % (self.index + 1))
+        disk.on_batch_end = self.batch_end
         self.port_reset()
 
     # --- registers ---------------------------------------------------------------
@@ -607,12 +609,23 @@ class AhciPort:
 
     # --- command processing -------------------------------------------------------------
 
+    def batch_end(self):
+        """The disk has delivered a batch of completions (stubdm/block.py): report
+        them all in one Set Device Bits FIS and raise the interrupt once."""
+        if self._batch_kick:
+            self._batch_kick = False
+            self.kick()
+
     def kick(self):
         """Make progress: run the current command, issue slots, report NCQ
         completions. Re-entered by completions that come before submit
-        returns: those only ask for one more round."""
+        returns: those only ask for one more round. A completion in the middle
+        of the disk's batch waits for batch_end."""
         if self._running:
             self._again = True
+            return
+        if self.disk is not None and getattr(self.disk, "batching", False):
+            self._batch_kick = True
             return
         self._running = True
         try:
@@ -939,7 +952,7 @@ class AhciPort:
         self.drive.status = ata.ST_READY
         self._sdb(0, st, err)
         self._error_stop()
-        self.hba.update_irq()
+        self.kick()  # the interrupt (once the disk's batch of completions is over)
 
     def _report_ncq(self):
         """One Set Device Bits FIS for every tag completed since the last one."""
@@ -1111,13 +1124,26 @@ class Ahci(PciFunction):
             self.update_irq()
         elif off == HBA_IS:
             self.is_ &= ~v
+            if self._irq_level and not self._irq_wanted():
+                # The guest's handler is done and the line would fall. Completions the
+                # disks already hold (their event not yet handled) are reported first:
+                # the line then stays up for them, where it would fall and rise again
+                # a moment later (two interrupt-level calls to the hypervisor).
+                for p in self.ports:
+                    if p.ncq_busy or p.cur is not None:
+                        poll = getattr(p.disk, "poll", None)
+                        if poll is not None:
+                            poll()
             self.update_irq()
 
-    def update_irq(self):
+    def _irq_wanted(self):
         for p in self.ports:
             if p.is_ & p.ie:
                 self.is_ |= 1 << p.index
-        self.set_irq(1 if (self.ghc & GHC_IE and self.is_) else 0)
+        return bool(self.ghc & GHC_IE and self.is_)
+
+    def update_irq(self):
+        self.set_irq(1 if self._irq_wanted() else 0)
 
     # --- NCQ requests to the disks ------------------------------------------------------
 

@@ -97,7 +97,13 @@ class BlkFront(Frontend):
         self.inflight = {}  # request id -> (piece, pool pages, indirect page or None)
         self.next_id = 1
         self.max_segs = A.BLKIF_MAX_SEGMENTS_PER_REQUEST
-        self.stats = {"submits": 0, "requests": 0, "indirect": 0, "errors": 0}
+        # One event's responses are one batch (stubdm/block.py): while their done
+        # callbacks run, what the controller submits waits for one push and notify
+        # at the end, and the controller hears on_batch_end once after the last.
+        self.batching = False
+        self.on_batch_end = None
+        self.stats = {"submits": 0, "requests": 0, "indirect": 0, "errors": 0,
+                      "batches": 0}
 
     # ---- the handshake ----
     def setup(self):
@@ -222,7 +228,8 @@ class BlkFront(Frontend):
                 return
             job.left = 1
             self.queue.append(_Piece(job, 0, (), 0))
-            self._pump()
+            if not self.batching:
+                self._pump()
             return
         if op == block.WRITE and self.readonly:
             done(block.EROFS)
@@ -260,7 +267,8 @@ class BlkFront(Frontend):
             pieces.append(_Piece(job, start, cur, cur_n))
         job.left = len(pieces)
         self.queue += pieces
-        self._pump()
+        if not self.batching:
+            self._pump()  # else once the batch's responses are all handled
 
     # ---- requests out ----
     def _pump(self):
@@ -340,14 +348,36 @@ class BlkFront(Frontend):
 
     # ---- responses back ----
     def on_event(self, port):
+        self._drain()
+
+    def poll(self):
+        """Handle now, as one batch, the responses the backend has already published
+        (their event not yet handled): True if there were any (stubdm/block.py)."""
         ring = self.ring
-        if ring is None:
+        if ring is None or self.batching or not ring.unconsumed_responses():
+            return False
+        self._drain()
+        return True
+
+    def _drain(self):
+        ring = self.ring
+        if ring is None or self.batching:
             return
-        ring.drain(self._response)
-        if ring.broken:
-            self._fail("ring broken: " + ring.broken)
-            return
-        self._pump()
+        self.stats["batches"] += 1
+        try:
+            self.batching = True
+            try:
+                ring.drain(self._response)
+            finally:
+                self.batching = False
+            if ring.broken:
+                self._fail("ring broken: " + ring.broken)
+                return
+            self._pump()  # what the controller submitted meanwhile: one push, one notify
+        finally:
+            # Also after a broken ring: what completed before the break is reported.
+            if self.on_batch_end is not None:
+                self.on_batch_end()
 
     def _response(self, rsp):
         rid, _op, status = struct.unpack(A.BLKIF_RSP_FMT, rsp)
