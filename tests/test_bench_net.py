@@ -59,6 +59,41 @@ def test_parse_reports_a_short_transfer_and_peer_errors():
     assert "connection refused" in r["errors"]
 
 
+def test_parse_counts_stalled_rounds_and_the_frames_the_nic_dropped():
+    # What qemu-xen's rtl8139 gave: its C+ ring ran out, frames were dropped
+    # (rx_missed_errors, the marks' third number), and the peer's TCP backed off
+    # past STALL_S on one round to the guest and on the checked transfer.
+    lines = _lines("""
+        NETBENCH mark b 100 50 10
+        NETBENCH error down: timed out
+        NETBENCH mark e 900 250 310
+        NETBENCH mark b 900 250 310
+        NETBENCH up 1048576 50000000 -
+        NETBENCH mark e 1000 1050 310
+        NETBENCH mark b 1000 1050 310
+        NETBENCH down 1048576 100000000 aa
+        NETBENCH mark e 1800 1250 410
+        NETBENCH error down: timed out
+        NETBENCH downsha -
+    """)
+    r = bench_net.parse(lines, SIZE)
+    assert not r["errors"]
+    assert r["stalled"] == ["down"] and r["check_stalled"] == ["down"]
+    assert len(r["down"]) == 1 and len(r["up"]) == 1
+    assert r["rx"] == 800 + 100 + 800 and r["missed"] == 300 + 0 + 100
+    note = bench_net.stall_text("qemu-xen", "rtl8139", r)
+    assert "1 of 2 rounds to guest" in note and "the checked transfer to guest" in note
+    assert "dropped 400 of 2100 frames (19%" in note and "no receive flow control" in note
+    assert "to guest stalled, from guest DIFFER" in bench_net.check_text(r, SIZE)
+    # Marks without the third number (older guests' scripts) still parse.
+    old = bench_net.parse(_lines("""
+        NETBENCH mark b 10 10
+        NETBENCH mark e 20 20
+    """), SIZE)
+    assert old["packets"] == 20 and old["missed"] == 0
+    assert bench_net.stall_text("qemu", "e1000", old) is None
+
+
 def test_peer_pattern_checksum_covers_partial_blocks():
     pat = bench_net.pattern()
     assert len(pat) == bench_net.PATTERN_BYTES
