@@ -17,7 +17,7 @@ import struct
 from stubdm import block, log
 from stubdm.compat import const
 from stubdm.devices import ata
-from stubdm.pci import CMD_MASTER, PciFunction
+from stubdm.pci import CAPABILITY_LIST, CMD_MASTER, STATUS, STS_CAP_LIST, PciFunction
 
 VENDOR_INTEL = const(0x8086)
 DEVICE_ICH9_AHCI = const(0x2922)
@@ -33,6 +33,22 @@ IDP_BAR = const(4)
 IDP_SIZE = const(32)
 IDP_INDEX = const(0x10)
 IDP_DATA = const(0x14)
+# With MSI (Ahci(msi=...)), ICH9's capabilities where QEMU's ich9-ahci puts them
+# (hw/ide/ich.c): MSI first at 0x80 (one vector, 64-bit address, no masking),
+# then the SATA capability at 0xA8 (revision 1.0, the index/data pair in BAR4).
+MSI_CAP = const(0x80)
+SATA_CAP = const(0xA8)
+CAP_ID_MSI = const(0x05)
+CAP_ID_SATA = const(0x12)
+MSI_FLAGS = const(MSI_CAP + 2)
+MSI_ADDR_LO = const(MSI_CAP + 4)
+MSI_ADDR_HI = const(MSI_CAP + 8)
+MSI_DATA = const(MSI_CAP + 12)
+MSI_CAP_SIZE = const(14)
+MSI_FLAGS_ENABLE = const(0x0001)
+MSI_FLAGS_64BIT = const(0x0080)
+SATA_CAP_SIZE = const(8)
+SATA_CAP_BAR = const((IDP_BAR + 4) | (4 << 4))  # BAR4 (offset 0x20), index at 2^4
 
 # Generic host control (AHCI 1.3 section 3.1).
 HBA_CAP = const(0x00)
@@ -1053,11 +1069,20 @@ class Ahci(PciFunction):
     # records load with none.
     STATE_VERSION = 2
 
-    def __init__(self, mem, disks=(), name="ahci"):
+    def __init__(self, mem, disks=(), name="ahci", msi=None):
+        """msi: None (INTx only, and no MSI capability offered), or a callable
+        msi(addr, data) that sends one message (the platform's inject_msi): only
+        where the hypervisor delivers it, or the guest waits for interrupts that
+        never come."""
         super().__init__(name, VENDOR_INTEL, DEVICE_ICH9_AHCI, CLASS_AHCI, revision=REVISION,
                          subsys_vendor=SUBSYS_VENDOR_QEMU, subsys_id=SUBSYS_ID_QEMU,
                          irq_pin=1)
         self.mem = mem
+        self.msi = msi
+        self._msi_up = False  # the interrupt condition, as last signalled by MSI
+        self.msi_sent = 0
+        if msi is not None:
+            self._add_capabilities()
         self.ghc = GHC_AE
         self.is_ = 0
         self.pending = []  # NCQ disk requests waiting for room in flight (FIFO)
@@ -1078,8 +1103,41 @@ class Ahci(PciFunction):
     def master_enabled(self):
         return bool(self.command & CMD_MASTER)
 
+    def _add_capabilities(self):
+        c = self.config
+        c[STATUS] |= STS_CAP_LIST
+        c[CAPABILITY_LIST] = MSI_CAP
+        for off, size in ((MSI_CAP, MSI_CAP_SIZE), (SATA_CAP, SATA_CAP_SIZE)):
+            self.set_wmask(off, size, 0)  # read-only but for the fields below
+        c[MSI_CAP] = CAP_ID_MSI
+        c[MSI_CAP + 1] = SATA_CAP
+        self._set(MSI_FLAGS, 2, MSI_FLAGS_64BIT)  # one vector: MMC 0
+        self.set_wmask(MSI_FLAGS, 2, MSI_FLAGS_ENABLE)
+        self.set_wmask(MSI_ADDR_LO, 4, 0xFFFFFFFC)
+        self.set_wmask(MSI_ADDR_HI, 4, 0xFFFFFFFF)
+        self.set_wmask(MSI_DATA, 2, 0xFFFF)
+        c[SATA_CAP] = CAP_ID_SATA
+        c[SATA_CAP + 1] = 0
+        self._set(SATA_CAP + 2, 2, 0x0010)  # revision 1.0
+        self._set(SATA_CAP + 4, 4, SATA_CAP_BAR)
+
+    def msi_enabled(self):
+        return self.msi is not None and bool(self.config[MSI_FLAGS] & MSI_FLAGS_ENABLE)
+
+    def config_written(self, offset, size, value):
+        if self.msi is not None and offset <= MSI_FLAGS < offset + size:
+            self._msi_up = False  # MSI switched on or off: signal what is pending anew
+            self.update_irq()
+
     def reset(self):
         super().reset()
+        if self.msi is not None:
+            # As QEMU's msi_reset: disabled, no address or data.
+            self._set(MSI_FLAGS, 2, MSI_FLAGS_64BIT)
+            self._set(MSI_ADDR_LO, 4, 0)
+            self._set(MSI_ADDR_HI, 4, 0)
+            self._set(MSI_DATA, 2, 0)
+        self._msi_up = False
         self.hba_reset()
 
     def hba_reset(self):
@@ -1124,7 +1182,7 @@ class Ahci(PciFunction):
             self.update_irq()
         elif off == HBA_IS:
             self.is_ &= ~v
-            if self._irq_level and not self._irq_wanted():
+            if (self._irq_level or self._msi_up) and not self._irq_wanted():
                 # The guest's handler is done and the line would fall. Completions the
                 # disks already hold (their event not yet handled) are reported first:
                 # the line then stays up for them, where it would fall and rise again
@@ -1134,7 +1192,13 @@ class Ahci(PciFunction):
                         poll = getattr(p.disk, "poll", None)
                         if poll is not None:
                             poll()
+            was = self._msi_up
             self.update_irq()
+            if was and self._msi_up:
+                # Still pending after the handler's acknowledgement (a port that
+                # raised its status after the handler read IS): an MSI is an edge,
+                # so the guest hears of it only by a new message.
+                self._send_msi()
 
     def _irq_wanted(self):
         for p in self.ports:
@@ -1143,7 +1207,26 @@ class Ahci(PciFunction):
         return bool(self.ghc & GHC_IE and self.is_)
 
     def update_irq(self):
-        self.set_irq(1 if self._irq_wanted() else 0)
+        want = self._irq_wanted()
+        if not self.msi_enabled():
+            self._msi_up = False
+            self.set_irq(1 if want else 0)
+            return
+        self.set_irq(0)  # with MSI on, INTx stays deasserted (QEMU's ahci_irq_raise)
+        if want and not self._msi_up:
+            self._send_msi()
+        self._msi_up = want
+
+    def _send_msi(self):
+        if not self.master_enabled():
+            return  # a memory write the function may not make (QEMU drops it too)
+        addr = self._get(MSI_ADDR_LO, 4) | (self._get(MSI_ADDR_HI, 4) << 32)
+        data = self._get(MSI_DATA, 2)
+        self.msi_sent += 1
+        try:
+            self.msi(addr, data)
+        except Exception as e:  # refused (the guest's address or data): logged, serve on
+            log.guest_error(self.name, "MSI to %#x data %#x refused: %s" % (addr, data, e))
 
     # --- NCQ requests to the disks ------------------------------------------------------
 
@@ -1247,7 +1330,12 @@ class Ahci(PciFunction):
         ports = d["ports"]
         if len(ports) != NUM_PORTS:
             raise ValueError(self.name + ": saved state has %d ports" % len(ports))
+        has_msi = bool(d["config"][STATUS] & STS_CAP_LIST)
+        if has_msi != (self.msi is not None):
+            raise ValueError(self.name + ": saved AHCI %s an MSI capability" % (
+                "has" if has_msi else "lacks"))
         super().load_state(d)
+        self._msi_up = False
         self.ghc = d["ghc"] & 0xFFFFFFFF
         self.is_ = d["is"] & 0xFFFFFFFF
         self.idp.index = d.get("idp_index", 0) & (ABAR_SIZE - 4)
