@@ -199,28 +199,30 @@ class SgList:
         i, off = self.i, self.off
         mem = self.mem
         mc = getattr(mem, "mc", None)  # a GuestMemory's mapcache (tests' memories have none)
-        spans = []  # (start, view) of each whole mapcache bucket pinned for this chunk
-        bucket = mc.bucket_room(0) if mc is not None else 0
+        spans = {}  # bucket start -> view of each whole mapcache bucket pinned for this chunk
+        bucket = mc.bucket_room(0) if mc is not None else 0  # buckets: aligned, a power of two
+        mask = bucket - 1
         while need > 0:
             k = min(self.lens[i] - off, need)
             a = self.addrs[i] + off
             # A guest buffer's pages are scattered, but many share a bucket: one pin
             # per bucket and a slice of it per PRDT piece, not a lock call per piece.
             v = None
-            for lo, bv in spans:
-                if lo <= a and a + k <= lo + bucket:
-                    v = bv[a - lo:a - lo + k]
-                    break
-            if v is None and bucket and k <= mc.bucket_room(a):
-                lo = a - (bucket - mc.bucket_room(a))
-                pin = mem.lock(lo, bucket)  # None if the bucket is not all RAM
-                if pin is not None:
-                    if len(pin.views) == 1:
-                        pins.append(pin)
-                        spans.append((lo, pin.views[0]))
-                        v = pin.views[0][a - lo:a - lo + k]
-                    else:
-                        pin.release()
+            if bucket:
+                lo = a - (a & mask)
+                if a + k <= lo + bucket:  # the piece stays in a's bucket
+                    bv = spans.get(lo)
+                    if bv is None:
+                        pin = mem.lock(lo, bucket)  # None if the bucket is not all RAM
+                        if pin is not None:
+                            if len(pin.views) == 1:
+                                pins.append(pin)
+                                bv = pin.views[0]
+                                spans[lo] = bv
+                            else:
+                                pin.release()
+                    if bv is not None:
+                        v = bv[a - lo:a - lo + k]
             if v is not None:
                 views.append(v)
             else:

@@ -39,14 +39,20 @@ def _copy(srcs, dsts):
     while si < len(srcs) and di < len(dsts):
         s = srcs[si]
         d = dsts[di]
-        n = min(len(s) - so, len(d) - do)
-        d[do:do + n] = s[so:so + n]
+        ls, ld = len(s), len(d)
+        n = min(ls - so, ld - do)
+        if n == ls:
+            d[do:do + n] = s  # a whole source view: no slice of it to make
+        elif n == ld:
+            d[:] = s[so:so + n]
+        else:
+            d[do:do + n] = s[so:so + n]
         so += n
         do += n
-        if so == len(s):
+        if so == ls:
             si += 1
             so = 0
-        if do == len(d):
+        if do == ld:
             di += 1
             do = 0
 
@@ -251,11 +257,12 @@ class BlkFront(Frontend):
         start = sector
         for v in views:
             off = 0
-            while off < len(v):
-                n = len(v) - off
+            lv = len(v)
+            while off < lv:
+                n = lv - off
                 if n > cap - cur_n:
                     n = cap - cur_n
-                cur.append(v[off:off + n])
+                cur.append(v if n == lv else v[off:off + n])
                 cur_n += n
                 off += n
                 if cur_n == cap:
