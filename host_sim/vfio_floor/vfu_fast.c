@@ -26,9 +26,19 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <sched.h>
 
 #include "hostsim_evtchn_sim.h"
 #include "vfu_fast.h"
+
+// Inside a spin: let any runnable task of this CPU run first. On these
+// 2-CPU machines the guest's QEMU, host_sim and the device model are three
+// tasks, and two spinning ones starved the third (bench disk, AHCI, 64 MiB,
+// alternating runs: 278/291 MB/s and 937 IOPS spinning with pause alone,
+// 320/336 MB/s and 1440 IOPS yielding; bench pio 64.3 -> 58.9 us per read).
+static void hs_spin_relax(void) {
+    sched_yield();
+}
 
 #define HDR_SIZE 16
 #define RW_SIZE 16
@@ -157,6 +167,7 @@ static int spin_readable(struct pollfd *fds, int nfds, uint32_t spin_ns) {
             return 0;
         }
         __builtin_ia32_pause();
+        hs_spin_relax();
     }
 }
 
@@ -250,6 +261,7 @@ static int relay_spin(vfu_relay_t *r) {
             return 0;
         }
         __builtin_ia32_pause();
+        hs_spin_relax();
     }
 }
 
