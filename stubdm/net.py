@@ -17,6 +17,11 @@
 #       is kept (not dropped) and nothing more is delivered until the NIC
 #       calls net.rx_resume().
 #   net.on_link          None, or a callable run when link_up changes
+#   net.rx_batches       True: the net delivers frames in bursts and calls
+#       net.on_rx_done() (a NIC sets it) after each, so the NIC may hold the
+#       burst's descriptor write-backs and interrupt until then (it also ends
+#       the hold at the guest's next register access). Absent or False: every
+#       frame is finished in its own call.
 #
 # Frames are at most MAX_FRAME bytes (netif's 0xFFFF); shorter than 14 or
 # longer are refused by both sides.
@@ -50,6 +55,8 @@ class MemoryNet:
         self.on_tx_room = None
         self.on_link = None
         self.receiver = None
+        self.rx_batches = True
+        self.on_rx_done = None
         self.backlog = []
         self.paused = False
 
@@ -78,6 +85,8 @@ class MemoryNet:
                 self.backlog.pop(0)
             else:
                 self.paused = True
+        if self.on_rx_done is not None:
+            self.on_rx_done()
 
     def room(self, n):
         """The wire can take n more frames: tell the NIC."""

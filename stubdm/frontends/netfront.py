@@ -61,6 +61,9 @@ class NetFront(Frontend):
         self.on_link = None
         self.on_tx_room = None
         self.receiver = None
+        # Frames come in bursts (one event's responses): the NIC hears when each ends.
+        self.rx_batches = True
+        self.on_rx_done = None
         self.sg = False
         self.tx = self.rx = None
         self.tx_shared = self.rx_shared = self.tx_pool = self.rx_pool = None
@@ -188,8 +191,14 @@ class NetFront(Frontend):
             frame = self.held
             self.held = None
             if not self._deliver(frame):
+                self._rx_done()
                 return
         self.on_event(self.port)
+        self._rx_done()
+
+    def _rx_done(self):
+        if self.on_rx_done is not None:
+            self.on_rx_done()
 
     # ---- events ----
     def on_event(self, port):
@@ -237,6 +246,7 @@ class NetFront(Frontend):
             self._post_rx()
             if self.rx_paused or not ring.final_check_for_responses():
                 break
+        self._rx_done()
 
     def _rx_slot(self, rsp):
         rid, off, flags, status = struct.unpack(A.NETIF_RX_RSP_FMT, rsp)
