@@ -876,8 +876,7 @@ class E1000(PciFunction):
             if h.proto == netutil.IPPROTO_UDP and netutil.get16(frame, h.l4 + 6) == 0:
                 return st, err
             st |= RXD_TCPCS
-            s = netutil.add(netutil.pseudo_sum(frame, h, h.l4_end - h.l4),
-                            netutil.ones_sum(frame, h.l4, h.l4_end))
+            s = netutil.l4_sum(frame, h)
             if s != 0xFFFF:
                 err |= RXE_TCPE
         return st, err

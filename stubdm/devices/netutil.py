@@ -145,6 +145,17 @@ def pseudo_sum(frame, h, l4_len):
     return add(add(s, h.proto), l4_len)
 
 
+def l4_sum(frame, h):
+    """The ones'-complement sum of the TCP/UDP segment and its pseudo-header
+    (0xffff when a received segment's checksum is right). An IPv4 header
+    without options ends with the addresses, right before the segment: one
+    sum covers both (the 8 address bytes keep the words aligned)."""
+    n = h.l4_end - h.l4
+    if h.v4 and h.l4 == h.ip + 20:
+        return add(ones_sum(frame, h.ip + 12, h.l4_end), h.proto + n)
+    return add(pseudo_sum(frame, h, n), ones_sum(frame, h.l4, h.l4_end))
+
+
 def fill_ip_checksum(frame, h):
     if not h.v4:
         return
@@ -168,7 +179,7 @@ def fill_l4_checksum(frame, h):
     if co < 0 or h.l4 + co + 2 > h.l4_end:
         return False
     put16(frame, h.l4 + co, 0)
-    s = add(pseudo_sum(frame, h, h.l4_end - h.l4), ones_sum(frame, h.l4, h.l4_end))
+    s = l4_sum(frame, h)
     c = (~s) & 0xFFFF
     if c == 0 and h.proto == IPPROTO_UDP:
         c = 0xFFFF  # UDP sends a zero checksum as all ones (RFC 768)

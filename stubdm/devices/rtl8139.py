@@ -682,8 +682,7 @@ class Rtl8139(PciFunction):
         co = netutil.csum_offset(h.proto)
         if co < 0 or h.l4 + co + 2 > h.l4_end:
             return st | RX_PID_IP
-        s = netutil.add(netutil.pseudo_sum(frame, h, h.l4_end - h.l4),
-                        netutil.ones_sum(frame, h.l4, h.l4_end))
+        s = netutil.l4_sum(frame, h)
         bad = s != 0xFFFF
         if h.proto == netutil.IPPROTO_TCP:
             return st | RX_PID_TCP | (RX_TCPF if bad else 0)

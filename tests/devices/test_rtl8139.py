@@ -630,3 +630,25 @@ def test_frames_waiting_for_the_network_survive_save_and_restore():
     assert not back.desc(TX_RING, 2)[0] & R.DESC_OWN
     with pytest.raises(ValueError):
         Rig().nic.load_state(dict(saved, tx_done=[7]))
+
+
+def test_l4_sum_matches_the_reference_with_and_without_ip_options_and_on_ipv6():
+    # netutil.l4_sum sums an option-less IPv4 header's addresses and the segment
+    # in one piece; with options and on IPv6 it sums the pseudo-header apart.
+    from stubdm.devices import netutil
+
+    payload = bytes(range(251)) * 3  # odd length
+    seg = struct.pack(">HHIIBBHHH", 1, 2, 3, 4, 5 << 4, 0x18, 100, 0, 0) + payload
+    for opts in (b"", b"\x01\x01\x01\x00"):
+        ihl = (20 + len(opts)) // 4
+        ip = struct.pack(">BBHHHBBH4s4s", 0x40 | ihl, 0, ihl * 4 + len(seg), 7, 0, 64, 6, 0,
+                         bytes([10, 0, 0, 1]), bytes([192, 168, 9, 2])) + opts
+        frame = MAC + PEER + b"\x08\x00" + ip + seg
+        h = netutil.parse(frame)
+        pseudo = ip[12:20] + struct.pack(">BBH", 0, 6, len(seg))
+        assert netutil.l4_sum(frame, h) == rfc1071(pseudo + seg)
+    src, dst = bytes(range(16)), bytes(range(16, 32))
+    ip6 = struct.pack(">IHBB", 6 << 28, len(seg), 6, 64) + src + dst
+    frame = MAC + PEER + b"\x86\xdd" + ip6 + seg
+    pseudo = src + dst + struct.pack(">IxxxB", len(seg), 6)
+    assert netutil.l4_sum(frame, netutil.parse(frame)) == rfc1071(pseudo + seg)
