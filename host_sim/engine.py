@@ -62,7 +62,39 @@ class StubdmFunction:
                               % (devfn >> 3, devfn & 7))
         self.bases = {}
         self.bars = self._probe_bars()
+        self.msi_cap = self._find_cap(0x05)
+        self.msi = None  # (address, data) while the guest has MSI enabled
         self._relay_init()
+
+    def _find_cap(self, want):
+        """Config offset of the function's capability `want`, or 0."""
+        if not self._cfg(0x06, 2) & 0x10:
+            return 0
+        at = self._cfg(0x34, 1) & 0xFC
+        for _ in range(48):  # a list that loops ends here
+            if at < 0x40:
+                return 0
+            if self._cfg(at, 1) == want:
+                return at
+            at = self._cfg(at + 1, 1) & 0xFC
+        return 0
+
+    def msi_vectors(self):
+        return 1 if self.msi_cap else 0
+
+    def _msi_refresh(self):
+        cap = self.msi_cap
+        flags = self._cfg(cap + 2, 2)
+        if not flags & 1:
+            self.msi = None
+            return
+        addr = self._cfg(cap + 4, 4)
+        if flags & 0x80:  # 64-bit address
+            addr |= self._cfg(cap + 8, 4) << 32
+            data = self._cfg(cap + 12, 2)
+        else:
+            data = self._cfg(cap + 8, 2)
+        self.msi = (addr, data)
 
     def _cfg(self, reg, size, value=None):
         sbdf = abi.pci_sbdf(0, 0, self.devfn >> 3, self.devfn & 7)
@@ -128,6 +160,9 @@ class StubdmFunction:
             self.bases.clear()  # decoding may have changed
             self._relay_disarm()
         self._cfg(offset, size, value)
+        cap = self.msi_cap
+        if cap and offset < cap + 16 and cap < offset + size:
+            self._msi_refresh()  # what the device model's capability holds now
 
     def _base(self, index):
         base = self.bases.get(index)
@@ -430,6 +465,7 @@ class Engine:
         self.dm = None
         self.qemu_proc = None
         self.servers = []
+        self.msi_dropped = 0  # MSI writes no function matched
         self.ioreqs = 0
         self.output = bytearray()
 
@@ -504,6 +540,7 @@ class Engine:
         self.hv = SimHypervisor(sock, ram_mib=self.memory, own_ram=False, log=self.note,
                                 domid=GUEST_DOMID, dm_domid=self.pvenv.stubdom_domid)
         self.hv.on_intx = self._intx
+        self.hv.on_msi = self._msi
         if self.pvenv is not None:
             self.pvenv.attach(self.hv)
             self.pvenv.add_devices(self.pv_devices)
@@ -586,6 +623,21 @@ class Engine:
             path = os.path.join(self.dir, "fn%02x.sock" % devfn)
             srv = VfioUserServer(path, fn, log=self.note, spin_us=self.spin_us)
             self.servers.append((devfn, fn, srv))
+
+    def _msi(self, addr, data):
+        """A device model's MSI: the function whose enabled capability holds this
+        address and data fires its vector (QEMU sends the guest the message).
+        Compared as Xen reads a message (hvm_inject_msi): the address's low 20
+        bits (destination, mode) and the data; qemu-xen passes the address as an
+        offset in the APIC's MSI window (0x1004 for 0xfee01004)."""
+        key = (addr & 0xFFFFF, data & 0xFFFF)
+        for _devfn, fn, srv in self.servers:
+            if fn.msi is not None and (fn.msi[0] & 0xFFFFF, fn.msi[1]) == key:
+                return srv.signal_msi()
+        self.msi_dropped += 1
+        if self.msi_dropped <= 8:
+            self.note("MSI to %#x data %#x matches no function's: dropped" % (addr, data))
+        return False
 
     def _intx(self, dev, intx, level):
         for devfn, _fn, srv in self.servers:

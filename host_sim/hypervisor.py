@@ -28,7 +28,7 @@ PAGE = 4096
 SPECIAL_GFN = 0xFEFF0
 SPECIAL_PAGES = 16
 PROT_RW = 3
-_ENOENT, _EINVAL, _EEXIST, _ENOSPC, _EPROTO, _EBUSY = 2, 22, 17, 28, 71, 16
+_ENOENT, _EINVAL, _EEXIST, _ENOSPC, _EPROTO, _EBUSY, _ERANGE = 2, 22, 17, 28, 71, 16, 34
 
 
 _ENOMEM, _EOPNOTSUPP = 12, 95
@@ -328,6 +328,7 @@ class SimHypervisor:
         self.regions.append(Region(SPECIAL_GFN, SPECIAL_PAGES, self.special_fd, 0))
         self._init_physmap()
         self.on_intx = None  # (dev, intx, level) -> None: where PCI INTx goes
+        self.on_msi = None  # (addr, data) -> delivered: where MSI writes go
         self.servers = {}
         self.next_server = 0
         self.handles = {}
@@ -602,7 +603,9 @@ class SimHypervisor:
             self.shutdown_reason = args[1]
             self.log("device model asked for shutdown, reason %d" % args[1])
             return 0, b"", []
-        if op in (proto.INJECT_MSI, proto.MODIFIED_MEMORY):
+        if op == proto.INJECT_MSI:
+            return self._inject_msi(args[1], args[2]), b"", []
+        if op == proto.MODIFIED_MEMORY:
             return 0, b"", []
         s = self.servers.get(args[1])
         if s is None:
@@ -637,6 +640,18 @@ class SimHypervisor:
         if self.on_intx is not None:
             self.on_intx(dev, intx, level)
 
+    def _inject_msi(self, addr, data):
+        """XEN_DMOP_inject_msi (hvm_inject_msi): vector 0 names a pirq, which this
+        domain has none of (-ERANGE); any other message goes to the guest where
+        its interrupt controllers take it (on_msi), or is dropped, as Xen drops a
+        fixed message no vCPU matches (0 all the same)."""
+        self.irq_log.append(("msi", addr, data))
+        if data & 0xFF == 0:
+            return -_ERANGE
+        if self.on_msi is None or not self.on_msi(addr, data):
+            self.stats["msi_dropped"] = self.stats.get("msi_dropped", 0) + 1
+        return 0
+
     def _irq_open(self, c):
         if c is None:
             return -_EINVAL, b"", []
@@ -661,14 +676,26 @@ class SimHypervisor:
             if entries is None:
                 self._irq_bad_note("its ring index is out of range; entries lost")
                 continue
-            for e in entries:
-                if e & proto.IRQ_ISA:
+            i, n = 0, len(entries)
+            while i < n:
+                e = entries[i]
+                i += 1
+                if e == proto.IRQ_MSI:
+                    if n - i < proto.IRQ_MSI_ENTRIES - 1:
+                        # libsim publishes a message's entries together.
+                        self._irq_bad_note("a message cut short")
+                        break
+                    w = entries[i:i + proto.IRQ_MSI_ENTRIES - 1]
+                    i += proto.IRQ_MSI_ENTRIES - 1
+                    self._inject_msi(w[0] | w[1] << 16 | w[2] << 32 | w[3] << 48,
+                                     w[4] | w[5] << 16)
+                elif e & proto.IRQ_ISA:
                     if e & 0x7FE0:
                         self._irq_bad_note("entry %#06x is no ISA IRQ" % e)
                     else:
                         self._set_isa_irq((e >> 1) & 15, e & 1)
                 elif e & 0x7F00:
-                    self._irq_bad_note("entry %#06x is no PCI INTx" % e)
+                    self._irq_bad_note("entry %#06x is no PCI INTx or MSI" % e)
                 else:
                     self._set_intx(e >> 3, (e >> 1) & 3, e & 1)
 

@@ -323,6 +323,7 @@ def _engine_classes():
                                     own_ram=False, log=self.note, dm_domid=0)
             self.hv.videoram = VIDEORAM_MIB << 20
             self.hv.on_intx = self._intx
+            self.hv.on_msi = self._msi
             self.serial_log = os.path.join(self.dir, "pci-serial.log")
             self.dm_log = os.path.join(self.dir, "qemu-xen.log")
             nic_args, tap_fds = self._nics()

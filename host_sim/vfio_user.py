@@ -130,6 +130,7 @@ REGION_INFO_CAP_SPARSE_MMAP = 1
 IRQ_INFO_EVENTFD = 1 << 0
 IRQ_INFO_MASKABLE = 1 << 1
 IRQ_INFO_AUTOMASKED = 1 << 2
+IRQ_INFO_NORESIZE = 1 << 3
 IRQ_SET_DATA_NONE = 1 << 0
 IRQ_SET_DATA_BOOL = 1 << 1
 IRQ_SET_DATA_EVENTFD = 1 << 2
@@ -328,6 +329,7 @@ class VfioUserServer:
         self._intx_trigger = None  # eventfd to signal (ours to close)
         self._intx_unmask = None  # eventfd that unmasks when signalled
         self._intx_masked = False
+        self._msi_trigger = None  # MSI's eventfd (vector 0), ours to close
         self._dma = []  # [(iova, size)] mapped by the current client
         self._reply_fds = None  # fds a handler wants sent with its reply
         self.on_fds_changed = None
@@ -471,6 +473,7 @@ class VfioUserServer:
         self._intx_set_trigger(None)
         self._intx_set_unmask(None)
         self._intx_masked = False
+        self._msi_set_trigger(None)
         maps, self._dma = self._dma, []
         for iova, size in maps:
             try:
@@ -919,6 +922,10 @@ class VfioUserServer:
         if index == PCI_INTX_IRQ_INDEX:
             flags = IRQ_INFO_EVENTFD | IRQ_INFO_MASKABLE | IRQ_INFO_AUTOMASKED
             count = 1 if self._intx_pin() else 0
+        elif index == PCI_MSI_IRQ_INDEX:
+            # Linux's vfio-pci: MSI is not maskable, and its vectors are all
+            # set up at once (NORESIZE).
+            flags, count = IRQ_INFO_EVENTFD | IRQ_INFO_NORESIZE, self._msi_vectors()
         else:
             flags, count = IRQ_INFO_EVENTFD, 0
         return INFO_S.pack(INFO_S.size, flags, index, count)
@@ -951,6 +958,8 @@ class VfioUserServer:
             raise _Reject(errno.EINVAL)
         disable = (action == IRQ_SET_ACTION_TRIGGER and data_type == IRQ_SET_DATA_NONE
                    and count == 0)
+        if index == PCI_MSI_IRQ_INDEX and self._msi_vectors():
+            return self._msi_set_irqs(action, data_type, start, count, bools, fds, disable)
         if index != PCI_INTX_IRQ_INDEX or not self._intx_pin():
             # No vectors here: only "disable" is meaningful.
             if disable:
@@ -1042,6 +1051,50 @@ class VfioUserServer:
             raise _Reject(errno.ENOTTY)
         self.backend.reset()
         return b""
+
+    # --- MSI ------------------------------------------------------------------
+
+    def _msi_vectors(self):
+        get = getattr(self.backend, "msi_vectors", None)
+        try:
+            return 1 if get is not None and get() else 0
+        except Exception:
+            return 0
+
+    def _msi_set_irqs(self, action, data_type, start, count, bools, fds, disable):
+        if disable:
+            self._msi_set_trigger(None)
+            return b""
+        if action != IRQ_SET_ACTION_TRIGGER:
+            raise _Reject(errno.ENOTTY)  # vfio-pci has no MSI masking
+        if start != 0 or count != 1:
+            raise _Reject(errno.EINVAL)
+        if data_type == IRQ_SET_DATA_EVENTFD:
+            self._msi_set_trigger(fds.pop() if fds else None)
+        elif (bools is None or bools[0] & 1) and self._msi_trigger is not None:
+            self.signal_msi()
+        return b""
+
+    def _msi_set_trigger(self, fd):
+        old, self._msi_trigger = self._msi_trigger, fd
+        if old is not None and old != fd:
+            _close_fds([old])
+        if fd is not None:
+            os.set_blocking(fd, False)
+
+    def signal_msi(self):
+        """The function's MSI vector 0 fires: True if a client has it set up
+        (QEMU then sends the message its copy of the capability holds)."""
+        if self._msi_trigger is None:
+            return False
+        try:
+            os.write(self._msi_trigger, EVENTFD_ONE)
+        except BlockingIOError:
+            pass  # the counter is full: the client has events to read already
+        except OSError:
+            return False
+        self.stats["irqs"] += 1
+        return True
 
     # --- INTx -----------------------------------------------------------------
 

@@ -269,7 +269,9 @@ class Machine:
         if ahci is not None:
             from stubdm.devices.ahci import Ahci
 
-            self.ahci = Ahci(ahci["mem"], ahci.get("disks", ()))
+            # MSI as qemu-xen's ich9-ahci offers it, where the platform sends it.
+            self.ahci = Ahci(ahci["mem"], ahci.get("disks", ()),
+                             msi=getattr(platform, "inject_msi", None))
             self.pci.attach(layout.devfn(slots[-1]), self.ahci)
 
         for d in self.pci.devfns():

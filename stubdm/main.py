@@ -529,6 +529,9 @@ class Platform:
     def set_pci_link_route(self, link, irq):
         self.hyp.set_pci_link_route(link, irq)
 
+    def inject_msi(self, addr, data):
+        self.hyp.inject_msi(addr, data)
+
     def map_range(self, kind, start, end):
         self.hyp.map_io_range(self.sid, kind, start, end)
 

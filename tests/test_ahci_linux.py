@@ -52,7 +52,9 @@ def test_linux_reads_the_disk_over_ahci_with_ncq(tmp_path):
         and "6/6 ports implemented" in out), out
     assert "NCQ (depth 32)" in out and "DEPTH 32" in out, out
     assert "applying bridge limits" not in out, out
-    assert re.search(r"^\s*\d+:\s+[1-9]\d*\s.*ahci", out, re.M), out  # interrupts came
+    # Interrupts came, as MSI (the capability qemu-xen's ich9-ahci offers, sent by
+    # XEN_DMOP_inject_msi and delivered by host_sim), not on an IO-APIC pin.
+    assert re.search(r"^\s*\d+:\s+[1-9]\d*\s.*PCI-MSI.*ahci", out, re.M), out
 
 
 def test_linux_writes_past_lba28_and_flushes(tmp_path):

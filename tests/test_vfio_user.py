@@ -516,6 +516,42 @@ def test_intx_unmask_eventfd(serial_server):
         os.close(ufd)
 
 
+def test_msi_vector_of_a_function_with_msi(serial_server):
+    srv, backend, uart, fn, chardev, connect, logs = serial_server
+    c = connect()
+    N, B, F = vu.IRQ_SET_DATA_NONE, vu.IRQ_SET_DATA_BOOL, vu.IRQ_SET_DATA_EVENTFD
+    M, U, T = vu.IRQ_SET_ACTION_MASK, vu.IRQ_SET_ACTION_UNMASK, vu.IRQ_SET_ACTION_TRIGGER
+    backend.msi_vectors = lambda: 1  # the function now offers an MSI capability
+    efd = eventfd()
+    try:
+        # GET_IRQ_INFO: one vector, eventfd, not maskable, no resizing (vfio-pci's).
+        argsz, flags, index, count = struct.unpack(
+            "<IIII", c.call(vu.DEVICE_GET_IRQ_INFO, struct.pack("<IIII", 16, 0, 1, 0))[4])
+        assert (index, count) == (1, 1)
+        assert flags == vu.IRQ_INFO_EVENTFD | vu.IRQ_INFO_NORESIZE
+        assert not srv.signal_msi()  # no client vector yet: nothing to signal
+        # QEMU's vfio_msi_enable: TRIGGER with one eventfd at vector 0.
+        assert c.set_irqs(F | T, 1, 0, 1, fds=[efd])[2] == vu.TYPE_REPLY
+        assert srv.signal_msi() and srv.signal_msi()
+        assert eventfd_count(efd) == 2
+        c.set_irqs(B | T, 1, 0, 1, b"\x01")  # software trigger
+        assert eventfd_count(efd) == 1
+        # No masking (vfio-pci has none for MSI), no vector 1.
+        for flags_, start, cnt in ((N | M, 0, 1), (N | U, 0, 1)):
+            _, _, fl, err, _ = c.set_irqs(flags_, 1, start, cnt)
+            assert fl == vu.TYPE_REPLY | vu.ERROR and err == errno.ENOTTY
+        _, _, fl, err, _ = c.set_irqs(F | T, 1, 1, 1, fds=[efd])
+        assert fl == vu.TYPE_REPLY | vu.ERROR and err == errno.EINVAL
+        # Disable (QEMU's at reset or MSI off): the eventfd is let go.
+        assert c.set_irqs(N | T, 1, 0, 0)[2] == vu.TYPE_REPLY
+        assert not srv.signal_msi() and eventfd_count(efd) == 0
+        assert c.set_irqs(F | T, 1, 0, 1, fds=[efd])[2] == vu.TYPE_REPLY
+    finally:
+        os.close(efd)
+    c.close()
+    assert srv._msi_trigger is None  # the client gone, its vector goes with it
+
+
 def test_set_irqs_refusals(serial_server):
     srv, *_, connect, logs = serial_server
     c = connect()

@@ -460,8 +460,9 @@ static void hs_irq_open_locked(uint16_t domid) {
     hs_irq.state = 1;
 }
 
-// 1: the entry is in the ring and host_sim kicked; 0: send the message.
-static int hs_irq_push(uint16_t domid, uint16_t entry) {
+// 1: the entries are in the ring (together) and host_sim kicked; 0: send
+// the message.
+static int hs_irq_push_n(uint16_t domid, const uint16_t *entries, uint32_t n) {
     pthread_mutex_lock(&hs_lock);
     if (hs_irq.state == 0) {
         hs_irq_open_locked(domid);
@@ -472,18 +473,25 @@ static int hs_irq_push(uint16_t domid, uint16_t entry) {
             __atomic_load_n((uint32_t *)(hs_irq.shm + HS_IRQ_OFF_CONS), __ATOMIC_ACQUIRE);
         // Full (host_sim is behind): the message, which host_sim serves
         // after applying the ring, keeps the order.
-        ok = hs_irq.prod - cons < HS_IRQ_RING;
+        ok = hs_irq.prod - cons <= HS_IRQ_RING - n;
     }
     if (ok) {
         uint16_t *ring = (uint16_t *)(hs_irq.shm + HS_IRQ_OFF_RING);
-        __atomic_store_n(&ring[hs_irq.prod % HS_IRQ_RING], entry, __ATOMIC_RELAXED);
-        hs_irq.prod++;
+        for (uint32_t i = 0; i < n; i++) {
+            __atomic_store_n(&ring[(hs_irq.prod + i) % HS_IRQ_RING], entries[i],
+                             __ATOMIC_RELAXED);
+        }
+        hs_irq.prod += n;
         __atomic_store_n((uint32_t *)(hs_irq.shm + HS_IRQ_OFF_PROD), hs_irq.prod,
                          __ATOMIC_RELEASE);
         hs_kick(hs_irq.kick);
     }
     pthread_mutex_unlock(&hs_lock);
     return ok;
+}
+
+static int hs_irq_push(uint16_t domid, uint16_t entry) {
+    return hs_irq_push_n(domid, &entry, 1);
 }
 
 // libxendevicemodel passes level as the dm_op's uint8_t; dm.c refuses any but
@@ -535,6 +543,18 @@ int xendevicemodel_set_pci_link_route(xendevicemodel_handle *dmod, domid_t domid
 int xendevicemodel_inject_msi(xendevicemodel_handle *dmod, domid_t domid, uint64_t msi_addr,
                               uint32_t msi_data) {
     (void)dmod;
+    // Vector 0 (a pirq, dm.c's ERANGE or a binding) stays a message.
+    if (msi_data & 0xFF) {
+        uint16_t e[HS_IRQ_MSI_ENTRIES] = {HS_IRQ_MSI};
+        for (int i = 0; i < 4; i++) {
+            e[1 + i] = (uint16_t)(msi_addr >> (16 * i));
+        }
+        e[5] = (uint16_t)msi_data;
+        e[6] = (uint16_t)(msi_data >> 16);
+        if (hs_irq_push_n(domid, e, HS_IRQ_MSI_ENTRIES)) {
+            return 0;
+        }
+    }
     hs_msg_t m = {.n = 0};
     put16(&m, domid);
     put64(&m, msi_addr);

@@ -101,7 +101,9 @@ enum {
 // either once HS_OP_IRQ_OPEN gave the ring (libsim checks their arguments as
 // Xen's dm.c does and keeps the message for the rare full ring). Each call is
 // one u16 entry: a PCI INTx (dev << 3) | (intx << 1) | level, an ISA IRQ
-// HS_IRQ_ISA | (irq << 1) | level. The device model writes entries and then
+// HS_IRQ_ISA | (irq << 1) | level; XEN_DMOP_inject_msi with a vector (data's
+// low byte not 0) is HS_IRQ_MSI_ENTRIES together: HS_IRQ_MSI, the address in
+// four u16 and the data in two, least significant first. The device model writes entries and then
 // prod, and writes the eventfd; host_sim applies every entry in order before
 // it answers anything else of the device model's: a message on its socket, a
 // notify, an ioreq's answer (so a level is in effect before the guest sees the
@@ -110,6 +112,8 @@ enum {
 #define HS_IRQ_FD_KICK 1
 #define HS_IRQ_RING 2048  // entries (a power of two)
 #define HS_IRQ_ISA 0x8000
+#define HS_IRQ_MSI 0x4000
+#define HS_IRQ_MSI_ENTRIES 7
 #define HS_IRQ_OFF_PROD 0  // u32: entries written (device model)
 #define HS_IRQ_OFF_CONS 64  // u32: entries applied (host_sim)
 #define HS_IRQ_OFF_RING 4096  // u16 ring[HS_IRQ_RING]
