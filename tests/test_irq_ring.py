@@ -7,17 +7,15 @@ The device model's side is a small script on the real glue (CPython's cffi modul
 MicroPython's _xenglue), driven line by line while host_sim's loop runs here.
 """
 import os
-import select
 import struct
-import subprocess
-import sys
 import time
 
 import pytest
 
 from host_sim import proto
 from host_sim.hypervisor import SimHypervisor
-from tests.conftest import MICROPYTHON, ROOT, skip_unless_runtime
+from tests.conftest import ROOT, skip_unless_runtime
+from tests.test_sim_evtchn import Dm
 
 EINVAL = 22
 
@@ -54,45 +52,13 @@ while True:
 """
 
 
-class Dm:
-    def __init__(self, hv, runtime):
-        env = dict(os.environ, HOST_SIM_SOCKET=hv.sock_path, PYTHONPATH=ROOT)
-        exe = [sys.executable, "-u"] if runtime == "cpython" else [MICROPYTHON]
-        self.hv = hv
-        self.proc = subprocess.Popen(exe + ["-c", CHILD, str(hv.domid)], env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-
-    def send(self, line):
-        self.proc.stdin.write(line.encode() + b"\n")
-        self.proc.stdin.flush()
-
-    def result(self, timeout=20.0):
-        """Serve host_sim until the device model's answer to the last line."""
-        out = self.proc.stdout
-        deadline = time.monotonic() + timeout
-        while not select.select([out], [], [], 0)[0]:
-            assert time.monotonic() < deadline, "the device model did not answer"
-            assert self.proc.poll() is None, "the device model died"
-            self.hv.pump(0.005)
-        return out.readline().decode().strip()
-
-    def do(self, line):
-        self.send(line)
-        return self.result()
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-
-
 @pytest.fixture(params=["cpython", "micropython"])
 def rig(request, tmp_path):
     skip_unless_runtime(request.param)
     hv = SimHypervisor(str(tmp_path / "hv.sock"), ram_mib=4)
     lines = []
     hv.on_intx = lambda dev, intx, level: lines.append((dev, intx, level))
-    dm = Dm(hv, request.param)
+    dm = Dm(hv, request.param, CHILD)
     yield hv, dm, lines
     dm.close()
     hv.close()

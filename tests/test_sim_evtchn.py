@@ -67,25 +67,35 @@ while True:
 
 
 class Dm:
-    def __init__(self, hv, runtime):
+    """A device model process running `child` (a script like CHILD: one command a
+    line in, one result a line out) on the runtime's real glue."""
+
+    def __init__(self, hv, runtime, child=CHILD):
         env = dict(os.environ, HOST_SIM_SOCKET=hv.sock_path, PYTHONPATH=ROOT)
         exe = [sys.executable, "-u"] if runtime == "cpython" else [MICROPYTHON]
         self.hv = hv
-        self.proc = subprocess.Popen(exe + ["-c", CHILD, str(hv.domid)], env=env,
+        self.proc = subprocess.Popen(exe + ["-c", child, str(hv.domid)], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
-    def do(self, line, pump=True, timeout=20.0):
-        """Send one command; serve host_sim (unless it is closed) until the answer."""
+    def send(self, line):
         self.proc.stdin.write(line.encode() + b"\n")
         self.proc.stdin.flush()
+
+    def result(self, pump=True, timeout=20.0, what="its answer"):
+        """Serve host_sim (unless it is closed) until the device model's next answer."""
         out = self.proc.stdout
         deadline = time.monotonic() + timeout
         while not select.select([out], [], [], 0 if pump else timeout)[0]:
-            assert time.monotonic() < deadline, "the device model did not answer " + line
-            assert self.proc.poll() is None, "the device model died at " + line
+            assert time.monotonic() < deadline, "the device model did not answer " + what
+            assert self.proc.poll() is None, "the device model died at " + what
             if pump:
                 self.hv.pump(0.005)
         return out.readline().decode().strip()
+
+    def do(self, line, pump=True, timeout=20.0):
+        """Send one command; serve host_sim until the answer."""
+        self.send(line)
+        return self.result(pump, timeout, line)
 
     def close(self):
         if self.proc.poll() is None:
