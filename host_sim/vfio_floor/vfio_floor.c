@@ -308,7 +308,9 @@ static int handle(int fd, const hdr_t *h, const uint8_t *body, int *versioned) {
         }
         uint32_t index = get32(body + 8);
         put32(out, 16);
-        put32(out + 4, index == 0 ? 7 : 1);
+        // INTx: eventfd, maskable, automasked; MSI: eventfd, no resizing (as
+        // vfio-pci and host_sim's server); MSI-X: eventfd. No MSI vectors here.
+        put32(out + 4, index == 0 ? 7 : index == 1 ? 9 : 1);
         put32(out + 8, index);
         put32(out + 12, index == 0 ? 1 : 0);
         return reply(fd, h, out, 16);
