@@ -293,7 +293,11 @@ class StubdmFunction:
         self.hv.irq_drain()
 
     def relay_taken(self, r):
-        """Serve the notifies the relay took besides answers (r.taken[0:r.nout])."""
+        """Apply the line levels the relay's spin saw kicked (it took the kick), and
+        serve the notifies it took besides answers (r.taken[0:r.nout])."""
+        hv = self.hv
+        if hv._irq_rings:
+            hv.irq_drain()
         n = r.nout
         if n and self.engine.failure is None:
             r.nout = 0

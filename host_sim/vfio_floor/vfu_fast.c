@@ -247,11 +247,15 @@ static int relay_spin(vfu_relay_t *r) {
         }
         if (n > 0 && fds[2].revents) {
             n--;
+            // The counter first, then the ring (as hs_sim_take): a kick after
+            // this read is for entries after it. Entries there: the caller
+            // applies them (VFU_RELAYED drains the ring); none: a kick for
+            // levels already applied, nothing.
+            uint64_t count;
+            while (read(fds[2].fd, &count, sizeof(count)) < 0 && errno == EINTR) {
+            }
             if (irq_pending(r)) {
                 return 0;
-            }
-            uint64_t count;  // a kick for levels already applied: nothing
-            while (read(fds[2].fd, &count, sizeof(count)) < 0 && errno == EINTR) {
             }
         }
         if (n > 0) {
