@@ -75,15 +75,24 @@ def _alive(pid):
         return False
 
 
-@pytest.mark.parametrize("sig,within", [(signal.SIGKILL, 10), (signal.SIGSTOP, 20)],
-                         ids=["crash", "hang"])
-def test_device_model_failure_is_reported_quickly(sig, within):
-    # The guest keeps reading the PCI UART's config space; the device model
-    # then dies (crash) or stops answering (hang).
+# The guest keeps reading the PCI UART: its config space (host_sim's Python
+# path), or its scratch register through BAR0 (the C relay's path, whose
+# accesses fall back to Python's checks when no answer comes).
+_CONFIG_LOOP = ("while true; do cat /sys/bus/pci/devices/0000:00:04.0/config >/dev/null; "
+                "sleep 0.1; done")
+_BAR_LOOP = ("while true; do dd if=/sys/bus/pci/devices/0000:00:04.0/resource0 bs=1 skip=7 "
+             "count=1 2>/dev/null >/dev/null; done")
+
+
+@pytest.mark.parametrize("sig,within,loop", [(signal.SIGKILL, 10, _CONFIG_LOOP),
+                                             (signal.SIGSTOP, 20, _CONFIG_LOOP),
+                                             (signal.SIGSTOP, 20, _BAR_LOOP)],
+                         ids=["crash", "hang", "hang-in-bar-reads"])
+def test_device_model_failure_is_reported_quickly(sig, within, loop):
+    # The device model dies (crash) or stops answering (hang) while the guest
+    # reads from it.
     env = dict(os.environ, PYTHONPATH=ROOT)
-    p = subprocess.Popen([sys.executable, "-m", "host_sim", "boot", "--run",
-                          "while true; do cat /sys/bus/pci/devices/0000:00:04.0/config "
-                          ">/dev/null; sleep 0.1; done"],
+    p = subprocess.Popen([sys.executable, "-m", "host_sim", "boot", "--run", loop],
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         dm = qemu = None
