@@ -261,6 +261,17 @@ class _Reject(Exception):
     """Answer the current request with an error reply (errno in args[0])."""
 
 
+def _swap_trigger(old, fd):
+    """A client's new trigger eventfd fd (or None) in place of old, which is
+    closed; fd made non-blocking: a full pipe posing as an eventfd must not
+    block the loop (QEMU's eventfds are non-blocking already)."""
+    if old is not None and old != fd:
+        _close_fds([old])
+    if fd is not None:
+        os.set_blocking(fd, False)
+    return fd
+
+
 def _close_fds(fds):
     for fd in fds:
         try:
@@ -1076,11 +1087,7 @@ class VfioUserServer:
         return b""
 
     def _msi_set_trigger(self, fd):
-        old, self._msi_trigger = self._msi_trigger, fd
-        if old is not None and old != fd:
-            _close_fds([old])
-        if fd is not None:
-            os.set_blocking(fd, False)
+        self._msi_trigger = _swap_trigger(self._msi_trigger, fd)
 
     def signal_msi(self):
         """The function's MSI vector 0 fires: True if a client has it set up
@@ -1116,13 +1123,7 @@ class VfioUserServer:
             self._intx_fire()
 
     def _intx_set_trigger(self, fd):
-        old, self._intx_trigger = self._intx_trigger, fd
-        if old is not None and old != fd:
-            _close_fds([old])
-        if fd is not None:
-            # A full pipe posing as an eventfd must not block the loop.
-            # (QEMU's eventfds are non-blocking already.)
-            os.set_blocking(fd, False)
+        self._intx_trigger = _swap_trigger(self._intx_trigger, fd)
 
     def _intx_set_unmask(self, fd):
         old, self._intx_unmask = self._intx_unmask, fd

@@ -11,14 +11,6 @@
 
 #include "hostsim_proto.h"
 
-// Inside a spin: let any runnable task of this CPU run first. On these
-// 2-CPU machines the guest's QEMU, host_sim and the device model are three
-// tasks, and two spinning ones starved the third (bench disk, AHCI, 64 MiB,
-// alternating runs: 278/291 MB/s and 937 IOPS spinning with pause alone,
-// 320/336 MB/s and 1440 IOPS yielding; bench pio 64.3 -> 58.9 us per read).
-static void hs_spin_relax(void) {
-    sched_yield();
-}
 
 // Bounded: a peer flipping a state byte without end must not hold us.
 #define HS_SIM_CAS_TRIES 64
@@ -165,7 +157,7 @@ static int spin_for_answer(hs_sim_evtchn_t *h, uint32_t port, const uint8_t *sta
             }
             __builtin_ia32_pause();
         }
-        hs_spin_relax();
+        sched_yield();  // to any runnable task (hostsim_libs.c's hs_spin_relax: why)
         if (now_ns() >= end) {
             return 0;
         }

@@ -31,14 +31,6 @@
 #include "hostsim_evtchn_sim.h"
 #include "vfu_fast.h"
 
-// Inside a spin: let any runnable task of this CPU run first. On these
-// 2-CPU machines the guest's QEMU, host_sim and the device model are three
-// tasks, and two spinning ones starved the third (bench disk, AHCI, 64 MiB,
-// alternating runs: 278/291 MB/s and 937 IOPS spinning with pause alone,
-// 320/336 MB/s and 1440 IOPS yielding; bench pio 64.3 -> 58.9 us per read).
-static void hs_spin_relax(void) {
-    sched_yield();
-}
 
 #define HDR_SIZE 16
 #define RW_SIZE 16
@@ -167,7 +159,7 @@ static int spin_readable(struct pollfd *fds, int nfds, uint32_t spin_ns) {
             return 0;
         }
         __builtin_ia32_pause();
-        hs_spin_relax();
+        sched_yield();  // to any runnable task (hostsim_libs.c's hs_spin_relax: why)
     }
 }
 
@@ -265,7 +257,7 @@ static int relay_spin(vfu_relay_t *r) {
             return 0;
         }
         __builtin_ia32_pause();
-        hs_spin_relax();
+        sched_yield();  // to any runnable task (hostsim_libs.c's hs_spin_relax: why)
     }
 }
 
