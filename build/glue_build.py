@@ -133,6 +133,7 @@ void free(void *);
 void stubdm_barrier(void);
 void stubdm_atomic_add32(void *p, uint32_t v);
 uint32_t stubdm_inet_sum(const uint8_t *p, size_t n);
+int stubdm_evtchn_pending_nowait(xenevtchn_handle *xce);
 void *stubdm_own_pages(uint32_t count, uint64_t *frames);
 int stubdm_free_own_pages(void *addr, uint32_t count, const uint64_t *frames);
 int stubdm_share_frames(xengntshr_handle *xgs, void *addr, uint32_t count, uint64_t *frames);
@@ -173,6 +174,21 @@ static void stubdm_atomic_add32(void *p, uint32_t v) { __atomic_fetch_add((uint3
 // Pages of our own memory by frame number (fbif.h's page-ref): host_sim's
 // call; in dom0 (Xen's libraries) a process has no frame numbers of its own.
 #include <errno.h>
+#include <poll.h>
+// xenevtchn_pending without blocking: -1 with EAGAIN when nothing is
+// delivered (as MiniOS's xenevtchn_pending returns -1 then). Linux's evtchn
+// device blocks in read, so look first.
+static int stubdm_evtchn_pending_nowait(xenevtchn_handle *xce) {
+    struct pollfd p = {.fd = xenevtchn_fd(xce), .events = POLLIN};
+    int n = poll(&p, 1, 0);
+    if (n <= 0) {
+        if (n == 0) {
+            errno = EAGAIN;
+        }
+        return -1;
+    }
+    return xenevtchn_pending(xce);
+}
 #ifdef STUBDM_GLUE_SIM
 #include "hostsim_internal.h"
 static void *stubdm_own_pages(uint32_t count, uint64_t *frames) {

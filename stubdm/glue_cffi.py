@@ -22,6 +22,7 @@ else:
 PRIVCMD = ("/dev/xen/privcmd", "/proc/xen/privcmd")
 ENODEV = 19
 ENOSYS = 38
+EAGAIN = 11
 
 PAGE_SHIFT = 12
 _PAGE_SIZE = 1 << PAGE_SHIFT
@@ -169,6 +170,13 @@ class Xen:
 
     def pending(self):
         return _check(lib.xenevtchn_pending(self.xce))
+
+    def pending_nowait(self):
+        """The next delivered port, or -1 at once when none is."""
+        r = lib.stubdm_evtchn_pending_nowait(self.xce)
+        if r < 0 and ffi.errno == EAGAIN:
+            return -1
+        return _check(r)
 
     def unmask(self, port):
         return _check(lib.xenevtchn_unmask(self.xce, port))

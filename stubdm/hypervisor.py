@@ -130,6 +130,14 @@ class Hypervisor:
         except OSError as e:
             raise HypervisorError("evtchn pending", _err(e))
 
+    def pending_nowait(self):
+        """The next delivered port, or -1 at once when none is (or the handle
+        failed: the poll that follows sees why)."""
+        try:
+            return self.xen.pending_nowait()
+        except OSError:
+            return -1
+
     def unmask(self, port):
         try:
             self.xen.unmask(port)

@@ -53,6 +53,8 @@ while True:
             out = ready(args[0])
         elif cmd == "pending":
             out = ",".join(str(x.pending()) for _ in range(args[0]))
+        elif cmd == "nowait":
+            out = ",".join(str(x.pending_nowait()) for _ in range(args[0]))
         elif cmd == "unmask":
             out = x.unmask(args[0])
         elif cmd == "notify":
@@ -141,6 +143,27 @@ def test_delivered_once_masked_until_unmask_then_again(rig):
     hv.signal(port)
     assert int(dm.do("ready 0")) & POLLIN
     assert dm.do("pending 1") == str(local)
+
+
+def test_pending_nowait_takes_what_is_delivered_and_never_blocks(rig):
+    hv, dm = rig
+    answers = []
+    port = hv.evtchn.alloc_unbound(hv.domid, hv.dm_domid,
+                                   callback=lambda _p: answers.append(hv.signal(port)))
+    local = int(dm.do("bind %d" % port))
+    # Nothing delivered: -1 at once (host_sim is not even served meanwhile).
+    assert dm.do("nowait 2", pump=False, timeout=5) == "-1,-1"
+    hv.signal(port)
+    # Delivered once, then masked: nothing more to take.
+    assert dm.do("nowait 2") == "%d,-1" % local
+    assert dm.do("unmask %d" % local) == "0"
+    assert dm.do("nowait 1") == "-1"
+    # The device model notifies; host_sim's answer is the next event, taken by
+    # the main loop's burst without waiting in poll.
+    assert dm.do("notify %d 1" % local) == "0"
+    assert int(dm.do("ready 5000")) & POLLIN
+    assert dm.do("nowait 2") == "%d,-1" % local
+    assert answers == [True]
 
 
 def test_notify_storm_coalesces_and_only_own_ports_count(rig):

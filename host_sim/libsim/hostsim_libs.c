@@ -16,6 +16,7 @@
 // that call from several threads (qemu-xen).
 #define _GNU_SOURCE
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <sched.h>
@@ -843,6 +844,15 @@ static uint64_t hs_now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+// Spin (yielding) until fd is readable, or until the monotonic clock reaches
+// end_ns.
+static void hs_wait_readable(int fd, uint64_t end_ns) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    while (poll(&p, 1, 0) == 0 && hs_now_ns() < end_ns) {
+        hs_spin_relax();
+    }
+}
+
 static void hs_spin_for_event(xenevtchn_handle *xce, evtchn_port_t port) {
     pthread_mutex_lock(&xce->lock);
     uint32_t window = xce->answer_port == port ? xce->spin_ns : 0;
@@ -866,7 +876,12 @@ static void hs_spin_for_event(xenevtchn_handle *xce, evtchn_port_t port) {
         for (;;) {
             for (int i = 0; i < 64; i++) {
                 if (__atomic_load_n(prod, __ATOMIC_ACQUIRE) != cons) {
-                    return;  // an event came: the window was right
+                    // An event came: the window was right. host_sim writes
+                    // its byte just after the entry: return once it is there,
+                    // so that a poll (or a pending() that must not block)
+                    // right after this notify finds it.
+                    hs_wait_readable(xce->fd, start + window);
+                    return;
                 }
                 __builtin_ia32_pause();
             }

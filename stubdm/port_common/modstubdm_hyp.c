@@ -26,6 +26,7 @@
 //                                     (mapped for the life of the process)
 //     .evtchn_fd() -> fd, .bind_interdomain(remote_port) -> local port,
 //     .pending() -> port, .unmask(port), .notify(port)
+//     .pending_nowait() -> port, or -1 at once when none is delivered
 //     .bind_unbound_port(remote_domid) -> local port, .unbind(port)
 //     .share_pages(remote_domid, count, writable)
 //                                  -> (address, refs tuple, writable memoryview):
@@ -99,6 +100,9 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#ifndef STUBDM_PLATFORM_MINIOS
+#include <poll.h>
+#endif
 #include <xenctrl.h>
 #include <xendevicemodel.h>
 #include <xenevtchn.h>
@@ -429,6 +433,30 @@ static mp_obj_t xen_unmask(mp_obj_t self_in, mp_obj_t port) {
     return check(xenevtchn_unmask(XEN(self_in)->xce, (evtchn_port_t)get_int(port)));
 }
 static MP_DEFINE_CONST_FUN_OBJ_2(xen_unmask_obj, xen_unmask);
+
+// MiniOS's xenevtchn_pending returns -1 when nothing is delivered; Linux's
+// evtchn device (and host_sim's) blocks in read, so look first.
+static mp_obj_t xen_pending_nowait(mp_obj_t self_in) {
+    xenevtchn_handle *xce = XEN(self_in)->xce;
+#ifndef STUBDM_PLATFORM_MINIOS
+    struct pollfd p = {.fd = xenevtchn_fd(xce), .events = POLLIN};
+    int n = poll(&p, 1, 0);
+    if (n == 0) {
+        return MP_OBJ_NEW_SMALL_INT(-1);
+    }
+    if (n < 0) {
+        return check(-1);
+    }
+#endif
+    int r = xenevtchn_pending(xce);
+#ifdef STUBDM_PLATFORM_MINIOS
+    if (r < 0) {
+        return MP_OBJ_NEW_SMALL_INT(-1);
+    }
+#endif
+    return check(r);
+}
+static MP_DEFINE_CONST_FUN_OBJ_1(xen_pending_nowait_obj, xen_pending_nowait);
 
 static mp_obj_t xen_notify(mp_obj_t self_in, mp_obj_t port) {
     return check(xenevtchn_notify(XEN(self_in)->xce, (evtchn_port_t)get_int(port)));
@@ -773,6 +801,7 @@ static const mp_rom_map_elem_t xen_locals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_populate_physmap), MP_ROM_PTR(&xen_populate_physmap_obj) },
     { MP_ROM_QSTR(MP_QSTR_relocate_memory), MP_ROM_PTR(&xen_relocate_memory_obj) },
     { MP_ROM_QSTR(MP_QSTR_track_dirty_vram), MP_ROM_PTR(&xen_track_dirty_vram_obj) },
+    { MP_ROM_QSTR(MP_QSTR_pending_nowait), MP_ROM_PTR(&xen_pending_nowait_obj) },
 };
 static MP_DEFINE_CONST_DICT(xen_locals, xen_locals_table);
 
