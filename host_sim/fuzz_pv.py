@@ -200,7 +200,12 @@ class NetTarget:
 
     def __init__(self, rng):
         self.rng = rng
-        self.fe = connect(NetFront, "vif", "0", {"feature-rx-copy": "1", "feature-sg": "1"})
+        feats = {"feature-rx-copy": "1", "feature-sg": "1"}
+        for k in ("feature-gso-tcpv4", "feature-gso-tcpv6", "feature-ipv6-csum-offload",
+                  "feature-no-csum-offload"):
+            if rng.random() < 0.5:
+                feats[k] = rng.choice(("1", "1", "0", "x"))
+        self.fe = connect(NetFront, "vif", "0", feats)
         self.fe.xs.values[self.fe.path + "/mac"] = "00:16:3e:00:00:01"
         self.got = 0
         self.fe.set_receiver(self.receive)
@@ -217,7 +222,14 @@ class NetTarget:
             self.__init__(rng)
             return "reconnected"
         for _ in range(rng.randint(0, 2)):
-            fe.transmit(bytes(rng.choice((14, 60, 1514, 9000, 70000, 3))))
+            frame = bytes(rng.choice((14, 60, 1514, 9000, 65535, 70000, 3)))
+            if rng.random() < 0.5:  # an offload the NIC may or may not have been offered
+                fe.transmit(frame, rng.choice((1, 2, 4, 8)), rng.choice((0, 1448, 65535, 70000)))
+            else:
+                fe.transmit(frame)
+        before = fe.tx.in_flight() if fe.tx is not None else 0
+        if before > fe.tx.size if fe.tx is not None else False:
+            raise Finding("netfront has %d TX requests in flight" % before)
         if fe.rx_paused and rng.random() < 0.5:
             fe.rx_resume()
         if fe.tx is None:
@@ -237,6 +249,170 @@ class NetTarget:
                 struct.pack_into(fmt, ring.mem, slot, *make())
             struct.pack_into("<I", ring.mem, 8, _garble_rsp_prod(rng, ring, k))
         fe.on_event(fe.port)
+
+
+class _NetbackGrants:
+    """The frontend's granted pages, as host_sim's grant copy sees them."""
+
+    def __init__(self, count):
+        self.pages = {ref: bytearray(4096) for ref in range(8, 8 + count)}
+
+    def copy_from(self, mapper, dom, ref, offset, length):
+        import errno
+        from host_sim.grants import GrantError
+        page = self.pages.get(ref)
+        if page is None:
+            raise GrantError(errno.EINVAL, "grant %d is not granted" % ref)
+        if offset < 0 or length < 0 or offset + length > 4096:
+            raise GrantError(errno.EINVAL, "copy of %r+%r crosses the page" % (offset, length))
+        return bytes(page[offset:offset + length])
+
+
+class _FakeHv:
+    def __init__(self, pages):
+        self.grants = _NetbackGrants(pages)
+
+
+def netback_rig(offload=True, pages=40):
+    """host_sim's NetBack's TX side alone, in-process and without a TAP (what it
+    would write goes to sent_to_wire), its ring driven by a FrontRing: (nb, ring,
+    grants). nb._serve_tx() serves what was pushed."""
+    from host_sim.backends.netback import NetBack
+    from host_sim.backends.ring import BackRing
+    from stubdm.frontends.ring import FrontRing
+    nb = NetBack.__new__(NetBack)  # no xenstore, event channel or TAP
+    nb.offload = offload
+    nb.name = "vif 2/0"
+    nb.frontend_domid = 2
+    nb.logged = []
+    nb.log = nb.logged.append
+    nb.stats = {k: 0 for k in ("tx_packets", "tx_errors", "tx_bytes", "tx_gso",
+                               "tx_csum_blank")}
+    nb.tap = -1
+    nb.sent_to_wire = []
+    nb.hv = _FakeHv(pages)
+    mem = bytearray(4096)
+    ring = FrontRing(mem, A.NETIF_TX_REQ_SIZE, A.NETIF_TX_RSP_SIZE, lambda: None,
+                     name="fe tx")
+    nb.tx = BackRing(mem, A.NETIF_TX_REQ_SIZE, A.NETIF_TX_RSP_SIZE, name="be tx",
+                     log=nb.logged.append)
+    nb.notify = lambda: None
+    return nb, ring, nb.hv.grants
+
+
+def tcp_packet(rng, v4=True, payload=0, udp=False):
+    """An Ethernet frame with an IPv4/IPv6 TCP (or UDP) packet of payload bytes,
+    lengths right, checksums not filled."""
+    l4 = 8 if udp else 20
+    pay = bytes(rng.getrandbits(8) for _ in range(min(payload, 64))) * (payload // 64 + 1)
+    pay = pay[:payload]
+    seg = bytearray(l4) + pay
+    if udp:
+        struct.pack_into(">HHH", seg, 0, 1000, 2000, len(seg))
+    else:
+        struct.pack_into(">HHIIBB", seg, 0, 1000, 2000, 1, 0, 5 << 4, 0x18)
+    eth = bytearray(b"\x00\x16\x3e\x00\x00\x01\x00\x16\x3e\x00\x00\x02")
+    if v4:
+        ip = bytearray(20)
+        struct.pack_into(">BBHHHBBH4s4s", ip, 0, 0x45, 0, 20 + len(seg), 1, 0, 64,
+                         17 if udp else 6, 0, b"\x0a\0\0\x0f", b"\x0a\0\0\x02")
+        return bytes(eth + b"\x08\x00" + ip + seg)
+    ip = bytearray(40)
+    struct.pack_into(">IHBB16s16s", ip, 0, 6 << 28, len(seg), 17 if udp else 6, 64,
+                     b"\xfe\x80" + bytes(14), b"\xfe\x80" + bytes(13) + b"\x02")
+    return bytes(eth + b"\x86\xdd" + ip + seg)
+
+
+def put_tx_packet(ring, grants, frame, flags=0, extras=(), lie=0):
+    """netfront's requests for frame (its pages from grants), the extras (each
+    8 bytes of a netif_extra_info) after the first request; lie: added to the
+    first slot's size. Returns how many requests were put (0: no room)."""
+    n = len(frame)
+    slots = max(1, (n + 4095) // 4096)
+    if ring.free_requests() < slots + len(extras) or slots > len(grants.pages):
+        return 0
+    refs = sorted(grants.pages)
+    pos = 0
+    for i in range(slots):
+        chunk = frame[pos:pos + 4096]
+        grants.pages[refs[i]][0:len(chunk)] = chunk
+        fl = (A.NETTXF_more_data if i + 1 < slots else 0) | (flags if i == 0 else 0)
+        if i == 0 and extras:
+            fl |= A.NETTXF_extra_info
+        size = (n + lie) & 0xFFFF if i == 0 else len(chunk)
+        struct.pack_into(A.NETIF_TX_REQ_FMT, ring.new_request(), 0, refs[i], 0, fl, i, size)
+        if i == 0:
+            for e in extras:
+                ring.new_request()[0:8] = e
+        pos += 4096
+    ring.push_requests()
+    return slots + len(extras)
+
+
+def gso_extra(size, gtype, eflags=0, etype=A.XEN_NETIF_EXTRA_TYPE_GSO):
+    return struct.pack(A.NETIF_EXTRA_GSO_FMT, etype, eflags, size, gtype, 0)
+
+
+class NetbackTarget:
+    """A hostile netfront against host_sim's netback's TX parsing: csum_blank on
+    any frame, GSO extras of any size and type, extra-info types never
+    negotiated, chains that lie. Every request must be answered, nothing may
+    escape, and what reaches the wire must carry a sound vnet header."""
+
+    name = "netback"
+
+    def __init__(self, rng):
+        self.rng = rng
+        self.nb, self.ring, self.grants = netback_rig(offload=rng.random() < 0.9)
+        self.put = 0
+
+    def step(self):
+        rng, nb, ring = self.rng, self.nb, self.ring
+        for _ in range(rng.randint(1, 3)):
+            kind = rng.random()
+            if kind < 0.6:
+                frame = tcp_packet(rng, v4=rng.random() < 0.7,
+                                   payload=rng.choice((0, 10, 1448, 3000, 20000, 65000)),
+                                   udp=rng.random() < 0.2)
+                if len(frame) > 0xFFFF:
+                    frame = frame[:0xFFFF]
+            else:
+                frame = bytes(rng.getrandbits(8) for _ in range(rng.choice((3, 14, 60, 200))))
+            flags = rng.choice((0, A.NETTXF_csum_blank,
+                                A.NETTXF_csum_blank | A.NETTXF_data_validated,
+                                A.NETTXF_data_validated))
+            extras = []
+            if rng.random() < 0.5:
+                for _ in range(rng.choice((1, 1, 1, 1, 2, 5))):
+                    extras.append(gso_extra(rng.choice((1448, 1448, 0, rng.getrandbits(16))),
+                                            rng.choice((1, 1, 1, 2, 0, 3, 255)),
+                                            rng.choice((0, 0, 0, A.XEN_NETIF_EXTRA_FLAG_MORE)),
+                                            rng.choice((1,) * 6 + (0, 2, 4, 5, 200))))
+            lie = rng.choice((0,) * 8 + (1, -1, 4096, -30))
+            self.put += put_tx_packet(ring, self.grants, frame, flags, extras, lie)
+        nb._serve_tx()
+        while True:
+            rsp = ring.get_response()
+            if rsp is None:
+                break
+            self.put -= 1
+        if self.put != 0 and nb.tx.broken is None:
+            raise Finding("netback left %d requests unanswered" % self.put)
+        self.put = 0
+        for hdr, frame in nb.sent_to_wire:
+            fl, gtype, hdr_len, gsize, start, off = struct.unpack("<BBHHHH", hdr)
+            if fl & 1 and start + off + 2 > len(frame):
+                raise Finding("a vnet header's checksum at %d+%d past a %d-byte frame"
+                              % (start, off, len(frame)))
+            if gtype and (gsize == 0 or hdr_len > len(frame) or not fl & 1):
+                raise Finding("a GSO vnet header (size %d, headers %d) on %d bytes"
+                              % (gsize, hdr_len, len(frame)))
+            if not 14 <= len(frame) <= 0xFFFF:
+                raise Finding("netback sent a %d-byte frame" % len(frame))
+        nb.sent_to_wire = []
+        if nb.tx.broken is not None:
+            self.__init__(rng)
+            return "reconnected"
 
 
 class _Line:
@@ -378,8 +554,8 @@ class KbdTarget:
 
 
 TARGETS = {"blkfront": BlkTarget, "netfront": NetTarget, "fbfront": FbTarget,
-           "kbdfront": KbdTarget}
-ALL = ("blkfront", "netfront", "fbfront", "kbdfront")
+           "kbdfront": KbdTarget, "netback": NetbackTarget}
+ALL = ("blkfront", "netfront", "fbfront", "kbdfront", "netback")
 
 
 def run(requests, seed, targets=("blkfront", "netfront"), slow_ms=50.0, progress=None):

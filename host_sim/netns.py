@@ -24,6 +24,7 @@ CLONE_NEWNET = 0x40000000
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000  # every frame read or written carries a virtio_net_hdr first
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -75,9 +76,12 @@ class Namespace:
         return subprocess.Popen(["nsenter", "--net=" + self.path] + cmd,
                                 preexec_fn=die_with_parent, **kw)
 
-    def open_tap(self, name, address=None):
+    def open_tap(self, name, address=None, vnet_hdr=False):
         """A TAP device inside the namespace, up (with address, e.g. "10.0.2.2/24"):
-        returns its fd (non-blocking), ours to close."""
+        returns its fd (non-blocking), ours to close. vnet_hdr: every frame read
+        and written starts with a 10-byte virtio_net_hdr (IFF_VNET_HDR), which
+        lets a writer hand the kernel a GSO packet or one with its checksum to
+        be filled (as Linux's netback hands a GSO skb to the stack)."""
         if len(name) >= 16:
             raise NetnsError("TAP name %r is too long" % name)
         mine = os.open("/proc/self/ns/net", os.O_RDONLY)
@@ -89,7 +93,8 @@ class Namespace:
                 fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
             finally:
                 _setns(mine)
-            ifr = struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI)
+            flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
+            ifr = struct.pack("16sH22x", name.encode(), flags)
             fcntl.ioctl(fd, TUNSETIFF, ifr)
         except Exception:
             if fd >= 0:

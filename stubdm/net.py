@@ -11,6 +11,19 @@
 #       itself before transmitting). False: no room now; the frame was not
 #       taken. The NIC keeps it and tries again after net.on_tx_room() is
 #       called (set on_tx_room to a callable).
+#   net.tx_offload      0, or the TX_* bits below the network takes in
+#       net.transmit(frame, offload, mss) (absent: 0). offload is one bit:
+#       TX_CSUM / TX_CSUM6: a TCP or UDP over IPv4 / IPv6 frame whose L4
+#           checksum field holds the sum to start from (the pseudo-header's
+#           with the L4 length, as Linux's CHECKSUM_PARTIAL): the network sums
+#           from the L4 header to the frame's end and puts the complement
+#           there. Everything else (the IPv4 header's checksum) is complete.
+#       TX_TSO4 / TX_TSO6: as TX_CSUM*, for one TCP packet of any size up to
+#           MAX_FRAME, its IP length covering all of it, to be cut into
+#           segments of mss payload bytes (IP length and ID, TCP sequence,
+#           FIN/PSH and every checksum done per segment, as a TSO NIC does).
+#       netfront passes them to netback as netif's csum_blank and GSO extra;
+#       netutil.finish() does the same work in software (tests, saves).
 #   net.set_receiver(fn)
 #       fn(frame) -> bool for every frame from the wire (a memoryview valid
 #       only during the call: copy it). False: the NIC has no room; the frame
@@ -27,6 +40,10 @@
 # longer are refused by both sides.
 MAX_FRAME = 0xFFFF
 MIN_FRAME = 14
+TX_CSUM = 1
+TX_CSUM6 = 2
+TX_TSO4 = 4
+TX_TSO6 = 8
 # A NIC holds at most one TX batch for the network (a TSO burst: 64 segments).
 MAX_HELD_FRAMES = 256
 
@@ -47,8 +64,12 @@ def load_txq(saved, name):
 class MemoryNet:
     """A wire in a list, for tests: what the NIC sent, and frames to give it."""
 
-    def __init__(self, mac=b"\x00\x16\x3e\x00\x00\x01", tx_room=1 << 30):
+    def __init__(self, mac=b"\x00\x16\x3e\x00\x00\x01", tx_room=1 << 30, tx_offload=0):
         self.mac = mac
+        # Offloaded frames are finished here in software: `sent` holds what
+        # the wire would carry; `offloaded` counts (offload, mss) per frame.
+        self.tx_offload = tx_offload
+        self.offloaded = []
         self.link_up = True
         self.sent = []
         self.tx_room = tx_room
@@ -60,11 +81,27 @@ class MemoryNet:
         self.backlog = []
         self.paused = False
 
-    def transmit(self, frame):
+    def transmit(self, frame, offload=0, mss=0):
         if self.tx_room <= 0 or not MIN_FRAME <= len(frame) <= MAX_FRAME:
             return False
+        if offload:
+            if not offload & self.tx_offload:
+                raise AssertionError("offload %d not offered" % offload)
+            from stubdm.devices import netutil
+            h = netutil.parse(frame)
+            co = netutil.csum_offset(h.proto) if h is not None else -1
+            if co < 0 or netutil.get16(frame, h.l4 + co) % 0xFFFF != \
+                    netutil.pseudo_sum(frame, h, h.l4_end - h.l4) % 0xFFFF:
+                raise AssertionError("an offloaded frame's L4 field is not its pseudo-header sum")
+            frames = netutil.finish(bytearray(frame), offload, mss)
+            if frames is None:
+                raise AssertionError("an offloaded frame netutil cannot finish")
+            self.offloaded.append((offload, mss))
+        else:
+            frames = (frame,)
         self.tx_room -= 1
-        self.sent.append(bytes(frame))
+        for f in frames:
+            self.sent.append(bytes(f))
         return True
 
     def set_receiver(self, fn):

@@ -4,7 +4,21 @@ Offers what a frontend needs of Linux's xen-netback (DESIGN.md 13): feature-sg (
 packet over several slots), feature-rx-copy (the backend copies into the frontend's
 posted pages; the only RX mode), one event channel for both rings. It copies with
 host_sim's grant copy, as netback does with GNTTABOP_copy: the frontend's pages are
-never mapped. Frames read from the TAP are complete (no vnet header): RX flags 0.
+never mapped. Frames read from the TAP are complete (the kernel is offered no
+offload on that side: its vnet header says nothing): RX flags 0.
+
+Offloads, as Linux's netback: checksum offload for IPv4 (on unless it says
+feature-no-csum-offload) and IPv6 (feature-ipv6-csum-offload), and GSO
+(feature-gso-tcpv4/-tcpv6). A csum_blank packet's headers are parsed (as
+skb_checksum_setup: untagged IPv4 or IPv6, TCP or UDP) and it goes to the TAP
+(opened with IFF_VNET_HDR) with a virtio_net_hdr saying NEEDS_CSUM at the L4
+checksum field, plus the GSO type and size from its extra-info slot: the
+kernel segments and sums, as for a GSO skb netback hands to the stack. A GSO
+packet without csum_blank gets its pseudo-header sum put in, as netback's
+checksum fixup does. GSO size 0, a type not offered, an extra-info type never
+negotiated, headers that don't parse: an error response (Linux's netback calls
+the first two fatal and stops the vif; here the packet is refused, logged, and
+the vif goes on). offload=False offers none of it (the old behaviour).
 
 Back-pressure: a frame is read from the TAP only when the frontend has posted enough
 RX slots for the largest frame; otherwise it waits in the TAP's queue (the kernel
@@ -18,6 +32,8 @@ import errno
 import os
 import struct
 
+from stubdm.devices import netutil
+
 from host_sim.backends.base import BACKEND_DOMID, MAX_PORT, MAX_REF, Backend, BackendError
 from host_sim.backends.ring import BackRing
 from host_sim.evtchn import EvtchnError
@@ -26,6 +42,15 @@ from stubdm import pv_abi as A
 
 MAX_FRAME = A.XEN_NETIF_MAX_TX_SIZE
 MAX_SLOTS = A.XEN_NETIF_NR_SLOTS_MIN  # slots one packet may span (Linux netback's default)
+MAX_EXTRAS = A.XEN_NETIF_EXTRA_TYPE_MAX - 1  # one of each type at most
+
+# struct virtio_net_hdr (linux/virtio_net.h), little-endian on a TAP by default
+VNET_HDR_FMT = "<BBHHHH"  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
+VNET_HDR_LEN = 10
+VNET_F_NEEDS_CSUM = 1
+VNET_GSO_TCPV4 = 1
+VNET_GSO_TCPV6 = 4
+PLAIN_HDR = bytes(VNET_HDR_LEN)
 
 
 class NetBack(Backend):
@@ -34,26 +59,35 @@ class NetBack(Backend):
     RSP_SIZE = A.NETIF_TX_RSP_SIZE
 
     def __init__(self, hv, xs_socket, frontend_domid, devid, ns=None, tap_address=None,
-                 log=None):
+                 log=None, offload=True):
+        self.offload = offload
         super().__init__(hv, xs_socket, frontend_domid, devid, log=log)
         self.ns = ns
         self.tap_name = "vif%d.%s" % (frontend_domid, devid)
         self.tap = -1
         self.tap_polled = False
         if ns is not None:
-            self.tap = ns.open_tap(self.tap_name, tap_address)
+            self.tap = ns.open_tap(self.tap_name, tap_address, vnet_hdr=True)
             self._poll_tap(True)
         self.tx = self.rx = None
         self.tx_map = self.rx_map = None
         self.rx_posted = []  # (id, gref) the frontend gave us to fill
         self.rx_cons_pending = False
-        self.sent_to_wire = []  # with no TAP (tests): what the frontend transmitted
+        # With no TAP (tests): what the frontend transmitted, each as the TAP
+        # would get it: (virtio_net_hdr bytes, frame).
+        self.sent_to_wire = []
         self.stats.update({"tx_packets": 0, "rx_packets": 0, "tx_errors": 0, "rx_dropped": 0,
-                           "tx_bytes": 0, "rx_bytes": 0})
+                           "tx_bytes": 0, "rx_bytes": 0, "tx_gso": 0, "tx_csum_blank": 0})
 
     def features(self):
-        return {"feature-sg": 1, "feature-rx-copy": 1, "feature-rx-flip": 0,
-                "feature-multicast-control": 0}
+        f = {"feature-sg": 1, "feature-rx-copy": 1, "feature-rx-flip": 0,
+             "feature-multicast-control": 0}
+        if self.offload:
+            f.update({"feature-gso-tcpv4": 1, "feature-gso-tcpv6": 1,
+                      "feature-ipv6-csum-offload": 1})
+        else:
+            f["feature-no-csum-offload"] = 1
+        return f
 
     # ---- two rings, one event channel ----
     def _connect(self):
@@ -124,9 +158,29 @@ class NetBack(Backend):
 
     def _tx_packet(self, ring, first):
         slots = [struct.unpack(A.NETIF_TX_REQ_FMT, first)]
-        flags = slots[0][2]
+        first_flags = flags = slots[0][2]
         bad = None
-        while flags & (A.NETTXF_more_data | A.NETTXF_extra_info):
+        extras = 0  # extra-info slots after the first (each answered NETIF_RSP_NULL)
+        gso = None  # (size, type) from a GSO extra
+        if flags & A.NETTXF_extra_info:
+            more = True
+            while more:
+                nxt = ring.get_request()
+                if nxt is None:
+                    bad = "a packet's extra-info slot is missing"
+                    break
+                extras += 1
+                etype, eflags, gsize, gtype, _feat = struct.unpack_from(A.NETIF_EXTRA_GSO_FMT,
+                                                                        nxt)
+                more = eflags & A.XEN_NETIF_EXTRA_FLAG_MORE
+                if extras > MAX_EXTRAS:
+                    bad = "more than %d extra-info slots" % MAX_EXTRAS
+                    break
+                if etype != A.XEN_NETIF_EXTRA_TYPE_GSO or not self.offload:
+                    bad = "extra info type %d (not negotiated)" % etype
+                    break
+                gso = (gsize, gtype)
+        while bad is None and flags & A.NETTXF_more_data:
             if len(slots) >= MAX_SLOTS:
                 bad = "more than %d slots" % MAX_SLOTS
                 break
@@ -136,6 +190,13 @@ class NetBack(Backend):
                 break
             slots.append(struct.unpack(A.NETIF_TX_REQ_FMT, nxt))
             flags = slots[-1][2]
+            if flags & A.NETTXF_extra_info:
+                bad = "extra info on a slot after the first"
+        if bad is None and gso is not None:
+            if gso[0] == 0:
+                bad = "GSO size 0"
+            elif gso[1] not in (A.XEN_NETIF_GSO_TYPE_TCPV4, A.XEN_NETIF_GSO_TYPE_TCPV6):
+                bad = "GSO type %d (not offered)" % gso[1]
         total = slots[0][4]
         data = []
         got = 0
@@ -144,9 +205,6 @@ class NetBack(Backend):
             # others do not carry.
             first_len = total - sum(s[4] for s in slots[1:])
             for i, (gref, off, fl, _id, size) in enumerate(slots):
-                if fl & A.NETTXF_extra_info:
-                    bad = "extra info (not negotiated)"
-                    break
                 n = first_len if i == 0 else size
                 if n < 0 or off + n > PAGE:
                     bad = "slot %d: %d bytes at %d cross its page" % (i, n, off)
@@ -161,28 +219,70 @@ class NetBack(Backend):
         if bad is None and not (A.NETIF_RSP_OKAY <= total <= MAX_FRAME and got == total
                                 and total >= 14):
             bad = "size %d does not match its slots (%d)" % (total, got)
+        hdr = PLAIN_HDR
+        frame = None
+        if bad is None:
+            frame = b"".join(data)
+            if first_flags & A.NETTXF_csum_blank or gso is not None:
+                frame = bytearray(frame)
+                hdr, bad = self._offload_hdr(frame, first_flags & A.NETTXF_csum_blank, gso)
         status = A.NETIF_RSP_OKAY
         if bad is not None:
             status = A.NETIF_RSP_ERROR
             self.stats["tx_errors"] += 1
             self.log("%s: TX packet dropped: %s" % (self.name, bad))
         else:
-            frame = b"".join(data)
             self.stats["tx_packets"] += 1
             self.stats["tx_bytes"] += len(frame)
-            self._to_wire(frame)
-        for s in slots:
+            self._to_wire(frame, hdr)
+        # A response per request, the extra-info slots' NETIF_RSP_NULL right
+        # after the first's (as make_tx_response).
+        for i, s in enumerate(slots):
             rsp = ring.new_response()
             if rsp is None:
                 break
             struct.pack_into(A.NETIF_TX_RSP_FMT, rsp, 0, s[3], status)
+            if i == 0:
+                for _ in range(extras):
+                    rsp = ring.new_response()
+                    if rsp is None:
+                        break
+                    struct.pack_into(A.NETIF_TX_RSP_FMT, rsp, 0, 0, A.NETIF_RSP_NULL)
 
-    def _to_wire(self, frame):
+    def _offload_hdr(self, frame, csum_blank, gso):
+        """The virtio_net_hdr for a csum_blank or GSO packet (its headers parsed as
+        Linux's skb_checksum_setup does), or (None, why it is refused)."""
+        if not self.offload:
+            return None, "csum_blank (feature-no-csum-offload)"
+        h = netutil.parse(frame)
+        if h is None or h.ip != netutil.ETH_HLEN:
+            return None, "csum_blank: not an untagged IPv4 or IPv6 packet"
+        co = netutil.csum_offset(h.proto)
+        if co < 0 or h.l4 + co + 2 > len(frame):
+            return None, "csum_blank: no TCP or UDP checksum in the packet"
+        hdr_len = h.l4 + co + 2
+        vtype = 0
+        size = 0
+        if gso is not None:
+            size, gtype = gso
+            hl = netutil.tcp_hdr_len(frame, h)
+            if h.v4 != (gtype == A.XEN_NETIF_GSO_TYPE_TCPV4) or not hl:
+                return None, "GSO type %d on a packet that is not one" % gtype
+            vtype = VNET_GSO_TCPV4 if h.v4 else VNET_GSO_TCPV6
+            hdr_len = h.l4 + hl
+            self.stats["tx_gso"] += 1
+            if not csum_blank:  # netback's checksum fixup: the pseudo-header's sum
+                netutil.put16(frame, h.l4 + co, netutil.pseudo_sum(frame, h, h.l4_end - h.l4))
+        else:
+            self.stats["tx_csum_blank"] += 1
+        return struct.pack(VNET_HDR_FMT, VNET_F_NEEDS_CSUM, vtype, hdr_len, size, h.l4, co), None
+
+    def _to_wire(self, frame, hdr=PLAIN_HDR):
         if self.tap < 0:
-            self.sent_to_wire.append(frame)
+            self.sent_to_wire.append((hdr, bytes(frame)))
             return
         try:
-            os.write(self.tap, frame)
+            os.writev(self.tap, (hdr, frame))
         except OSError as e:
             if e.errno not in (errno.EAGAIN, errno.EIO):
                 raise
@@ -239,12 +339,17 @@ class NetBack(Backend):
                 return
             self._poll_tap(True)
             try:
-                frame = os.read(self.tap, MAX_FRAME)
+                buf = os.read(self.tap, VNET_HDR_LEN + MAX_FRAME)
             except BlockingIOError:
                 return
             except OSError:
                 return
-            self.receive(frame, push=False)
+            # Offered no offload, the kernel sends complete frames: a header
+            # saying otherwise is a frame we cannot give the frontend.
+            if len(buf) < VNET_HDR_LEN + 14 or buf[0] or buf[1]:
+                self.stats["rx_dropped"] += 1
+                continue
+            self.receive(buf[VNET_HDR_LEN:], push=False)
 
     def receive(self, frame, push=True):
         """A frame for the frontend: copied into its posted pages. False if no room.
@@ -278,7 +383,7 @@ class NetBack(Backend):
         return True
 
 
-def vif_device(ns, mac="00:16:3e:00:00:02", devid=0, address="10.0.2.2/24"):
+def vif_device(ns, mac="00:16:3e:00:00:02", devid=0, address="10.0.2.2/24", offload=True):
     """A scripted Session's pv_devices entry for a stub-domain NIC joined to a TAP in
     ns (a host_sim.netns.Namespace), with the keys libxl writes for one
     (libxl_nic.c: libxl__set_xenstore_nic / libxl__nic_from_xenstore)."""
@@ -286,4 +391,4 @@ def vif_device(ns, mac="00:16:3e:00:00:02", devid=0, address="10.0.2.2/24"):
             "hotplug-status": "connected"}
     front = {"handle": str(devid), "mac": mac}
     return ("vif", devid, NetBack, {"backend_keys": back, "frontend_keys": front, "ns": ns,
-                                    "tap_address": address})
+                                    "tap_address": address, "offload": offload})

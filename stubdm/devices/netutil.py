@@ -9,6 +9,7 @@
 # no per-byte or per-word Python loop (tests prove the two equal).
 from stubdm.compat import const
 from stubdm.hypervisor import glue
+from stubdm.net import TX_CSUM, TX_CSUM6, TX_TSO4
 
 _c_sum = getattr(glue, "inet_sum", None) if glue is not None else None
 
@@ -232,6 +233,34 @@ def segment(frame, h, hdr_len, mss, limit):
         pos += take
         i += 1
     return out
+
+
+def tcp_hdr_len(frame, h):
+    """The TCP header's length (its data offset), 0 if it is not a whole one."""
+    if h.proto != IPPROTO_TCP or h.l4 + 20 > h.l4_end:
+        return 0
+    n = (frame[h.l4 + 12] >> 4) * 4
+    return n if n >= 20 and h.l4 + n <= h.l4_end else 0
+
+
+def finish(frame, offload, mss):
+    """What the network makes of a frame handed over with stubdm.net's TX_*
+    offload (a bytearray): the complete frames, or None if the frame is not
+    one that offload describes."""
+    h = parse(frame)
+    if h is None or csum_offset(h.proto) < 0:
+        return None
+    if offload & (TX_CSUM | TX_CSUM6):
+        if not fill_l4_checksum(frame, h):
+            return None
+        return [frame]
+    hl = tcp_hdr_len(frame, h)
+    if not hl or h.v4 != bool(offload & TX_TSO4):
+        return None
+    if len(frame) - h.l4 - hl <= mss:  # one segment: just the checksum
+        fill_l4_checksum(frame, h)
+        return [frame]
+    return segment(frame, h, h.l4 + hl, mss, 1 << 16)
 
 
 def ether_crc(data):

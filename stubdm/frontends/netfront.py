@@ -21,6 +21,7 @@ from stubdm import log, pv_abi as A
 from stubdm.devices import netutil
 from stubdm.frontends.ring import FrontRing
 from stubdm.frontends.xenbus import Frontend
+from stubdm.net import TX_CSUM, TX_CSUM6, TX_TSO4, TX_TSO6
 
 PAGE = 4096
 TX_PAGES = 64
@@ -65,6 +66,9 @@ class NetFront(Frontend):
         self.rx_batches = True
         self.on_rx_done = None
         self.sg = False
+        # What the backend finishes for us (stubdm/net.py's TX_* bits): set
+        # at connection from its feature keys.
+        self.tx_offload = 0
         self.tx = self.rx = None
         self.tx_shared = self.rx_shared = self.tx_pool = self.rx_pool = None
         self.port = None
@@ -89,6 +93,21 @@ class NetFront(Frontend):
             self._fail("backend offers no feature-rx-copy")
             return
         self.sg = self.xs.read_int(be + "/feature-sg", 0, 1) == 1
+        # netif.h: IPv4 checksum offload is on unless the backend says
+        # feature-no-csum-offload, IPv6's only with feature-ipv6-csum-offload;
+        # GSO needs sg (a 64 KiB packet spans 16 slots) and the checksum.
+        off = 0
+        if self.xs.read_int(be + "/feature-no-csum-offload", 0, 1) != 1:
+            off |= TX_CSUM
+        if self.xs.read_int(be + "/feature-ipv6-csum-offload", 0, 1) == 1:
+            off |= TX_CSUM6
+        if self.sg and off & TX_CSUM and \
+                self.xs.read_int(be + "/feature-gso-tcpv4", 0, 1) == 1:
+            off |= TX_TSO4
+        if self.sg and off & TX_CSUM6 and \
+                self.xs.read_int(be + "/feature-gso-tcpv6", 0, 1) == 1:
+            off |= TX_TSO6
+        self.tx_offload = off
         hyp = self.hyp
         self.tx_shared = hyp.share_pages(self.backend_id, 1)
         self.rx_shared = hyp.share_pages(self.backend_id, 1)
@@ -139,6 +158,7 @@ class NetFront(Frontend):
         self.tx_pool = self.rx_pool = self.tx_shared = self.rx_shared = None
         self.tx_busy = {}
         self.tx_free = []
+        self.tx_offload = 0
         self.rx_chain = None
         self.held = None
         self._set_link(False)
@@ -151,18 +171,34 @@ class NetFront(Frontend):
     def set_receiver(self, fn):
         self.receiver = fn
 
-    def transmit(self, frame):
+    def transmit(self, frame, offload=0, mss=0):
         n = len(frame)
         if not self.link_up or self.tx is None:
             return True  # no wire: a real NIC's frames vanish too
-        if n < 14 or n > MAX_FRAME:
+        if n < 14 or n > MAX_FRAME or (offload and not offload & self.tx_offload):
             self.stats["tx_dropped"] += 1
             return True
         slots = (n + PAGE - 1) // PAGE
         if slots > 1 and not self.sg:
             self.stats["tx_dropped"] += 1
             return True
-        if self.tx.free_requests() < slots or len(self.tx_free) < slots:
+        gso = 0
+        first_flags = 0
+        if offload:
+            # netif.h: the backend fills the TCP/UDP checksum (csum_blank) of
+            # data that is valid (data_validated); a GSO packet's type and MSS
+            # ride in an extra-info slot right after its first request.
+            first_flags = A.NETTXF_csum_blank | A.NETTXF_data_validated
+            if offload & TX_TSO4:
+                gso = A.XEN_NETIF_GSO_TYPE_TCPV4
+            elif offload & TX_TSO6:
+                gso = A.XEN_NETIF_GSO_TYPE_TCPV6
+            if gso and not 0 < mss <= 0xFFFF:
+                self.stats["tx_dropped"] += 1
+                return True
+            if gso:
+                first_flags |= A.NETTXF_extra_info
+        if self.tx.free_requests() < slots + (1 if gso else 0) or len(self.tx_free) < slots:
             self.tx_blocked = True
             return False
         mem = self.tx_pool.mem
@@ -174,8 +210,13 @@ class NetFront(Frontend):
             mem[page * PAGE:page * PAGE + chunk] = frame[pos:pos + chunk]
             flags = A.NETTXF_more_data if i + 1 < slots else 0
             size = n if i == 0 else chunk  # the first slot carries the packet's size
+            if i == 0:
+                flags |= first_flags
             struct.pack_into(A.NETIF_TX_REQ_FMT, self.tx.new_request(), 0, refs[page], 0,
                              flags, page, size)
+            if i == 0 and gso:
+                struct.pack_into(A.NETIF_EXTRA_GSO_FMT, self.tx.new_request(), 0,
+                                 A.XEN_NETIF_EXTRA_TYPE_GSO, 0, mss, gso, 0)
             self.tx_busy[page] = True
             pos += chunk
         self.stats["tx"] += 1

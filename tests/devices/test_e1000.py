@@ -8,13 +8,14 @@ import pytest
 from host_sim.fuzz import FakeGuestMemory
 from stubdm import log
 from stubdm.devices import e1000 as E
-from stubdm.net import MemoryNet
+from stubdm.net import TX_CSUM, TX_CSUM6, TX_TSO4, TX_TSO6, MemoryNet
 from tests.devices.test_rtl8139 import (MAC, PEER, ip_ok, rfc1071, tcp_frame, tcp_ok,
                                         with_checksums)
 
 TX_RING = 0x10000
 RX_RING = 0x11000
 BUFS = 0x20000
+ALL_OFFLOADS = TX_CSUM | TX_CSUM6 | TX_TSO4 | TX_TSO6
 
 
 @pytest.fixture(autouse=True)
@@ -35,9 +36,9 @@ class Clock:
 
 
 class Rig:
-    def __init__(self, tx_room=1 << 30, clock=None):
+    def __init__(self, tx_room=1 << 30, clock=None, tx_offload=0):
         self.mem = FakeGuestMemory(4 << 20)
-        self.net = MemoryNet(MAC, tx_room=tx_room)
+        self.net = MemoryNet(MAC, tx_room=tx_room, tx_offload=tx_offload)
         self.nic = E.E1000(self.net, self.mem, clock=clock)
 
     def r(self, off):
@@ -247,8 +248,9 @@ def test_legacy_transmit():
     assert icr & E.ICR_TXDW and icr & E.ICR_TXQE
 
 
-def test_context_descriptor_checksum_offload():
-    rig = Rig()
+@pytest.mark.parametrize("offload", (0, ALL_OFFLOADS))
+def test_context_descriptor_checksum_offload(offload):
+    rig = Rig(tx_offload=offload)
     rig.up()
     f = bytearray(tcp_frame(b"payload!" * 20))
     # e1000_tx_csum: the stack leaves the pseudo-header sum in the TCP field.
@@ -264,10 +266,30 @@ def test_context_descriptor_checksum_offload():
     (out,) = rig.net.sent
     assert ip_ok(out) and tcp_ok(out)
     assert out == with_checksums(bytes(f))
+    # Offered, the network fills the TCP sum (netif's csum_blank).
+    assert rig.net.offloaded == ([(TX_CSUM, 0)] if offload else [])
 
 
-def test_tso_segments():
-    rig = Rig()
+def post_tso(rig, payload, mss=1448, tucse=0, ipcse=33):
+    """e1000_tso's descriptors for one TCP/IPv4 packet of payload (IP length 0
+    and checksum 0, the TCP field the pseudo-header sum without a length)."""
+    f = bytearray(tcp_frame(payload, flags=0x19))
+    f[16:18] = b"\0\0"
+    f[50:52] = struct.pack(">H", rfc1071(bytes(f[26:34]) + struct.pack(">BBH", 0, 6, 0)))
+    rig.mem.write(BUFS + 0x8000, bytes(f[:54]))
+    rig.mem.write(BUFS + 0x9000, bytes(f[54:]))
+    rig.post([context(14, 24, ipcse, 34, 50, tucse, paylen=len(payload),
+                      tucmd=E.TUCMD_IP | E.TUCMD_TCP | E.TXD_TSE, hdrlen=54, mss=mss),
+              data(BUFS + 0x8000, 54, E.TXD_TSE, E.POPTS_TXSM | E.POPTS_IXSM),
+              data(BUFS + 0x9000, len(payload), E.TXD_TSE | E.TXD_EOP | E.TXD_RS,
+                   E.POPTS_TXSM | E.POPTS_IXSM)])
+
+
+@pytest.mark.parametrize("offload", (0, ALL_OFFLOADS))
+def test_tso_segments(offload):
+    # With the network offering TSO the packet goes to it whole (netif's GSO
+    # extra) and it cuts the segments: the wire carries the same frames.
+    rig = Rig(tx_offload=offload)
     rig.up()
     payload = bytes(range(256)) * 16  # 4096 bytes
     f = bytearray(tcp_frame(payload, flags=0x19))
@@ -294,6 +316,36 @@ def test_tso_segments():
         assert (s[47] & 0x09 == 0x09) if i == 2 else (s[47] & 0x09 == 0)
         got += s[54:]
     assert got == payload
+    assert rig.net.offloaded == ([(TX_TSO4, mss)] if offload else [])
+    assert rig.r(E.STATS + 0x80) == 3  # GPTC: the segments, as the hardware counts them
+
+
+def test_tso_done_here_when_the_context_asks_for_other_than_the_network_does():
+    # TUCSE short of the end: the hardware sums only part; netback would sum all.
+    rig = Rig(tx_offload=ALL_OFFLOADS)
+    rig.up()
+    post_tso(rig, bytes(range(256)) * 8, tucse=100)
+    assert rig.net.offloaded == [] and len(rig.net.sent) == 2
+    rig2 = Rig(tx_offload=TX_CSUM)  # checksums but no GSO offered
+    rig2.up()
+    post_tso(rig2, bytes(range(256)) * 8)
+    assert rig2.net.offloaded == [] and len(rig2.net.sent) == 2
+    assert all(ip_ok(s) and tcp_ok(s) for s in rig2.net.sent)
+
+
+def test_offloaded_tso_packet_waiting_for_the_network_is_saved_finished():
+    rig = Rig(tx_room=0, tx_offload=ALL_OFFLOADS)
+    rig.up()
+    payload = bytes(range(256)) * 16
+    post_tso(rig, payload)
+    assert rig.net.sent == [] and rig.tx_status(2) & E.TXD_STAT_DD
+    saved = rig.nic.state()
+    back = Rig()  # a network without offloads
+    back.nic.load_state(saved)
+    back.net.room(3)
+    assert [len(s) - 54 for s in back.net.sent] == [1448, 1448, 1200]
+    assert all(ip_ok(s) and tcp_ok(s) for s in back.net.sent)
+    assert b"".join(s[54:] for s in back.net.sent) == payload
 
 
 def test_vlan_insert_on_transmit():
