@@ -1096,7 +1096,9 @@ class E1000(PciFunction):
             else:
                 netutil.put16(pkt, ipcss + 4, n - ipcss - 40)
         h = netutil.parse(pkt)
-        if h is None or h.ip != 14 or h.ip != ipcss or h.l4 != tucss:
+        # (e1000_tx_csum leaves the IP fields 0: they matter with IXSM or TSO only)
+        if h is None or h.ip != 14 or h.l4 != tucss or \
+                (h.ip != ipcss and (ixsm or self.tx_tso)):
             return False  # (a tag in the frame: netback takes untagged ones only)
         co = netutil.csum_offset(h.proto)
         if co < 0 or tucso != tucss + co or h.l4 + co + 2 > h.l4_end:

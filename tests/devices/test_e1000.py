@@ -270,6 +270,23 @@ def test_context_descriptor_checksum_offload(offload):
     assert rig.net.offloaded == ([(TX_CSUM, 0)] if offload else [])
 
 
+@pytest.mark.parametrize("offload", (0, ALL_OFFLOADS))
+def test_checksum_offload_as_e1000_tx_csum_sets_it(offload):
+    # Linux's e1000_tx_csum: IP fields 0 (no IXSM), TUCSS the TCP header,
+    # TUCSO its checksum, TUCSE 0; the IPv4 header's sum is the stack's.
+    rig = Rig(tx_offload=offload)
+    rig.up()
+    f = bytearray(with_checksums(tcp_frame(b"ack")))
+    total = len(f) - 34
+    f[50:52] = struct.pack(">H", rfc1071(bytes(f[26:34]) + struct.pack(">BBH", 0, 6, total)))
+    rig.mem.write(BUFS + 0x8000, bytes(f))
+    rig.post([context(0, 0, 0, 34, 50, 0, tucmd=E.TUCMD_IP | E.TUCMD_TCP),
+              data(BUFS + 0x8000, len(f), E.TXD_EOP | E.TXD_RS, E.POPTS_TXSM)])
+    (out,) = rig.net.sent
+    assert ip_ok(out) and tcp_ok(out)
+    assert rig.net.offloaded == ([(TX_CSUM, 0)] if offload else [])
+
+
 def post_tso(rig, payload, mss=1448, tucse=0, ipcse=33):
     """e1000_tso's descriptors for one TCP/IPv4 packet of payload (IP length 0
     and checksum 0, the TCP field the pseudo-header sum without a length)."""
