@@ -174,21 +174,6 @@ static void stubdm_atomic_add32(void *p, uint32_t v) { __atomic_fetch_add((uint3
 // Pages of our own memory by frame number (fbif.h's page-ref): host_sim's
 // call; in dom0 (Xen's libraries) a process has no frame numbers of its own.
 #include <errno.h>
-#include <poll.h>
-// xenevtchn_pending without blocking: -1 with EAGAIN when nothing is
-// delivered (as MiniOS's xenevtchn_pending returns -1 then). Linux's evtchn
-// device blocks in read, so look first.
-static int stubdm_evtchn_pending_nowait(xenevtchn_handle *xce) {
-    struct pollfd p = {.fd = xenevtchn_fd(xce), .events = POLLIN};
-    int n = poll(&p, 1, 0);
-    if (n <= 0) {
-        if (n == 0) {
-            errno = EAGAIN;
-        }
-        return -1;
-    }
-    return xenevtchn_pending(xce);
-}
 #ifdef STUBDM_GLUE_SIM
 #include "hostsim_internal.h"
 static void *stubdm_own_pages(uint32_t count, uint64_t *frames) {
@@ -212,6 +197,27 @@ static int stubdm_free_own_pages(void *addr, uint32_t count, const uint64_t *fra
 static int stubdm_share_frames(xengntshr_handle *xgs, void *addr, uint32_t count,
                                uint64_t *frames) {
     (void)xgs; (void)addr; (void)count; (void)frames; errno = ENOSYS; return -1;
+}
+#endif
+// xenevtchn_pending without blocking: -1 with EAGAIN when nothing is
+// delivered (as MiniOS's xenevtchn_pending returns -1 then). Linux's evtchn
+// device blocks in read, so look first; host_sim's libsim looks at its ring.
+#ifdef STUBDM_GLUE_SIM
+static int stubdm_evtchn_pending_nowait(xenevtchn_handle *xce) {
+    return hostsim_evtchn_pending_nowait(xce);
+}
+#else
+#include <poll.h>
+static int stubdm_evtchn_pending_nowait(xenevtchn_handle *xce) {
+    struct pollfd p = {.fd = xenevtchn_fd(xce), .events = POLLIN};
+    int n = poll(&p, 1, 0);
+    if (n <= 0) {
+        if (n == 0) {
+            errno = EAGAIN;
+        }
+        return -1;
+    }
+    return xenevtchn_pending(xce);
 }
 #endif
 """

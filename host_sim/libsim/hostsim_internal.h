@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <xenevtchn.h>
 #include <xenforeignmemory.h>
 #include <xengnttab.h>
 
@@ -28,6 +29,8 @@ int hostsim_free_own_pages(void *addr, uint32_t count, const uint64_t *frames);
 // (kbdif.h's page-ref beside page-gref; MiniOS: virt_to_mfn). -1, EINVAL: no
 // such share.
 int hostsim_share_frames(xengntshr_handle *xgs, void *addr, uint32_t count, uint64_t *frames);
+// xenevtchn_pending, or -1 with EAGAIN at once when nothing is delivered.
+int hostsim_evtchn_pending_nowait(xenevtchn_handle *xce);
 // The guest's memory map changed (populate, relocate): fetch it afresh.
 void hostsim_regions_changed(void);
 

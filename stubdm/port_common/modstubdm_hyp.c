@@ -435,22 +435,32 @@ static mp_obj_t xen_unmask(mp_obj_t self_in, mp_obj_t port) {
 static MP_DEFINE_CONST_FUN_OBJ_2(xen_unmask_obj, xen_unmask);
 
 // MiniOS's xenevtchn_pending returns -1 when nothing is delivered; Linux's
-// evtchn device (and host_sim's) blocks in read, so look first.
+// evtchn device blocks in read, so look first; host_sim's libsim looks at its
+// ring (hostsim_internal.h, included below for the rest of its calls).
+#if !defined(STUBDM_PLATFORM_MINIOS) && defined(STUBDM_GLUE_SIM)
+int hostsim_evtchn_pending_nowait(xenevtchn_handle *xce);
+#endif
 static mp_obj_t xen_pending_nowait(mp_obj_t self_in) {
     xenevtchn_handle *xce = XEN(self_in)->xce;
-#ifndef STUBDM_PLATFORM_MINIOS
-    struct pollfd p = {.fd = xenevtchn_fd(xce), .events = POLLIN};
-    int n = poll(&p, 1, 0);
-    if (n == 0) {
+#if defined(STUBDM_PLATFORM_MINIOS)
+    int r = xenevtchn_pending(xce);
+    if (r < 0) {
         return MP_OBJ_NEW_SMALL_INT(-1);
     }
-    if (n < 0) {
-        return check(-1);
+#else
+#if defined(STUBDM_GLUE_SIM)
+    int r = hostsim_evtchn_pending_nowait(xce);
+#else
+    struct pollfd p = {.fd = xenevtchn_fd(xce), .events = POLLIN};
+    int r = poll(&p, 1, 0);
+    if (r > 0) {
+        r = xenevtchn_pending(xce);
+    } else if (r == 0) {
+        r = -1;
+        errno = EAGAIN;
     }
 #endif
-    int r = xenevtchn_pending(xce);
-#ifdef STUBDM_PLATFORM_MINIOS
-    if (r < 0) {
+    if (r < 0 && errno == EAGAIN) {
         return MP_OBJ_NEW_SMALL_INT(-1);
     }
 #endif
