@@ -23,7 +23,7 @@ from stubdm import log
 from stubdm.bus import fill_rep
 from stubdm.compat import const, ticks_us
 from stubdm.devices import netutil
-from stubdm.net import MAX_FRAME, MIN_FRAME, load_txq
+from stubdm.net import MAX_FRAME, MIN_FRAME, TX_CSUM, TX_CSUM6, TX_TSO4, TX_TSO6, load_txq
 from stubdm.pci import PciFunction
 
 VENDOR_REALTEK = const(0x10EC)
@@ -704,12 +704,19 @@ class Rtl8139(PciFunction):
 
     # ---- transmit ----------------------------------------------------------------
 
-    def _send(self, frame):
-        """Queue a finished frame for the network; False when TX must stall."""
+    def _send(self, frame, offload=0, mss=0):
+        """Queue a frame for the network (offload/mss: one it finishes,
+        stubdm/net.py); False when TX must stall."""
         n = len(frame)
         if n < MIN_FRAME or n > MAX_FRAME:
             log.guest_error(self.name, "TX frame of %d bytes dropped" % n)
             self.stats[2] += 1
+            return True
+        if offload:
+            if not self.txq and self.net.transmit(frame, offload, mss):
+                self.stats[0] += 1
+                return True
+            self.txq.append((bytes(frame), offload, mss))
             return True
         if not self.txq and self.net.transmit(frame):
             self.stats[0] += 1
@@ -721,7 +728,11 @@ class Rtl8139(PciFunction):
         """The network has room again: send what waits, then resume the rings."""
         q = self.txq
         while q:
-            if not self.net.transmit(q[0]):
+            e = q[0]
+            if isinstance(e, tuple):  # (frame, offload, mss)
+                if not self.net.transmit(e[0], e[1], e[2]):
+                    return
+            elif not self.net.transmit(e):
                 return
             q.pop(0)
             self.stats[0] += 1
@@ -879,6 +890,10 @@ class Rtl8139(PciFunction):
         if opts2 & TX_VLAN_TAG and len(frame) >= 12:
             tag = ((opts2 & 0xFF) << 8) | ((opts2 >> 8) & 0xFF)
             frame = frame[0:12] + bytes((0x81, 0x00, tag >> 8, tag & 0xFF)) + frame[12:]
+        can = getattr(self.net, "tx_offload", 0)
+        if can and not opts2 & TX_VLAN_TAG and opts1 & (TX_LGSEN | TX_TCPCS | TX_UDPCS) and \
+                self._offload(frame, opts1, can):
+            return
         if opts1 & TX_LGSEN:
             mss = (opts1 >> TX_MSS_SHIFT) & TX_MSS_MASK
             h = netutil.parse(frame)
@@ -909,6 +924,43 @@ class Rtl8139(PciFunction):
                     netutil.fill_l4_checksum(frame, h)
         self._send(frame)
 
+    def _offload(self, frame, opts1, can):
+        """Hand a large send or a TCP/UDP checksum insertion to the network
+        (stubdm/net.py's tx_offload) when it would do what this chip does: the
+        whole datagram's sum (so no padding after it), segments cut at the TCP
+        header's end with every checksum filled. The chip ignores what the
+        field holds: it gets the pseudo-header's sum the network starts from.
+        True if handed over; False: done here as before."""
+        n = len(frame)
+        h = netutil.parse(frame)
+        if h is None or h.ip != netutil.ETH_HLEN or h.l4_end != n or n > MAX_FRAME:
+            return False
+        co = netutil.csum_offset(h.proto)
+        if co < 0 or h.l4 + co + 2 > n:
+            return False
+        mss = 0
+        if opts1 & TX_LGSEN:
+            mss = (opts1 >> TX_MSS_SHIFT) & TX_MSS_MASK
+            hl = netutil.tcp_hdr_len(frame, h)
+            want = TX_TSO4 if h.v4 else TX_TSO6
+            if not hl or mss == 0 or not can & want or \
+                    (n - h.l4 - hl + mss - 1) // mss > 64:
+                return False
+            ip = True  # every segment's IPv4 sum, as segment() does
+        else:
+            if n > 0x1FFF or not ((opts1 & TX_TCPCS and h.proto == netutil.IPPROTO_TCP) or
+                                  (opts1 & TX_UDPCS and h.proto == netutil.IPPROTO_UDP)):
+                return False
+            want = TX_CSUM if h.v4 else TX_CSUM6
+            if not can & want:
+                return False
+            ip = opts1 & TX_IPCS
+        if ip:
+            netutil.fill_ip_checksum(frame, h)
+        netutil.put16(frame, h.l4 + co, netutil.pseudo_sum(frame, h, n - h.l4))
+        self._send(frame, want, mss)
+        return True
+
     # ---- save/restore --------------------------------------------------------------
 
     def state(self):
@@ -920,7 +972,18 @@ class Rtl8139(PciFunction):
         d["eeprom"] = list(self.eeprom.words)
         # Frames the NIC took from the guest that wait for room on the network,
         # and the completions it reports once they are sent: part of the NIC.
-        d["txq"] = list(self.txq)
+        # An offloaded one is saved finished, so the record need not change.
+        txq = []
+        for e in self.txq:
+            if isinstance(e, tuple):
+                segs = netutil.finish(bytearray(e[0]), e[1], e[2])
+                if segs is None:
+                    log.guest_error(self.name, "an offloaded TX frame could not be saved")
+                    continue
+                txq.extend(bytes(f) for f in segs)
+            else:
+                txq.append(e)
+        d["txq"] = txq
         d["tx_done"] = [i for _kind, i in self.tx_done]
         return d
 

@@ -71,9 +71,9 @@ def with_checksums(frame):
 
 
 class Rig:
-    def __init__(self, link=True, tx_room=1 << 30):
+    def __init__(self, link=True, tx_room=1 << 30, tx_offload=0):
         self.mem = FakeGuestMemory(4 << 20)
-        self.net = MemoryNet(MAC, tx_room=tx_room)
+        self.net = MemoryNet(MAC, tx_room=tx_room, tx_offload=tx_offload)
         self.net.link_up = link
         self.nic = R.Rtl8139(self.net, self.mem)
 
@@ -203,8 +203,10 @@ def test_cplus_transmit_of_a_fragmented_frame():
     assert not rig.irq
 
 
-def test_cplus_checksum_offload_fills_ip_and_tcp():
-    rig = Rig()
+@pytest.mark.parametrize("offload", (0, 15))
+def test_cplus_checksum_offload_fills_ip_and_tcp(offload):
+    # Offered (stubdm/net.py's TX_* bits), the network fills the TCP sum.
+    rig = Rig(tx_offload=offload)
     rig.cp_open()
     frame = tcp_frame(b"hello world" * 9)
     rig.mem.write(BUFS + 0x8000, frame)
@@ -214,10 +216,13 @@ def test_cplus_checksum_offload_fills_ip_and_tcp():
     (out,) = rig.net.sent
     assert out == with_checksums(frame)
     assert ip_ok(out) and tcp_ok(out)
+    assert rig.net.offloaded == ([(1, 0)] if offload else [])
 
 
-def test_cplus_large_send_cuts_mss_segments():
-    rig = Rig()
+@pytest.mark.parametrize("offload", (0, 15))
+def test_cplus_large_send_cuts_mss_segments(offload):
+    # Offered, the large send goes whole (netif GSO) and the wire is the same.
+    rig = Rig(tx_offload=offload)
     rig.cp_open()
     payload = bytes(range(256)) * 12  # 3072 bytes
     frame = tcp_frame(payload, flags=0x19)  # PSH | FIN | ACK
@@ -236,6 +241,7 @@ def test_cplus_large_send_cuts_mss_segments():
         assert (flags & 0x09 == 0x09) if i == len(segs) - 1 else (flags & 0x09 == 0)
         got += s[54:]
     assert got == payload
+    assert rig.net.offloaded == ([(4, 1000)] if offload else [])
 
 
 def test_cplus_vlan_tag_insert_and_strip():
