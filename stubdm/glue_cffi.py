@@ -398,6 +398,18 @@ class Mapcache:
     def bucket_room(self, gpa):
         return lib.mapcache_bucket_room(self.mc, gpa)
 
+    def prdt_copy(self, prdt, n, skip, buf, to_guest):
+        """Copy len(buf) bytes between buf and the guest memory of an AHCI PRD table's
+        stream (prdt: its n entries' bytes) from byte skip on, into the guest if to_guest:
+        True, or False when a piece is not guest RAM or the table is too short."""
+        if n < 0 or 16 * n > len(prdt) or skip < 0:
+            raise ValueError("prdt_copy: bad table or offset")
+        if len(buf) == 0:
+            return True
+        b = ffi.from_buffer("uint8_t[]", buf, require_writable=not to_guest)
+        return lib.mapcache_prdt_copy(self.mc, ffi.from_buffer("uint8_t[]", prdt), n, skip,
+                                      b, len(buf), 1 if to_guest else 0) == 0
+
     def invalidate(self):
         lib.mapcache_invalidate(self.mc)
 
@@ -409,6 +421,13 @@ class Mapcache:
 
     def footprint(self):
         return lib.mapcache_footprint(self.mc)
+
+
+def prdt_total(prdt, n):
+    """An AHCI PRD table's total byte count, or -1 - i when entry i's count is odd."""
+    if n < 0 or 16 * n > len(prdt):
+        raise ValueError("prdt_total: table shorter than its entries")
+    return lib.mapcache_prdt_total(ffi.from_buffer("uint8_t[]", prdt), n)
 
 
 def barrier():

@@ -15,6 +15,7 @@
 import struct
 
 from stubdm import block, log
+from stubdm.hypervisor import glue
 from stubdm.compat import const
 from stubdm.devices import ata
 from stubdm.pci import CAPABILITY_LIST, CMD_MASTER, STATUS, STS_CAP_LIST, PciFunction
@@ -177,22 +178,63 @@ class _Chunk:
         self.views = []
 
 
-class SgList:
-    """A command's PRDT as (address, length) pairs, walked once from the front."""
+# The glue's C walk of a PRDT (stubdm/mapcache/mapcache.h), on both runtimes; None
+# without a glue (then, and for memories without a mapcache, SgList pins views).
+_prdt_total = getattr(glue, "prdt_total", None) if glue is not None else None
 
-    def __init__(self, mem, addrs, lens, total):
+
+def _parse_prdt(raw, n):
+    """A PRDT's entries as (addrs, lens, total, bad): physically contiguous entries
+    merged (one piece to pin, not two); bad is the first entry with an odd byte
+    count, or -1."""
+    addrs = []
+    lens = []
+    total = 0
+    for i in range(n):
+        addr, _rsvd, dw3 = struct.unpack_from("<QII", raw, i * PRD_SIZE)
+        dbc = (dw3 & PRD_DBC) + 1
+        if dbc & 1:
+            return addrs, lens, total, i
+        addr &= 0xFFFFFFFFFFFFFFFE
+        total += dbc
+        if addrs and addrs[-1] + lens[-1] == addr:
+            lens[-1] += dbc
+            continue
+        addrs.append(addr)
+        lens.append(dbc)
+    return addrs, lens, total, -1
+
+
+class SgList:
+    """A command's PRDT, walked once from the front (map, copy_in, copy_out) or at
+    any offset (copy: with the glue's C over the table's bytes, raw)."""
+
+    def __init__(self, mem, addrs, lens, total, raw=None, n=0):
         self.mem = mem
-        self.addrs = addrs
+        self.addrs = addrs  # None until the Python walk needs them (from raw)
         self.lens = lens
         self.total = total
+        self.raw = raw
+        self.n = n
+        mc = getattr(mem, "mc", None) if raw is not None else None
+        # The mapcache that copies the table's stream in one C call (None: map views).
+        self.mc = mc if mc is not None and hasattr(mc, "prdt_copy") else None
         self.i = 0
         self.off = 0  # bytes of entry i already used
         self.moved = 0
+
+    def copy(self, skip, buf, to_guest):
+        """Move len(buf) bytes between buf and the stream from byte skip on (into the
+        guest if to_guest), nothing pinned: True, or False when a piece is not guest
+        RAM or the table is short. Only where self.mc is set."""
+        return self.mc.prdt_copy(self.raw, self.n, skip, buf, to_guest)
 
     def map(self, n):
         """Pin the next n bytes: a _Chunk, or None (too short or not RAM; logged by the caller)."""
         if n > self.total - self.moved:
             return None
+        if self.addrs is None:
+            self.addrs, self.lens, _t, _bad = _parse_prdt(self.raw, self.n)
         pins = []
         views = []
         need = n
@@ -245,6 +287,11 @@ class SgList:
 
     def copy_in(self, dst):
         """Fill dst (a memoryview) from the next len(dst) bytes; False if too short/not RAM."""
+        if self.mc is not None:
+            if len(dst) > self.total - self.moved or not self.copy(self.moved, dst, False):
+                return False
+            self.moved += len(dst)
+            return True
         c = self.map(len(dst))
         if c is None:
             return False
@@ -256,6 +303,11 @@ class SgList:
         return True
 
     def copy_out(self, src):
+        if self.mc is not None:
+            if len(src) > self.total - self.moved or not self.copy(self.moved, src, True):
+                return False
+            self.moved += len(src)
+            return True
         c = self.map(len(src))
         if c is None:
             return False
@@ -353,12 +405,13 @@ class _Cmd:
 class _Req:
     """One disk request of an NCQ command, waiting for its turn in flight."""
 
-    def __init__(self, port, cmd, op, sector, nbytes):
+    def __init__(self, port, cmd, op, sector, nbytes, skip=0):
         self.port = port
         self.cmd = cmd
         self.op = op
         self.sector = sector
         self.nbytes = nbytes
+        self.skip = skip  # where its bytes start in the command's PRDT stream
 
 
 class AhciPort:
@@ -839,23 +892,18 @@ class AhciPort:
             self._slot_error(slot, "PRDT of %d entries at %#x is not guest RAM"
                              % (prdtl, ctba + CT_PRDT), True)
             return None
-        addrs = []
-        lens = []
-        total = 0
-        for i in range(prdtl):
-            addr, _rsvd, dw3 = struct.unpack_from("<QII", raw, i * PRD_SIZE)
-            dbc = (dw3 & PRD_DBC) + 1
-            if dbc & 1:
-                self._slot_error(slot, "PRDT entry %d: odd byte count %d" % (i, dbc))
-                return None
-            addr &= 0xFFFFFFFFFFFFFFFE
-            total += dbc
-            if addrs and addrs[-1] + lens[-1] == addr:
-                lens[-1] += dbc  # physically contiguous: one piece to pin, not two
-                continue
-            addrs.append(addr)
-            lens.append(dbc)
-        return SgList(self.hba.mem, addrs, lens, total)
+        mem = self.hba.mem
+        if _prdt_total is not None and getattr(mem, "mc", None) is not None:
+            addrs = lens = None  # walked in C (SgList.copy), in Python only if mapped
+            total = _prdt_total(raw, prdtl)
+            bad = -1 - total if total < 0 else -1
+        else:
+            addrs, lens, total, bad = _parse_prdt(raw, prdtl)
+        if bad >= 0:
+            dbc = (struct.unpack_from("<I", raw, bad * PRD_SIZE + 12)[0] & PRD_DBC) + 1
+            self._slot_error(slot, "PRDT entry %d: odd byte count %d" % (bad, dbc))
+            return None
+        return SgList(mem, addrs, lens, total, raw, prdtl)
 
     def _control(self, slot, dw0, fis):
         """A FIS with C clear: the device control register (SRST)."""
@@ -925,7 +973,7 @@ class AhciPort:
         pos = 0
         while pos < nbytes:
             k = min(step, nbytes - pos)
-            reqs.append(_Req(self, c, op, lba + pos // ata.SECTOR, k))
+            reqs.append(_Req(self, c, op, lba + pos // ata.SECTOR, k, pos))
             pos += k
         c.left = len(reqs)
         self.hba.queue(reqs)
@@ -1276,6 +1324,13 @@ class Ahci(PciFunction):
         if r.op == block.FLUSH:
             self._disk_submit(p, r, [], None, None)
             return
+        sub = getattr(p.disk, "submit_sg", None)
+        if sub is not None and c.sg.mc is not None:
+            # The disk copies between its buffers and the PRDT's pages itself, one C
+            # call per buffer (blkfront: per run of pool pages): no views, no pins.
+            self.inflight += r.nbytes
+            self._disk_submit_sg(p, r, sub, c.sg)
+            return
         chunk = c.sg.map(r.nbytes)
         if chunk is None:
             log.guest_error(p.name, "NCQ tag %d: PRDT buffer is not guest RAM" % c.slot)
@@ -1312,6 +1367,20 @@ class Ahci(PciFunction):
 
         try:
             p.disk.submit(r.op, r.sector, views, done)
+        except Exception as e:  # a broken disk must not take the device model down
+            log.info(p.name, "disk request failed: %s" % e)
+            done(block.EIO)
+
+    def _disk_submit_sg(self, p, r, sub, sg):
+        def done(status):
+            self.inflight -= r.nbytes
+            if status == block.EINVAL:
+                log.guest_error(p.name, "NCQ tag %d: PRDT buffer is not guest RAM" % r.cmd.slot)
+            p.ncq_request_done(r, status)
+            self._kick()
+
+        try:
+            sub(r.op, r.sector, r.nbytes, sg, r.skip, done)
         except Exception as e:  # a broken disk must not take the device model down
             log.info(p.name, "disk request failed: %s" % e)
             done(block.EIO)

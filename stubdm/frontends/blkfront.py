@@ -68,15 +68,30 @@ class _Job:
 
 
 class _Piece:
-    """One blkif request's worth of a job: its sectors and the views they fill."""
+    """One blkif request's worth of a job: its sectors and the views they fill, or
+    (submit_sg) the controller's scatter list and where in its stream they start."""
 
-    __slots__ = ("job", "sector", "views", "nbytes")
+    __slots__ = ("job", "sector", "views", "nbytes", "sg", "skip")
 
-    def __init__(self, job, sector, views, nbytes):
+    def __init__(self, job, sector, views, nbytes, sg=None, skip=0):
         self.job = job
         self.sector = sector
         self.views = views
         self.nbytes = nbytes
+        self.sg = sg
+        self.skip = skip
+
+
+def _sg_copy(piece, views, to_guest):
+    """A submit_sg piece's bytes between its scatter list and the pool views, one
+    call a view: False when the scatter list refused (not guest RAM)."""
+    sg = piece.sg
+    pos = piece.skip
+    for v in views:
+        if not sg.copy(pos, v, to_guest):
+            return False
+        pos += len(v)
+    return True
 
 
 class BlkFront(Frontend):
@@ -126,6 +141,11 @@ class BlkFront(Frontend):
         self.ring = FrontRing(self.ring_pages.mem, A.BLKIF_REQ_SIZE, A.BLKIF_RSP_SIZE,
                               hyp.barrier, name=self.name, add32=hyp.atomic_add32)
         self.pool = hyp.share_pages(self.backend_id, POOL_PAGES)
+        # Every pool page's segment descriptor for a whole page, in page order: an
+        # indirect request over a run of pages is one slice of it (the last patched).
+        refs = self.pool.refs
+        self.seg_full = b"".join([struct.pack(A.BLKIF_SEG_FMT, refs[i], 0, PAGE // 512 - 1)
+                                  for i in range(POOL_PAGES)])
         self.free_pages = list(range(POOL_PAGES))
         self.free_ind = []
         if self.max_segs > A.BLKIF_MAX_SEGMENTS_PER_REQUEST:
@@ -277,10 +297,42 @@ class BlkFront(Frontend):
         if not self.batching:
             self._pump()  # else once the batch's responses are all handled
 
+    def submit_sg(self, op, sector, nbytes, sg, skip, done):
+        """As submit (READ or WRITE), the data being nbytes of the controller's scatter
+        list from byte skip of its stream on (sg.copy(skip, buf, to_guest) -> bool,
+        stubdm/block.py): moved between guest memory and the pool by one call per
+        run of pool pages, no views of guest memory; a refused copy is EINVAL."""
+        self.stats["submits"] += 1
+        if not self.ready():
+            done(block.ENOMEDIUM if self.cdrom else block.EIO)
+            return
+        if op == block.WRITE and self.readonly:
+            done(block.EROFS)
+            return
+        if op not in (block.READ, block.WRITE) or nbytes <= 0 or nbytes % 512 or sector < 0 \
+                or sector + nbytes // 512 > self.sectors:
+            done(block.EINVAL)
+            return
+        job = _Job(op, done)
+        cap = self.max_segs * PAGE
+        pos = 0
+        pieces = []
+        while pos < nbytes:
+            n = nbytes - pos
+            if n > cap:
+                n = cap
+            pieces.append(_Piece(job, sector + pos // 512, None, n, sg, skip + pos))
+            pos += n
+        job.left = len(pieces)
+        self.queue += pieces
+        if not self.batching:
+            self._pump()
+
     # ---- requests out ----
     def _pump(self):
         ring = self.ring
         sent = False
+        refused = []  # pieces whose guest memory could not be read: failed after the loop
         while self.queue and ring is not None and not ring.broken:
             piece = self.queue[0]
             npages = (piece.nbytes + PAGE - 1) // PAGE
@@ -289,11 +341,11 @@ class BlkFront(Frontend):
                     or (use_ind and not self.free_ind):
                 break  # back-pressure: wait for responses
             self.queue.pop(0)
-            slot = ring.new_request()
-            rid = self.next_id
-            self.next_id += 1
             job = piece.job
             if job.op == block.FLUSH:
+                slot = ring.new_request()
+                rid = self.next_id
+                self.next_id += 1
                 struct.pack_into(A.BLKIF_REQ_HEAD_FMT, slot, 0, self.flush_op, 0, 0, rid, 0)
                 self.inflight[rid] = (piece, (), None)
                 sent = True
@@ -303,9 +355,18 @@ class BlkFront(Frontend):
             fp = self.free_pages
             pages = fp[len(fp) - npages:]
             self.free_pages = fp[:len(fp) - npages]
-            dsts = self._views(pages, piece.nbytes)
+            run = pages[0] if pages == list(range(pages[0], pages[0] + npages)) else -1
             if job.op == block.WRITE:
-                _copy(piece.views, dsts)
+                dsts = self._views(pages, piece.nbytes, run)
+                if piece.sg is None:
+                    _copy(piece.views, dsts)
+                elif not _sg_copy(piece, dsts, False):
+                    self.free_pages += pages
+                    refused.append(piece)
+                    continue
+            slot = ring.new_request()
+            rid = self.next_id
+            self.next_id += 1
             op = A.BLKIF_OP_WRITE if job.op == block.WRITE else A.BLKIF_OP_READ
             refs = self.pool.refs
             ind = None
@@ -314,9 +375,14 @@ class BlkFront(Frontend):
             if use_ind:
                 ind = self.free_ind.pop()
                 imem = self.indirect.mem
-                for i in range(npages):
-                    struct.pack_into(A.BLKIF_SEG_FMT, imem, ind * PAGE + 8 * i, refs[pages[i]],
-                                     0, full if i < npages - 1 else tail)
+                if run >= 0:  # one run of pool pages: its descriptors in one slice
+                    base = ind * PAGE
+                    imem[base:base + 8 * npages] = self.seg_full[8 * run:8 * (run + npages)]
+                    imem[base + 8 * npages - 3] = tail  # the last one's last_sect
+                else:
+                    for i in range(npages):
+                        struct.pack_into(A.BLKIF_SEG_FMT, imem, ind * PAGE + 8 * i,
+                                         refs[pages[i]], 0, full if i < npages - 1 else tail)
                 struct.pack_into(A.BLKIF_INDIRECT_FMT, slot, 0, A.BLKIF_OP_INDIRECT, op,
                                  npages, rid, piece.sector, 0, self.indirect.refs[ind],
                                  0, 0, 0, 0, 0, 0, 0)
@@ -332,11 +398,16 @@ class BlkFront(Frontend):
             sent = True
         if sent and ring.push_requests():
             self.hyp.notify(self.port)
+        for piece in refused:
+            self._piece_done(piece, block.EINVAL)
 
-    def _views(self, pages, nbytes):
+    def _views(self, pages, nbytes, run=-1):
         """The pool pages of one request as views holding its nbytes in order: one view
-        per run of consecutive pages (the copies then move long slices)."""
+        per run of consecutive pages (the copies then move long slices); run: the
+        first page when the pages are known to be one run."""
         mem = self.pool.mem
+        if run >= 0:
+            return [mem[run * PAGE:run * PAGE + nbytes]]
         out = []
         i = 0
         n = len(pages)
@@ -399,7 +470,13 @@ class BlkFront(Frontend):
             self.stats["errors"] += 1
             err = block.EIO
         elif piece.job.op == block.READ:
-            _copy(self._views(pages, piece.nbytes), piece.views)
+            if piece.sg is None:
+                _copy(self._views(pages, piece.nbytes), piece.views)
+            else:
+                n = len(pages)
+                run = pages[0] if pages == list(range(pages[0], pages[0] + n)) else -1
+                if not _sg_copy(piece, self._views(pages, piece.nbytes, run), True):
+                    err = block.EINVAL
         self.free_pages += pages
         if ind is not None:
             self.free_ind.append(ind)

@@ -341,3 +341,82 @@ size_t mapcache_footprint(mapcache_t *mc) {
     return sizeof(mapcache_t) + (size_t)mc->max_buckets * sizeof(mapcache_slot_t)
            + (size_t)mc->bucket_pages * (sizeof(xen_pfn_t) + sizeof(int));
 }
+
+// --- AHCI PRD tables (mapcache.h) ---
+
+static uint32_t prd_count(const uint8_t *e) {
+    uint32_t dw3 = (uint32_t)e[12] | (uint32_t)e[13] << 8 | (uint32_t)e[14] << 16
+                   | (uint32_t)e[15] << 24;
+    return (dw3 & 0x3FFFFF) + 1;
+}
+
+static uint64_t prd_address(const uint8_t *e) {
+    uint64_t a = 0;
+    for (int i = 7; i >= 0; i--) {
+        a = a << 8 | e[i];
+    }
+    return a & ~(uint64_t)1;
+}
+
+int64_t mapcache_prdt_total(const uint8_t *prdt, uint32_t n) {
+    int64_t total = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t c = prd_count(prdt + 16 * (size_t)i);
+        if (c & 1) {
+            return -1 - (int64_t)i;
+        }
+        total += c;
+    }
+    return total;
+}
+
+int mapcache_prdt_copy(mapcache_t *mc, const uint8_t *prdt, uint32_t n, uint64_t skip,
+                       uint8_t *buf, size_t len, int to_guest) {
+    uint32_t i = 0;
+    for (; i < n; i++) {  // the entry that holds byte skip
+        uint32_t c = prd_count(prdt + 16 * (size_t)i);
+        if (skip < c) {
+            break;
+        }
+        skip -= c;
+    }
+    while (len > 0) {
+        if (i >= n) {
+            errno = EINVAL;
+            return -1;
+        }
+        const uint8_t *e = prdt + 16 * (size_t)i;
+        uint64_t a = prd_address(e);
+        uint64_t c = prd_count(e);
+        if (a > UINT64_MAX - (c - 1)) {
+            errno = EFAULT;
+            return -1;
+        }
+        a += skip;
+        uint64_t k = c - skip;
+        if (k > len) {
+            k = len;
+        }
+        while (k > 0) {
+            uint64_t room = mapcache_bucket_room(mc, a);
+            size_t m = (size_t)(k < room ? k : room);
+            uint8_t *p = mapcache_map(mc, a, m, 0);
+            if (p == NULL) {
+                errno = EFAULT;
+                return -1;
+            }
+            if (to_guest) {
+                memcpy(p, buf, m);
+            } else {
+                memcpy(buf, p, m);
+            }
+            buf += m;
+            a += m;
+            k -= m;
+            len -= m;
+        }
+        i++;
+        skip = 0;
+    }
+    return 0;
+}

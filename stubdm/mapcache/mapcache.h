@@ -86,4 +86,22 @@ void mapcache_get_stats(mapcache_t *mc, mapcache_stats_t *out);
 // the mapped guest pages are not counted.
 size_t mapcache_footprint(mapcache_t *mc);
 
+// AHCI's physical region descriptor table (AHCI 1.3.1 4.2.3.3): n entries of
+// 16 bytes, each a u64 data base address (bit 0 reserved, taken as 0), a
+// reserved u32 and a u32 whose bits 21:0 are the byte count minus one (bit 0
+// of that field set: an even count). The table is the caller's copy, read
+// from guest memory once, so the guest can't change it under a transfer.
+
+// The table's total byte count, or -1 - i when entry i's count is odd.
+int64_t mapcache_prdt_total(const uint8_t *prdt, uint32_t n);
+
+// Copies len bytes between buf and the guest memory of the table's byte
+// stream, from byte skip of it on: into the guest when to_guest, else out of
+// it. Each piece goes through mapcache_map without a lock (one call per piece
+// within a bucket, one memcpy). Returns 0, or -1 with errno EFAULT when a
+// piece is not guest RAM or its address range wraps, EINVAL when the table
+// holds fewer than skip + len bytes; bytes before the failing piece were
+// copied.
+int mapcache_prdt_copy(mapcache_t *mc, const uint8_t *prdt, uint32_t n, uint64_t skip, uint8_t *buf, size_t len, int to_guest);
+
 #endif // STUBDM_MAPCACHE_H

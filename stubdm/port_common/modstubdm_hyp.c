@@ -67,6 +67,9 @@
 //                                     (kept across invalidates: DMA in flight)
 //     .unlock(gpa)                 drops one lock on gpa's bucket
 //     .bucket_room(gpa) -> bytes to the end of gpa's bucket
+//     .prdt_copy(prdt, n, skip, buf, to_guest) -> True, or False (not RAM,
+//                                     table too short): len(buf) bytes of an
+//                                     AHCI PRD table's stream (mapcache.h)
 //     .invalidate()
 //     .stats() -> (hits, misses, maps, unmaps, evictions, invalidations,
 //                  refused, buckets_mapped, buckets_locked, max_buckets,
@@ -79,6 +82,8 @@
 //                                  buf[start:end], folded to 16 bits
 //                                  (stubdm/mapcache/inet_sum.h); ValueError
 //                                  unless 0 <= start <= end <= len(buf)
+//   prdt_total(prdt, n) -> an AHCI PRD table's bytes, or -1 - i when entry
+//                                  i's count is odd (mapcache.h)
 //   footprint(bucket_shift, max_buckets) -> heap bytes of such a cache
 //   PAGE_SHIFT, MIN_BUCKET_SHIFT, MAX_BUCKET_SHIFT, MAX_RAM_RANGES, and the
 //   errno values ENOSYS EINVAL EFAULT ENOMEM (MicroPython's errno module
@@ -901,6 +906,24 @@ static mp_obj_t mapcache_bucket_room_m(mp_obj_t self_in, mp_obj_t gpa) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_2(mapcache_bucket_room_obj, mapcache_bucket_room_m);
 
+static mp_obj_t mapcache_prdt_copy_m(size_t n_args, const mp_obj_t *args) {
+    mp_buffer_info_t tb, bb;
+    mp_get_buffer_raise(args[1], &tb, MP_BUFFER_READ);
+    mp_int_t n = get_int(args[2]);
+    mp_int_t skip = get_int(args[3]);
+    int to_guest = mp_obj_is_true(args[5]);
+    mp_get_buffer_raise(args[4], &bb, to_guest ? MP_BUFFER_READ : MP_BUFFER_WRITE);
+    if (n < 0 || (size_t)n > tb.len / 16 || skip < 0) {
+        mp_raise_ValueError(MP_ERROR_TEXT("prdt_copy: bad table or offset"));
+    }
+    if (bb.len == 0) {
+        return mp_const_true;
+    }
+    return mp_obj_new_bool(mapcache_prdt_copy(MC(args[0]), tb.buf, (uint32_t)n, (uint64_t)skip,
+                                              bb.buf, bb.len, to_guest) == 0);
+}
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mapcache_prdt_copy_obj, 6, 6, mapcache_prdt_copy_m);
+
 static mp_obj_t mapcache_invalidate_m(mp_obj_t self_in) {
     mapcache_invalidate(MC(self_in));
     return mp_const_none;
@@ -938,6 +961,7 @@ static const mp_rom_map_elem_t mapcache_locals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_map_locked), MP_ROM_PTR(&mapcache_map_locked_obj) },
     { MP_ROM_QSTR(MP_QSTR_unlock), MP_ROM_PTR(&mapcache_unlock_obj) },
     { MP_ROM_QSTR(MP_QSTR_bucket_room), MP_ROM_PTR(&mapcache_bucket_room_obj) },
+    { MP_ROM_QSTR(MP_QSTR_prdt_copy), MP_ROM_PTR(&mapcache_prdt_copy_obj) },
     { MP_ROM_QSTR(MP_QSTR_invalidate), MP_ROM_PTR(&mapcache_invalidate_obj) },
     { MP_ROM_QSTR(MP_QSTR_stats), MP_ROM_PTR(&mapcache_stats_obj) },
     { MP_ROM_QSTR(MP_QSTR_footprint), MP_ROM_PTR(&mapcache_footprint_obj) },
@@ -1236,6 +1260,17 @@ static mp_obj_t xenglue_inet_sum(mp_obj_t buf_in, mp_obj_t start_in, mp_obj_t en
 }
 static MP_DEFINE_CONST_FUN_OBJ_3(xenglue_inet_sum_obj, xenglue_inet_sum);
 
+static mp_obj_t xenglue_prdt_total(mp_obj_t prdt_in, mp_obj_t n_in) {
+    mp_buffer_info_t tb;
+    mp_get_buffer_raise(prdt_in, &tb, MP_BUFFER_READ);
+    mp_int_t n = get_int(n_in);
+    if (n < 0 || (size_t)n > tb.len / 16) {
+        mp_raise_ValueError(MP_ERROR_TEXT("prdt_total: table shorter than its entries"));
+    }
+    return mp_obj_new_int_from_ll(mapcache_prdt_total(tb.buf, (uint32_t)n));
+}
+static MP_DEFINE_CONST_FUN_OBJ_2(xenglue_prdt_total_obj, xenglue_prdt_total);
+
 static mp_obj_t xenglue_footprint(mp_obj_t shift_in, mp_obj_t max_in) {
     // Heap bytes of a cache of this geometry (no handle needed).
     mp_int_t shift = get_int(shift_in);
@@ -1262,6 +1297,7 @@ static const mp_rom_map_elem_t xenglue_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_barrier), MP_ROM_PTR(&xenglue_barrier_obj) },
     { MP_ROM_QSTR(MP_QSTR_atomic_add32), MP_ROM_PTR(&xenglue_atomic_add32_obj) },
     { MP_ROM_QSTR(MP_QSTR_inet_sum), MP_ROM_PTR(&xenglue_inet_sum_obj) },
+    { MP_ROM_QSTR(MP_QSTR_prdt_total), MP_ROM_PTR(&xenglue_prdt_total_obj) },
     { MP_ROM_QSTR(MP_QSTR_footprint), MP_ROM_PTR(&xenglue_footprint_obj) },
     { MP_ROM_QSTR(MP_QSTR_ENOSYS), MP_ROM_INT(ENOSYS) },
     { MP_ROM_QSTR(MP_QSTR_EINVAL), MP_ROM_INT(EINVAL) },
