@@ -1188,19 +1188,8 @@ class E1000(PciFunction):
         d["eeprom"] = list(self.eeprom.words)
         # Frames whose descriptors are done but that wait for room on the
         # network: the guest was told they were sent.
-        # An offloaded one is saved finished (its segments), so the record and
-        # the network it is restored onto need not know of offloads.
-        txq = []
-        for e in self.txq:
-            if isinstance(e, tuple):
-                segs = netutil.finish(bytearray(e[0]), e[1], e[2])
-                if segs is None:
-                    log.guest_error(self.name, "an offloaded TX frame could not be saved")
-                    continue
-                txq.extend(bytes(f) for f in segs)
-            else:
-                txq.append(e)
-        d["txq"] = txq
+        # An offloaded one is saved finished (netutil.saved_txq).
+        d["txq"] = netutil.saved_txq(self.txq, self.name)
         return d
 
     def load_state(self, d):

@@ -7,6 +7,7 @@
 # a glue, py_ones_sum: the sum of big-endian 16-bit words equals the frame's
 # bytes read as one big-endian integer modulo 0xffff (2^16 = 1 mod 0xffff),
 # no per-byte or per-word Python loop (tests prove the two equal).
+from stubdm import log
 from stubdm.compat import const
 from stubdm.hypervisor import glue
 from stubdm.net import TX_CSUM, TX_CSUM6, TX_TSO4
@@ -386,3 +387,20 @@ class Eeprom93c46:
                 self.value = 0
                 return
             self.state = 4
+
+
+def saved_txq(txq, name):
+    """A NIC's frames waiting for the network as its saved record keeps them:
+    an offloaded one ((frame, offload, mss)) finished into its segments, so the
+    record and the network it is restored onto need not know of offloads."""
+    out = []
+    for e in txq:
+        if isinstance(e, tuple):
+            segs = finish(bytearray(e[0]), e[1], e[2])
+            if segs is None:
+                log.guest_error(name, "an offloaded TX frame could not be saved")
+                continue
+            out.extend(bytes(f) for f in segs)
+        else:
+            out.append(e)
+    return out

@@ -972,18 +972,8 @@ class Rtl8139(PciFunction):
         d["eeprom"] = list(self.eeprom.words)
         # Frames the NIC took from the guest that wait for room on the network,
         # and the completions it reports once they are sent: part of the NIC.
-        # An offloaded one is saved finished, so the record need not change.
-        txq = []
-        for e in self.txq:
-            if isinstance(e, tuple):
-                segs = netutil.finish(bytearray(e[0]), e[1], e[2])
-                if segs is None:
-                    log.guest_error(self.name, "an offloaded TX frame could not be saved")
-                    continue
-                txq.extend(bytes(f) for f in segs)
-            else:
-                txq.append(e)
-        d["txq"] = txq
+        # An offloaded one is saved finished (netutil.saved_txq).
+        d["txq"] = netutil.saved_txq(self.txq, self.name)
         d["tx_done"] = [i for _kind, i in self.tx_done]
         return d
 
