@@ -166,6 +166,7 @@ SOURCE = """
 #include <xenstore.h>
 #include "mapcache.h"
 #include "inet_sum.h"
+#include "evtchn_nowait.h"
 // A full fence: the ioreq handshake's read and write barriers (DESIGN.md 5).
 static void stubdm_barrier(void) { __sync_synchronize(); }
 // Xen renormalises the buffered ring's pointers with a 64-bit cmpxchg, so
@@ -197,27 +198,6 @@ static int stubdm_free_own_pages(void *addr, uint32_t count, const uint64_t *fra
 static int stubdm_share_frames(xengntshr_handle *xgs, void *addr, uint32_t count,
                                uint64_t *frames) {
     (void)xgs; (void)addr; (void)count; (void)frames; errno = ENOSYS; return -1;
-}
-#endif
-// xenevtchn_pending without blocking: -1 with EAGAIN when nothing is
-// delivered (as MiniOS's xenevtchn_pending returns -1 then). Linux's evtchn
-// device blocks in read, so look first; host_sim's libsim looks at its ring.
-#ifdef STUBDM_GLUE_SIM
-static int stubdm_evtchn_pending_nowait(xenevtchn_handle *xce) {
-    return hostsim_evtchn_pending_nowait(xce);
-}
-#else
-#include <poll.h>
-static int stubdm_evtchn_pending_nowait(xenevtchn_handle *xce) {
-    struct pollfd p = {.fd = xenevtchn_fd(xce), .events = POLLIN};
-    int n = poll(&p, 1, 0);
-    if (n <= 0) {
-        if (n == 0) {
-            errno = EAGAIN;
-        }
-        return -1;
-    }
-    return xenevtchn_pending(xce);
 }
 #endif
 """

@@ -105,9 +105,6 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#ifndef STUBDM_PLATFORM_MINIOS
-#include <poll.h>
-#endif
 #include <xenctrl.h>
 #include <xendevicemodel.h>
 #include <xenevtchn.h>
@@ -122,6 +119,7 @@
 
 #include "mapcache.h"
 #include "inet_sum.h"
+#include "evtchn_nowait.h"
 
 _Static_assert(sizeof(mp_uint_t) >= sizeof(uint64_t), "_xenglue needs a 64-bit mp_uint_t");
 
@@ -439,36 +437,12 @@ static mp_obj_t xen_unmask(mp_obj_t self_in, mp_obj_t port) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_2(xen_unmask_obj, xen_unmask);
 
-// MiniOS's xenevtchn_pending returns -1 when nothing is delivered; Linux's
-// evtchn device blocks in read, so look first; host_sim's libsim looks at its
-// ring (hostsim_internal.h, included below for the rest of its calls).
-#if !defined(STUBDM_PLATFORM_MINIOS) && defined(STUBDM_GLUE_SIM)
-int hostsim_evtchn_pending_nowait(xenevtchn_handle *xce);
-#endif
+// evtchn_nowait.h: -1 with EAGAIN at once when nothing is delivered.
 static mp_obj_t xen_pending_nowait(mp_obj_t self_in) {
-    xenevtchn_handle *xce = XEN(self_in)->xce;
-#if defined(STUBDM_PLATFORM_MINIOS)
-    int r = xenevtchn_pending(xce);
-    if (r < 0) {
-        return MP_OBJ_NEW_SMALL_INT(-1);
-    }
-#else
-#if defined(STUBDM_GLUE_SIM)
-    int r = hostsim_evtchn_pending_nowait(xce);
-#else
-    struct pollfd p = {.fd = xenevtchn_fd(xce), .events = POLLIN};
-    int r = poll(&p, 1, 0);
-    if (r > 0) {
-        r = xenevtchn_pending(xce);
-    } else if (r == 0) {
-        r = -1;
-        errno = EAGAIN;
-    }
-#endif
+    int r = stubdm_evtchn_pending_nowait(XEN(self_in)->xce);
     if (r < 0 && errno == EAGAIN) {
         return MP_OBJ_NEW_SMALL_INT(-1);
     }
-#endif
     return check(r);
 }
 static MP_DEFINE_CONST_FUN_OBJ_1(xen_pending_nowait_obj, xen_pending_nowait);
