@@ -398,17 +398,25 @@ class Mapcache:
     def bucket_room(self, gpa):
         return lib.mapcache_bucket_room(self.mc, gpa)
 
-    def prdt_copy(self, prdt, n, skip, buf, to_guest):
+    def prdt_copy(self, prdt, n, skip, buf, to_guest, cursor=None):
         """Copy len(buf) bytes between buf and the guest memory of an AHCI PRD table's
         stream (prdt: its n entries' bytes) from byte skip on, into the guest if to_guest:
-        True, or False when a piece is not guest RAM or the table is too short."""
+        True, or False when a piece is not guest RAM or the table is too short. cursor:
+        a bytearray(16) kept with the table (mapcache.h: the walk goes on where the last
+        call ended), or None."""
         if n < 0 or 16 * n > len(prdt) or skip < 0:
             raise ValueError("prdt_copy: bad table or offset")
+        if cursor is None:
+            cur = ffi.NULL
+        elif len(cursor) == 16:
+            cur = ffi.from_buffer("uint64_t[]", cursor, require_writable=True)
+        else:
+            raise ValueError("prdt_copy: a cursor is 16 bytes")
         if len(buf) == 0:
             return True
         b = ffi.from_buffer("uint8_t[]", buf, require_writable=not to_guest)
         return lib.mapcache_prdt_copy(self.mc, ffi.from_buffer("uint8_t[]", prdt), n, skip,
-                                      b, len(buf), 1 if to_guest else 0) == 0
+                                      b, len(buf), 1 if to_guest else 0, cur) == 0
 
     def invalidate(self):
         lib.mapcache_invalidate(self.mc)

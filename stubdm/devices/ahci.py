@@ -219,6 +219,9 @@ class SgList:
         mc = getattr(mem, "mc", None) if raw is not None else None
         # The mapcache that copies the table's stream in one C call (None: map views).
         self.mc = mc if mc is not None and hasattr(mc, "prdt_copy") else None
+        # Where the last copy ended in the table (the C walk's cursor, mapcache.h): a
+        # command's copies in stream order read each entry once, even of 65535.
+        self.cursor = bytearray(16) if self.mc is not None else None
         self.i = 0
         self.off = 0  # bytes of entry i already used
         self.moved = 0
@@ -227,7 +230,7 @@ class SgList:
         """Move len(buf) bytes between buf and the stream from byte skip on (into the
         guest if to_guest), nothing pinned: True, or False when a piece is not guest
         RAM or the table is short. Only where self.mc is set."""
-        return self.mc.prdt_copy(self.raw, self.n, skip, buf, to_guest)
+        return self.mc.prdt_copy(self.raw, self.n, skip, buf, to_guest, self.cursor)
 
     def map(self, n):
         """Pin the next n bytes: a _Chunk, or None (too short or not RAM; logged by the caller)."""

@@ -371,19 +371,29 @@ int64_t mapcache_prdt_total(const uint8_t *prdt, uint32_t n) {
 }
 
 int mapcache_prdt_copy(mapcache_t *mc, const uint8_t *prdt, uint32_t n, uint64_t skip,
-                       uint8_t *buf, size_t len, int to_guest) {
+                       uint8_t *buf, size_t len, int to_guest, uint64_t *cursor) {
     uint32_t i = 0;
+    uint64_t base = 0;  // where entry i starts in the stream
+    if (cursor != NULL && cursor[0] < n && cursor[1] <= skip) {
+        i = (uint32_t)cursor[0];  // the last call's entry: the walk goes on from there
+        base = cursor[1];
+    }
     for (; i < n; i++) {  // the entry that holds byte skip
         uint32_t c = prd_count(prdt + 16 * (size_t)i);
-        if (skip < c) {
+        if (skip - base < c) {
             break;
         }
-        skip -= c;
+        base += c;
     }
+    skip -= base;
     while (len > 0) {
         if (i >= n) {
             errno = EINVAL;
             return -1;
+        }
+        if (cursor != NULL) {
+            cursor[0] = i;
+            cursor[1] = base;
         }
         const uint8_t *e = prdt + 16 * (size_t)i;
         uint64_t a = prd_address(e);
@@ -415,6 +425,7 @@ int mapcache_prdt_copy(mapcache_t *mc, const uint8_t *prdt, uint32_t n, uint64_t
             k -= m;
             len -= m;
         }
+        base += c;
         i++;
         skip = 0;
     }

@@ -101,7 +101,11 @@ int64_t mapcache_prdt_total(const uint8_t *prdt, uint32_t n);
 // within a bucket, one memcpy). Returns 0, or -1 with errno EFAULT when a
 // piece is not guest RAM or its address range wraps, EINVAL when the table
 // holds fewer than skip + len bytes; bytes before the failing piece were
-// copied.
-int mapcache_prdt_copy(mapcache_t *mc, const uint8_t *prdt, uint32_t n, uint64_t skip, uint8_t *buf, size_t len, int to_guest);
+// copied. cursor (or NULL): two u64s, the entry where the last call over the
+// same table ended and the stream offset it starts at ({0, 0} at first); a
+// call from there on walks on from that entry instead of from entry 0, so a
+// command's calls in stream order read each entry once, however long the
+// table. Only calls over one table may share a cursor.
+int mapcache_prdt_copy(mapcache_t *mc, const uint8_t *prdt, uint32_t n, uint64_t skip, uint8_t *buf, size_t len, int to_guest, uint64_t *cursor);
 
 #endif // STUBDM_MAPCACHE_H

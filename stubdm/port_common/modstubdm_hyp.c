@@ -67,9 +67,11 @@
 //                                     (kept across invalidates: DMA in flight)
 //     .unlock(gpa)                 drops one lock on gpa's bucket
 //     .bucket_room(gpa) -> bytes to the end of gpa's bucket
-//     .prdt_copy(prdt, n, skip, buf, to_guest) -> True, or False (not RAM,
-//                                     table too short): len(buf) bytes of an
-//                                     AHCI PRD table's stream (mapcache.h)
+//     .prdt_copy(prdt, n, skip, buf, to_guest[, cursor]) -> True, or False
+//                                     (not RAM, table too short): len(buf)
+//                                     bytes of an AHCI PRD table's stream;
+//                                     cursor: a bytearray(16) kept with the
+//                                     table (mapcache.h)
 //     .invalidate()
 //     .stats() -> (hits, misses, maps, unmaps, evictions, invalidations,
 //                  refused, buckets_mapped, buckets_locked, max_buckets,
@@ -890,13 +892,26 @@ static mp_obj_t mapcache_prdt_copy_m(size_t n_args, const mp_obj_t *args) {
     if (n < 0 || (size_t)n > tb.len / 16 || skip < 0) {
         mp_raise_ValueError(MP_ERROR_TEXT("prdt_copy: bad table or offset"));
     }
+    uint64_t cur[2];
+    mp_buffer_info_t cb = {0};
+    if (n_args > 6 && args[6] != mp_const_none) {
+        mp_get_buffer_raise(args[6], &cb, MP_BUFFER_RW);
+        if (cb.len != sizeof cur) {
+            mp_raise_ValueError(MP_ERROR_TEXT("prdt_copy: a cursor is 16 bytes"));
+        }
+        memcpy(cur, cb.buf, sizeof cur);  // the bytearray's bytes may be unaligned
+    }
     if (bb.len == 0) {
         return mp_const_true;
     }
-    return mp_obj_new_bool(mapcache_prdt_copy(MC(args[0]), tb.buf, (uint32_t)n, (uint64_t)skip,
-                                              bb.buf, bb.len, to_guest) == 0);
+    int r = mapcache_prdt_copy(MC(args[0]), tb.buf, (uint32_t)n, (uint64_t)skip, bb.buf,
+                               bb.len, to_guest, cb.buf != NULL ? cur : NULL);
+    if (cb.buf != NULL) {
+        memcpy(cb.buf, cur, sizeof cur);
+    }
+    return mp_obj_new_bool(r == 0);
 }
-static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mapcache_prdt_copy_obj, 6, 6, mapcache_prdt_copy_m);
+static MP_DEFINE_CONST_FUN_OBJ_VAR_BETWEEN(mapcache_prdt_copy_obj, 6, 7, mapcache_prdt_copy_m);
 
 static mp_obj_t mapcache_invalidate_m(mp_obj_t self_in) {
     mapcache_invalidate(MC(self_in));

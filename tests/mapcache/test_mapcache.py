@@ -423,6 +423,85 @@ def test_footprint(mod):
             lib.mapcache_free(mc)
 
 
+def _prdt(entries):
+    """An AHCI PRD table's bytes (AHCI 1.3.1 4.2.3.3) from (address, byte count) pairs."""
+    out = bytearray()
+    for addr, n in entries:
+        out += addr.to_bytes(8, "little") + bytes(4) + (n - 1).to_bytes(4, "little")
+    return bytes(out)
+
+
+def _prdt_copy(e, table, skip, buf, to_guest, cursor=None):
+    ffi = e.ffi
+    cur = ffi.NULL if cursor is None else cursor
+    rc = e.lib.mapcache_prdt_copy(e.mc, table, len(table) // 16, skip,
+                                  ffi.from_buffer(buf), len(buf), to_guest, cur)
+    return rc, ffi.errno
+
+
+def test_prdt_copy_moves_the_stream_and_stops_at_a_piece_outside_ram(make):
+    # AHCI's scatter list in C: the guest's PRD pieces in table order, any bucket.
+    e = make(4 * MiB, ranges=[(0, 0xA0000), (MiB, 4 * MiB)])
+    e.ram[:] = os.urandom(4 * MiB)
+    pieces = [(0x3FF000, 8192 - 4096), (0x1000, 512), (2 * MiB - 1024, 2048), (0x9F000, 4096)]
+    table = _prdt(pieces)
+    want = b"".join(e.ram[a:a + n] for a, n in pieces)
+    buf = bytearray(len(want))
+    assert _prdt_copy(e, table, 0, buf, 0)[0] == 0 and buf == want
+    part = bytearray(1000)
+    assert _prdt_copy(e, table, 4000, part, 0)[0] == 0 and part == want[4000:5000]
+    # Into the guest, from the middle of the stream.
+    blob = os.urandom(3000)
+    assert _prdt_copy(e, table, 4096 + 100, bytearray(blob), 1)[0] == 0
+    assert e.ram[0x1000 + 100:0x1000 + 512] == blob[:412]
+    assert e.ram[2 * MiB - 1024:2 * MiB - 1024 + 2048] == blob[412:2460]
+    # A guest's table with a piece in the VGA hole: EFAULT, the pieces before it
+    # moved, nothing written past them.
+    e.ram[0x3FF000:0x400000] = bytes(4096)
+    bad = _prdt([(0x3FF000, 4096), (0xB8000, 4096), (0x1000, 4096)])
+    blob = os.urandom(3 * 4096)
+    before = bytes(e.ram[0x1000:0x2000])
+    assert _prdt_copy(e, bad, 0, bytearray(blob), 1) == (-1, errno.EFAULT)
+    assert e.ram[0x3FF000:0x400000] == blob[:4096]
+    assert e.ram[0x1000:0x2000] == before
+    # Above RAM, an address that wraps, and a table shorter than the copy.
+    for t, want_errno in ((_prdt([(4 * MiB, 4096)]), errno.EFAULT),
+                          (_prdt([(2**64 - 4096, 8192)]), errno.EFAULT),
+                          (_prdt([(0x1000, 4096)]), errno.EINVAL)):
+        assert _prdt_copy(e, t, 0, bytearray(8192), 0) == (-1, want_errno)
+
+
+def test_prdt_copy_cursor_walks_a_long_table_once(make):
+    # A hostile table of 65535 two-byte entries (the most a command header names):
+    # with the cursor each call in stream order starts at the entry the last one
+    # ended in, and a call behind it still gets its bytes (walked from entry 0).
+    e = make(4 * MiB)
+    e.ram[:] = os.urandom(4 * MiB)
+    n = 65535
+    entries = [(MiB + 6 * i, 2) for i in range(n)]  # 2 bytes used of every 6
+    table = _prdt(entries)
+    stream = b"".join(e.ram[a:a + 2] for a, _ in entries)
+    cur = e.ffi.new("uint64_t[2]")
+    pos = 0
+    for size in (1000, 4096, 8190, 2, 30000, 65536, len(stream) - 108824):
+        buf = bytearray(size)
+        assert _prdt_copy(e, table, pos, buf, 0, cur)[0] == 0
+        assert buf == stream[pos:pos + size]
+        pos += size
+        last = (pos - 1) // 2
+        assert (cur[0], cur[1]) == (last, 2 * last)  # the entry of the last byte moved
+    assert pos == len(stream)
+    buf = bytearray(10)
+    assert _prdt_copy(e, table, 50, buf, 0, cur)[0] == 0 and buf == stream[50:60]
+    assert (cur[0], cur[1]) == (29, 58)
+    # A cursor past the table (or past skip) is not trusted: the walk starts at 0.
+    cur[0], cur[1] = n + 5, 0
+    assert _prdt_copy(e, table, 8, buf, 0, cur)[0] == 0 and buf == stream[8:18]
+    cur[0], cur[1] = 100, 200
+    assert _prdt_copy(e, table, 8, buf, 0, cur)[0] == 0 and buf == stream[8:18]
+    assert _prdt_copy(e, table, len(stream) - 4, buf, 0, cur) == (-1, errno.EINVAL)
+
+
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 @pytest.mark.parametrize("std", ["c99", "gnu99"])
 def test_mapcache_c_compiles_strictly(tmp_path, std):
