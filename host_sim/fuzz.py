@@ -94,6 +94,7 @@ class FakePlatform:
         self.shutdowns = []
         self.shutdown_calls = 0
         self.map_changes = 0
+        self.msis = 0  # messages inject_msi took
         self.other = {}
 
     def _refuse(self, what, err):
@@ -112,6 +113,15 @@ class FakePlatform:
         if not 0 <= dev <= 0x1F or not 0 <= pin <= 3 or level not in (0, 1):
             self._refuse("set_pci_intx_level(%r, %r, %r)" % (dev, pin, level), errno.EINVAL)
         self.intx[(dev, pin)] = level
+
+    def inject_msi(self, addr, data):
+        # XEN_DMOP_inject_msi (hvm_inject_msi): vector 0 names a pirq, and this
+        # domain has none: -ERANGE.
+        self.calls += 1
+        self.irq_calls += 1
+        if not 0 <= addr <= ALL64 or not 0 <= data <= 0xFFFFFFFF or data & 0xFF == 0:
+            self._refuse("inject_msi(%#x, %#x)" % (addr, data), errno.ERANGE)
+        self.msis += 1
 
     def set_pci_link_route(self, link, irq):
         self.calls += 1
@@ -402,6 +412,21 @@ def _walk(root, limit=4000):
     return out
 
 
+def _msi_cap(f):
+    """Where a PCI function's MSI capability (ID 5) is in its config space, or None."""
+    c = f.config
+    if not c[6] & 0x10:  # status: no capability list
+        return None
+    off = c[0x34] & 0xFC
+    for _ in range(48):
+        if off < 0x40:
+            return None
+        if c[off] == 0x05:
+            return off
+        off = c[off + 1] & 0xFC
+    return None
+
+
 def _isa_irq_of(line):
     """The ISA IRQ an IrqLine's sink reports to, if it is one (else None)."""
     sink = line.sink
@@ -660,6 +685,12 @@ class Generator:
         m = rig.machine
         self.functions = [f for f in m.pci if name_matches(f.name, device)]
         self.bar_functions = [f for f in self.functions if f.bars()]
+        # AHCI functions (class 01.06.01): driven as libahci drives one, and off it.
+        self.ahci_functions = [f for f in self.functions
+                               if bytes(f.config[9:12]) == b"\x01\x06\x01" and f.bars()]
+        # Functions offering MSI (the AHCI), with where their capability is.
+        self.msi_functions = [(f, c) for f in self.functions for c in (_msi_cap(f),)
+                              if c is not None]
         self.uarts = len(getattr(m, "uarts", []))
         self.kbd = getattr(m, "i8042", None) is not None
         self.vga = getattr(m, "vga", None) is not None and name_matches("vga", device)
@@ -698,8 +729,12 @@ class Generator:
             return [self._reg(rng.choice(self.targets))]
         if r < 0.53 and (self.functions or self.device is None):
             return [self._config()]
-        if r < 0.62 and self.bar_functions:
+        if r < 0.60 and self.bar_functions:
             return self._bar_game()
+        if r < 0.605 and self.msi_functions:
+            return self._msi_game()
+        if r < 0.62 and self.ahci_functions:
+            return self._ahci_game()
         if r < 0.72 and self.targets:
             return [self._rep(rng.choice(self.targets))]
         if r < 0.80 and self.targets:
@@ -866,6 +901,168 @@ class Generator:
         # decoding, bus mastering and INTx disable toggled
         v = rng.choice((0, 1, 2, 3, 4, 7, 0x400, 0x407, 0xFFFF, cmd ^ decode, cmd ^ 0x400))
         return [self._cfg(f, 4, rng.choice((1, 2, 2, 4)), v)]
+
+    def _msi_game(self):
+        """A driver's MSI set-up (address, data, enable, bus mastering), or a hostile
+        one: vector 0 (Xen refuses it), an address off the APIC window, enable
+        toggled while the function's interrupt is pending."""
+        rng = self.rng
+        f, cap = rng.choice(self.msi_functions)
+        flags = int.from_bytes(bytes(f.config[cap + 2:cap + 4]), "little")
+        wide = bool(flags & 0x80)
+        r = rng.random()
+        if r < 0.25:  # on or off, nothing else
+            return [self._cfg(f, cap + 2, 2, flags ^ 1)]
+        addr = 0xFEE00000 | (rng.randrange(256) << 12) if rng.random() < 0.8 \
+            else rng.getrandbits(32) & ~3
+        vector = rng.choice((0, 0x10, 0x21, 0xEF, 0xFF)) if rng.random() < 0.3 \
+            else rng.randrange(0x10, 0x100)
+        data = (rng.choice((0, 0x4000, 0x8000)) | vector) & 0xFFFF
+        out = [self._cfg(f, cap + 4, 4, addr)]
+        if wide:
+            out.append(self._cfg(f, cap + 8, 4, rng.getrandbits(32) if rng.random() < 0.1
+                                 else 0))
+        out.append(self._cfg(f, cap + (12 if wide else 8), 2, data))
+        out.append(self._cfg(f, cap + 2, 2, flags | 1))
+        cmd = int.from_bytes(bytes(f.config[4:6]), "little")
+        if rng.random() < 0.7:
+            out.append(self._cfg(f, 4, 2, cmd | 0x4))  # bus mastering: messages may go
+        return out
+
+    # Where _ahci_game keeps its command lists, FIS areas, command tables and
+    # buffers in the fuzzer's RAM (a port's 32 slots' tables 256 bytes apart).
+    AHCI_CLB = 0x300000
+    AHCI_FB = 0x308000
+    AHCI_CT = 0x310000
+    AHCI_BUF = 0x400000
+
+    def _ahci_game(self):
+        """A command as libahci issues one (command header, FIS and PRDT in guest
+        memory, then PxSACT/PxCI), with the port set up first when the dice say,
+        and the interrupt handler's reads and acknowledgements; the values are
+        often the guest's worst: PRD pieces outside RAM or with odd counts, long
+        tables, NCQ tags that don't match the slot, sectors past the disk."""
+        rng = self.rng
+        f = rng.choice(self.ahci_functions)
+        abar = f.bar_mapping(5)
+        if abar is None or not f.config[4] & 0x4:
+            # Firmware's assignment, memory decoding and bus mastering on.
+            size = [s for i, _k, s in f.bars() if i == 5][0]
+            base = (0xE0000000 + (f.devfn >> 3) * (16 << 20) + size - 1) & ~(size - 1)
+            return [self._cfg(f, 0x24, 4, base), self._cfg(f, 4, 2, 0x7)]
+        abar = abar[0] if isinstance(abar, tuple) else abar
+        port = rng.choice((0, 0, 0, 1, 1, rng.randrange(6)))
+        pr = abar + 0x100 + 0x80 * port
+        clb = self.AHCI_CLB + 0x400 * port
+        fb = self.AHCI_FB + 0x100 * port
+        out = []
+
+        def w(addr, v, size=4):
+            out.append(self._io("mmio", addr, v & _mask(size), size, 0))
+
+        def rd(addr):
+            out.append(self._io("mmio", addr, 0, 4, 1))
+
+        r = rng.random()
+        if r < 0.2:  # the driver's port start: GHC.AE|IE, CLB, FB, IE, FRE, ST
+            w(abar + 0x04, 0x80000002)
+            w(pr + 0x00, clb)
+            w(pr + 0x04, 0)
+            w(pr + 0x08, fb)
+            w(pr + 0x0C, 0)
+            w(pr + 0x30, 0xFFFFFFFF)  # SERR
+            w(pr + 0x10, 0xFFFFFFFF)  # IS
+            w(pr + 0x14, 0xFDC000FF if rng.random() < 0.9 else rng.getrandbits(32))
+            w(pr + 0x18, 0x10 | 0x6)
+            w(pr + 0x18, 0x11 | 0x6)
+            if rng.random() < 0.2:  # COMRESET
+                w(pr + 0x2C, 1)
+                w(pr + 0x2C, 0)
+            return out
+        if r < 0.35:  # the interrupt handler: IS, PxIS read and cleared, SACT/CI
+            rd(abar + 0x08)
+            rd(pr + 0x10)
+            w(pr + 0x10, 0xFFFFFFFF if rng.random() < 0.8 else rng.getrandbits(32))
+            rd(pr + 0x34 if rng.random() < 0.5 else pr + 0x38)
+            w(abar + 0x08, 0xFFFFFFFF if rng.random() < 0.8 else 1 << port)
+            if rng.random() < 0.1:  # error recovery: stop, CLO, start
+                w(pr + 0x18, 0x16)
+                w(pr + 0x18, 0x1E)
+                w(pr + 0x18, 0x17)
+            return out
+        # A command in slot `slot`, most often on a port set up and running (the
+        # other requests keep scribbling on its registers).
+        if rng.random() < 0.8:
+            w(pr + 0x00, clb)
+            w(pr + 0x04, 0)
+            w(pr + 0x08, fb)
+            w(pr + 0x0C, 0)
+            w(pr + 0x18, 0x17)
+        slot = rng.randrange(32) if rng.random() < 0.5 else rng.randrange(4)
+        ncq = rng.random() < 0.5
+        op = rng.choice((0x60, 0x61)) if ncq else rng.choice(
+            (0xEC, 0x25, 0x35, 0xC8, 0xCA, 0xE7, 0xEA, 0x2F, 0xEF, 0xA0, 0xA1, 0x20,
+             rng.randrange(256)))
+        sectors = rng.choice((1, 8, 128, 256, 2048, 0, rng.randrange(65536)))
+        lba = rng.choice((0, 1, 2040, 2047, 2048, rng.getrandbits(48)))
+        fis = bytearray(20)
+        fis[0] = 0x27 if rng.random() < 0.97 else rng.getrandbits(8)
+        fis[1] = 0x80 if rng.random() < 0.95 else rng.getrandbits(8)
+        fis[2] = op
+        fis[4:7] = (lba & 0xFFFFFF).to_bytes(3, "little")
+        fis[7] = 0x40 | (rng.choice((0, 0x80)) if ncq else 0)
+        fis[8:11] = (lba >> 24).to_bytes(3, "little")
+        if ncq:
+            tag = slot if rng.random() < 0.9 else rng.randrange(32)
+            fis[3], fis[11] = sectors & 0xFF, (sectors >> 8) & 0xFF
+            fis[12] = tag << 3
+        else:
+            fis[12], fis[13] = sectors & 0xFF, (sectors >> 8) & 0xFF
+        # The PRDT: pieces in the buffer area, or the guest's worst.
+        want = max(sectors, 1) * 512
+        n = rng.choice((1, 2, 8, 64)) if rng.random() < 0.9 else rng.choice((0, 168, 4096))
+        ram = min(self.rig.ram_bytes, 0xF0000000)
+        prdt = bytearray()
+        left = want
+        for i in range(n):
+            k = max(2, min(left, 1 << 22) // max(1, n - i) & ~1) if left > 0 else 512
+            r = rng.random()
+            if r < 0.85:
+                a = self.AHCI_BUF + rng.randrange(0, 0x200000, 0x1000)
+            elif r < 0.9:
+                a = ram - rng.choice((2, 512, 4096))  # runs off the end of RAM
+            elif r < 0.95:
+                a = rng.choice((0xFEC00000, 0xB8000, ALL64 - 4095, 1 << 40))
+            else:
+                a = rng.getrandbits(64)
+            if rng.random() < 0.03:
+                k |= 1  # an odd byte count
+            k = min(k, 1 << 22)
+            prdt += struct.pack("<QII", a, 0, (k - 1) & 0x3FFFFF | (rng.choice((0, 1 << 31))))
+            left -= k
+        ct = self.AHCI_CT + 0x100 * slot + 0x4000 * port
+        if len(prdt) > 0x80 * 16 or rng.random() < 0.05:
+            ct = rng.choice((ram - 0x80, 0xFEC00000, ct))  # a table off RAM's end or outside
+        dw0 = 5 | (0x40 if op in (0x61, 0x35, 0xCA) else 0) | (n << 16)
+        if op in (0xA0, 0xA1):
+            dw0 |= 0x20
+        if rng.random() < 0.05:
+            dw0 = rng.getrandbits(32)
+        hdr = struct.pack("<IIII", dw0 & 0xFFFFFFFF, 0, ct & 0xFFFFFF80, ct >> 32) + bytes(16)
+        out.append(("M", clb + 32 * slot, hdr))
+        table = bytes(fis) + bytes(0x80 - 20)
+        if op == 0xA0:  # ATAPI: a READ(10) or INQUIRY packet
+            pkt = rng.choice((b"\x28\x00\x00\x00\x00\x00\x00\x00\x04\x00",
+                              b"\x12\x00\x00\x00\x60\x00"))
+            table = table[:0x40] + pkt + table[0x40 + len(pkt):]
+        if ct + 0x80 + len(prdt) <= ram:
+            out.append(("M", ct, table + bytes(prdt[:0x1000])))
+        if ncq:
+            w(pr + 0x34, 1 << slot)
+        w(pr + 0x38, 1 << slot)
+        if rng.random() < 0.5:
+            rd(pr + 0x38)
+        return out
 
     def _bar_base(self, kind, size):
         rng = self.rng
