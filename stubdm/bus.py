@@ -18,7 +18,7 @@ class IoBus:
     def __init__(self, name):
         self.name = name
         self.ranges = []
-        self._last = None
+        self.last = None  # the range the last find() gave (the ioreq loop looks there first)
 
     def add(self, start, length, dev, name=""):
         if length <= 0:
@@ -35,16 +35,16 @@ class IoBus:
     def remove(self, r):
         if r in self.ranges:
             self.ranges.remove(r)
-        if self._last is r:
-            self._last = None
+        if self.last is r:
+            self.last = None
 
     def find(self, addr):
-        r = self._last
+        r = self.last
         if r is not None and r.start <= addr < r.end:
             return r
         for r in self.ranges:
             if r.start <= addr < r.end:
-                self._last = r
+                self.last = r
                 return r
         return None
 

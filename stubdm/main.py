@@ -14,10 +14,18 @@ RX_TIMEOUT_MS = 4
 BURST_US = 500
 
 # MicroPython's GC heap, measured for the exit stats (heap_peak=, the most
-# live heap seen: sampled after a collection every HEAP_SAMPLE_EVENTS events
-# and when idle, so it costs a fraction of a microsecond per ioreq). CPython
-# reports nothing here.
-HEAP_SAMPLE_EVENTS = 1000
+# live heap seen: sampled after a collection when idle, and every
+# HEAP_SAMPLE_US while busy). A collection of the device model's heap takes
+# about a millisecond: one per 1000 events was 1.2 us per ioreq (bench pio).
+# CPython reports nothing here.
+HEAP_SAMPLE_US = 200000
+
+# What the loop looks at without an event of its own (QMP's ring, for a
+# notification lost or late; libxenstore's watch queue, for a lost
+# connection) is looked at each idle turn and at most every SLOW_CHORES_US
+# while ports keep arriving: on MicroPython it was a fifth of a turn's
+# work after each access.
+SLOW_CHORES_US = 1000
 try:
     import gc as _gc
 
@@ -607,6 +615,14 @@ def open_pv(hyp):
     return xs, bus
 
 
+
+def _rx_armed(uarts):
+    """True if one of the 16550s has its RX character timeout armed."""
+    for u in uarts:
+        if u.rx_timer_armed:
+            return True
+    return False
+
 class DeviceModel:
     def __init__(self, opts):
         from stubdm.hypervisor import Hypervisor, HypervisorError
@@ -922,7 +938,7 @@ class DeviceModel:
         xs_backlog = False  # watch events left queued (a flood is served in slices)
         uarts = self.machine.uarts if self.timers else []
         armed = {}  # uart index -> when its RX character timeout was first seen armed
-        events = 0  # since the last heap sample
+        heap_due = slow_due = ticks_us()
         vga = self.machine.vga
         if vga is not None and vga.surface is None:
             vga = None  # nothing shows the frame: nothing to draw
@@ -935,7 +951,7 @@ class DeviceModel:
             if vga is not None:
                 wait = ticks_diff(next_frame, ticks_us()) // 1000
                 timeout = wait if wait > 0 else 0
-            if armed or any(u.rx_timer_armed for u in uarts):
+            if armed or _rx_armed(uarts):
                 timeout = RX_TIMEOUT_MS
             nic_due = self.machine.nic_timer_deadline() if self.timers else None
             if nic_due is not None:
@@ -948,12 +964,14 @@ class DeviceModel:
             if xs_backlog:
                 timeout = 0
             ready = poller.poll(timeout)
+            xs_ready = False
             # select.poll gives (fd, event) on CPython and (registered object,
             # event) on MicroPython: the objects registered are the fds.
             for obj, ev in ready:
                 if obj == xs_fd:
                     if ev & (select.POLLHUP | select.POLLERR):
                         xs_fd = self._xenstore_lost(poller, xs_fd)
+                    xs_ready = True
                     continue  # served below, with any backlog
                 if ev & (select.POLLHUP | select.POLLERR):
                     log.info("stubdm", "event channel closed: the hypervisor is gone")
@@ -982,25 +1000,29 @@ class DeviceModel:
                     if ticks_diff(ticks_us(), t_burst) >= BURST_US:
                         break
                     port = hyp.pending_nowait()
+            now = ticks_us()
+            slow = not ready or ticks_diff(now, slow_due) >= 0
+            if slow:
+                slow_due = ticks_add(now, SLOW_CHORES_US)
             if self.held and not self.paused:
                 self.resume_held()
-            if self.qmp is not None:
+            if self.qmp is not None and slow:
                 self.qmp.poll()
-            if xs_fd >= 0:
+            if xs_fd >= 0 and (slow or xs_ready or xs_backlog):
                 n = self.xs.events()
                 if n == XS_LOST:
                     # libxenstore reads its socket in a thread: no POLLHUP reaches us.
                     xs_fd = self._xenstore_lost(poller, xs_fd)
                     n = 0
                 xs_backlog = n >= XS_EVENTS_PER_TURN
-            if _mem_alloc is not None:
-                events += 1
-                if events >= HEAP_SAMPLE_EVENTS or (not ready and timeout == 1000):
-                    events = 0
-                    self.sample_heap()
+            if _mem_alloc is not None and ((not ready and timeout == 1000) or
+                                           ticks_diff(now, heap_due) >= 0):
+                heap_due = ticks_add(now, HEAP_SAMPLE_US)
+                self.sample_heap()
             if self.paused:
                 continue  # saved: the device clocks stand still (as QEMU's vm_stop)
-            self._rx_timeouts(uarts, armed)
+            if armed or _rx_armed(uarts):
+                self._rx_timeouts(uarts, armed)
             if vga is not None and ticks_diff(ticks_us(), next_frame) >= 0:
                 # The display refresh, as QEMU's GUI timer: what changed, redrawn.
                 next_frame = ticks_us() + REFRESH_MS * 1000

@@ -295,3 +295,54 @@ def test_rep_pci_config_is_the_same_register_count_times(rig):
     assert ram.b[0x3000:0x3008] == bytes((9, 10, 11, 12)) * 2
     # The pointer is never taken for a value.
     assert f.space[0x44:0x48] == bytes(4)
+
+
+def test_single_access_reports_irq_once_before_the_answer(rig):
+    # The short path of one port access (Dispatcher.access) holds the latch
+    # as dispatch() does: a write that flips the line twice reaches the
+    # platform once, while the slot is still INPROCESS.
+    loop, plat, irqs = latch_rig(rig)
+    put(loop, 0, abi.IOREQ_TYPE_PIO, 0x200, data=1, size=1)
+    loop.on_port(5)
+    assert plat.calls == [(5, 1, abi.STATE_IOREQ_INPROCESS)]
+    assert state(loop, 0) == abi.STATE_IORESP_READY and irqs.held == 0
+    put(loop, 0, abi.IOREQ_TYPE_PIO, 0x200, data=1, size=1)
+    loop.on_port(5)
+    assert len(plat.calls) == 1  # high before and after: nothing to report
+
+
+class Broken:
+    def read(self, off, size):
+        raise RuntimeError("device bug")
+
+    def write(self, off, size, value):
+        raise RuntimeError("device bug")
+
+
+def test_failing_device_leaves_the_latch_released(rig):
+    loop, plat, irqs = latch_rig(rig)
+    loop.d.pio.add(0x300, 1, Broken(), "broken")
+    put(loop, 0, abi.IOREQ_TYPE_PIO, 0x300, size=1, read=1)
+    with pytest.raises(RuntimeError):
+        loop.on_port(5)
+    assert irqs.held == 0
+    # Later levels still reach the platform at once.
+    put(loop, 0, abi.IOREQ_TYPE_PIO, 0x200, data=1, size=1)
+    loop.on_port(5)
+    assert plat.calls == [(5, 1, abi.STATE_IOREQ_INPROCESS)]
+
+
+def test_hot_path_constants_are_abis():
+    from stubdm import ioreq
+
+    assert (ioreq._TYPE_PIO, ioreq._TYPE_COPY) == (abi.IOREQ_TYPE_PIO, abi.IOREQ_TYPE_COPY)
+    assert (ioreq._SLOT_SIZE, ioreq._OFF_DATA, ioreq._OFF_COUNT, ioreq._OFF_FLAGS,
+            ioreq._OFF_TYPE) == (abi.IOREQ_SIZE, abi.IOREQ_OFF_DATA, abi.IOREQ_OFF_COUNT,
+                                 abi.IOREQ_OFF_FLAGS, abi.IOREQ_OFF_TYPE)
+    assert (ioreq._STATE_MASK, ioreq._READY, ioreq._INPROCESS, ioreq._RESP_READY) == (
+        abi.STATE_MASK, abi.STATE_IOREQ_READY, abi.STATE_IOREQ_INPROCESS,
+        abi.STATE_IORESP_READY)
+    assert (ioreq._IS_PTR, ioreq._DIR_READ, ioreq._DF) == (
+        abi.FLAG_DATA_IS_PTR, abi.FLAG_DIR_READ, abi.FLAG_DF)
+    # The two-field reads cover the slot's layout as IOREQ_FMT has it.
+    assert abi.IOREQ_FMT == "<QQIIIHBB" and abi.IOREQ_OFF_SIZE == abi.IOREQ_OFF_COUNT + 4
