@@ -598,9 +598,15 @@ def cmd_bench_net(args):
         except ValueError as e:
             sys.stderr.write("stubdm-sim bench net: --nic %s\n" % e)
             return 2
+    configs = tuple(c for c in (args.configs or "stubdm,qemu-xen,qemu").split(",") if c)
+    bad = [c for c in configs if c not in ("stubdm", "qemu-xen", "qemu")]
+    if bad or not configs:
+        sys.stderr.write("stubdm-sim bench net: --configs takes stubdm, qemu-xen, qemu\n")
+        return 2
     try:
         results = bench_net(qemu, kernel, initrd, model=model, size_mib=args.size_mib,
-                            runs=args.runs, check=not args.no_check, runtime=args.dm_runtime)
+                            runs=args.runs, check=not args.no_check, runtime=args.dm_runtime,
+                            configs=configs)
     except BenchError as e:
         sys.stderr.write("stubdm-sim bench net: %s\n" % e)
         return 1
@@ -626,6 +632,9 @@ def add_command(bsub, common):
                    help="interleaved rounds per configuration (default 5)")
     b.add_argument("--no-check", action="store_true",
                    help="skip the sha256-checked transfer each way")
+    b.add_argument("--configs", metavar="LIST",
+                   help="which rows to run, comma-separated from stubdm,qemu-xen,qemu "
+                   "(default all three)")
     b.set_defaults(func=cmd_bench_net)
 
 

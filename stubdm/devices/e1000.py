@@ -349,6 +349,11 @@ class E1000(PciFunction):
         self.r = None
         self._deferred = None  # when a throttled interrupt may be raised
         self._last_irq = 0
+        # A burst of frames from a network that says where bursts end
+        # (net.rx_batches): the interrupt is raised at its end (or at the
+        # guest's next register access).
+        self._rx_batch = bool(getattr(net, "rx_batches", False))
+        self._irq_held = False
         self.reg_wmask = {}
         for first, count, mask in _PLAIN:
             for i in range(count):
@@ -362,6 +367,8 @@ class E1000(PciFunction):
         self.add_bar(1, IO_SIZE, "io", self.io)
         self.txq = []
         self.rx_paused = False
+        if self._rx_batch:
+            net.on_rx_done = self._rx_flush
         net.set_receiver(self.receive)
         net.on_tx_room = self.tx_room
         net.on_link = self.link_changed
@@ -417,6 +424,7 @@ class E1000(PciFunction):
         self.tx_bytes_done = 0
         self.txq = []
         self.phy_reset()
+        self._irq_held = False
         self._update_irq()
         if self.rx_paused:
             self.rx_paused = False
@@ -473,6 +481,12 @@ class E1000(PciFunction):
             self._deferred = None
             self._update_irq()
 
+    def _rx_flush(self):
+        """A burst's end: the interrupt its frames raise."""
+        if self._irq_held:
+            self._irq_held = False
+            self._update_irq()
+
     # ---- MMIO (BAR0) -----------------------------------------------------------
 
     def read(self, offset, size):
@@ -516,6 +530,8 @@ class E1000(PciFunction):
     def reg_read(self, off):
         if off < 0 or off >= MMIO_SIZE:
             return 0
+        if self._irq_held:
+            self._rx_flush()
         if self.tx_more:
             self._transmit()
         if off == CTRL:
@@ -569,6 +585,8 @@ class E1000(PciFunction):
     def reg_write(self, off, v):
         if off < 0 or off >= MMIO_SIZE:
             return
+        if self._irq_held:
+            self._rx_flush()
         if self.tx_more:
             self._transmit()
         v &= 0xFFFFFFFF
@@ -859,7 +877,11 @@ class E1000(PciFunction):
         free = (self.rdt - self.rdh) % count
         if free <= count >> (((self.rctl >> 8) & 3) + 1):
             cause |= ICR_RXDMT0
-        self._cause(cause)
+        self.icr |= cause
+        if self._rx_batch:
+            self._irq_held = True  # raised at the burst's end (_rx_flush)
+        else:
+            self._update_irq()
         return True
 
     def _rx_csum(self, frame):
@@ -1178,6 +1200,7 @@ class E1000(PciFunction):
     # ---- save/restore ---------------------------------------------------------------
 
     def state(self):
+        self._rx_flush()
         d = super().state()
         d["regs"] = [(k, self.r.d[k]) for k in sorted(self.r.d)]
         d["nic"] = (self.ctrl, self.eecd, self.icr, self.ims, self.rctl, self.tctl, self.rdh,

@@ -297,6 +297,19 @@ class NetFront(Frontend):
             return
         self.posted[rid] = 0
         self.repost.append(rid)
+        if self.rx_chain is None and not flags & (A.NETRXF_more_data | A.NETRXF_extra_info):
+            # A frame in one slot (a full-size one is): the NIC copies it from
+            # the pool page, which is posted again only after this call.
+            if status < 14 or off + status > PAGE:
+                self.stats["rx_dropped"] += 1
+                log.guest_error("netfront", "%s: malformed RX frame dropped" % self.name)
+                return
+            base = rid * PAGE + off
+            frame = self.rx_pool.mem[base:base + status]
+            if flags & A.NETRXF_csum_blank and fill_checksum(frame):
+                self.stats["csum_filled"] += 1
+            self._deliver(frame)
+            return
         if self.rx_chain is None:
             self.rx_chain = bytearray()
             self.rx_bad = False
@@ -329,7 +342,9 @@ class NetFront(Frontend):
         if self.receiver(memoryview(frame)):
             self.stats["rx"] += 1
             return True
-        self.held = frame
+        # Kept until the NIC has room: a pool page's frame is copied out (its
+        # slot goes back to the backend).
+        self.held = frame if isinstance(frame, bytearray) else bytearray(frame)
         self.rx_paused = True
         self.stats["held"] += 1
         return False

@@ -396,6 +396,70 @@ def test_receive_into_the_ring():
     assert rig.irq and rig.r(E.ICR) & E.ICR_RXT0
 
 
+
+class Edges:
+    """Counts the rises of the NIC's INTx level."""
+
+    def __init__(self, nic):
+        self.rises = 0
+        inner = nic.set_irq
+
+        def set_irq(level):
+            if level and not nic.intx_asserted:
+                self.rises += 1
+            inner(level)
+
+        nic.set_irq = set_irq
+
+
+def test_receive_burst_raises_its_interrupt_once_at_its_end():
+    rig = Rig()
+    rig.up()
+    line = Edges(rig.nic)
+    frames = [with_checksums(tcp_frame(bytes([i]) * (200 + i), dst=MAC, src=PEER))
+              for i in range(3)]
+    # Mid-burst (the network has not said it ended): the frames are in their
+    # buffers and their descriptors written back; the interrupt waits.
+    for f in frames:
+        assert rig.nic.receive(memoryview(f))
+    for i, f in enumerate(frames):
+        buf, length, _cs, status, _e, _sp = rig.rx_desc(i)
+        assert status & E.RXD_DD and rig.mem.read(buf, len(f)) == f
+    assert line.rises == 0 and not rig.irq
+    rig.net.on_rx_done()
+    assert line.rises == 1 and rig.irq
+    # MemoryNet says where each delivery's burst ends: one interrupt for it.
+    rig.r(E.ICR)
+    assert not rig.irq
+    rig.net.deliver(frames[0])
+    assert line.rises == 2 and rig.irq
+
+
+def test_receive_held_burst_ends_at_the_guests_next_register_access_or_a_save():
+    rig = Rig()
+    rig.up()
+    f = with_checksums(tcp_frame(b"h" * 64, dst=MAC, src=PEER))
+    assert rig.nic.receive(memoryview(f))
+    assert not rig.irq
+    # Any register access (here STATUS, Linux's write flush) ends the burst first.
+    rig.r(E.STATUS)
+    assert rig.irq and rig.r(E.ICR) & E.ICR_RXT0
+    assert not rig.irq
+    assert rig.nic.receive(memoryview(f))
+    saved = rig.nic.state()
+    assert rig.irq and saved["nic"][2] & E.ICR_RXT0
+
+
+def test_receive_on_a_net_without_bursts_raises_each_frames_interrupt():
+    rig = Rig()
+    rig.net = MemoryNet(MAC)
+    rig.net.rx_batches = False
+    rig.nic = E.E1000(rig.net, rig.mem)
+    rig.up()
+    assert rig.net.on_rx_done is None
+    assert rig.nic.receive(memoryview(with_checksums(tcp_frame(b"1" * 64, dst=MAC, src=PEER))))
+    assert rig.irq
+
 def test_receive_filters():
     rig = Rig()
     rig.up(rctl=E.RCTL_EN)
