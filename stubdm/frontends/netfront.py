@@ -300,15 +300,10 @@ class NetFront(Frontend):
         if self.rx_chain is None and not flags & (A.NETRXF_more_data | A.NETRXF_extra_info):
             # A frame in one slot (a full-size one is): the NIC copies it from
             # the pool page, which is posted again only after this call.
-            if status < 14 or off + status > PAGE:
-                self.stats["rx_dropped"] += 1
-                log.guest_error("netfront", "%s: malformed RX frame dropped" % self.name)
-                return
+            bad = status < 0 or off + status > PAGE
             base = rid * PAGE + off
-            frame = self.rx_pool.mem[base:base + status]
-            if flags & A.NETRXF_csum_blank and fill_checksum(frame):
-                self.stats["csum_filled"] += 1
-            self._deliver(frame)
+            frame = b"" if bad else self.rx_pool.mem[base:base + status]
+            self._frame_done(frame, bad, flags & A.NETRXF_csum_blank)
             return
         if self.rx_chain is None:
             self.rx_chain = bytearray()
@@ -327,13 +322,18 @@ class NetFront(Frontend):
         csum = self.rx_csum or bool(flags & A.NETRXF_csum_blank)
         self.rx_csum = False
         self.rx_chain = None
-        if self.rx_bad or len(chain) < 14:
+        self._frame_done(chain, self.rx_bad, csum)
+
+    def _frame_done(self, frame, bad, csum):
+        """A received frame's last slot came: dropped if malformed, else its
+        checksum filled (csum: the backend left it blank) and delivered."""
+        if bad or len(frame) < 14:
             self.stats["rx_dropped"] += 1
             log.guest_error("netfront", "%s: malformed RX frame dropped" % self.name)
             return
-        if csum and fill_checksum(chain):
+        if csum and fill_checksum(frame):
             self.stats["csum_filled"] += 1
-        self._deliver(chain)
+        self._deliver(frame)
 
     def _deliver(self, frame):
         if self.receiver is None:

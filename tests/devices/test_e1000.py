@@ -396,7 +396,6 @@ def test_receive_into_the_ring():
     assert rig.irq and rig.r(E.ICR) & E.ICR_RXT0
 
 
-
 class Edges:
     """Counts the rises of the NIC's INTx level."""
 
@@ -459,6 +458,7 @@ def test_receive_on_a_net_without_bursts_raises_each_frames_interrupt():
     assert rig.net.on_rx_done is None
     assert rig.nic.receive(memoryview(with_checksums(tcp_frame(b"1" * 64, dst=MAC, src=PEER))))
     assert rig.irq
+
 
 def test_receive_filters():
     rig = Rig()
