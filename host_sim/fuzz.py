@@ -497,6 +497,28 @@ def _voluntary_switches():
     return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
 
 
+class _CheckedCore:
+    """A device core on a bus, its read values checked against the access size
+    (appended to `wide` as (range name, offset, size, value)); all else passed on."""
+
+    def __init__(self, dev, rng, wide):
+        self._dev = dev
+        self._rng = rng
+        self._wide = wide
+
+    def read(self, offset, size):
+        v = self._dev.read(offset, size)
+        if not isinstance(v, int) or v < 0 or v >> (8 * size):
+            self._wide.append((self._rng.name, offset, size, v))
+        return v
+
+    def write(self, offset, size, value):
+        self._dev.write(offset, size, value)
+
+    def __getattr__(self, name):
+        return getattr(self._dev, name)
+
+
 class Rig:
     """One machine from power-on, its ioreq loop and the checks around a request."""
 
@@ -534,17 +556,18 @@ class Rig:
         wide = self.wide
 
         def wrap_bus(bus):
-            inner = bus.read
+            # At each range's device, not at the bus: the ioreq loop's single
+            # accesses go straight to the device of the range they hit last.
+            for r in bus.ranges:
+                r.dev = _CheckedCore(r.dev, r, wide)
+            inner_add = bus.add
 
-            def read(addr, size):
-                v = inner(addr, size)
-                if not isinstance(v, int) or v < 0 or v >> (8 * size):
-                    r = bus.find(addr)
-                    wide.append((r.name if r else bus.name, addr - (r.start if r else 0),
-                                 size, v))
-                return v
+            def add(start, length, dev, name=""):
+                r = inner_add(start, length, dev, name)
+                r.dev = _CheckedCore(dev, r, wide)
+                return r
 
-            bus.read = read
+            bus.add = add
 
         def wrap_fn(f):
             inner = f.config_read
