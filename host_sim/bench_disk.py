@@ -1,7 +1,8 @@
 """stubdm-sim bench disk: a disk's throughput in a real guest, stubdm against QEMU.
 
-One boot per configuration, in one invocation, the same kernel, initramfs,
-QEMU flags and a fresh copy of the same image each time:
+Boots of each configuration (--rounds, interleaved; medians printed), in one
+invocation, the same kernel, initramfs, QEMU flags and a fresh copy of the same
+image each time:
 
 - stubdm: host_sim's Engine; the guest's disk is stubdm's (AHCI or PIIX3 IDE,
   --hdtype), which reaches the image as a stub domain would: blkfront to
@@ -249,9 +250,43 @@ IDE_QEMU_XEN = ("qemu-xen's PIIX3 IDE is the chipset's 00:01.1 on the ISA compat
                 "ports, which vfio-user can't carry to the guest")
 
 
+CONFIGS = ("stubdm", "qemu-xen", "qemu", "qemu-ide")
+
+
+def median_rounds(rounds):
+    """One configuration's rounds (run_one's results, in order) as one result: the
+    round with the median read MB/s for its detail figures, each headline figure the
+    median of its own rounds, and every round's (read, write, IOPS) under "rounds"."""
+    def med(xs):
+        xs = sorted(xs)
+        n = len(xs)
+        return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2.0
+
+    by_read = sorted(rounds, key=lambda r: r["read_mb_s"])
+    r = dict(by_read[(len(by_read) - 1) // 2])
+    for k in ("read_mb_s", "write_mb_s", "iops"):
+        r[k] = med([x[k] for x in rounds])
+    r["rounds"] = [(x["read_mb_s"], x["write_mb_s"], x["iops"]) for x in rounds]
+    return r
+
+
 def bench_disk(qemu, kernel, initrd, hdtype="ahci", size_mib=64, seq_mib=32, reads=2000,
-               jobs=4, runtime="cpython", out=None, qemu_xen=True):
+               jobs=4, runtime="cpython", out=None, qemu_xen=True, rounds=1, configs=None,
+               progress=None):
+    """configs: the rows to run (CONFIGS' names; None: every one this hdtype has);
+    rounds: boots of each, interleaved (stubdm, qemu-xen, ..., stubdm, ...), medians
+    printed; progress: a stream told of each boot as it starts."""
     out = out or sys.stdout
+    if rounds < 1:
+        raise BenchError("rounds must be at least 1")
+    if configs is not None:
+        bad = [c for c in configs if c not in CONFIGS]
+        if bad or not configs:
+            raise BenchError("no such configuration: %s (there are %s)"
+                             % (", ".join(bad) or "none given", ", ".join(CONFIGS)))
+        if "qemu-ide" in configs and hdtype != "ahci":
+            raise BenchError("qemu-ide is the comparison row of --hdtype ahci; with ide, "
+                             "qemu is QEMU's IDE")
     bench._need(qemu, kernel, initrd)
     size_mib = max(size_mib, seq_mib)
     skipped = {}
@@ -272,28 +307,36 @@ def bench_disk(qemu, kernel, initrd, hdtype="ahci", size_mib=64, seq_mib=32, rea
         with open(master, "wb") as f:
             f.write(os.urandom(size_mib << 20))
         run = guest_run(seq_mib, reads, jobs)
-        results = {}
-        configs = ("stubdm",) + (("qemu-xen",) if qemu_xen else ()) + ("qemu",) + (
+        every = ("stubdm",) + (("qemu-xen",) if qemu_xen else ()) + ("qemu",) + (
             ("qemu-ide",) if hdtype == "ahci" else ())
-        for config in configs:
-            if config in skipped:
-                continue
-            image = os.path.join(d, "%s.img" % config)
-            shutil.copyfile(master, image)
-            t0 = time.monotonic()
-            results[config] = run_one(config, qemu, kernel, rd, image, hdtype, run, runtime,
-                                     reads=reads)
-            results[config]["wall"] = time.monotonic() - t0
+        configs = tuple(c for c in every if configs is None or c in configs)
+        runs = {}
+        for i in range(rounds):
+            for config in configs:
+                if config in skipped:
+                    continue
+                if progress is not None:
+                    progress.write("bench disk: round %d of %d, %s\n" % (i + 1, rounds, config))
+                    progress.flush()
+                image = os.path.join(d, "%s.img" % config)
+                shutil.copyfile(master, image)
+                t0 = time.monotonic()
+                r = run_one(config, qemu, kernel, rd, image, hdtype, run, runtime, reads=reads)
+                r["wall"] = time.monotonic() - t0
+                runs.setdefault(config, []).append(r)
     finally:
         shutil.rmtree(d, ignore_errors=True)
-    s, q = results["stubdm"], results["qemu"]
+    results = {c: median_rounds(rs) for c, rs in runs.items()}
+    s, q = results.get("stubdm") or {}, results.get("qemu")
     names = {"stubdm": "stubdm %s (%s) via host_sim, blkfront/blkback" % (hdtype, runtime),
              "qemu-xen": "qemu-xen %s via host_sim, image file (dom0)" % hdtype,
              "qemu": "QEMU's built-in %s" % ("ICH9 AHCI" if hdtype == "ahci" else "PIIX3 IDE"),
              "qemu-ide": "QEMU's built-in PIIX3 IDE"}
     w = out.write
     w("bench disk (%s): %d MiB sequential in 1 MiB O_DIRECT requests, %d random "
-      "4 KiB reads by %d processes; guest clock\n" % (hdtype, seq_mib, reads, jobs))
+      "4 KiB reads by %d processes; guest clock%s\n"
+      % (hdtype, seq_mib, reads, jobs,
+         "; %d interleaved rounds, medians" % rounds if rounds > 1 else ""))
     # Beside each MB/s the guest commands per MiB (Linux's requests from its stat
     # counters): a 1 MiB pread is one AHCI command or two, depending on how the guest's
     # pages merge into libahci's 168 PRD entries, and that moves the figure.
@@ -315,11 +358,21 @@ def bench_disk(qemu, kernel, initrd, hdtype="ahci", size_mib=64, seq_mib=32, rea
                                               "", _ratio(a["write_mb_s"], b["write_mb_s"]),
                                               "", _ratio(a["iops"], b["iops"])))
 
-    if "qemu-xen" in results:
-        ratios("ratio stubdm / qemu-xen", s, results["qemu-xen"])
-    ratios("ratio stubdm / QEMU", s, q)
-    if "qemu-ide" in results:
-        ratios("ratio stubdm / QEMU's IDE", s, results["qemu-ide"])
+    if s:
+        if "qemu-xen" in results:
+            ratios("ratio stubdm / qemu-xen", s, results["qemu-xen"])
+        if q:
+            ratios("ratio stubdm / QEMU", s, q)
+        if "qemu-ide" in results:
+            ratios("ratio stubdm / QEMU's IDE", s, results["qemu-ide"])
+    if rounds > 1:
+        for c in configs:
+            if c in results:
+                rs = results[c]["rounds"]
+                w("  %-10s rounds: read %s MB/s, write %s MB/s, %s IOPS\n"
+                  % (c, " ".join("%.0f" % x[0] for x in rs), " ".join("%.0f" % x[1] for x in rs),
+                     " ".join("%.0f" % x[2] for x in rs)))
+        w("  (the detail lines below are each row's median round by read MB/s)\n")
     # The device model's own CPU per unit of work, phase by phase (the guest's marks).
     for c in ("stubdm", "qemu-xen"):
         cpu = results.get(c, {}).get("cpu") or {}
@@ -374,8 +427,12 @@ def cmd_bench_disk(args):
     qemu = qtest_qemu.find_qemu()
     kernel, initrd = engine.find_kernel()
     try:
+        configs = None
+        if args.configs is not None:
+            configs = tuple(c for c in args.configs.split(",") if c)
         bench_disk(qemu, kernel, initrd, hdtype=args.hdtype, runtime=args.dm_runtime,
-                   seq_mib=args.seq_mib, reads=args.reads)
+                   seq_mib=args.seq_mib, reads=args.reads, rounds=args.rounds,
+                   configs=configs, progress=sys.stderr)
     except BenchError as e:
         sys.stderr.write("stubdm-sim bench disk: %s\n" % e)
         return 1
@@ -392,4 +449,10 @@ def add_command(bsub, common):
                    help="MiB read and written sequentially (default 32; the image is 64)")
     b.add_argument("--reads", type=int, default=2000, metavar="N",
                    help="4 KiB random reads (default 2000)")
+    b.add_argument("--rounds", type=int, default=3, metavar="N",
+                   help="boots of each configuration, interleaved; the table gives medians "
+                   "(default 3)")
+    b.add_argument("--configs", metavar="LIST",
+                   help="comma-separated rows to run, of %s (default: all that the "
+                   "controller has)" % ",".join(CONFIGS))
     b.set_defaults(func=cmd_bench_disk)

@@ -117,11 +117,38 @@ def test_bench_disk_ahci_against_qemu():
 
 @needs_guest
 def test_bench_disk_ide_says_why_qemu_xen_has_no_row():
-    res, text = _bench("ide", reads=200, jobs=2)
+    # Two interleaved rounds: the table's figures are the rounds' medians.
+    res, text = _bench("ide", reads=200, jobs=2, rounds=2)
     assert set(res) == {"stubdm", "qemu"}
     assert re.search(r"^  qemu-xen ide .*\s-\s+-\s+-\s+\(qemu-xen's PIIX3 IDE is the chipset's "
                      r"00:01.1 on the ISA compatibility ports", text, re.M), text
     assert "QEMU's built-in PIIX3 IDE" in text and "ratio stubdm / QEMU " in text, text
+    assert "2 interleaved rounds, medians" in text, text
+    for c, r in res.items():
+        assert len(r["rounds"]) == 2, c
+        reads = sorted(x[0] for x in r["rounds"])
+        assert abs(r["read_mb_s"] - (reads[0] + reads[1]) / 2) < 1e-9, (c, r)
+        assert re.search(r"^  %s\s+rounds: read [0-9]+ [0-9]+ MB/s" % c, text, re.M), text
+
+
+def test_rounds_give_each_figure_its_median():
+    rounds = [{"read_mb_s": 300.0, "write_mb_s": 90.0, "iops": 1000.0, "cpu": "a"},
+              {"read_mb_s": 100.0, "write_mb_s": 80.0, "iops": 3000.0, "cpu": "b"},
+              {"read_mb_s": 200.0, "write_mb_s": 70.0, "iops": 2000.0, "cpu": "c"}]
+    r = bench_disk.median_rounds(rounds)
+    assert (r["read_mb_s"], r["write_mb_s"], r["iops"]) == (200.0, 80.0, 2000.0)
+    assert r["cpu"] == "c"  # the details are the median round's (by read MB/s)
+    assert r["rounds"] == [(300.0, 90.0, 1000.0), (100.0, 80.0, 3000.0), (200.0, 70.0, 2000.0)]
+    assert bench_disk.median_rounds(rounds[:1])["rounds"] == [(300.0, 90.0, 1000.0)]
+
+
+def test_bench_disk_refuses_unknown_rows_and_no_rounds():
+    with pytest.raises(bench_disk.BenchError, match="no such configuration: qemu-sata"):
+        bench_disk.bench_disk("q", "k", "i", configs=("stubdm", "qemu-sata"))
+    with pytest.raises(bench_disk.BenchError, match="rounds must be at least 1"):
+        bench_disk.bench_disk("q", "k", "i", rounds=0)
+    with pytest.raises(bench_disk.BenchError, match="qemu-ide is the comparison row"):
+        bench_disk.bench_disk("q", "k", "i", hdtype="ide", configs=("qemu-ide",))
 
 
 def test_requests_from_the_guests_stat_counters():
