@@ -29,6 +29,7 @@ import os
 import re
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -257,15 +258,10 @@ def median_rounds(rounds):
     """One configuration's rounds (run_one's results, in order) as one result: the
     round with the median read MB/s for its detail figures, each headline figure the
     median of its own rounds, and every round's (read, write, IOPS) under "rounds"."""
-    def med(xs):
-        xs = sorted(xs)
-        n = len(xs)
-        return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2.0
-
     by_read = sorted(rounds, key=lambda r: r["read_mb_s"])
     r = dict(by_read[(len(by_read) - 1) // 2])
     for k in ("read_mb_s", "write_mb_s", "iops"):
-        r[k] = med([x[k] for x in rounds])
+        r[k] = statistics.median([x[k] for x in rounds])
     r["rounds"] = [(x["read_mb_s"], x["write_mb_s"], x["iops"]) for x in rounds]
     return r
 
