@@ -926,8 +926,8 @@ class DeviceModel:
 
         hyp = self.hyp
         # The burst's unmask and pending_nowait straight to the glue, with
-        # Hypervisor.unmask's and pending_nowait's handling inline: a Python
-        # frame each was about a tenth of MicroPython's time per access.
+        # Hypervisor.unmask's and pending_nowait's handling inline: one Python
+        # frame less each per access (bench pio's noise hid the gain).
         evtchn = hyp.xen
         fd = hyp.evtchn_fd()
         poller = select.poll()
