@@ -26,6 +26,7 @@ from stubdm.net import TX_CSUM, TX_CSUM6, TX_TSO4, TX_TSO6
 PAGE = 4096
 TX_PAGES = 64
 RX_SLOTS = 128
+RX_CHUNK = 8  # RX slots handed to the NIC per turn of the device model's loop
 MAX_FRAME = A.XEN_NETIF_MAX_TX_SIZE
 MAX_SLOTS = (MAX_FRAME + PAGE - 1) // PAGE
 
@@ -81,6 +82,8 @@ class NetFront(Frontend):
         self.rx_csum = False
         self.held = None  # a frame the NIC had no room for
         self.rx_paused = False
+        self.resume_queued = False  # rx_resume's work waits for the bus's run_deferred
+        self.rx_more_queued = False  # the rest of a burst, likewise
         self.repost = []  # RX slots to post again
         self.posted = bytearray(RX_SLOTS)  # 1: the slot is on the ring (the backend's)
         self.stats = {"tx": 0, "rx": 0, "tx_dropped": 0, "rx_dropped": 0, "csum_filled": 0,
@@ -225,6 +228,20 @@ class NetFront(Frontend):
         return True
 
     def rx_resume(self):
+        # Called from the NIC's register write: the frames move after the
+        # guest's access is answered (FrontendBus.defer), once however often
+        # the NIC asks before then.
+        if not self.rx_paused or self.resume_queued:
+            return
+        defer = getattr(self.bus, "defer", None)
+        if defer is None:
+            self._rx_resume_now()
+            return
+        self.resume_queued = True
+        defer(self._rx_resume_now)
+
+    def _rx_resume_now(self):
+        self.resume_queued = False
         if not self.rx_paused:
             return
         self.rx_paused = False
@@ -278,16 +295,33 @@ class NetFront(Frontend):
 
     def _rx_responses(self):
         ring = self.rx
+        # With a bus that defers (the device model's loop), RX_CHUNK slots per
+        # turn: the guest's next access is answered between chunks instead of
+        # after a whole burst (its vCPU, and host_sim's loop, waited on it).
+        defer = getattr(self.bus, "defer", None)
+        budget = RX_CHUNK if defer is not None else -1
         while not self.rx_paused and ring is not None:
             while not self.rx_paused:
+                if budget == 0:
+                    self._post_rx()
+                    self._rx_done()
+                    if not self.rx_more_queued:
+                        self.rx_more_queued = True
+                        defer(self._rx_more)
+                    return
                 rsp = ring.get_response()
                 if rsp is None:
                     break
                 self._rx_slot(rsp)
+                budget -= 1
             self._post_rx()
             if self.rx_paused or not ring.final_check_for_responses():
                 break
         self._rx_done()
+
+    def _rx_more(self):
+        self.rx_more_queued = False
+        self.on_event(self.port)
 
     def _rx_slot(self, rsp):
         rid, off, flags, status = struct.unpack(A.NETIF_RX_RSP_FMT, rsp)

@@ -207,6 +207,9 @@ class FrontendBus:
         self.home = "/local/domain/%d" % self.domid
         self.devices = {}  # (type, devid) -> Frontend
         self.ports = {}  # our event channel port -> Frontend
+        # Work a frontend was asked for during a guest's access, done once the
+        # access is answered (see defer).
+        self.later = []
 
     def start(self):
         for devtype, _cls in self.drivers:
@@ -268,6 +271,24 @@ class FrontendBus:
         except HypervisorError as e:
             log.info("xenbus", "%s: %s" % (fe.name, e))
         return True
+
+    def defer(self, fn):
+        """Run fn() after the guest's access being served is answered (the device
+        model's loop calls run_deferred once its pending events are served): a
+        NIC's register write that gives it receive room answers at once, as the
+        posted write it is on real hardware, and the frames move while the guest
+        runs on instead of before its write completes."""
+        self.later.append(fn)
+
+    def run_deferred(self):
+        """Run what defer() queued (what they queue in turn, next time)."""
+        todo = self.later
+        self.later = []
+        for fn in todo:
+            try:
+                fn()
+            except HypervisorError as e:
+                log.info("xenbus", "deferred work: %s" % e)
 
     def forget_ports(self, fe):
         for p in fe.ports:
