@@ -110,6 +110,15 @@ class FakeBus:
         self.hyp = hyp
         self.home = "/local/domain/2"
         self.ports = {}
+        self.later = []  # what a frontend deferred (FrontendBus.defer), run by the target
+
+    def defer(self, fn):
+        self.later.append(fn)
+
+    def run_deferred(self):
+        todo, self.later = self.later, []
+        for fn in todo:
+            fn()
 
     def forget_ports(self, fe):
         pass
@@ -249,6 +258,12 @@ class NetTarget:
                 struct.pack_into(fmt, ring.mem, slot, *make())
             struct.pack_into("<I", ring.mem, 8, _garble_rsp_prod(rng, ring, k))
         fe.on_event(fe.port)
+        # The device model's loop runs deferred work (a resume, a burst's rest)
+        # after the events of a turn: some turns, never, or several.
+        for _ in range(rng.choice((0, 1, 1, 3))):
+            fe.bus.run_deferred()
+        if len(fe.bus.later) > 2:
+            raise Finding("netfront queued %d deferred jobs" % len(fe.bus.later))
 
 
 class _NetbackGrants:
