@@ -965,7 +965,7 @@ class DeviceModel:
                 # throughput: Linux's bulk ITR gap is 250 us).
                 wait = (ticks_diff(nic_due, ticks_us()) - 1) // 1000
                 timeout = min(timeout, wait if wait > 0 else 0)
-            if xs_backlog or (pv is not None and pv.later):
+            if xs_backlog or (pv is not None and pv.later and not self.paused):
                 timeout = 0
             ready = poller.poll(timeout)
             xs_ready = False
@@ -1010,8 +1010,10 @@ class DeviceModel:
                         port = evtchn.pending_nowait()
                     except OSError:
                         port = -1  # the handle failed: the next poll says why
-            if pv is not None and pv.later:
-                pv.run_deferred()  # what the guest's accesses asked for, now answered
+            if pv is not None and pv.later and not self.paused:
+                # What the guest's accesses asked for, now answered (stopped or
+                # saved: it waits, as QEMU's NICs take nothing while stopped).
+                pv.run_deferred()
             now = ticks_us()
             slow = not ready or ticks_diff(now, slow_due) >= 0
             if slow:
