@@ -15,6 +15,7 @@ import time
 from stubdm import block, log, pv_abi as A
 from stubdm.frontends.blkfront import BlkFront
 from stubdm.frontends.netfront import NetFront
+from stubdm.frontends.xenbus import FrontendBus
 
 PAGE = 4096
 
@@ -110,15 +111,11 @@ class FakeBus:
         self.hyp = hyp
         self.home = "/local/domain/2"
         self.ports = {}
-        self.later = []  # what a frontend deferred (FrontendBus.defer), run by the target
+        self.later = []  # what a frontend deferred, run by the target
 
-    def defer(self, fn):
-        self.later.append(fn)
-
-    def run_deferred(self):
-        todo, self.later = self.later, []
-        for fn in todo:
-            fn()
+    # The device model's own queue (it needs only self.later).
+    defer = FrontendBus.defer
+    run_deferred = FrontendBus.run_deferred
 
     def forget_ports(self, fe):
         pass

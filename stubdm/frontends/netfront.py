@@ -84,6 +84,8 @@ class NetFront(Frontend):
         self.rx_paused = False
         self.resume_queued = False  # rx_resume's work waits for the bus's run_deferred
         self.rx_more_queued = False  # the rest of a burst, likewise
+        # The bus's defer (FrontendBus.defer), or None: RX work done at once.
+        self.defer = getattr(bus, "defer", None)
         self.repost = []  # RX slots to post again
         self.posted = bytearray(RX_SLOTS)  # 1: the slot is on the ring (the backend's)
         self.stats = {"tx": 0, "rx": 0, "tx_dropped": 0, "rx_dropped": 0, "csum_filled": 0,
@@ -233,12 +235,11 @@ class NetFront(Frontend):
         # the NIC asks before then.
         if not self.rx_paused or self.resume_queued:
             return
-        defer = getattr(self.bus, "defer", None)
-        if defer is None:
+        if self.defer is None:
             self._rx_resume_now()
             return
         self.resume_queued = True
-        defer(self._rx_resume_now)
+        self.defer(self._rx_resume_now)
 
     def _rx_resume_now(self):
         self.resume_queued = False
@@ -298,8 +299,7 @@ class NetFront(Frontend):
         # With a bus that defers (the device model's loop), RX_CHUNK slots per
         # turn: the guest's next access is answered between chunks instead of
         # after a whole burst (its vCPU, and host_sim's loop, waited on it).
-        defer = getattr(self.bus, "defer", None)
-        budget = RX_CHUNK if defer is not None else -1
+        budget = RX_CHUNK if self.defer is not None else -1
         while not self.rx_paused and ring is not None:
             while not self.rx_paused:
                 if budget == 0:
@@ -307,7 +307,7 @@ class NetFront(Frontend):
                     self._rx_done()
                     if not self.rx_more_queued:
                         self.rx_more_queued = True
-                        defer(self._rx_more)
+                        self.defer(self._rx_more)
                     return
                 rsp = ring.get_response()
                 if rsp is None:
